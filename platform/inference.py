@@ -1,0 +1,148 @@
+"""Multi-task inference from a prompt table: load the base model once, every task's prompt, mixed batches.
+
+Mirrors NeMo's `megatron_gpt_prompt_learning_eval.py`: data files may mix any tasks of the table (any
+virtual-token counts); the target field, when present, is never fed to the model and is kept as the
+reference, so the same files give predictions and accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from promptray.platform.batching import collate
+from promptray.platform.dataset import Example, Source, build_examples
+from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
+from promptray.platform.generation import GenerationParams, generate
+from promptray.platform.hub import load_base_model
+from promptray.platform.model import PromptLearningModel
+from promptray.platform.prompt_encoder import PromptBank
+from promptray.platform.prompt_table import PromptTable
+from promptray.platform.templates import TaskTemplate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceEngine:
+    model: PromptLearningModel
+    tokenizer: object
+    templates: dict[str, TaskTemplate]
+    versions: dict[str, Optional[str]]
+    fingerprint: BaseModelFingerprint
+
+
+def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
+                          precision: str = "fp32") -> InferenceEngine:
+    """The base model (default: the one the table's prompts were trained on) with the table's tasks."""
+    table = PromptTable(table_uri)
+    names = tasks or table.tasks()
+    if not names:
+        raise ConfigError(f"the prompt table at {table_uri!r} has no tasks; train some first")
+    name = base_model or table.get(names[0]).base_model.name
+    lm, tokenizer = load_base_model(name)
+    fingerprint = fingerprint_model(lm, name)
+    prompts = table.get_many(names, base_model=fingerprint)
+    return engine_from_prompts(lm, tokenizer, fingerprint, prompts, precision)
+
+
+def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompts: dict, precision: str = "fp32"
+                        ) -> InferenceEngine:
+    bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
+    for name, p in prompts.items():
+        bank.add_frozen(name, p.embeddings)
+    model = PromptLearningModel(lm, bank, precision).eval()
+    templates = {n: TaskTemplate.model_validate(p.template) for n, p in prompts.items()}
+    return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint)
+
+
+def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
+            add_bos: bool = False) -> list[Example]:
+    """Inference examples; a prompt too long for the model is an error naming the record (nothing is dropped)."""
+    limit = engine.model.max_positions - tokens_to_generate
+    examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
+                                     add_eos=False, add_bos=add_bos, inference=True)
+    if sum(stats.dropped.values()):
+        raise DatasetError(f"{sum(stats.dropped.values())} record(s) do not fit the model's {engine.model.max_positions} "
+                           f"positions with {tokens_to_generate} tokens to generate ({dict(stats.dropped)}); set "
+                           "truncate_field in the task template or shorten the inputs")
+    return examples
+
+
+def predict(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
+            progress: bool = False) -> list[str]:
+    """Generated text per example (input order kept); batches mix tasks, grouped by length to cut padding."""
+    tok = engine.tokenizer
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    texts: list[str] = [""] * len(examples)
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
+        idx = order[s:s + batch_size]
+        outs = generate(engine.model, [examples[i] for i in idx], params, tok.pad_token_id, tok.eos_token_id)
+        for i, ids in zip(idx, outs):
+            texts[i] = tok.decode(ids, skip_special_tokens=True)
+    return texts
+
+
+def normalize_answer(text: str) -> str:
+    """The first line of a generation, trimmed of whitespace and surrounding punctuation, lower-cased."""
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "").strip().strip(".,;:!?\"'").strip().lower()
+
+
+def exact_match(prediction: str, reference: Optional[str]) -> Optional[bool]:
+    """Normalized exact match (see `normalize_answer`); None without a reference."""
+    if reference is None:
+        return None
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def strip_virtual(examples: Sequence[Example]) -> list[Example]:
+    """The same examples without virtual tokens: the zero-shot baseline of a template."""
+    out = []
+    for e in examples:
+        keep = [i for i, v in enumerate(e.virtual_ids) if v < 0]
+        out.append(Example(e.taskname, [e.input_ids[i] for i in keep], [-1] * len(keep),
+                           [e.loss_mask[i] for i in keep], e.origin, e.reference, e.record))
+    return out
+
+
+@torch.no_grad()
+def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad_id: int,
+                    batch_size: int = 16) -> list[float]:
+    """Sum of log-probabilities of each example's target tokens (loss_mask) given the rest."""
+    model.eval()
+    out: list[float] = []
+    for s in range(0, len(examples), batch_size):
+        batch = collate(examples[s:s + batch_size], pad_id)
+        with model.autocast():
+            emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
+            logits = model.lm(inputs_embeds=emb, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).logits[:, :-1].float()  # (B, T-1, V)
+        logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+        out += (logp * batch.loss_mask[:, 1:]).sum(-1).tolist()
+    return out
+
+
+def write_predictions(path: Path, examples: Sequence[Example], predictions: Sequence[str],
+                      versions: dict[str, Optional[str]]) -> dict:
+    """JSON lines: the input record, the prediction, the task version, and exact match when known.
+    Returns accuracy per task (for records that carry a reference)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_task: dict[str, list[bool]] = {}
+    with path.open("w") as f:
+        for e, pred in zip(examples, predictions):
+            match = exact_match(pred, e.reference)
+            if match is not None:
+                per_task.setdefault(e.taskname, []).append(match)
+            row = {**e.record, "prediction": pred, "task_version": versions.get(e.taskname)}
+            f.write(json.dumps({**row, **({"correct": match} if match is not None else {})}) + "\n")
+    return {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in per_task.items()}
