@@ -4,6 +4,7 @@
     promptray infer virtual_prompt_model_file=TABLE data_paths=[a.jsonl,b.jsonl] [gpt_model_file=MODEL]
                     [inference.greedy=True inference.tokens_to_generate=20 ...] [output_file=preds.jsonl]
     promptray demo [--steps 150] [--out runs/demo]
+    promptray data demo OUT_DIR
 
 Errors from user input print one clear message (exit 2), never a traceback.
 """
@@ -48,6 +49,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from promptray.platform.demo_data import movie_sentiment, trec_questions, write_splits
+
+    files = [*write_splits("sentiment", movie_sentiment(), args.out, n_val=200, n_test=400).values(),
+             *write_splits("questions", trec_questions(), args.out, n_val=200, n_test=400).values()]
+    print("\n".join(sorted(str(f) for f in files)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="promptray", description="Tune and serve soft prompts on a frozen LM.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -70,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
+    dd = sub.add_parser("data", help="write bundled example data sets as .jsonl")
+    dd.add_argument("name", choices=["demo"], help="demo: the demo's sentiment and question splits")
+    dd.add_argument("out", help="output folder")
+    dd.set_defaults(fn=cmd_data)
     return p
 
 

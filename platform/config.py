@@ -25,8 +25,9 @@ from promptray.platform.templates import TaskTemplate, validate_task_templates
 log = logging.getLogger(__name__)
 
 # NeMo keys that have no meaning on this engine: accepted, ignored.
-IGNORED_MODEL_KEYS = {"tensor_model_parallel_size", "pipeline_model_parallel_size", "megatron_amp_O2", "sequence_parallel", "activations_checkpoint_granularity",
-                      "activations_checkpoint_method", "activations_checkpoint_num_layers", "pipeline_model_parallel_split_rank"}
+IGNORED_MODEL_KEYS = {"tensor_model_parallel_size", "pipeline_model_parallel_size", "megatron_amp_O2",
+                      "sequence_parallel", "activations_checkpoint_granularity", "activations_checkpoint_method",
+                      "activations_checkpoint_num_layers", "pipeline_model_parallel_split_rank"}
 IGNORED_DATA_KEYS = {"num_workers", "pin_memory", "drop_last", "min_seq_length", "train_cache_data_path",
                      "validation_cache_data_path", "test_cache_data_path", "load_cache", "test_ds"}
 

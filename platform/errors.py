@@ -34,3 +34,24 @@ class PromptTableError(PromptrayError):
 
 class BaseModelMismatchError(PromptTableError):
     """Prompts were trained on a different base model than the one they are loaded against."""
+
+
+class StoreError(PromptTableError):
+    """The storage behind a prompt table (a local folder or an S3 bucket) failed; the message names the
+    table's location and endpoint, never credentials."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached (endpoint down, refused, timed out, or the server is failing)."""
+
+
+class StoreAccessDeniedError(StoreError):
+    """The store refused the request: missing or wrong credentials, or no permission on the bucket/prefix."""
+
+
+class StoreNotFoundError(StoreError):
+    """The bucket (or folder) a prompt table URI names does not exist."""
+
+
+class TableConflictError(PromptTableError):
+    """The table's manifest kept changing under a writer; the operation was not applied and can be retried."""

@@ -65,13 +65,14 @@ def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompt
 
 def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
             add_bos: bool = False) -> list[Example]:
-    """Inference examples; a prompt too long for the model is an error naming the record (nothing is dropped)."""
+    """Inference examples; prompts too long for the model are an error (nothing is dropped silently)."""
     limit = engine.model.max_positions - tokens_to_generate
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
                                      add_eos=False, add_bos=add_bos, inference=True)
-    if sum(stats.dropped.values()):
-        raise DatasetError(f"{sum(stats.dropped.values())} record(s) do not fit the model's {engine.model.max_positions} "
-                           f"positions with {tokens_to_generate} tokens to generate ({dict(stats.dropped)}); set "
+    dropped = sum(stats.dropped.values())
+    if dropped:
+        raise DatasetError(f"{dropped} record(s) do not fit the model's {engine.model.max_positions} positions "
+                           f"with {tokens_to_generate} tokens to generate (per task: {dict(stats.dropped)}); set "
                            "truncate_field in the task template or shorten the inputs")
     return examples
 

@@ -35,7 +35,9 @@ class PromptLearningModel(nn.Module):
             lm.to(DTYPES[precision])
         lm.eval()
         backbone = getattr(lm, "base_model", lm)
-        scaled = any(getattr(lm.config, k, None) for k in ("final_logit_softcapping", "logit_scale"))
+        # heads that do more than lm_head(hidden): soft-capping (Gemma 2), scaling (Cohere, Granite, Falcon-H1)
+        scaled = any(getattr(lm.config, k, None) for k in ("final_logit_softcapping", "logit_scale",
+                                                           "logits_scaling", "lm_head_multiplier"))
         self._backbone = None if backbone is lm or scaled else backbone  # None: use full forward
 
     def train(self, mode: bool = True) -> "PromptLearningModel":

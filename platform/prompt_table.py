@@ -1,350 +1,164 @@
 """Prompt table: taskname -> versioned soft prompt (embeddings + template + metadata).
 
-Layout (the same on a local disk and, later, on an object store): `manifest.json` (current version of
-each task, history, generation) and immutable `objects/<taskname>/<version>.safetensors` (tensor
-"embeddings" + JSON metadata "promptray"). A publish writes its objects, then compare-and-swaps the
-manifest on its etag, so readers see all of a publish or none of it. No pickle anywhere.
+Addressed by URI: a plain path or file://PATH (local folder) or s3://BUCKET/PREFIX (`stores.py`). Layout,
+the same on both: `manifest.json` (current version of each task, history, event log, generation; see
+`table_manifest.py`) and immutable `objects/<taskname>/<version>.safetensors` (tensor "embeddings" + JSON
+metadata "promptray"). Every change (publish, rollback, delete) writes its objects first, then
+compare-and-swaps the manifest on its etag and retries on conflict, so readers see all of a change or
+none of it and concurrent writers never lose each other's tasks. Objects are checked against the
+manifest's sha256 on read. No pickle anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
-import json
 import os
 import random
-import re
-import struct
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Iterable, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
 
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-
-from promptray.platform.errors import ConfigError, PromptTableError
+from promptray.platform import table_manifest as tm
+from promptray.platform.errors import PromptTableError, TableConflictError
 from promptray.platform.fingerprint import BaseModelFingerprint
+from promptray.platform.prompt_codec import (META_FIELDS, OBJECT_FORMAT, STYLES, TASKNAME_RE,  # noqa: F401
+                                             TaskPrompt, decode_prompt, encode_prompt, validate_prompts)
+from promptray.platform.stores import (MANIFEST_KEY, LocalStore, S3Store, Store, StoredObject,  # noqa: F401
+                                       sha256_hex, store_for_uri)
+from promptray.platform.table_manifest import TABLE_FORMAT, TableEvent, VersionInfo  # noqa: F401
 
-TABLE_FORMAT = "promptray-table/1"
-OBJECT_FORMAT = "promptray-prompt/1"
-MANIFEST_KEY = "manifest.json"
-STYLES = ("prompt-tuning", "p-tuning", "imported")
-TASKNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-MAX_PUBLISH_TRIES = 20
-META_FIELDS = ("taskname", "template", "style", "metrics", "source", "created_at")  # object metadata
+MAX_PUBLISH_TRIES = 20  # manifest compare-and-swap attempts of one change
+GC_GRACE_SECONDS = 3600  # gc never removes younger objects: they may belong to a publish in flight
 HOW_TO_CREATE = "train a task with model.prompt_table=<path> (or model.nemo_path=<path>) to create one"
-
-
-@dataclass
-class TaskPrompt:
-    """One task's soft prompt with everything needed to use it."""
-    taskname: str
-    embeddings: torch.Tensor  # (n_virtual, hidden) float32, CPU
-    template: dict
-    style: str  # "prompt-tuning" | "p-tuning" | "imported"
-    base_model: BaseModelFingerprint
-    metrics: dict = field(default_factory=dict)
-    source: dict = field(default_factory=dict)
-    created_at: str = ""  # ISO-8601 UTC; filled at publish time if empty
-    version: str | None = None  # set when read from a table
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return int(self.embeddings.shape[0])
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """Manifest entry of one published version of a task."""
-    taskname: str
-    version: str
-    object_key: str
-    sha256: str
-    num_virtual_tokens: int
-    style: str
-    created_at: str
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VersionInfo":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-
-class Store(Protocol):
-    """What a table needs from its storage; a local directory here, an S3 bucket later."""
-    def location(self) -> str: ...
-    def read(self, key: str) -> bytes | None: ...  # None when the key is absent
-    def write_immutable(self, key: str, data: bytes) -> None: ...  # never overwrites other bytes
-    def read_manifest(self) -> tuple[bytes | None, str | None]: ...  # (bytes, etag)
-    def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool: ...  # False: conflict
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-class LocalStore:
-    """Store on a local directory; the manifest etag is the sha256 of its bytes (None when absent)."""
-
-    LOCK_NAME = ".manifest.lock"
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def location(self) -> str:
-        return str(self.root)
-
-    def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise PromptTableError(f"invalid object key {key!r} in prompt table {self.root}")
-        return self.root.joinpath(*parts)
-
-    def read(self, key: str) -> bytes | None:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write_immutable(self, key: str, data: bytes) -> None:
-        """Create `key`; a no-op when it already holds `data`, an error when it holds other bytes."""
-        existing = self.read(key)
-        if existing is None:
-            _atomic_write(self._path(key), data)
-        elif existing != data:
-            raise PromptTableError(f"object {key!r} in prompt table {self.root} already exists with "
-                                   f"other content; objects are never overwritten")
-
-    def read_manifest(self) -> tuple[bytes | None, str | None]:
-        data = self.read(MANIFEST_KEY)
-        return data, (None if data is None else _sha256(data))
-
-    def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool:
-        """Replace the manifest if its etag is still `expected_etag`; False on conflict."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / self.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if self.read_manifest()[1] != expected_etag:
-                return False
-            _atomic_write(self._path(MANIFEST_KEY), data)
-            return True
-        finally:
-            os.close(fd)  # releases the lock
-
-
-def store_for_uri(uri: str | os.PathLike) -> LocalStore:
-    """Store of a plain path or a file:// URI."""
-    s = os.fspath(uri)
-    if s.startswith("file://"):
-        s = s[len("file://"):]
-    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", s):
-        raise PromptTableError(f"prompt table URI {s!r}: only local paths and file:// URIs are supported")
-    if not s:
-        raise PromptTableError(f"prompt table URI {os.fspath(uri)!r} names no path")
-    return LocalStore(Path(s).expanduser())
-
-
-def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _tensor_problems(p: TaskPrompt, where: str) -> list[str]:
-    emb = p.embeddings
-    if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or not emb.is_floating_point():
-        got = (f"shape {tuple(emb.shape)} {emb.dtype}" if isinstance(emb, torch.Tensor)
-               else type(emb).__name__)
-        return [f"{where}: embeddings must be a 2-D float tensor (n_virtual, hidden), got {got}"]
-    problems = []
-    rows = p.template.get("total_virtual_tokens") if isinstance(p.template, dict) else None
-    if emb.shape[0] != rows:
-        problems.append(f"{where}: embeddings have {emb.shape[0]} rows but template "
-                        f"total_virtual_tokens is {rows!r}; they must be equal")
-    hidden = getattr(p.base_model, "hidden_size", None)
-    if emb.shape[1] != hidden:
-        problems.append(f"{where}: embeddings hidden size {emb.shape[1]} != base model hidden_size {hidden!r}")
-    if emb.numel() and not bool(torch.isfinite(emb.detach().float()).all()):
-        problems.append(f"{where}: embeddings contain NaN or infinite values; re-train the task")
-    return problems
-
-
-def _is_json_dict(value: object) -> bool:
-    try:
-        return isinstance(value, dict) and bool(json.dumps(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _field_problems(p: TaskPrompt, where: str) -> list[str]:
-    problems = []
-    if not isinstance(p.taskname, str) or not TASKNAME_RE.fullmatch(p.taskname):
-        problems.append(f"{where}: taskname {p.taskname!r} is not a safe name; use 1-128 of "
-                        f"letters, digits, '_', '.', '-', starting with a letter or digit")
-    if p.style not in STYLES:
-        problems.append(f"{where}: style {p.style!r} is not one of {', '.join(STYLES)}")
-    if not isinstance(p.base_model, BaseModelFingerprint):
-        problems.append(f"{where}: base_model must be a BaseModelFingerprint, got {type(p.base_model).__name__}")
-    if isinstance(p.template, dict) and p.template.get("taskname", p.taskname) != p.taskname:
-        problems.append(f"{where}: template taskname {p.template['taskname']!r} != {p.taskname!r}")
-    for name in ("template", "metrics", "source"):
-        if not _is_json_dict(getattr(p, name)):
-            problems.append(f"{where}: {name} must be a JSON-able dict")
-    return problems
-
-
-def validate_prompts(prompts: list[TaskPrompt]) -> None:
-    """Raise ConfigError listing every problem of a publish, or return."""
-    problems: list[str] = [] if prompts else ["nothing to publish: pass at least one TaskPrompt"]
-    seen: set[str] = set()
-    for i, p in enumerate(prompts):
-        where = f"prompt #{i} ({getattr(p, 'taskname', '?')!r})"
-        if not isinstance(p, TaskPrompt):
-            problems.append(f"{where}: expected a TaskPrompt, got {type(p).__name__}")
-            continue
-        problems += _field_problems(p, where) + _tensor_problems(p, where)
-        if isinstance(p.taskname, str) and p.taskname in seen:
-            problems.append(f"{where}: taskname {p.taskname!r} appears more than once in one publish")
-        seen.add(str(p.taskname))
-    if problems:
-        raise ConfigError(problems, title="cannot publish prompts")
-
-
-def encode_prompt(p: TaskPrompt) -> bytes:
-    """safetensors bytes of a prompt: tensor "embeddings" + JSON metadata under "promptray"."""
-    meta = {k: getattr(p, k) for k in META_FIELDS}
-    meta.update(format=OBJECT_FORMAT, base_model=p.base_model.to_dict())
-    emb = p.embeddings.detach().to("cpu", torch.float32).contiguous()
-    return st_save({"embeddings": emb}, metadata={"promptray": json.dumps(meta, sort_keys=True)})
-
-
-def decode_prompt(data: bytes, version: str | None = None) -> TaskPrompt:
-    """Inverse of encode_prompt."""
-    try:
-        (n,) = struct.unpack("<Q", data[:8])
-        meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["promptray"])
-        fields = {k: meta[k] for k in META_FIELDS}
-        base_model = BaseModelFingerprint.from_dict(meta["base_model"])
-        emb = st_load(data)["embeddings"]
-    except Exception as e:  # any malformed object
-        raise PromptTableError(f"prompt object is unreadable ({type(e).__name__}: {e})") from e
-    return TaskPrompt(embeddings=emb, base_model=base_model, version=version, **fields)
-
-
-def _empty_manifest() -> dict:
-    return {"format": TABLE_FORMAT, "generation": 0, "updated_at": "", "tasks": {}, "history": {},
-            "versions": {}}
-
-
-def _merge(manifest: dict, infos: list[VersionInfo]) -> dict:
-    """A new manifest: `manifest` plus `infos` as the current versions of their tasks."""
-    new = json.loads(json.dumps(manifest))
-    for info in infos:
-        new["tasks"][info.taskname] = info.to_dict()
-        new["history"].setdefault(info.taskname, []).append(info.version)
-        new["versions"].setdefault(info.taskname, {})[info.version] = info.to_dict()
-    new["generation"] = int(manifest["generation"]) + 1
-    new["updated_at"] = _utcnow()
-    return new
+T = TypeVar("T")
 
 
 def _plan(manifest: dict, objects: dict[str, tuple[TaskPrompt, bytes]]) -> list[VersionInfo]:
     """VersionInfo of each object as the next version of its task in `manifest`."""
     infos = []
     for name, (p, data) in objects.items():
-        sha = _sha256(data)
-        vid = f"v{len(manifest['history'].get(name, [])) + 1:06d}-{sha[:8]}"
+        sha = sha256_hex(data)
+        vid = f"v{tm.next_version_number(manifest, name):06d}-{sha[:8]}"
         infos.append(VersionInfo(taskname=name, version=vid, sha256=sha, style=p.style,
                                  object_key=f"objects/{name}/{vid}.safetensors",
                                  num_virtual_tokens=p.num_virtual_tokens, created_at=p.created_at))
     return infos
 
 
+def _parallel(store: Store, fn: Callable[[T], object], items: list[T]) -> list:
+    """[fn(x) for x in items], on a few threads where the store is remote."""
+    n = min(int(getattr(store, "max_parallel_writes", 1)), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(n, thread_name_prefix="promptray-table") as pool:
+        return list(pool.map(fn, items))
+
+
 class PromptTable:
-    """A versioned prompt table at a local path or file:// URI (created on first publish)."""
+    """A versioned prompt table at a local path, file:// or s3:// URI (created on first publish).
 
-    def __init__(self, uri: str | os.PathLike, store: Store | None = None):
+    `endpoint_url` (s3:// only) overrides the endpoint boto3 finds itself (AWS_ENDPOINT_URL, profile).
+    """
+
+    def __init__(self, uri: str | os.PathLike, store: Store | None = None, endpoint_url: str | None = None):
         self.uri = os.fspath(uri)
-        self.store: Store = store if store is not None else store_for_uri(uri)
+        self.store: Store = store if store is not None else store_for_uri(uri, endpoint_url=endpoint_url)
 
-    def _load(self) -> tuple[dict | None, str | None]:
-        """The parsed manifest (None when absent) and its etag."""
+    def _load_raw(self) -> tuple[bytes | None, dict | None, str | None]:
+        """The manifest's bytes, parsed dict and etag (all None when there is no table)."""
         data, etag = self.store.read_manifest()
         if data is None:
-            return None, None
-        where = f"{self.store.location()}/{MANIFEST_KEY}"
-        try:
-            manifest = json.loads(data)
-        except ValueError as e:
-            raise PromptTableError(f"{where} is not JSON: {e}") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != TABLE_FORMAT:
-            raise PromptTableError(f"{where} is not a {TABLE_FORMAT!r} manifest; is this a prompt table?")
+            return None, None, None
+        return data, tm.parse(data, f"{self.store.location()}/{MANIFEST_KEY}"), etag
+
+    def _load(self) -> tuple[dict | None, str | None]:
+        _, manifest, etag = self._load_raw()
         return manifest, etag
+
+    def _no_table(self) -> PromptTableError:
+        return PromptTableError(f"{self.store.location()} has no prompt table (no {MANIFEST_KEY}); "
+                                f"{HOW_TO_CREATE}")
 
     def _manifest(self) -> dict:
         manifest, _ = self._load()
         if manifest is None:
-            raise PromptTableError(f"{self.store.location()} has no prompt table (no {MANIFEST_KEY}); "
-                                   f"{HOW_TO_CREATE}")
+            raise self._no_table()
         return manifest
+
+    def _update(self, change: Callable[[dict], dict | None], create: bool = False) -> dict:
+        """Swap in change(current manifest) by compare-and-swap, re-reading and re-applying on conflict;
+        returns the manifest in force afterwards (`change` returns None: nothing to do)."""
+        sent = None
+        for attempt in range(MAX_PUBLISH_TRIES):
+            raw, manifest, etag = self._load_raw()
+            if sent is not None and raw == sent:  # our last swap did land; only its answer was lost
+                return manifest
+            if manifest is None and not create:
+                raise self._no_table()
+            new = change(manifest or tm.empty())
+            if new is None:
+                return manifest
+            sent = tm.dump(new)
+            if self.store.swap_manifest(sent, etag):
+                return new
+            time.sleep(random.uniform(0, min(1.0, 0.005 * 2 ** attempt)))
+        raise TableConflictError(f"could not update prompt table {self.store.location()}: the manifest "
+                                 f"changed {MAX_PUBLISH_TRIES} times under us; nothing was applied, try again")
 
     def exists(self) -> bool:
         return self._load()[0] is not None
 
-    def tasks(self) -> list[str]:
-        return sorted((self._load()[0] or _empty_manifest())["tasks"])
+    def tasks(self, include_deleted: bool = False) -> list[str]:
+        """Current tasks (with `include_deleted`, also deleted ones that can be rolled back)."""
+        manifest = self._load()[0] or tm.empty()
+        return sorted(manifest["versions"] if include_deleted else manifest["tasks"])
+
+    def deleted_tasks(self) -> list[str]:
+        return tm.deleted_tasks(self._load()[0] or tm.empty())
+
+    def _unknown(self, manifest: dict, taskname: str) -> PromptTableError:
+        where = self.store.location()
+        if taskname in manifest["versions"]:
+            return PromptTableError(f"task {taskname!r} was deleted from prompt table {where}; restore it with "
+                                    f"rollback to one of its versions: {tm.known_versions(manifest, taskname)}")
+        known = ", ".join(sorted(manifest["tasks"])) or "(none)"
+        return PromptTableError(f"no task {taskname!r} in prompt table {where}; known tasks: {known}")
 
     def _info(self, manifest: dict, taskname: str, version: str | None) -> VersionInfo:
-        if taskname not in manifest["tasks"]:
-            known = ", ".join(sorted(manifest["tasks"])) or "(none)"
-            raise PromptTableError(f"no task {taskname!r} in prompt table {self.store.location()}; "
-                                   f"known tasks: {known}")
+        if taskname not in (manifest["versions"] if version else manifest["tasks"]):
+            raise self._unknown(manifest, taskname)
         if version is None:
             return VersionInfo.from_dict(manifest["tasks"][taskname])
-        versions = manifest["versions"].get(taskname, {})
+        versions = manifest["versions"][taskname]
         if version not in versions:
-            known = ", ".join(manifest["history"].get(taskname, [])) or "(none)"
             raise PromptTableError(f"task {taskname!r} has no version {version!r} in prompt table "
-                                   f"{self.store.location()}; known versions: {known}")
+                                   f"{self.store.location()}; known versions: "
+                                   f"{tm.known_versions(manifest, taskname)}")
         return VersionInfo.from_dict(versions[version])
 
-    def _read(self, info: VersionInfo, base_model: BaseModelFingerprint | None) -> TaskPrompt:
+    def _fetch(self, info: VersionInfo) -> bytes:
+        """The bytes of a version's object, checked against the manifest's sha256."""
         what = f"object {info.object_key} of task {info.taskname!r} version {info.version!r}"
         data = self.store.read(info.object_key)
         if data is None:
             raise PromptTableError(f"{what} is missing from prompt table {self.store.location()}")
-        if _sha256(data) != info.sha256:
-            raise PromptTableError(f"{what} is corrupted: its sha256 {_sha256(data)} does not match "
-                                   f"the manifest's {info.sha256}; re-publish the task")
-        prompt = decode_prompt(data, version=info.version)
+        if sha256_hex(data) != info.sha256:
+            raise PromptTableError(f"{what} in prompt table {self.store.location()} is corrupted: its "
+                                   f"sha256 {sha256_hex(data)} does not match the manifest's {info.sha256}; "
+                                   f"roll the task back to another version or re-publish it")
+        return data
+
+    def _read(self, info: VersionInfo, base_model: BaseModelFingerprint | None) -> TaskPrompt:
+        prompt = decode_prompt(self._fetch(info), version=info.version)
         if base_model is not None:
             prompt.base_model.check_compatible(base_model, what=f"task {info.taskname!r}")
         return prompt
 
     def get(self, taskname: str, version: str | None = None,
             base_model: BaseModelFingerprint | None = None) -> TaskPrompt:
-        """One task's prompt (current version unless `version`), checked against `base_model`."""
+        """One task's prompt (current version unless `version`), checked against `base_model`.
+        Reads the manifest and that one object only."""
         return self._read(self._info(self._manifest(), taskname, version), base_model)
 
     def get_many(self, tasknames: Iterable[str],
@@ -354,37 +168,98 @@ class PromptTable:
         infos = [self._info(manifest, name, None) for name in tasknames]
         return {info.taskname: self._read(info, base_model) for info in infos}
 
+    def _upload(self, infos: list[VersionInfo], objects: dict, created: dict[str, str]) -> list[VersionInfo]:
+        """Write the objects of `infos`; `created` maps planned keys to the keys written by this publish."""
+        def put(info: VersionInfo) -> VersionInfo:
+            key, data = info.object_key, objects[info.taskname][1]
+            if key not in created:
+                if not self.store.write_immutable(key, data):
+                    # the same bytes were left by an earlier failed publish; write a fresh object so its
+                    # age protects it from gc until the manifest refers to it
+                    alt = f"objects/{info.taskname}/{info.version}-{uuid.uuid4().hex[:8]}.safetensors"
+                    self.store.write_immutable(alt, data)
+                    key = alt
+                created[info.object_key] = key
+            return dataclasses.replace(info, object_key=created[info.object_key])
+        return _parallel(self.store, put, infos)
+
     def publish(self, prompts: Iterable[TaskPrompt]) -> dict[str, str]:
         """Publish new versions of tasks, all or nothing; returns taskname -> new version id."""
         prompts = list(prompts)
         validate_prompts(prompts)
-        now = _utcnow()
+        now = tm.utcnow()
         prompts = [dataclasses.replace(p, created_at=p.created_at or now, version=None) for p in prompts]
         objects = {p.taskname: (p, encode_prompt(p)) for p in prompts}
-        for attempt in range(MAX_PUBLISH_TRIES):
-            manifest, etag = self._load()
-            manifest = manifest or _empty_manifest()
-            infos = _plan(manifest, objects)
-            for info in infos:
-                self.store.write_immutable(info.object_key, objects[info.taskname][1])
-            if self.store.swap_manifest(_dump(_merge(manifest, infos)), etag):
-                return {info.taskname: info.version for info in infos}
-            time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-        raise PromptTableError(f"could not publish to prompt table {self.store.location()}: the "
-                               f"manifest changed {MAX_PUBLISH_TRIES} times under us; try again")
+        created: dict[str, str] = {}
+        planned: list[VersionInfo] = []
+
+        def change(manifest: dict) -> dict:
+            planned[:] = self._upload(_plan(manifest, objects), objects, created)
+            return tm.with_published(manifest, planned)
+
+        self._update(change, create=True)
+        return {info.taskname: info.version for info in planned}
+
+    def rollback(self, taskname: str, version: str) -> VersionInfo:
+        """Make an earlier `version` of a task (deleted or not) its current one; logged as "rollback"."""
+        where = self.store.location()
+        manifest = self._update(lambda m: tm.with_rollback(m, taskname, version, where))
+        return VersionInfo.from_dict(manifest["tasks"][taskname])
+
+    def delete(self, taskname: str) -> VersionInfo:
+        """Remove a task from the current tasks; its history, versions and objects stay (see rollback).
+        Returns the version that was current."""
+        where = self.store.location()
+        manifest = self._update(lambda m: tm.with_deleted(m, taskname, where))
+        return VersionInfo.from_dict(manifest["versions"][taskname][manifest["log"][taskname][-1]["version"]])
 
     def history(self, taskname: str) -> list[VersionInfo]:
-        """Every version of a task, oldest first."""
+        """Every published version of a task (also of a deleted one), oldest first."""
         manifest = self._manifest()
-        self._info(manifest, taskname, None)
+        if taskname not in manifest["versions"]:
+            raise self._unknown(manifest, taskname)
         versions = manifest["versions"][taskname]
         return [VersionInfo.from_dict(versions[v]) for v in manifest["history"][taskname]]
 
+    def log(self, taskname: str) -> list[TableEvent]:
+        """What happened to a task, oldest first: publish, rollback and delete events."""
+        manifest = self._manifest()
+        if taskname not in manifest["versions"]:
+            raise self._unknown(manifest, taskname)
+        return tm.events(manifest, taskname)
+
     def describe(self) -> list[VersionInfo]:
         """Current version of each task, by taskname."""
-        manifest = self._load()[0] or _empty_manifest()
+        manifest = self._load()[0] or tm.empty()
         return [VersionInfo.from_dict(manifest["tasks"][name]) for name in sorted(manifest["tasks"])]
 
+    def gc(self, dry_run: bool = False, grace_seconds: float = GC_GRACE_SECONDS) -> list[str]:
+        """Delete objects that no version in the manifest refers to (left by failed or conflicting
+        publishes) and that are older than `grace_seconds`, so a publish in flight keeps its objects.
+        Returns the keys removed (with `dry_run`, those that would be)."""
+        keep = tm.referenced_keys(self._manifest())
+        cutoff = time.time() - grace_seconds
+        doomed = [o.key for o in self.store.list_objects("objects/")
+                  if o.key not in keep and o.modified <= cutoff]
+        if not dry_run:
+            _parallel(self.store, self.store.delete, doomed)
+        return doomed
 
-def _dump(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+def copy_table(src: str | os.PathLike | PromptTable, dst: str | os.PathLike | PromptTable) -> int:
+    """Copy table `src` with every version of every task into `dst`, which must hold no table yet (e.g. a
+    local table to s3://...); the copy reads the same. Objects are verified on the way; returns how many."""
+    src_t = src if isinstance(src, PromptTable) else PromptTable(src)
+    dst_t = dst if isinstance(dst, PromptTable) else PromptTable(dst)
+    raw, manifest, _ = src_t._load_raw()
+    if manifest is None:
+        raise src_t._no_table()
+    if dst_t.exists():
+        raise PromptTableError(f"cannot copy into {dst_t.store.location()}: it already holds a prompt table; "
+                               f"copy into an empty location")
+    infos = [VersionInfo.from_dict(i) for versions in manifest["versions"].values() for i in versions.values()]
+    _parallel(dst_t.store, lambda info: dst_t.store.write_immutable(info.object_key, src_t._fetch(info)), infos)
+    if not dst_t.store.swap_manifest(raw, None):
+        raise TableConflictError(f"{dst_t.store.location()} got a prompt table while copying into it; its "
+                                 f"manifest was left as it is")
+    return len(infos)

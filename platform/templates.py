@@ -252,7 +252,7 @@ def render_parts(parts: list[Part], record: dict[str, Any], target: Optional[str
     cut = _cut_index(parts, record, target) if inference else len(parts)
     chunks: list[Chunk] = []
     text, answer = [], None
-    for i, p in enumerate(parts[:cut]):
+    for p in parts[:cut]:
         if isinstance(p, Virtual):
             _flush(chunks, text, answer)
             text, answer = [], None

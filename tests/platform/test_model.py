@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from promptray.platform.batching import collate
-from promptray.platform.dataset import build_examples
+from promptray.platform.dataset import Example, build_examples
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prompt_encoder import PromptBank, PromptEncoder, init_random
 from promptray.platform.templates import TaskTemplate
@@ -47,7 +47,8 @@ def make_bank(hidden: int, frozen_b: bool = False, std: float = 1.0) -> PromptBa
 
 def reference_embeddings(lm, bank: PromptBank, batch) -> torch.Tensor:
     """Input embeddings built position by position, without `PromptLearningModel.embed`."""
-    vocab = lm.get_input_embeddings().weight.detach()
+    with torch.no_grad():  # the embedding module: some models (Gemma) scale its rows
+        vocab = lm.get_input_embeddings()(torch.arange(lm.get_input_embeddings().weight.shape[0]))
     B, T = batch.input_ids.shape
     rows = []
     for i in range(B):
@@ -198,18 +199,19 @@ def test_loss_matches_full_forward_reference(fixture, request):
     with torch.no_grad():
         ref_sum, ref_n = reference_loss(lm, reference_embeddings(lm, model.bank, batch), batch)
     assert ref_n == n
-    assert abs(float(loss_sum) / n - float(ref_sum) / n) < 1e-5
-    assert float(loss_sum) == pytest.approx(float(ref_sum), rel=1e-6)
+    value = float(loss_sum.detach())
+    assert abs(value / n - float(ref_sum) / n) < 1e-5
+    assert value == pytest.approx(float(ref_sum), rel=1e-6)
 
     # the full-forward path (used for models with scaled logits) gives the same value
     model._backbone = None
     full_sum, full_n = model.loss(batch)
-    assert full_n == n and abs(float(full_sum) / n - float(ref_sum) / n) < 1e-5
+    assert full_n == n and abs(float(full_sum.detach()) / n - float(ref_sum) / n) < 1e-5
 
     # padding does not leak: the batch loss is the sum of per-example losses
     singles = [model.loss(collate([e], tokenizer.pad_token_id)) for e in exs]
     assert sum(k for _, k in singles) == n
-    assert float(sum(s for s, _ in singles)) == pytest.approx(float(loss_sum), rel=1e-5)
+    assert float(sum(s.detach() for s, _ in singles)) == pytest.approx(value, rel=1e-5)
 
 
 @pytest.mark.parametrize("fixture", MODELS)
@@ -227,7 +229,7 @@ def test_bf16_casts_lm_and_keeps_prompts_float32(fixture, request):
     bf16_sum, bf16_n = model.loss(batch)
     assert bf16_n == n and bf16_sum.dtype == torch.float32
     assert torch.isfinite(bf16_sum)
-    assert float(bf16_sum) / n == pytest.approx(float(fp32_sum) / n, rel=2e-2)
+    assert float(bf16_sum.detach()) / n == pytest.approx(float(fp32_sum.detach()) / n, rel=2e-2)
 
     bf16_sum.backward()
     for p in bank.parameters():
@@ -287,3 +289,38 @@ def test_p_tuning_encoder_trains_through_model(tiny_gpt2):
     after = bank.export()
     assert set(after) == {"a", "b"} and after["a"].shape == (3, 32) and after["b"].shape == (5, 32)
     assert all(not torch.equal(before[k], after[k]) for k in after)
+
+
+@pytest.mark.parametrize("arch", ["granite", "gemma2"])
+def test_loss_and_step_with_scaled_logits(arch):
+    """Models whose head does more than `lm_head(hidden)` (Granite divides by logits_scaling, Gemma-2
+    soft-caps) must give the full forward's logits."""
+    torch.manual_seed(0)
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, vocab_size=300, max_position_embeddings=64)
+    if arch == "granite":
+        from transformers import GraniteConfig, GraniteForCausalLM
+
+        lm = GraniteForCausalLM(GraniteConfig(logits_scaling=4.0, **common)).eval()
+    else:
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        lm = Gemma2ForCausalLM(Gemma2Config(head_dim=8, final_logit_softcapping=0.5, **common)).eval()
+    bank = PromptBank(32)
+    bank.add_tuned("a", torch.randn(3, 32))
+    model = PromptLearningModel(lm, bank)
+    exs = [Example("a", [0, 0, 0, 5, 6, 7, 8], [0, 1, 2, -1, -1, -1, -1], [0, 0, 0, 0, 1, 1, 1]),
+           Example("a", [0, 0, 0, 9, 10, 11, 12, 13, 14], [0, 1, 2, -1, -1, -1, -1, -1, -1],
+                   [0, 0, 0, 0, 0, 0, 1, 1, 1])]
+    batch = collate(exs, 0)
+    loss_sum, n = model.loss(batch)
+    with torch.no_grad():
+        ref_sum, ref_n = reference_loss(lm, reference_embeddings(lm, bank, batch), batch)
+        assert n == ref_n == 6
+        assert abs(float(loss_sum.detach()) - float(ref_sum)) / n < 1e-5
+
+        left = collate(exs, 0, side="left")
+        emb = model.embed(left.input_ids, left.virtual_ids, left.tasknames)
+        logits, _ = model.step(emb, left.attention_mask, left.position_ids)
+        ref = lm(inputs_embeds=emb, attention_mask=left.attention_mask, position_ids=left.position_ids).logits
+        assert torch.allclose(logits, ref[:, -1].float(), atol=1e-5)

@@ -1,0 +1,82 @@
+"""The `promptray` command: train and infer end to end, clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptray.jobs.cli import main
+from promptray.platform.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _train_config(tmp_path: Path, model: Path) -> Path:
+    rows = [{"taskname": t, "text": f"item {i}", "label": "yes" if i % 2 else "no"}
+            for t in ("alpha", "beta") for i in range(12)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    templates = [{"taskname": "alpha", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+                  "total_virtual_tokens": 3, "virtual_token_splits": [3], "answer_only_loss": True,
+                  "answer_field": "label"},
+                 {"taskname": "beta", "prompt_template": "<|VIRTUAL_PROMPT_0|> Q: {text}<|VIRTUAL_PROMPT_1|> A: {label}",
+                  "total_virtual_tokens": 6, "virtual_token_splits": [4, 2], "answer_only_loss": True,
+                  "answer_field": "label"}]
+    cfg = {"name": "cli", "trainer": {"max_steps": 2, "precision": 32},
+           "exp_manager": {"exp_dir": str(tmp_path / "runs")},
+           "model": {"language_model_path": str(model), "nemo_path": str(tmp_path / "table"),
+                     "new_tasks": ["alpha", "beta"], "task_templates": templates, "global_batch_size": 4,
+                     "micro_batch_size": 4, "data": {"train_ds": [str(data)]}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_then_infer_mixed_tasks(tmp_path, tiny_gpt2_path, capsys):
+    cfg = _train_config(tmp_path, tiny_gpt2_path)
+    assert main(["train", str(cfg), "trainer.max_steps=3", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 3 and set(out["versions"]) == {"alpha", "beta"}
+
+    data = tmp_path / "infer.jsonl"
+    data.write_text(json.dumps({"taskname": "alpha", "text": "item 1", "label": "yes"}) + "\n"
+                    + json.dumps({"taskname": "beta", "text": "item 2"}) + "\n")
+    preds = tmp_path / "preds.jsonl"
+    assert main(["infer", f"virtual_prompt_model_file={tmp_path / 'table'}", f"data_paths=[{data}]",
+                 "inference.tokens_to_generate=3", "precision=fp32", f"output_file={preds}",
+                 "trainer.devices=1", "tensor_model_parallel_size=1", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["records"] == 2 and summary["accuracy"]["alpha"]["n"] == 1
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [r["taskname"] for r in rows] == ["alpha", "beta"]
+    assert all(isinstance(r["prediction"], str) and r["task_version"].startswith("v000001") for r in rows)
+    assert "correct" in rows[0] and "correct" not in rows[1]
+
+
+def test_bad_config_is_one_clear_message_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  micro_batch_sise: 4\n  new_tasks: [x]\ntrainer:\n  precision: 7\n")
+    proc = subprocess.run([sys.executable, "-m", "promptray.jobs.cli", "train", str(bad)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "did you mean 'micro_batch_size'" in proc.stderr
+    assert "trainer.precision: got 7" in proc.stderr
+    assert "task 'x' has no entry in model.task_templates" in proc.stderr
+
+
+def test_infer_without_table_or_data_lists_both_problems(capsys):
+    assert main(["infer", "inference.greedy=True"]) == 2
+    err = capsys.readouterr().err
+    assert "virtual_prompt_model_file: not set" in err and "data_paths: empty" in err
+
+
+@pytest.mark.parametrize("name", ["sentiment_prompt_tuning.yaml", "questions_p_tuning.yaml"])
+def test_example_configs_are_valid(name):
+    cfg = load_config(REPO / "examples" / name)
+    assert cfg.model.language_model_path == "smollm2-135m"
