@@ -128,18 +128,37 @@ def peft_encode(tok, record: dict, label: Optional[str] = None, eos: bool = True
 
 
 @torch.no_grad()
-def hf_greedy(model, tok, ids: list[int], n_virtual: int) -> str:
-    """Greedy decoding of up to 4 tokens, one example at a time (no padding), stopping at EOS."""
-    x, out = torch.tensor([ids]), []
-    for _ in range(TOKENS_TO_GENERATE):
-        logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits  # (1, n_virtual + t, V)
-        assert logits.shape[1] == n_virtual + x.shape[1]
-        nxt = int(logits[0, -1].argmax())
-        if nxt == tok.eos_token_id:
-            break
-        out.append(nxt)
-        x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
-    return tok.decode(out, skip_special_tokens=True)
+def hf_generate(model, tok, prompts: list[list[int]], n_virtual: int, desc: str = "generating",
+                progress: bool = False) -> list[str]:
+    """Greedy decoding of up to 4 tokens per prompt, stopping at EOS. Batches of similar length, right-padded;
+    every step re-runs the whole (short) sequence and reads the logits at each row's last real token, so no
+    left padding or position-id handling is involved (PEFT prompt tuning ignores position_ids)."""
+    texts = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for s in tqdm(range(0, len(order), EVAL_BATCH), desc=desc, unit="batch", disable=not progress):
+        idx = order[s:s + EVAL_BATCH]
+        seqs = [list(prompts[i]) for i in idx]
+        outs: list[list[int]] = [[] for _ in idx]
+        done = [False] * len(idx)
+        for _ in range(TOKENS_TO_GENERATE):
+            b = peft_batch(seqs, [[0] * len(x) for x in seqs], tok.pad_token_id)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # (B, V+T, V)
+            assert logits.shape[1] == n_virtual + b["input_ids"].shape[1]
+            last = torch.tensor([len(x) - 1 + n_virtual for x in seqs])
+            nxt = logits[torch.arange(len(seqs)), last].argmax(-1).tolist()  # (B,)
+            for j, t in enumerate(nxt):
+                if done[j]:
+                    continue
+                if t == tok.eos_token_id:
+                    done[j] = True
+                else:
+                    outs[j].append(t)
+                    seqs[j].append(t)
+            if all(done):
+                break
+        for i, o in zip(idx, outs):
+            texts[i] = tok.decode(o, skip_special_tokens=True)
+    return texts
 
 
 @torch.no_grad()
@@ -162,8 +181,7 @@ def evaluate_hf(model, tok, records: list[dict], labels: list[str], n_virtual: i
 
     model.eval()
     t0 = time.time()
-    preds = [hf_greedy(model, tok, peft_prompt(tok, r), n_virtual)
-             for r in tqdm(records, desc=desc, unit="ex", disable=not progress)]
+    preds = hf_generate(model, tok, [peft_prompt(tok, r) for r in records], n_virtual, desc, progress)
     gen_ok = [bool(exact_match(p, r["label"])) for p, r in zip(preds, records)]
     t_gen = time.time() - t0
     scores = {lab: hf_answer_logprobs(model, tok, records, lab, n_virtual) for lab in labels}

@@ -5,6 +5,7 @@
                     [inference.greedy=True inference.tokens_to_generate=20 ...] [output_file=preds.jsonl]
     promptray demo [--steps 150] [--out runs/demo]
     promptray data demo OUT_DIR
+    promptray table ls|show|history|rollback|rm|gc|export-peft|import-peft ...   (see jobs/table_cli.py)
 
 Errors from user input print one clear message (exit 2), never a traceback.
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from typing import Optional
 
+from promptray.jobs import table_cli
 from promptray.platform.errors import PromptrayError
 
 
@@ -84,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("name", choices=["demo"], help="demo: the demo's sentiment and question splits")
     dd.add_argument("out", help="output folder")
     dd.set_defaults(fn=cmd_data)
+    table_cli.register(sub)
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    if hasattr(signal, "SIGPIPE") and argv is None:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `promptray table ls | head` ends quietly
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

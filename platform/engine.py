@@ -74,7 +74,7 @@ def _merge_templates(cfg: PromptLearningConfig, existing: dict[str, TaskPrompt])
 
 
 def _prompt_tuning_init(cfg: PromptLearningConfig, name: str, i: int, n: int, tokenizer,
-                        vocab: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+                        vocab: torch.nn.Module, gen: torch.Generator) -> torch.Tensor:
     pt = cfg.model.prompt_tuning
     method = pt.new_prompt_init_methods[i] if i < len(pt.new_prompt_init_methods) else "random"
     if method == "text":
@@ -83,9 +83,9 @@ def _prompt_tuning_init(cfg: PromptLearningConfig, name: str, i: int, n: int, to
 
 
 def build_bank(cfg: PromptLearningConfig, templates: dict[str, TaskTemplate], existing: dict[str, TaskPrompt],
-               tokenizer, vocab: torch.Tensor) -> PromptBank:
+               tokenizer, vocab: torch.nn.Module) -> PromptBank:
     """Frozen existing tasks + fresh parameters for the new ones (prompt tuning or a shared p-tuning encoder)."""
-    hidden = vocab.shape[1]
+    hidden = vocab.weight.shape[1]
     bank = PromptBank(hidden)
     for name, prompt in existing.items():
         bank.add_frozen(name, prompt.embeddings)
@@ -110,7 +110,7 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     fingerprint = fingerprint_model(lm, lm_name)
     existing = restore_tasks(m.restore_path, m.existing_tasks, fingerprint) if m.existing_tasks else {}
     templates = _merge_templates(cfg, existing)
-    vocab = lm.get_input_embeddings().weight  # (V, H), float32 as loaded
+    vocab = lm.get_input_embeddings()  # rows as the model sees them (float32 as loaded)
     bank = build_bank(cfg, templates, existing, tokenizer, vocab)
     model = PromptLearningModel(lm, bank, cfg.precision, m.lm_finetune)
     log.info("base model %s (%s, hidden %d); trainable parameters: %d", lm_name, fingerprint.architecture,

@@ -7,7 +7,7 @@ never receive gradients, so they come out of a run bit-identical.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -17,25 +17,39 @@ InitMethod = Literal["text", "random", "vocab"]
 
 # ----------------------------------------------------------------------------- prompt tuning init
 
-def init_from_text(text: str, n: int, tokenizer, vocab: torch.Tensor) -> torch.Tensor:
+Vocab = Union[torch.Tensor, nn.Module]  # an embedding matrix (V, H), or the model's embedding module
+
+
+def _rows(vocab: Vocab, ids: torch.Tensor) -> torch.Tensor:
+    """Vocabulary embeddings of `ids` as the model sees them: through the embedding module when given one
+    (models such as Gemma scale inside it), else rows of the matrix. Always a float32 copy."""
+    with torch.no_grad():
+        rows = vocab(ids) if isinstance(vocab, nn.Module) else vocab.detach()[ids]
+    return rows.to(torch.float32).clone()  # (n, H)
+
+
+def _vocab_size(vocab: Vocab) -> int:
+    return (vocab.weight if isinstance(vocab, nn.Module) else vocab).shape[0]
+
+
+def init_from_text(text: str, n: int, tokenizer, vocab: Vocab) -> torch.Tensor:
     """Token embeddings of `text`, tiled or truncated to n rows (copies; `vocab` is not touched)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise ValueError(f"init text {text!r} tokenizes to nothing; give some words")
     ids = (ids * (n // len(ids) + 1))[:n]
-    return vocab.detach()[torch.tensor(ids)].to(torch.float32).clone()  # (n, H)
+    return _rows(vocab, torch.tensor(ids))  # (n, H)
 
 
-def init_random(n: int, vocab: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Normal noise with the vocabulary embeddings' standard deviation."""
-    std = float(vocab.detach().float().std())
-    return torch.randn(n, vocab.shape[1], generator=generator) * std  # (n, H)
+def init_random(n: int, vocab: Vocab, generator: torch.Generator) -> torch.Tensor:
+    """Normal noise with the vocabulary embeddings' standard deviation (estimated on up to 8192 tokens)."""
+    sample = _rows(vocab, torch.arange(min(_vocab_size(vocab), 8192)))  # (S, H)
+    return torch.randn(n, sample.shape[1], generator=generator) * float(sample.std())  # (n, H)
 
 
-def init_from_vocab(n: int, vocab: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def init_from_vocab(n: int, vocab: Vocab, generator: torch.Generator) -> torch.Tensor:
     """Embeddings of n tokens sampled uniformly from the vocabulary."""
-    ids = torch.randint(0, vocab.shape[0], (n,), generator=generator)
-    return vocab.detach()[ids].to(torch.float32).clone()  # (n, H)
+    return _rows(vocab, torch.randint(0, _vocab_size(vocab), (n,), generator=generator))  # (n, H)
 
 
 # ----------------------------------------------------------------------------- p-tuning encoder

@@ -275,7 +275,13 @@ class S3Store:
     def _get(self, key: str) -> tuple[bytes | None, str | None]:
         from botocore.exceptions import BotoCoreError
 
-        r, _ = self._call("get_object", key, ("NoSuchKey", "404"), Key=self._key(key))
+        r, code = self._call("get_object", key, ("NoSuchKey", "404", "AccessDenied"), Key=self._key(key))
+        if code == "AccessDenied":
+            # without an unconditional s3:ListBucket, S3 answers 403 for a missing key: tell the two apart
+            # with a listing under the key (allowed by a prefix-scoped ListBucket); else it is a real denial
+            if self._listed(key):
+                raise self._denied("get_object", key)
+            return None, None
         if r is None:
             return None, None
         try:
@@ -283,6 +289,16 @@ class S3Store:
         except BotoCoreError as e:
             err = self._error(e, "get_object", key)
         raise err
+
+    def _listed(self, key: str) -> bool:
+        r, _ = self._call("list_objects_v2", key, Prefix=self._key(key), MaxKeys=1)
+        return any(o["Key"] == self._key(key) for o in r.get("Contents", []))
+
+    def _denied(self, op: str, key: str) -> StoreAccessDeniedError:
+        return StoreAccessDeniedError(
+            f"S3 endpoint {self.endpoint()} denied {op} on {self.location()}/{key} (AccessDenied): check that "
+            f"the credentials allow s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on "
+            f"{self.location()}")
 
     def read(self, key: str) -> bytes | None:
         return self._get(key)[0]

@@ -233,3 +233,27 @@ def test_duplicate_task_raises():
     with pytest.raises(ValueError, match="hidden size"):
         other.add_frozen("g", torch.zeros(2, H + 1))
     assert other.names == ["t"]
+
+
+def test_init_goes_through_a_scaling_embedding_module():
+    """Models such as Gemma scale inside the embedding module: init rows must be what the model sees."""
+    from promptray.platform.prompt_encoder import init_from_text, init_from_vocab
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, ids):
+            return self.weight[ids] * 3.0
+
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return [7, 9]
+
+    emb = Scaled()
+    rows = init_from_text("x", 3, Tok(), emb)
+    assert torch.equal(rows, emb.weight.detach()[[7, 9, 7]] * 3.0)
+    sampled = init_from_vocab(5, emb, torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 50, (5,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, emb.weight.detach()[ids] * 3.0)

@@ -1,0 +1,81 @@
+"""`promptray table ...` on a real local table: every subcommand, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from promptray.jobs.cli import main
+from promptray.platform.fingerprint import fingerprint_model
+from promptray.platform.prompt_table import PromptTable, TaskPrompt
+
+
+def _template(name: str, n: int) -> dict:
+    return {"taskname": name, "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+            "total_virtual_tokens": n, "virtual_token_splits": [n], "truncate_field": None,
+            "answer_only_loss": True, "answer_field": "label"}
+
+
+@pytest.fixture
+def table(tmp_path, tiny_gpt2, tiny_gpt2_path):
+    model, _ = tiny_gpt2
+    fp = fingerprint_model(model, str(tiny_gpt2_path))
+    t = PromptTable(tmp_path / "table")
+    g = torch.Generator().manual_seed(0)
+    for seed, (name, n) in enumerate([("a", 3), ("b", 5), ("a", 3)]):
+        t.publish([TaskPrompt(name, torch.randn(n, 32, generator=g), _template(name, n), "prompt-tuning", fp,
+                              {"best_val_loss": 1.0 + seed})])
+    return t
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_ls_show_history(table, capsys):
+    code, out, _ = _run(capsys, "table", "ls", table.uri, "--json")
+    listing = json.loads(out)
+    assert code == 0 and [t["taskname"] for t in listing["tasks"]] == ["a", "b"]
+    assert [t["version"][:7] for t in listing["tasks"]] == ["v000002", "v000001"]
+    code, out, _ = _run(capsys, "table", "show", table.uri, "b", "--json")
+    shown = json.loads(out)
+    assert shown["num_virtual_tokens"] == 5 and shown["hidden_size"] == 32
+    assert shown["metrics"] == {"best_val_loss": 2.0} and shown["template"]["taskname"] == "b"
+    code, out, _ = _run(capsys, "table", "history", table.uri, "a")
+    assert code == 0 and out.count("v00000") >= 2 and "publish" in out
+
+
+def test_rollback_rm_gc(table, capsys):
+    first = table.history("a")[0].version
+    original = table.get("a", version=first).embeddings
+    assert _run(capsys, "table", "rollback", table.uri, "a", first)[0] == 0
+    assert torch.equal(table.get("a").embeddings, original)
+    code, out, _ = _run(capsys, "table", "rm", table.uri, "b")
+    assert code == 0 and "stays in history" in out and table.tasks() == ["a"]
+    code, out, _ = _run(capsys, "table", "ls", table.uri, "--deleted")
+    assert "(deleted)" in out
+    code, out, _ = _run(capsys, "table", "gc", table.uri, "--grace-seconds", "0", "--json")
+    assert code == 0 and json.loads(out)["removed"] == []  # every object is still referenced by history
+
+
+def test_errors_are_clear(table, tmp_path, capsys):
+    code, _, err = _run(capsys, "table", "show", table.uri, "zzz")
+    assert code == 2 and "'zzz'" in err and "known tasks: a, b" in err and "Traceback" not in err
+    code, _, err = _run(capsys, "table", "rollback", table.uri, "a", "v999999-deadbeef")
+    assert code == 2 and "v999999-deadbeef" in err
+    code, _, err = _run(capsys, "table", "ls", str(tmp_path / "nothing"))
+    assert code == 2 and "no prompt table" in err
+
+
+def test_export_then_import_peft(table, tmp_path, tiny_gpt2_path, capsys):
+    out_dir = tmp_path / "adapter"
+    code, out, _ = _run(capsys, "table", "export-peft", table.uri, "b", str(out_dir),
+                        "--base-model", str(tiny_gpt2_path))
+    assert code == 0 and (out_dir / "adapter_model.safetensors").is_file()
+    code, out, _ = _run(capsys, "table", "import-peft", str(out_dir), table.uri, "b_copy")
+    assert code == 0 and "b_copy" in out
+    assert torch.equal(table.get("b_copy").embeddings, table.get("b").embeddings)
