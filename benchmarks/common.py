@@ -64,6 +64,7 @@ def machine() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__,
             "python": sys.version.split()[0], "platform": platform.platform(),
             "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "git_commit": commit,
+            "load_average_1_5_15min_at_start": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 

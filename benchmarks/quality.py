@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -344,6 +345,7 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
                default=None)
     result["target"] = {"promptray_prompt_tuning_min_accuracy": 0.85, "best_promptray_generation_accuracy": best,
                         "met": None if best is None else best >= 0.85}
+    result["machine"]["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["complete"] = True
     save()
     return result

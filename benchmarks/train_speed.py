@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import statistics
 import tempfile
@@ -99,6 +100,7 @@ def summarize(times: list[float], tokens: list[int], losses: list[float]) -> dic
 def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None = None, progress: bool = True) -> dict:
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="promptray_speed_"))
     try:
+        mach = machine()
         splits = sentiment_splits(work / "data")
         total = warmup + steps
         print(f"building the three sides (smollm2-135m, batch {BATCH}, {N_VIRTUAL} virtual tokens) ...")
@@ -145,7 +147,7 @@ def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None =
                                    "backward, clip, optimizer step",
                          "peft": "PromptTuningConfig(CAUSAL_LM, TEXT init, 20 tokens), fp32 model, "
                                  "model(input_ids, attention_mask, labels).loss"},
-            "machine": machine(),
+            "machine": {**mach, "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()]},
             "results": per_side,
             "target": {"promptray_vs_peft_fp32_tokens_per_s": 3.0, "best_promptray_ratio": best, "met": best >= 3.0},
         }

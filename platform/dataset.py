@@ -67,15 +67,28 @@ def read_records(sources: Iterable[Source]) -> list[Record]:
         if isinstance(src, dict):
             records.append(Record(src, f"records[{i}]"))
         else:
-            records += _read_file(Path(src))
+            records += _parse_file(*_read_text(src))
     return records
 
 
-def _read_file(path: Path) -> list[Record]:
+def _read_text(src: Union[str, os.PathLike]) -> tuple[str, str]:
+    """(name, text) of a local data file or an s3://bucket/key object."""
+    name = os.fspath(src)
+    if name.startswith("s3://"):
+        from promptray.platform.stores import read_uri  # boto3 only when S3 is used
+
+        data = read_uri(name)
+        if data is None:
+            raise DatasetError(f"data file {name!r} does not exist; check the bucket and key")
+        return name, data.decode("utf-8-sig")
+    path = Path(name.removeprefix("file://"))
     if not path.is_file():
-        raise DatasetError(f"data file {str(path)!r} does not exist (cwd {os.getcwd()}); check the path")
-    text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark (Windows editors)
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+        raise DatasetError(f"data file {name!r} does not exist (cwd {os.getcwd()}); check the path")
+    return name, path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark (Windows editors)
+
+
+def _parse_file(path: str, text: str) -> list[Record]:
+    if path.endswith(".json") and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:

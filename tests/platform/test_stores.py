@@ -151,3 +151,15 @@ def test_access_denied_on_a_missing_key_reads_as_absent():
         stub.add_client_error("list_objects_v2", "AccessDenied", http_status_code=403)
         with pytest.raises(StoreAccessDeniedError, match="s3:ListBucket"):
             store.read("objects/a/v1.safetensors")
+
+
+def test_bad_endpoint_url_is_a_clear_error(monkeypatch, tmp_path):
+    pytest.importorskip("boto3")
+    isolate_aws_env(monkeypatch, tmp_path, None)
+    with pytest.raises(PromptTableError, match="cannot set up the S3 client") as e:
+        PromptTable("s3://bkt/t", endpoint_url="user:hunter2@no-scheme").exists()
+    assert "hunter2" not in str(e.value)
+    assert _redact_url("user:pw@host") == "host"
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(PromptTableError, match="AWS_PROFILE"):
+        PromptTable("s3://bkt/t", endpoint_url="http://127.0.0.1:9").exists()
