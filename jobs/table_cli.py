@@ -33,7 +33,7 @@ def _table(args: argparse.Namespace):
     from promptray.platform.errors import PromptTableError
     from promptray.platform.prompt_table import PromptTable
 
-    table = PromptTable(args.uri)
+    table = PromptTable(args.uri, endpoint_url=args.endpoint_url)
     if not table.exists():
         raise PromptTableError(f"there is no prompt table at {args.uri!r} (no manifest); train a task with "
                                "model.prompt_table=<uri> (or model.nemo_path=<uri>) to create one")
@@ -105,6 +105,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
     from promptray.platform.peft_interop import export_peft_adapter
+    from promptray.platform.stores import set_default_endpoint
+
+    set_default_endpoint(args.endpoint_url)
 
     out = export_peft_adapter(args.uri, args.task, args.out_dir, args.base_model, args.version, force=args.force)
     print(f"wrote a PEFT prompt-tuning adapter to {out}")
@@ -113,6 +116,9 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
     from promptray.platform.peft_interop import import_peft_adapter
+    from promptray.platform.stores import set_default_endpoint
+
+    set_default_endpoint(args.endpoint_url)
 
     version = import_peft_adapter(args.adapter_dir, args.uri, args.task, prompt_template=args.template,
                                   base_model=args.base_model, answer_field=args.answer_field)
@@ -130,6 +136,7 @@ def register(sub) -> None:
         for arg in positional:
             p.add_argument(arg)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// URIs (default: AWS_ENDPOINT_URL)")
         p.set_defaults(fn=fn)
         return p
 

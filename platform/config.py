@@ -133,11 +133,18 @@ class ModelConfig(Section):
         return v.replace("_", "-") if isinstance(v, str) else v
 
 
+class StorageConfig(Section):
+    """Where s3:// URIs (prompt tables, data files) go; credentials always come from the AWS chain."""
+
+    endpoint_url: Optional[str] = None  # an S3-compatible server; default: AWS_ENDPOINT_URL, else AWS
+
+
 class PromptLearningConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "prompt_learning"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     model: ModelConfig
 
     # ------------------------------------------------------------------ derived values

@@ -107,11 +107,14 @@ def _parse_file(path: str, text: str) -> list[Record]:
     return records
 
 
-def check_records(records: list[Record], templates: dict[str, TaskTemplate], inference: bool) -> None:
-    """Raise DatasetError listing every malformed record (missing taskname, unknown task, fields, types)."""
+def check_records(records: list[Record], templates: dict[str, TaskTemplate], inference: bool,
+                  unknown_hint: str = "") -> None:
+    """Raise DatasetError listing every malformed record (missing taskname, unknown task, fields, types).
+    `unknown_hint` is added to unknown-task problems (e.g. which tasks this run tunes)."""
     problems = []
     for r in records:
-        problems += [f"{r.origin}: {p}" for p in _record_problems(r.data, templates, inference)]
+        problems += [f"{r.origin}: {p}" + (unknown_hint if p.startswith("unknown taskname") else "")
+                     for p in _record_problems(r.data, templates, inference)]
     if problems:
         shown = problems[:MAX_SHOWN_PROBLEMS]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
@@ -203,12 +206,12 @@ def encode_record(template: TaskTemplate, record: Record, tok: Tokenization, max
 
 
 def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tokenizer, max_seq_length: int,
-                   add_eos: bool = True, add_bos: bool = False, inference: bool = False,
+                   add_eos: bool = True, add_bos: bool = False, inference: bool = False, unknown_hint: str = "",
                    ) -> tuple[list[Example], DatasetStats]:
     """Read, check and encode records. Over-long examples that cannot be truncated are dropped and counted."""
     by_name = {t.taskname: t for t in templates}
     records = read_records(sources)
-    check_records(records, by_name, inference)
+    check_records(records, by_name, inference, unknown_hint)
     tok, stats, examples = Tokenization.of(tokenizer), DatasetStats(), []
     for r in records:
         name = r.data["taskname"]

@@ -51,6 +51,7 @@ class InferConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     precision: Union[int, str] = "bf16"
     output_file: str = "predictions.jsonl"
+    s3_endpoint_url: Optional[str] = None  # S3-compatible server for s3:// tables and data (default: AWS chain)
 
     @property
     def table(self) -> Optional[str]:
@@ -100,6 +101,10 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     """Predict every record of `data_paths` and write them to `output_file`; returns a summary."""
     from promptray.platform.inference import load_inference_engine, predict, prepare, write_predictions
+    from promptray.platform.stores import set_default_endpoint
+
+    if cfg.s3_endpoint_url:
+        set_default_endpoint(cfg.s3_endpoint_url)
 
     engine = load_inference_engine(cfg.table, cfg.base_model, cfg.tasks, normalize_precision(cfg.precision))
     params = cfg.generation()

@@ -163,6 +163,16 @@ def _redact_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+_default_endpoint: str | None = None
+
+
+def set_default_endpoint(url: str | None) -> None:
+    """Endpoint for S3 clients made without an explicit one (the `storage.endpoint_url` config option);
+    it wins over AWS_ENDPOINT_URL. None restores boto3's own lookup."""
+    global _default_endpoint
+    _default_endpoint = url or None
+
+
 def make_s3_client(endpoint_url: str | None = None):
     """A boto3 S3 client from the standard AWS chain (env, profile, instance role). The endpoint is
     `endpoint_url`, else whatever boto3 reads itself (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the
@@ -174,6 +184,7 @@ def make_s3_client(endpoint_url: str | None = None):
         from botocore.exceptions import BotoCoreError
     except ImportError:
         raise PromptTableError("s3:// prompt tables need boto3: pip install 'promptray[s3]'") from None
+    endpoint_url = endpoint_url or _default_endpoint
     custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
                     retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
@@ -366,3 +377,12 @@ def store_for_uri(uri: str | os.PathLike, endpoint_url: str | None = None) -> St
     if not s:
         raise PromptTableError(f"prompt table URI {os.fspath(uri)!r} names no path")
     return LocalStore(Path(s).expanduser())
+
+
+def read_uri(uri: str, endpoint_url: str | None = None) -> bytes | None:
+    """Bytes of one object named by a full s3://BUCKET/KEY URI (data files); None when it does not exist."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise PromptTableError(f"data URI {uri!r} must be s3://BUCKET/KEY")
+    folder, _, name = key.rpartition("/")
+    return S3Store(bucket, folder, endpoint_url=endpoint_url).read(name)

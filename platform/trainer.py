@@ -25,6 +25,7 @@ from promptray.platform.engine import Engine, build_engine
 from promptray.platform.errors import ConfigError
 from promptray.platform.metrics import MetricsWriter, plot_learning_curve
 from promptray.platform.prompt_table import PromptTable, TaskPrompt
+from promptray.platform.stores import set_default_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,10 @@ def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example],
     if max_len < cfg.max_seq_length:
         log.info("max_seq_length %d exceeds the base model's %d positions; using %d", cfg.max_seq_length,
                  engine.model.max_positions, max_len)
+    hint = (f" (training data may only hold records of model.new_tasks {engine.new_tasks}; existing tasks are "
+            "frozen)")
     kw = dict(templates=templates, tokenizer=engine.tokenizer, max_seq_length=max_len,
-              add_eos=d.add_eos, add_bos=d.add_bos)
+              add_eos=d.add_eos, add_bos=d.add_bos, unknown_hint=hint)
     train, stats = build_examples(d.train_ds, **kw)
     log.info("training data: %s", stats.summary())
     val = build_examples(d.validation_ds, **kw)[0] if d.validation_ds else []
@@ -162,6 +165,8 @@ def train(cfg: PromptLearningConfig, engine: Optional[Engine] = None, progress: 
           publish: bool = True) -> TrainResult:
     """Run prompt learning for `cfg.model.new_tasks` and publish the best prompts to the table."""
     _check_finetune(cfg)
+    if cfg.storage.endpoint_url:
+        set_default_endpoint(cfg.storage.endpoint_url)
     torch.manual_seed(cfg.model.seed)
     engine = engine or build_engine(cfg)
     pad_id = engine.tokenizer.pad_token_id
