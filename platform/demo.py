@@ -72,11 +72,12 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 150, question_steps
     engine = load_inference_engine(str(out / "prompt_table"), precision="bf16")
     params = GenerationParams(tokens_to_generate=4, greedy=True)
     result = {"model": model, "steps": steps, "n_test": n_test}
-    for name, data in (("sentiment", sent), ("question_type", ques)):
-        examples = prepare(engine, [data["test"]], params.tokens_to_generate)
+    for name, data, n in (("sentiment", sent, n_test), ("question_type", ques, n_test // 2)):
+        examples = prepare(engine, [data["test"]], params.tokens_to_generate)[:n]
         result[name] = {"zero_shot": accuracy(engine, strip_virtual(examples), params),
                         "tuned": accuracy(engine, examples, params)}
-        print(f"      {name:14s} zero-shot {result[name]['zero_shot']:.1%}  ->  tuned {result[name]['tuned']:.1%}")
+        print(f"      {name:14s} zero-shot {result[name]['zero_shot']:.1%}  ->  tuned {result[name]['tuned']:.1%}"
+              f"  ({n} held-out examples)")
     print("[4/4] one mixed batch: both tasks, 20 and 8 virtual tokens, in one forward pass")
     result["mixed_batch"] = mixed_batch(engine, params)
     result.update({"table": str(out / "prompt_table"), "versions": {**first.versions, **second.versions},

@@ -12,15 +12,9 @@ from promptray.platform.dataset import Example, build_examples
 from promptray.platform.generation import GenerationParams, generate, process_logits
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prompt_encoder import PromptBank
-from promptray.platform.templates import TaskTemplate
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
+from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
 
-TEMPLATE_A = TaskTemplate(taskname="a", prompt_template="<|VIRTUAL_PROMPT_0|> Question: {q} Answer:{answer}",
-                          total_virtual_tokens=3, virtual_token_splits=[3], answer_only_loss=True,
-                          answer_field="answer")
-TEMPLATE_B = TaskTemplate(taskname="b", prompt_template="<|VIRTUAL_PROMPT_0|> Context: {q}<|VIRTUAL_PROMPT_1|> "
-                          "Answer:{answer}", total_virtual_tokens=5, virtual_token_splits=[2, 3])
 RECORDS = [
     {"taskname": "a", "q": "What colour is the sky?"},
     {"taskname": "b", "q": "A cat sat on the mat."},
