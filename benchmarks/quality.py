@@ -11,6 +11,7 @@ Two metrics on every variant:
 - label ranking: the label whose answer tokens (without EOS) get the higher log-probability after the prompt.
 
     python -m benchmarks.quality [--quick] [--variants zero_shot promptray_bf16 ...] [--work-dir DIR]
+    python -m benchmarks.quality --variants promptray_bf16 promptray_fp32 --seed 1 --cross-eval --out quality_seed1
 
 --quick: 20 steps and 40 test examples (a smoke check; the numbers mean little).
 """
@@ -44,12 +45,17 @@ VARIANTS = ("zero_shot", "promptray_bf16", "promptray_fp32", "promptray_p_tuning
 
 # ----------------------------------------------------------------------------- promptray
 
-def promptray_config(work: Path, splits: dict, steps: int, variant: str) -> dict:
-    """The demo's sentiment config (validation every steps/4, best prompts kept), varied per variant."""
+def promptray_config(work: Path, splits: dict, steps: int, variant: str, seed: int = SEED,
+                     selection: bool = True) -> dict:
+    """The demo's sentiment config (validation every steps/4, best prompts kept), varied per variant.
+    selection=False validates only after the last step, so the final prompts are the ones published."""
     from promptray.platform.demo import sentiment_config
 
-    raw = sentiment_config(work / variant, splits, steps, MODEL)
+    raw = sentiment_config(work / f"{variant}_seed{seed}", splits, steps, MODEL)
     raw["name"] = f"bench_{variant}"
+    raw["model"]["seed"] = seed
+    if not selection:
+        raw["trainer"]["val_check_interval"] = steps
     if variant == "promptray_fp32":
         raw["trainer"]["precision"] = 32
     elif variant == "promptray_p_tuning":
@@ -91,21 +97,24 @@ def evaluate_promptray(engine, records: list[dict], labels: list[str], strip: bo
     return metrics(records, preds, gen_ok, ranked, t_gen, time.time() - t0 - t_gen)
 
 
-def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress: bool) -> tuple[dict, Path]:
+def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress: bool,
+                    seed: int = SEED, selection: bool = True) -> tuple[dict, Path]:
     from promptray.platform.config import load_config
     from promptray.platform.trainer import train
 
-    raw = promptray_config(work, splits, steps, variant)
+    raw = promptray_config(work, splits, steps, variant, seed, selection)
     cfg = load_config(raw)
     t0 = time.time()
     res = train(cfg, progress=progress)
     summary = json.loads((res.run_dir / "summary.json").read_text())
-    info = {"precision": cfg.precision, "style": cfg.model.virtual_prompt_style, "lr": cfg.model.optim.lr,
+    info = {"seed": cfg.model.seed, "precision": cfg.precision, "style": cfg.model.virtual_prompt_style, "lr": cfg.model.optim.lr,
             "min_lr": cfg.model.optim.sched.min_lr, "steps": res.steps, "best_val_loss": res.best_val_loss,
             "best_step": summary.get("best_step"), "final_train_loss": res.final_train_loss,
             "train_tokens_per_s": round(res.tokens_per_s, 1), "train_seconds": round(time.time() - t0, 1),
-            "selection": f"validation loss every {cfg.trainer.val_check_interval} steps on the 200 validation "
-                         "examples; the prompts with the lowest validation loss are published and evaluated"}
+            "selection": (f"validation loss every {cfg.trainer.val_check_interval} steps on the 200 validation "
+                          "examples; the prompts with the lowest validation loss are published and evaluated")
+                         if selection else "none (validation only after the last step: the final prompts are "
+                                           "published and evaluated)"}
     if cfg.model.virtual_prompt_style == "p-tuning":
         p = cfg.model.p_tuning
         info["p_tuning"] = {"encoder_type": p.encoder_type, "num_layers": p.num_layers, "dropout": p.dropout,
@@ -190,7 +199,7 @@ def evaluate_hf(model, tok, records: list[dict], labels: list[str], n_virtual: i
     return metrics(records, preds, gen_ok, ranked, t_gen, time.time() - t0 - t_gen)
 
 
-def train_peft(work: Path, splits: dict, steps: int, progress: bool):
+def train_peft(work: Path, splits: dict, steps: int, progress: bool, seed: int = SEED):
     """PEFT prompt tuning: same examples in the same order, same optimizer and schedule, no selection."""
     from promptray.platform.batching import epoch_batches
     from promptray.platform.config import load_config
@@ -199,8 +208,10 @@ def train_peft(work: Path, splits: dict, steps: int, progress: bool):
     from promptray.platform.templates import validate_task_templates
     from promptray.platform.trainer import lr_lambda
 
-    cfg = load_config(sentiment_config(work / "peft", splits, steps, MODEL))  # schedule, order
-    torch.manual_seed(SEED)
+    raw = sentiment_config(work / f"peft_seed{seed}", splits, steps, MODEL)
+    raw["model"]["seed"] = seed
+    cfg = load_config(raw)  # the schedule and the batch order
+    torch.manual_seed(seed)
     model, tok, pcfg = peft_model("fp32")
     records = read_jsonl(splits["train"])
     # promptray's training examples, only for their lengths: the batch order is promptray's, example by example
@@ -225,7 +236,7 @@ def train_peft(work: Path, splits: dict, steps: int, progress: bool):
         tokens += int(b["attention_mask"].sum()) + N_VIRTUAL * len(idx)
         bar.set_postfix(loss=f"{loss:.3f}")
     secs = time.time() - t0
-    info = {"precision": "fp32", "lr": o.lr, "min_lr": cfg.model.optim.sched.min_lr, "steps": steps,
+    info = {"seed": seed, "precision": "fp32", "lr": o.lr, "min_lr": cfg.model.optim.sched.min_lr, "steps": steps,
             "final_train_loss": loss, "train_tokens_per_s": round(tokens / secs, 1), "train_seconds": round(secs, 1),
             "selection": "none (the prompt after the last step is evaluated)",
             "peft_config": {"task_type": str(pcfg.task_type), "prompt_tuning_init": str(pcfg.prompt_tuning_init),
@@ -271,7 +282,8 @@ def base_engine(precision: str):
     return InferenceEngine(model, tok, {"sentiment": template}, {}, fingerprint_model(lm, MODEL))
 
 
-def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool) -> dict:
+def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool, seed: int = SEED,
+        cross_eval: bool = False, out: str = "quality", selection: bool = True) -> dict:
     from promptray.platform.inference import load_inference_engine
 
     splits = sentiment_splits(work / "data")
@@ -285,8 +297,9 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
                            "virtual_tokens": N_VIRTUAL, "init_text": INIT_TEXT,
                            "optimizer": "AdamW (betas 0.9/0.999, weight decay 0), warmup 10 steps then cosine "
                                         "to min_lr, grad clip 1.0; prompt tuning lr 3e-2 -> 3e-3",
-                           "batch_order": "promptray's length-grouped shuffle (seed 1234), the same examples per "
-                                          "step for every tuned variant",
+                           "seed": seed,
+                           "batch_order": f"promptray's length-grouped shuffle (model.seed {seed}), the same "
+                                          "examples per step for every tuned variant",
                            "promptray_template": "<|VIRTUAL_PROMPT_0|> Review: {sentence}\\nSentiment: {label}"
                                                  " + EOS (answer_only_loss)",
                            "peft_template": "[20 virtual] Review: {sentence}\\nSentiment: + ' {label}' + EOS, labels "
@@ -295,10 +308,11 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
                                                 "promptray.platform.inference.exact_match vs the label",
                            "ranking_metric": "the label whose answer tokens (' positive' / ' negative', one token "
                                              "each, EOS not included) have the higher log-probability",
-                           "quick": quick},
+                           "promptray_validation_selection": selection,
+                           "cross_precision_eval": cross_eval, "quick": quick},
               "machine": machine(), "results": {}}
     res = result["results"]
-    save = lambda: write_result("quality", result)  # noqa: E731  (after every variant: nothing is lost)
+    save = lambda: write_result(out, result)  # noqa: E731  (after every variant: nothing is lost)
 
     if "zero_shot" in variants:
         zs = res["zero_shot"] = {}
@@ -318,19 +332,25 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
         if variant not in variants:
             continue
         print(f"== {variant}: training {steps} steps")
-        info, table_path = train_promptray(work, splits, steps, variant, progress)
+        info, table_path = train_promptray(work, splits, steps, variant, progress, seed, selection)
         precision = "fp32" if variant == "promptray_fp32" else "bf16"
         engine = load_inference_engine(str(table_path), precision=precision)
         res[variant] = {"training": info, "eval_precision": precision,
                         **evaluate_promptray(engine, records, labels, progress=progress)}
         print(f"   {variant}: generation {res[variant]['generation_accuracy']:.1%}, "
               f"label ranking {res[variant]['label_ranking_accuracy']:.1%}")
-        save()
         del engine
+        if cross_eval and variant in ("promptray_bf16", "promptray_fp32"):
+            other = "bf16" if precision == "fp32" else "fp32"
+            print(f"   ... the same prompts evaluated in {other}")
+            res[variant][f"eval_in_{other}"] = evaluate_promptray(
+                load_inference_engine(str(table_path), precision=other), records, labels, progress=progress)
+            print(f"   {variant} (eval {other}): generation {res[variant][f'eval_in_{other}']['generation_accuracy']:.1%}")
+        save()
 
     if "peft" in variants:
         print(f"== peft: training {steps} steps")
-        model, tok, info = train_peft(work, splits, steps, progress)
+        model, tok, info = train_peft(work, splits, steps, progress, seed)
         res["peft"] = {"training": info, "eval_precision": "fp32",
                        **evaluate_hf(model, tok, records, labels, N_VIRTUAL, "PEFT generation", progress)}
         print(f"   peft: generation {res['peft']['generation_accuracy']:.1%}, "
@@ -361,6 +381,11 @@ def rows(result: dict) -> list[list]:
             v = res[k]
             out.append([k, f"{v['generation_accuracy']:.1%}", f"{v['label_ranking_accuracy']:.1%}",
                         f"{v['training']['train_seconds']:.0f}"])
+            for prec in ("fp32", "bf16"):
+                if f"eval_in_{prec}" in v:
+                    e = v[f"eval_in_{prec}"]
+                    out.append([f"{k} (evaluated in {prec})", f"{e['generation_accuracy']:.1%}",
+                                f"{e['label_ranking_accuracy']:.1%}", ""])
     return out
 
 
@@ -371,12 +396,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--work-dir", default=None, help="keep runs and prompt tables here (default: a temp dir)")
+    ap.add_argument("--seed", type=int, default=SEED, help="model.seed: the batch order (and p-tuning init)")
+    ap.add_argument("--cross-eval", action="store_true",
+                    help="also evaluate the bf16-trained prompts in fp32 and the fp32-trained ones in bf16")
+    ap.add_argument("--no-selection", action="store_true",
+                    help="promptray variants publish their final prompts (validation only after the last step)")
+    ap.add_argument("--out", default="quality", help="results file name under benchmarks/results/ (no .json)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     steps, n_test = (20, 40) if a.quick else (a.steps, a.n_test)
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_quality_"))
     try:
-        result = run(steps, n_test, a.variants, work, not a.no_progress, a.quick)
+        result = run(steps, n_test, a.variants, work, not a.no_progress, a.quick, a.seed, a.cross_eval, a.out,
+                     not a.no_selection)
     finally:
         if not a.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -385,7 +417,7 @@ def main(argv=None) -> dict:
     if t["best_promptray_generation_accuracy"] is not None:
         print(f"target promptray >= 85%: {'met' if t['met'] else 'NOT met'} "
               f"(best {t['best_promptray_generation_accuracy']:.1%}, n={result['settings']['n_test']})")
-    print(f"wrote {RESULTS / 'quality.json'}")
+    print(f"wrote {RESULTS / (a.out + '.json')}")
     return result
 
 
