@@ -2,8 +2,8 @@
 fp32, p-tuning) and Hugging Face PEFT prompt tuning, all on smollm2-135m with the same training budget.
 
 Budget (every tuned variant): 200 optimizer steps of batch 8 (the same examples in the same order:
-promptray's length-grouped shuffle, seed 1234), 20 virtual tokens, AdamW with warmup 10 + cosine, grad clip
-1.0. Data: the demo's fixed split (write_splits n_val=200, n_test=400), all 400 test examples.
+promptray's length-grouped shuffle, model.seed 1234 unless --seed), 20 virtual tokens, AdamW with warmup 10
++ cosine, grad clip 1.0. Data: the demo's fixed split (write_splits n_val=200, n_test=400), all 400 test examples.
 
 Two metrics on every variant:
 - generation: greedy decoding of up to 4 tokens, normalized exact match with the label
@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -107,8 +107,9 @@ def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress
     t0 = time.time()
     res = train(cfg, progress=progress)
     summary = json.loads((res.run_dir / "summary.json").read_text())
-    info = {"seed": cfg.model.seed, "precision": cfg.precision, "style": cfg.model.virtual_prompt_style, "lr": cfg.model.optim.lr,
-            "min_lr": cfg.model.optim.sched.min_lr, "steps": res.steps, "best_val_loss": res.best_val_loss,
+    info = {"seed": cfg.model.seed, "precision": cfg.precision, "style": cfg.model.virtual_prompt_style,
+            "lr": cfg.model.optim.lr, "min_lr": cfg.model.optim.sched.min_lr, "steps": res.steps,
+            "best_val_loss": res.best_val_loss,
             "best_step": summary.get("best_step"), "final_train_loss": res.final_train_loss,
             "train_tokens_per_s": round(res.tokens_per_s, 1), "train_seconds": round(time.time() - t0, 1),
             "selection": (f"validation loss every {cfg.trainer.val_check_interval} steps on the 200 validation "
@@ -345,7 +346,8 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
             print(f"   ... the same prompts evaluated in {other}")
             res[variant][f"eval_in_{other}"] = evaluate_promptray(
                 load_inference_engine(str(table_path), precision=other), records, labels, progress=progress)
-            print(f"   {variant} (eval {other}): generation {res[variant][f'eval_in_{other}']['generation_accuracy']:.1%}")
+            acc = res[variant][f"eval_in_{other}"]["generation_accuracy"]
+            print(f"   {variant} (eval {other}): generation {acc:.1%}")
         save()
 
     if "peft" in variants:

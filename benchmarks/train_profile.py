@@ -44,7 +44,8 @@ def profile_side(step, n: int) -> dict:
     out = {"profiled_steps": n, "s_per_step_profiled": round(total / n / 1e6, 3),
            "matmul": share(lambda k: k in MATMUL), "attention_forward": share(att_fwd),
            "attention_backward": share(att_bwd), "softmax_nll": share(softmax)}
-    out["other"] = round(1 - out["matmul"] - out["attention_forward"] - out["attention_backward"] - out["softmax_nll"], 3)
+    named = ("matmul", "attention_forward", "attention_backward", "softmax_nll")
+    out["other"] = round(1 - sum(out[k] for k in named), 3)
     top = sorted(ka, key=lambda k: -k.self_cpu_time_total)[:8]
     out["top_ops"] = {k.key: round(k.self_cpu_time_total / total, 3) for k in top}
     return out
