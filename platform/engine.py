@@ -36,10 +36,10 @@ class Engine:
     existing: dict[str, TaskPrompt] = field(default_factory=dict)  # restored, frozen
 
 
-def restore_tasks(uri: str, names: list[str], fingerprint: Optional[BaseModelFingerprint]) -> dict[str, TaskPrompt]:
+def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint]
+                  ) -> dict[str, TaskPrompt]:
     """Existing tasks from a table, checked against the base model."""
-    table = PromptTable(uri)
-    known = table.tasks()
+    known, uri = table.tasks(), table.uri
     missing = [n for n in names if n not in known]
     if missing:
         raise ConfigError(f"model.existing_tasks: {missing} not in the prompt table at {uri!r} "
@@ -47,13 +47,12 @@ def restore_tasks(uri: str, names: list[str], fingerprint: Optional[BaseModelFin
     return table.get_many(names, base_model=fingerprint)
 
 
-def _check_new_tasks(cfg: PromptLearningConfig, restore_uri: Optional[str]) -> None:
-    if not restore_uri or not PromptTable(restore_uri).exists():
+def _check_new_tasks(cfg: PromptLearningConfig, table: Optional[PromptTable]) -> None:
+    if table is None or not table.exists():
         return
-    known = PromptTable(restore_uri).tasks()
-    clash = [n for n in cfg.model.new_tasks if n in known]
+    clash = [n for n in cfg.model.new_tasks if n in table.tasks()]
     if clash:
-        raise ConfigError(f"model.new_tasks: {clash} already in the prompt table at {restore_uri!r}; "
+        raise ConfigError(f"model.new_tasks: {clash} already in the prompt table at {table.uri!r}; "
                           "existing tasks are never retrained: list them in existing_tasks, or use a new taskname")
 
 
@@ -104,11 +103,12 @@ def build_bank(cfg: PromptLearningConfig, templates: dict[str, TaskTemplate], ex
 def build_engine(cfg: PromptLearningConfig) -> Engine:
     """Load the base model, restore existing tasks, create new prompts; nothing trains yet."""
     m = cfg.model
-    _check_new_tasks(cfg, m.restore_path)
-    lm_name = m.language_model_path or _base_model_from_table(m.restore_path)
+    restored = PromptTable(m.restore_path) if m.restore_path else None  # one client, reused below
+    _check_new_tasks(cfg, restored)
+    lm_name = m.language_model_path or _base_model_from_table(restored)
     lm, tokenizer = load_base_model(lm_name)
     fingerprint = fingerprint_model(lm, lm_name)
-    existing = restore_tasks(m.restore_path, m.existing_tasks, fingerprint) if m.existing_tasks else {}
+    existing = restore_tasks(restored, m.existing_tasks, fingerprint) if m.existing_tasks else {}
     templates = _merge_templates(cfg, existing)
     vocab = lm.get_input_embeddings()  # rows as the model sees them (float32 as loaded)
     bank = build_bank(cfg, templates, existing, tokenizer, vocab)
@@ -118,11 +118,11 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     return Engine(model, tokenizer, fingerprint, templates, list(m.new_tasks), existing)
 
 
-def _base_model_from_table(uri: Optional[str]) -> str:
+def _base_model_from_table(table: Optional[PromptTable]) -> str:
     """The base model a restored table was trained on (used when language_model_path is not given)."""
-    table = PromptTable(uri)
-    tasks = table.tasks()
+    tasks = table.tasks() if table is not None else []
     if not tasks:
-        raise ConfigError(f"model.language_model_path is not set and the table at {uri!r} has no tasks to "
+        where = f"the table at {table.uri!r} has" if table is not None else "there is no restore_path with"
+        raise ConfigError(f"model.language_model_path is not set and {where} no tasks to "
                           "take the base model from; set language_model_path")
     return table.get(tasks[0]).base_model.name

@@ -247,7 +247,7 @@ def test_best_prompts_by_validation_loss_are_published(tmp_path, tiny_gpt2_path)
     assert torch.equal(PromptTable(result.table_uri).get("a").embeddings, result.prompts["a"])
 
 
-def test_frozen_base_model_is_untouched_and_lm_finetune_changes_it(tmp_path, tiny_gpt2_path):
+def test_lm_finetune_changes_and_saves_the_base_model(tmp_path, tiny_gpt2_path):
     from safetensors.torch import load_file
 
     original = load_file(str(tiny_gpt2_path / "model.safetensors"))
