@@ -8,15 +8,20 @@ prompt parameters stay float32; logits are computed only at positions that carry
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+import inspect
+import logging
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer
 
 from promptray.platform.batching import Batch
+from promptray.platform.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
 from promptray.platform.prompt_encoder import PromptBank
 
+log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -33,12 +38,17 @@ class PromptLearningModel(nn.Module):
         # A frozen LM runs in the compute dtype itself; a fine-tuned one keeps fp32 weights under autocast.
         if not lm_finetune:
             lm.to(DTYPES[precision])
+            _prefer_eager_attention(lm, precision)
         lm.eval()
         backbone = getattr(lm, "base_model", lm)
         # heads that do more than lm_head(hidden): soft-capping (Gemma 2), scaling (Cohere, Granite, Falcon-H1)
         scaled = any(getattr(lm.config, k, None) for k in ("final_logit_softcapping", "logit_scale",
                                                            "logits_scaling", "lm_head_multiplier"))
         self._backbone = None if backbone is lm or scaled else backbone  # None: use full forward
+        self._cache_kw: Optional[str] = None
+        self.share_prefix = True  # compute each task's constant prompt start once per batch (prefix.py)
+        self.fast_paths = ["split"] if _sliding(lm.config) else ["packed", "split"]  # tried in this order
+        self._verified: set[str] = set()  # compute each task's constant prompt start once per batch (prefix.py)
 
     def train(self, mode: bool = True) -> "PromptLearningModel":
         super().train(mode)
@@ -63,37 +73,108 @@ class PromptLearningModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, virtual_ids: torch.Tensor, tasknames: list[str]) -> torch.Tensor:
         """(B, T, H) input embeddings with each task's virtual rows at its virtual positions."""
+        if not bool((virtual_ids >= 0).any()):
+            return self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        rows, offsets = self.bank.lookup(tasknames)  # (S, H), (B,)
+        return self._place_virtual(input_ids, virtual_ids, rows, offsets[:, None])
+
+    def _place_virtual(self, input_ids: torch.Tensor, virtual_ids: torch.Tensor, rows: torch.Tensor,
+                       offsets: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token embeddings with rows[offset + virtual id] at virtual positions (offsets (B|1, 1|T))."""
         emb = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
         is_virtual = virtual_ids >= 0  # (B, T)
-        if not bool(is_virtual.any()):
-            return emb
-        rows, offsets = self.bank.lookup(tasknames)  # (S, H), (B,)
-        idx = (offsets.to(virtual_ids.device)[:, None] + virtual_ids).clamp(min=0)  # (B, T)
+        idx = (offsets.to(virtual_ids.device) + virtual_ids).clamp(min=0)  # (B, T)
         virt = rows[idx].to(emb.dtype)  # (B, T, H)
         return torch.where(is_virtual.unsqueeze(-1), virt, emb)
 
     def _hidden(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past=None, use_cache: bool = False):
         out = self._backbone(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past, use_cache=use_cache)
-        return out[0], (out.past_key_values if use_cache else None)  # (B, T, H)
+                             use_cache=use_cache, **self._cache_arg(past))
+        return out[0], (_cache_of(out) if use_cache else None)  # (B, T, H)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.get_output_embeddings()(hidden).float()  # (..., V)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        """(sum of token cross-entropies, number of target tokens). Token t predicts token t+1."""
-        targets = batch.loss_mask[:, 1:]  # (B, T-1)
-        labels = batch.input_ids[:, 1:][targets]  # (N,)
+        """(sum of token cross-entropies, number of target tokens). Token t predicts token t+1.
+
+        Each task's shared prompt start is computed once per batch when that saves work (prefix.py): a
+        packed single row, or prefixes then remainders. Each layout is checked once against the plain
+        forward on its first batch and switched off, with a warning, if the model does not honour it."""
+        for kind in self.fast_paths if self.share_prefix else ():
+            layout = pack_batch(batch) if kind == "packed" else split_shared_prefix(batch)
+            out = self._loss_layout(kind, layout) if layout is not None else None
+            if out is not None:
+                return out if kind in self._verified else self._verify(kind, out, batch)
+        return self._loss_plain(batch)
+
+    def _loss_layout(self, kind: str, layout) -> Optional[tuple[torch.Tensor, int]]:
+        try:
+            return self._loss_packed(layout) if kind == "packed" else self._loss_shared(layout)
+        except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # a model that cannot take the layout
+            log.warning("shared-prefix %s batches switched off for this model: %s", kind, exc)
+            self.fast_paths = [k for k in self.fast_paths if k != kind]
+            return None
+
+    def _verify(self, kind: str, out: tuple[torch.Tensor, int], batch: Batch) -> tuple[torch.Tensor, int]:
+        """Compare a layout's first loss with the plain forward's; keep the layout only if they agree."""
+        with torch.no_grad():
+            ref, n = self._loss_plain(batch)
+        tol = 2e-2 if self.precision == "bf16" else 1e-4
+        value = float(out[0].detach())
+        if out[1] == n and abs(value - float(ref)) <= tol * max(1.0, abs(float(ref))):
+            self._verified.add(kind)
+            return out
+        log.warning("shared-prefix %s batches switched off: loss %.6g differs from the plain forward's %.6g",
+                    kind, value, float(ref))
+        self.fast_paths = [k for k in self.fast_paths if k != kind]
+        return self.loss(batch)
+
+    def _loss_plain(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        L = _columns_needed(batch.loss_mask)
+        targets = batch.loss_mask[:, 1:L + 1]  # (B, L): column c of the inputs predicts token c + 1
+        labels = batch.input_ids[:, 1:L + 1][targets]  # (N,)
         with self.autocast():
-            emb = self.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
-            if self._backbone is not None:
-                hidden, _ = self._hidden(emb, batch.attention_mask, batch.position_ids)
-                logits = self._logits(hidden[:, :-1][targets])  # (N, V): only where loss is taken
-            else:
-                out = self.lm(inputs_embeds=emb, attention_mask=batch.attention_mask,
-                              position_ids=batch.position_ids, use_cache=False)
-                logits = out.logits[:, :-1][targets].float()  # (N, V)
+            emb = self.embed(batch.input_ids[:, :L], batch.virtual_ids[:, :L], batch.tasknames)  # (B, L, H)
+            logits = self._target_logits(emb, batch.attention_mask[:, :L], batch.position_ids[:, :L], targets)
+        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+
+    def _loss_packed(self, p: PackedBatch) -> tuple[torch.Tensor, int]:
+        """The loss over one packed row: a block mask keeps each row to its task's prefix and itself."""
+        with self.autocast():
+            rows, offsets = self.bank.lookup(p.tasknames)  # (S, H), (M,)
+            emb = self._place_virtual(p.input_ids, p.virtual_ids, rows, offsets[None, :])  # (1, M, H)
+            bias = torch.zeros(p.allowed.shape, dtype=emb.dtype).masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
+            logits = self._target_logits(emb, bias[None, None], p.position_ids, p.targets)  # (N, V)
+        return F.cross_entropy(logits, p.labels, reduction="sum"), int(p.labels.numel())
+
+    def _target_logits(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       targets: torch.Tensor, past=None) -> torch.Tensor:
+        """(N, V) logits at the input positions that predict a target (targets: (B, L) bool, like emb)."""
+        if self._backbone is not None:
+            hidden, _ = self._hidden(emb, attention_mask, position_ids, past)  # (B, L, H)
+            return self._logits(hidden[targets])  # (N, V): only where loss is taken
+        out = self.lm(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=past is not None, **self._cache_arg(past))
+        return out.logits[targets].float()  # (N, V)
+
+    def _loss_shared(self, s: PrefixSplit) -> Optional[tuple[torch.Tensor, int]]:
+        """The loss with each task's prefix run once (K rows) and its KV cache gathered to the B rows;
+        None (and sharing switched off) for models whose cache is not a plain growing KV cache."""
+        L, P = _columns_needed(s.loss_mask), s.cache_mask.shape[1]
+        targets = s.loss_mask[:, 1:L + 1]  # (B, L)
+        labels = s.input_ids[:, 1:L + 1][targets]  # (N,)
+        with self.autocast():
+            prefix_emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
+            prefix_pos = (s.prefix_mask.cumsum(-1) - 1).clamp(min=0)  # (K, P)
+            _, past = self.step(prefix_emb, s.prefix_mask, prefix_pos)  # cache: (K, heads, P, d) per layer
+            if not all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None])):
+                self.fast_paths = [k for k in self.fast_paths if k != "split"]  # sliding, linear, quantized
+                return None
+            past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per task
+            emb = self.embed(s.input_ids[:, :L], s.virtual_ids[:, :L], s.tasknames)  # (B, L, H)
+            logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
         return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
 
     def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
@@ -104,8 +185,16 @@ class PromptLearningModel(nn.Module):
                 hidden, past = self._hidden(emb, attention_mask, position_ids, past, use_cache=True)
                 return self._logits(hidden[:, -1]), past
             out = self.lm(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past, use_cache=True)
-            return out.logits[:, -1].float(), out.past_key_values
+                          use_cache=True, **self._cache_arg(past))
+            return out.logits[:, -1].float(), _cache_of(out)
+
+    def _cache_arg(self, past) -> dict:
+        """The KV-cache keyword: `cache` (transformers >= 5.2x), `past_key_values` before."""
+        if past is None:
+            return {}
+        if self._cache_kw is None:
+            self._cache_kw = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        return {self._cache_kw: past}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -120,3 +209,34 @@ class PromptLearningModel(nn.Module):
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+
+def _cache_of(out):
+    """The KV cache a forward returned (`cache` in newer transformers, `past_key_values` in older)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _columns_needed(loss_mask: torch.Tensor) -> int:
+    """How many leading input columns some target needs: through the one before the last target.
+    (The last token of an answer-only row, its EOS, is a target but never an input.)"""
+    cols = loss_mask[:, 1:].any(0).nonzero()  # (n, 1)
+    return int(cols[-1]) + 1 if len(cols) else 1
+
+
+def _prefer_eager_attention(lm: nn.Module, precision: Precision) -> None:
+    """bf16 on the CPU: plain (eager) attention trains faster than SDPA, whose CPU flash-attention backward
+    took ~22% of a step (benchmarks/results/train_profile.json); elsewhere SDPA stays."""
+    on_cpu = next(lm.parameters()).device.type == "cpu"
+    if precision == "bf16" and on_cpu and getattr(lm.config, "_attn_implementation", None) == "sdpa":
+        try:
+            lm.set_attn_implementation("eager")
+        except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
+            pass
+
+
+def _sliding(config) -> bool:
+    """Whether some layer attends only to a window (a custom packed mask would override that window)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return "sliding_attention" in layer_types
+    return bool(getattr(config, "sliding_window", None))

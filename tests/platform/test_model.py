@@ -215,8 +215,10 @@ def test_bf16_casts_lm_and_keeps_prompts_float32(fixture, request):
     bank = make_bank(hidden, std=0.05)
     batch = collate(examples(tokenizer), tokenizer.pad_token_id)
     fp32_sum, n = PromptLearningModel(lm, bank).loss(batch)
+    assert lm.config._attn_implementation == "sdpa"
 
     model = PromptLearningModel(lm, bank, precision="bf16")
+    assert lm.config._attn_implementation == "eager"  # faster than SDPA's backward in bf16 on the CPU
     assert all(p.dtype == torch.bfloat16 for p in lm.parameters())
     assert model.compute_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in bank.parameters())
