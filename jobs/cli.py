@@ -6,6 +6,7 @@
     promptray demo [--steps 150] [--out runs/demo]
     promptray data demo OUT_DIR
     promptray table ls|show|history|rollback|rm|gc|export-peft|import-peft ...   (see jobs/table_cli.py)
+    promptray serve --table URI [--model NAME] [--port 8000] [--replicas 1]   (HTTP API, see serve/app.py)
 
 Errors from user input print one clear message (exit 2), never a traceback.
 """
@@ -17,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from typing import Optional
 
 from promptray.jobs import table_cli
@@ -61,6 +63,46 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every task of a table over HTTP: serve.run on an embedded local Ray, until Ctrl-C."""
+    import ray
+    from ray import serve
+
+    from promptray.serve.app import build_app
+    from promptray.serve.schemas import ServerSettings
+
+    settings = ServerSettings(table=args.table, model=args.model, precision=args.precision,
+                              max_batch_size=args.max_batch_size, refresh_s=args.refresh_s,
+                              api_keys_file=args.api_keys_file)
+    ray.init(address="local", include_dashboard=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(settings, num_replicas=args.replicas), name="promptray", route_prefix="/")
+        print(f"promptray serving {args.table} at http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops",
+              flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops it cleanly
+        while True:
+            time.sleep(3600)  # Ctrl-C raises KeyboardInterrupt here
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _add_serve(sub) -> None:
+    s = sub.add_parser("serve", help="serve every task of a prompt table over HTTP (Ray Serve, one base model)")
+    s.add_argument("--table", required=True, help="prompt table URI: a local path or s3://bucket/prefix")
+    s.add_argument("--model", help="base model (default: the one the table's prompts were trained on)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    s.add_argument("--max-batch-size", type=int, default=16)
+    s.add_argument("--refresh-s", type=float, default=10.0, help="re-read the table's manifest this often")
+    s.add_argument("--api-keys-file", help="bearer keys, one a line (also: env PROMPTRAY_API_KEYS=k1,k2)")
+    s.set_defaults(fn=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="promptray", description="Tune and serve soft prompts on a frozen LM.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -88,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("out", help="output folder")
     dd.set_defaults(fn=cmd_data)
     table_cli.register(sub)
+    _add_serve(sub)
     return p
 
 

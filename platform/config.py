@@ -20,6 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.platform.errors import ConfigError
+from promptray.platform.ray_config import RayConfig, ray_problems
+from promptray.platform.search_config import SearchConfig, search_problems
 from promptray.platform.templates import TaskTemplate, validate_task_templates
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ class ModelConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     lm_finetune: bool = False
+    sharding: Literal["none", "fsdp"] = "none"  # fsdp: shard the frozen base model across Ray workers
 
     @field_validator("virtual_prompt_style", mode="before")
     @classmethod
@@ -145,6 +148,8 @@ class PromptLearningConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    search: Optional[SearchConfig] = None  # read by promptray.jobs.search only
     model: ModelConfig
 
     # ------------------------------------------------------------------ derived values
@@ -161,9 +166,19 @@ class PromptLearningConfig(BaseModel):
         return normalize_precision(self.trainer.precision)
 
     @property
-    def data_parallel_size(self) -> int:
+    def nemo_parallel_size(self) -> int:
+        """NeMo's data-parallel size: trainer.devices x trainer.num_nodes ("auto" and -1 count as 1)."""
         devices = self.trainer.devices if isinstance(self.trainer.devices, int) else 1
-        return max(1, devices) * self.trainer.num_nodes
+        return max(1, devices) * max(1, self.trainer.num_nodes)
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Number of data-parallel workers: ray.num_workers when set, else trainer.devices x num_nodes."""
+        return self.ray.num_workers or self.nemo_parallel_size
+
+    def accumulation_for(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of `world` workers (NeMo's rule)."""
+        return max(1, self.global_batch_size // (self.model.micro_batch_size * world))
 
     @property
     def global_batch_size(self) -> int:
@@ -306,8 +321,8 @@ def _describe(err: dict) -> str:
 
 
 def _suggest(key: str, section: str) -> str:
-    models = {"model": ModelConfig, "model.data": DataConfig, "model.optim": OptimConfig,
-              "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig}
+    models = {"model": ModelConfig, "model.data": DataConfig, "model.optim": OptimConfig, "ray": RayConfig,
+              "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "search": SearchConfig}
     known = list(models[section].model_fields) if section in models else []
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -317,7 +332,8 @@ def _suggest(key: str, section: str) -> str:
 
 def config_problems(cfg: PromptLearningConfig) -> list[str]:
     """Problems that involve several keys. Tasks vs the restored table are checked when it is opened."""
-    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg)
+    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg) + ray_problems(cfg)
+    problems += search_problems(cfg)
     try:
         normalize_precision(cfg.trainer.precision)
     except ValueError:
@@ -395,3 +411,4 @@ def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
         problems.append(f"trainer.val_check_interval: {t.val_check_interval}; a float is a fraction of an "
                         "epoch in (0, 1], an int is a number of steps")
     return problems
+

@@ -7,7 +7,7 @@ position ids count only real positions, so a row's output does not depend on wha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -67,22 +67,38 @@ def _choose(logits: torch.Tensor, p: GenerationParams, gen: Optional[torch.Gener
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
 
 
+Prefill = Callable[[PromptLearningModel, Sequence[Example], int], tuple]
+"""(model, examples, pad_id) -> (logits of each row's last position (B, V), KV cache, attention mask (B, T),
+position ids (B, T)): the prompt pass. `prefill_plain` runs the whole prompts; platform.prefix_cache reuses
+each task's cached prompt start."""
+
+
+def prefill_plain(model: PromptLearningModel, examples: Sequence[Example], pad_id: int) -> tuple:
+    """The prompt pass over the whole left-padded prompts (see `Prefill`)."""
+    batch = collate(examples, pad_id, side="left")
+    emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
+    logits, past = model.step(emb, batch.attention_mask, batch.position_ids)  # (B, V)
+    return logits, past, batch.attention_mask, batch.position_ids
+
+
+def seen_tokens(examples: Sequence[Example], pad_id: int) -> torch.Tensor:
+    """(B, T) real prompt token ids for the repetition penalty; virtual placeholders and padding are -1."""
+    batch = collate(examples, pad_id, side="left")
+    return torch.where((batch.virtual_ids >= 0) | (batch.attention_mask == 0), -1, batch.input_ids)  # (B, T)
+
+
 @torch.no_grad()
 def generate(model: PromptLearningModel, examples: Sequence[Example], params: GenerationParams,
-             pad_id: int, eos_id: int) -> list[list[int]]:
+             pad_id: int, eos_id: int, prefill: Prefill = prefill_plain) -> list[list[int]]:
     """Generated token ids of each example (without the prompt; EOS and stop ids not included)."""
     model.eval()
-    batch = collate(examples, pad_id, side="left")
     gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-    emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
-    mask, pos = batch.attention_mask, batch.position_ids  # (B, T)
-    # for the repetition penalty: real prompt tokens only (virtual placeholders and padding hold the pad id)
-    seen = torch.where((batch.virtual_ids >= 0) | (batch.attention_mask == 0), -1, batch.input_ids)  # (B, T)
+    seen = seen_tokens(examples, pad_id)  # (B, T)
     stops = set(params.extra_stop_ids) | ({eos_id} if params.stop_at_eos else set())
     stop_ids = torch.tensor(sorted(stops) or [-1])
     done = torch.zeros(len(examples), dtype=torch.bool)
     out: list[list[int]] = [[] for _ in examples]
-    logits, past = model.step(emb, mask, pos)  # (B, V)
+    logits, past, mask, pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T), (B, T)
     for step in range(params.tokens_to_generate):
         nxt = _choose(process_logits(logits, seen, params), params, gen)  # (B,)
         done |= torch.isin(nxt, stop_ids)

@@ -96,6 +96,10 @@ class PromptLearningModel(nn.Module):
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.get_output_embeddings()(hidden).float()  # (..., V)
 
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """The loss (below); called as `model(batch)` so that an FSDP-sharded model runs its hooks."""
+        return self.loss(batch)
+
     def loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
         """(sum of token cross-entropies, number of target tokens). Token t predicts token t+1.
 

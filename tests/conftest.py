@@ -87,3 +87,19 @@ def smollm2():
     from promptray.platform.hub import load_base_model
 
     return load_base_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for the whole test session (2 CPUs, no dashboard), shut down at its end.
+    It never attaches to a `ray start` cluster on the machine (address="local" always starts a new one)."""
+    ray = pytest.importorskip("ray", reason="needs Ray: pip install 'promptray[ray]'")
+    if ray.is_initialized():  # someone else's instance: use it, leave it running
+        yield ray
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+             configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -76,7 +76,9 @@ def test_infer_without_table_or_data_lists_both_problems(capsys):
     assert "virtual_prompt_model_file: not set" in err and "data_paths: empty" in err
 
 
-@pytest.mark.parametrize("name", ["sentiment_prompt_tuning.yaml", "questions_p_tuning.yaml"])
+@pytest.mark.parametrize("name", ["sentiment_prompt_tuning.yaml", "questions_p_tuning.yaml", "sentiment_search.yaml"])
 def test_example_configs_are_valid(name):
     cfg = load_config(REPO / "examples" / name)
     assert cfg.model.language_model_path == "smollm2-135m"
+    if name == "sentiment_search.yaml":
+        assert cfg.search.tasks["sentiment"].total_virtual_tokens == [5, 20, 50] and cfg.search.lr.max == 0.1

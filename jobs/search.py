@@ -1,0 +1,188 @@
+"""`python -m promptray.jobs.search`: search virtual-token counts, splits, lr, init and style with Ray Tune.
+
+    python -m promptray.jobs.search --config X.yaml [overrides ...] [--resume] [--address ADDR] [--num-cpus N]
+
+Each trial is a real training run of the engine (one worker, nothing published) that reports the objective
+(`search.metric`) at every validation; ASHA stops bad trials early. Prompt-tuning tasks are searched
+independently (one Tuner per task), p-tuning tasks jointly (they share the encoder). At the end only the best
+trial's prompts are published, with provenance (search id, trial config, metric) in the table's source/metrics.
+
+Run dir (exp_manager): trials.csv, trials.json, search_plot.png (metric vs virtual-token count per task),
+trials/<trial id>/ (each trial's metrics), tune/<group>/ (Ray Tune's results; a rerun with the same run dir
+resumes it with Tuner.restore, e.g. after a driver crash). Stdout: `PROMPTRAY_RESULT {...}` once at the end.
+Exit codes: 0 success; 2 invalid input; 1 the search failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from promptray.jobs.search_report import (
+    SearchFailed,
+    best_row,
+    plot_trials,
+    publish_best,
+    trial_rows,
+    write_tables,
+)
+from promptray.jobs.search_space import param_space, search_groups, split_data
+from promptray.jobs.search_trial import run_trial
+from promptray.jobs.train import (
+    RESULT_PREFIX,
+    absolutize,
+    connect,
+    missing_data_problems,
+)
+from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.errors import ConfigError, PromptrayError
+
+log = logging.getLogger(__name__)
+CRASH_MARKER = ".promptray_search_crashed"
+
+
+class SearchInterrupted(PromptrayError):
+    """Testing (search.stop_after_trials): the driver stopped as if it had crashed; rerun to resume."""
+
+
+def search_id_for(run_dir: Path, cfg: PromptLearningConfig) -> str:
+    """The search's id, kept in run_dir/search.json so a resumed search keeps it."""
+    path = run_dir / "search.json"
+    if path.is_file():
+        return json.loads(path.read_text())["search_id"]
+    sid = f"{cfg.name}-search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"search_id": sid}))
+    return sid
+
+
+def _crash_callback(run_dir: Path, after: int):
+    from ray.tune import Callback
+
+    class StopAfter(Callback):
+        """Raises once `after` trials completed in this driver (only once per run dir)."""
+
+        def __init__(self):
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1  # Tune catches errors raised here; the next step of the driver loop raises
+
+        def on_step_begin(self, iteration, trials, **info):
+            marker = run_dir / CRASH_MARKER
+            if self.done >= after and not marker.exists():
+                marker.write_text(str(self.done))
+                raise SearchInterrupted(f"search.stop_after_trials: stopped after {self.done} trial(s)")
+
+    return StopAfter()
+
+
+def build_tuner(cfg: PromptLearningConfig, group: str, tasks: list[str], data: dict, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    s, run_dir = cfg.search, cfg.run_dir
+    base = cfg.model_dump(mode="json")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, tasks=tasks, data=data, trials_root=str(run_dir / "trials")),
+        {"cpu": s.cpus_per_trial})
+    path = run_dir / "tune" / group
+    if tune.Tuner.can_restore(str(path)):
+        log.info("resuming the search group %s from %s", group, path)
+        return tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    if resume:
+        raise ConfigError(f"--resume: no search to resume at {path}; run without --resume to start one")
+    callbacks = [_crash_callback(run_dir, s.stop_after_trials)] if s.stop_after_trials else []
+    asha = ASHAScheduler(max_t=10_000, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return tune.Tuner(
+        trainable, param_space=param_space(s, tasks, cfg.model.virtual_prompt_style),
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.metric_mode, scheduler=asha,
+                                    search_alg=BasicVariantGenerator(random_state=s.seed,
+                                                                     max_concurrent=s.max_concurrent_trials),
+                                    num_samples=s.num_samples,
+                                    time_budget_s=s.time_budget_s),
+        run_config=tune.RunConfig(name=group, storage_path=str(run_dir / "tune"), callbacks=callbacks,
+                                  verbose=0))
+
+
+def _fit(tuner):
+    from ray.tune.error import TuneError
+
+    try:
+        return tuner.fit()
+    except TuneError as e:
+        cause = e.__cause__
+        raise cause if isinstance(cause, PromptrayError) else SearchFailed(f"the search failed: {e}") from None
+
+
+def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any]:
+    """Every search group on the connected Ray, then the summary files and the publication of the best."""
+    s, run_dir = cfg.search, cfg.run_dir
+    search_id = search_id_for(run_dir, cfg)
+    groups = search_groups(cfg)
+    rows = []
+    for group, tasks in groups.items():
+        data = split_data(cfg, tasks, run_dir / "data") if len(groups) > 1 else {}
+        grid = _fit(build_tuner(cfg, group, tasks, data, resume))
+        rows += trial_rows(grid, group, tasks, s.metric, s.metric_mode)
+    csv_path, _ = write_tables(run_dir, rows)  # also when a group failed: its trials' errors are in there
+    plot = plot_trials(run_dir, rows, list(cfg.model.new_tasks), s.metric)
+    best = {g: (tasks, best_row(rows, g, s.metric, s.metric_mode)) for g, tasks in groups.items()}
+    versions = publish_best(cfg, best, search_id, run_dir / "trials")
+    return {"search_id": search_id, "table": cfg.table_uri, "versions": versions, "metric": s.metric,
+            "best": {g: {"trial_id": r["trial_id"], s.metric: r[s.metric],
+                         "config": {k.removeprefix("config/"): v for k, v in r.items() if k.startswith("config/")}}
+                     for g, (_, r) in best.items()},
+            "trials": len(rows), "run_dir": str(run_dir), "trials_csv": str(csv_path), "plot": str(plot),
+            "tune_dir": str(run_dir / "tune")}
+
+
+def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -> PromptLearningConfig:
+    cfg = absolutize(load_config(path_or_dict, overrides))
+    problems = ([] if cfg.search else ["search: missing section; give search.tasks with total_virtual_tokens "
+                                       "per new task"]) + missing_data_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m promptray.jobs.search",
+                                description="Search prompt-learning settings per task with Ray Tune.")
+    p.add_argument("--config", required=True, help="YAML config with a `search:` section")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. search.num_samples=4")
+    p.add_argument("--resume", action="store_true", help="require an interrupted search in the run dir "
+                   "(it is resumed automatically when present)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: this machine's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return p
+
+
+def main(argv: Optional[list[str]] = None, echo: Callable[[str], None] = print) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = prepare_search_config(args.config, args.overrides)
+        connect(args.address, cfg, args.num_cpus)
+        payload = run_search(cfg, resume=args.resume)
+    except PromptrayError as e:
+        print(f"promptray.jobs.search: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    echo(RESULT_PREFIX + json.dumps(payload, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""What a finished search leaves: the trials table (CSV / JSON), the metric-vs-token-count plot, and the best
+trial's prompts published with provenance (the only thing a search publishes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from promptray.jobs.search_space import trial_config
+from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
+from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.errors import PromptrayError
+from promptray.platform.prompt_table import PromptTable, TaskPrompt
+from promptray.platform.publishing import _same_table
+from promptray.platform.trainer import prepare_engine
+
+
+class SearchFailed(PromptrayError):
+    """No trial of a search group reported its metric (every trial failed, or the budget ran out first)."""
+
+
+def trial_rows(grid, group: str, tasks: list[str], metric: str, mode: str) -> list[dict[str, Any]]:
+    """One row per trial: its choices, its best value of the metric, how many validations it ran."""
+    rows = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is None or metric not in df:
+            rows.append({"group": group, "trial_id": None, "status": "error", "error": str(r.error)[:200]})
+            continue
+        values = df[metric].dropna()
+        best = float(values.min() if mode == "min" else values.max())
+        rows.append({"group": group, "trial_id": str(df["trial_id"].iloc[-1]), "status": "ok", metric: best,
+                     "error": str(r.error)[:200] if r.error else None,
+                     "iterations": int(df["training_iteration"].max()), "last_step": int(df["step"].max()),
+                     "total_steps": int(df["total_steps"].max()), **{f"config/{k}": v for k, v in r.config.items()}})
+    return rows
+
+
+def best_row(rows: list[dict[str, Any]], group: str, metric: str, mode: str) -> dict[str, Any]:
+    ok = [r for r in rows if r["group"] == group and r["status"] == "ok" and not math.isnan(r[metric])]
+    if not ok:
+        raise SearchFailed(f"search group {group!r}: no trial reported {metric}; see the trials' errors in "
+                           "trials.json")
+    return (min if mode == "min" else max)(ok, key=lambda r: r[metric])
+
+
+def write_tables(run_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    csv_path, json_path = run_dir / "trials.csv", run_dir / "trials.json"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps(rows, indent=2, default=str))
+    return csv_path, json_path
+
+
+def plot_trials(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], metric: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        pts = [(r[f"config/{task}.total_virtual_tokens"], r[metric]) for r in rows
+               if r["status"] == "ok" and f"config/{task}.total_virtual_tokens" in r]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+        ax.set(title=task, xlabel="total virtual tokens", ylabel=metric)
+    fig.tight_layout()
+    path = run_dir / "search_plot.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def publish_best(cfg: PromptLearningConfig, best: dict[str, tuple[list[str], dict]], search_id: str,
+                 trials_root: Path) -> dict[str, str]:
+    """Publish each group's best trial's prompts, with the search id, trial config and metric as provenance."""
+    base, metric = cfg.model_dump(mode="json"), cfg.search.metric
+    out, engine = [], None
+    for group, (tasks, row) in best.items():
+        choice = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+        tcfg = load_config(trial_config(base, tasks, choice, str(trial_dir(str(trials_root), row["trial_id"]))))
+        engine = engine or prepare_engine(tcfg)
+        prompts = torch.load(Path(tcfg.run_dir) / BEST_PROMPTS, weights_only=True)
+        source = {"job": "promptray search", "search_id": search_id, "group": group, "trial_id": row["trial_id"],
+                  "trial_config": choice, "config_name": cfg.name, "run_dir": str(cfg.run_dir)}
+        metrics = {metric: row[metric], "iterations": row["iterations"]}
+        templates = {t.taskname: t for t in tcfg.templates}
+        out += [TaskPrompt(n, prompts[n], templates[n].model_dump(), tcfg.model.virtual_prompt_style,
+                           engine.fingerprint, metrics, source) for n in tasks]
+    if not (cfg.model.restore_path and _same_table(cfg.model.restore_path, cfg.table_uri)):
+        out += [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
+                           p.created_at) for p in engine.existing.values()]
+    return PromptTable(cfg.table_uri).publish(out)

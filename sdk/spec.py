@@ -1,0 +1,161 @@
+"""The tuning job's configuration, built and fully checked on the client before anything is submitted.
+
+Either a NeMo-style config (YAML path or dict, as `promptray train` takes) or the keyword arguments of the
+common case (`TuningRequest`), then the table, then `overrides` (a {dotted.key: value} dict or a list of
+"dotted.key=value" strings). The result is checked with `promptray.platform.config.load_config`; every
+problem (of the keyword arguments and of the config) is reported at once in a JobConfigError.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.errors import ConfigError
+from promptray.platform.templates import TaskTemplate
+from promptray.sdk.errors import JobConfigError
+
+Overrides = Union[Mapping[str, Any], Sequence[str], None]
+DEFAULT_LR = {"prompt-tuning": 3e-2, "p-tuning": 3e-3}  # the demo's learning rates
+
+
+class TuningRequest(BaseModel):
+    """Keyword arguments of `Client.submit_tuning` for the common case (instead of a config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_model: str = Field(min_length=1)  # HF folder or id, or the built-in "smollm2-135m"
+    tasks: list[TaskTemplate] = Field(min_length=1)
+    train_files: list[str] = Field(min_length=1)
+    validation_files: list[str] = Field(default_factory=list)
+    style: Literal["prompt-tuning", "p-tuning"] = "prompt-tuning"
+    name: str = Field("tuning", min_length=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: Optional[dict[str, float]] = None  # e.g. {"CPU": 2}; Ray's default is 1 CPU
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint
+    max_steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    global_batch_size: Optional[int] = Field(None, ge=1)  # default: micro_batch_size x num_workers
+    lr: Optional[float] = Field(None, gt=0)  # default: 3e-2 (prompt-tuning) or 3e-3 (p-tuning)
+    precision: Union[int, str] = "bf16"
+    seed: int = 1234
+    val_check_interval: Optional[int] = Field(None, ge=1)  # default: once, after the last step
+    max_seq_length: Optional[int] = Field(None, ge=8)
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _style(cls, v: Any) -> Any:
+        return v.replace("_", "-") if isinstance(v, str) else v
+
+    def to_config(self) -> dict[str, Any]:
+        """The NeMo-style config dict these arguments stand for."""
+        log_every = min(10, max(1, self.max_steps // 20))
+        trainer = {"accelerator": "gpu" if self.use_gpu else "cpu", "precision": self.precision,
+                   "max_steps": self.max_steps, "log_every_n_steps": log_every,
+                   "val_check_interval": self.val_check_interval or self.max_steps}
+        data = {"train_ds": list(self.train_files), "validation_ds": list(self.validation_files) or None}
+        if self.max_seq_length:
+            data["max_seq_length"] = self.max_seq_length
+        model = {"seed": self.seed, "virtual_prompt_style": self.style, "micro_batch_size": self.micro_batch_size,
+                 "global_batch_size": self.global_batch_size or self.micro_batch_size * self.num_workers,
+                 "language_model_path": self.base_model, "new_tasks": [t.taskname for t in self.tasks],
+                 "task_templates": [t.model_dump() for t in self.tasks], "data": data,
+                 "optim": {"name": "adamw", "lr": self.lr or DEFAULT_LR[self.style]}}
+        ray = {"num_workers": self.num_workers, "use_gpu": self.use_gpu, "max_failures": self.max_failures,
+               "resources_per_worker": self.resources_per_worker}
+        return {"name": self.name, "trainer": trainer, "model": model, "ray": ray}
+
+
+def describe_request_error(err: dict) -> str:
+    """One pydantic error of TuningRequest as 'argument: problem (got value); fix'."""
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc), list(TuningRequest.model_fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return (f"{loc}: unknown keyword argument; {hint}the keyword arguments are "
+                f"{', '.join(TuningRequest.model_fields)} (anything else goes in overrides=)")
+    value = repr(err.get("input"))
+    value = value if len(value) <= 80 else value[:80] + "..."
+    if err.get("type") == "missing":
+        return f"{loc}: required keyword argument is missing; pass {loc}=..."
+    return f"{loc}: {err['msg']} (got {value})"
+
+
+def request_config(fields: dict[str, Any]) -> tuple[Optional[dict], list[str]]:
+    """(config dict, []) from keyword arguments, or (None, every problem)."""
+    try:
+        return TuningRequest.model_validate(fields).to_config(), []
+    except ValidationError as e:
+        return None, [describe_request_error(err) for err in e.errors()]
+
+
+def _base(config: Union[str, Path, dict, None], fields: dict[str, Any]) -> tuple[Optional[DictConfig], list[str]]:
+    if config is not None and fields:
+        return None, [f"config: given together with keyword arguments {sorted(fields)}; pass either config= "
+                      "(a YAML path or dict) or the keyword arguments, and put changes in overrides="]
+    if config is None:
+        if not fields:
+            return None, ["config: missing; pass config= (a YAML path or dict) or the keyword arguments "
+                          "base_model=, tasks=, train_files=, ..."]
+        raw, problems = request_config(fields)
+        return (OmegaConf.create(raw) if raw else None), problems
+    if isinstance(config, dict):
+        return OmegaConf.create(config), []
+    if not Path(config).is_file():
+        return None, [f"config: file {str(config)!r} does not exist (cwd {Path.cwd()}); check the path"]
+    return OmegaConf.load(config), []
+
+
+def set_table(conf: DictConfig, table: str) -> None:
+    """Point the config at `table`: whichever of model.prompt_table / model.nemo_path it uses (nemo_path if
+    neither), and model.restore_path too when it named the old table (continual learning in one table)."""
+    model = conf.setdefault("model", {})
+    old = model.get("prompt_table") or model.get("nemo_path")
+    keys = [k for k in ("prompt_table", "nemo_path") if model.get(k)] or ["nemo_path"]
+    for key in keys:
+        model[key] = table
+    if old and model.get("restore_path") == old:
+        model["restore_path"] = table
+
+
+def apply_overrides(conf: DictConfig, overrides: Overrides) -> DictConfig:
+    """Dict overrides keep their Python types; string overrides are parsed as `promptray train` parses them."""
+    if not overrides:
+        return conf
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            OmegaConf.update(conf, str(key), value, merge=True, force_add=True)
+        return conf
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    bad = [o for o in overrides if "=" not in str(o)]
+    if bad:
+        raise JobConfigError([f"overrides: {o!r} is not KEY=VALUE (e.g. model.optim.lr=0.01)" for o in bad])
+    return OmegaConf.merge(conf, OmegaConf.from_dotlist([str(o) for o in overrides]))
+
+
+def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fields: dict[str, Any],
+                 table: Optional[str]) -> tuple[dict[str, Any], PromptLearningConfig]:
+    """The job's resolved config dict and its checked form; raises JobConfigError listing every problem."""
+    try:
+        conf, problems = _base(config, fields)
+        if conf is None:
+            raise JobConfigError(problems)
+        if table:
+            set_table(conf, table)
+        raw = OmegaConf.to_container(apply_overrides(conf, overrides), resolve=True)
+    except OmegaConfBaseException as e:
+        raise JobConfigError(f"config: cannot read it: {str(e).splitlines()[0]}") from None
+    try:
+        cfg = load_config(raw)
+    except ConfigError as e:
+        raise JobConfigError(problems + e.problems) from None
+    if problems:
+        raise JobConfigError(problems)
+    return raw, cfg

@@ -1,0 +1,197 @@
+"""The Ray Serve deployment: FastAPI ingress (OpenAPI at /docs), one base model per replica, every task.
+
+Requests of any tasks share batches: `@serve.batch` collects encoded inputs (not keyed by task; no
+`@serve.multiplexed`, which would split batches by task) and decodes them in one forward pass per step,
+streaming each row's text back as it comes.
+
+`/v1/completions` (OpenAI-compatible): `model` names the task, `prompt` fills the template's single input
+field (all template fields but the generated one). A template with several input fields takes `prompt` as
+a JSON object of its fields (e.g. `"{\"premise\": \"...\", \"hypothesis\": \"...\"}"`); otherwise use
+`/v1/generate`.
+"""
+
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import AsyncIterator, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from promptray.serve.auth import ApiKeys, body_limit_middleware
+from promptray.serve.engine import Prepared, ServeEngine, input_fields
+from promptray.serve.errors import InputFieldError, ServeError
+from promptray.serve.schemas import (Completion, CompletionRequest, GenerateRequest, GenerateResponse,
+                                     ServerSettings, TaskInfo, Usage)
+
+log = logging.getLogger(__name__)
+api = FastAPI(title="promptray", description="Soft-prompt serving: every task of a prompt table on one base model")
+
+
+@api.exception_handler(ServeError)
+async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, **exc.detail}, status_code=exc.status,
+                        headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+
+
+api.middleware("http")(body_limit_middleware)
+
+
+def _usage(prompt: int, completion: int) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _sse(payload) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def _prompt_fields(fields: list[str], prompt: str) -> dict:
+    """`prompt` as the fields of a task: the text of its single input field, or a JSON object of several."""
+    if len(fields) == 1:
+        return {fields[0]: prompt}
+    try:
+        value = json.loads(prompt)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputFieldError(f"this task has input fields {fields}: give prompt as a JSON object of them, or "
+                              "use /v1/generate", input_fields=fields)
+    return value
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class PromptServer:
+    def __init__(self, settings: dict):
+        self.settings = ServerSettings.model_validate(settings)
+        self.engine = ServeEngine(self.settings)
+        self.keys = ApiKeys.load(self.settings.api_keys_env, self.settings.api_keys_file)
+        api.state.keys = self.keys
+        api.state.max_body_bytes = self.settings.max_body_bytes
+        self._generate_batch.set_max_batch_size(self.settings.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.batch_stats = {"batches": 0, "rows": 0, "max_rows": 0, "mixed_task_batches": 0}
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, batch: list[Prepared]) -> AsyncIterator[list]:
+        """Mixed-task batch: one forward pass per step for all rows; a finished row gets StopIteration."""
+        stats = self.batch_stats
+        stats["batches"], stats["rows"] = stats["batches"] + 1, stats["rows"] + len(batch)
+        stats["max_rows"] = max(stats["max_rows"], len(batch))
+        stats["mixed_task_batches"] += len({p.task.taskname for p in batch}) > 1
+        steps = self.engine.stream(batch)
+        finished = [False] * len(batch)
+        while not all(finished):
+            events = await asyncio.to_thread(next, steps, None)
+            if events is None:
+                break
+            out = []
+            for i, e in enumerate(events):
+                out.append(StopIteration if finished[i] else e)
+                finished[i] = finished[i] or (e is not None and e.finish_reason is not None)
+            yield out
+
+    async def _prepare(self, items: list[tuple[str, dict, Optional[str]]], params) -> list[Prepared]:
+        return await asyncio.to_thread(lambda: [self.engine.encode(t, f, v, params) for t, f, v in items])
+
+    async def _events(self, i: int, prepared: Prepared, queue: asyncio.Queue) -> None:
+        async for event in self._generate_batch(prepared):
+            if event is not None:
+                await queue.put((i, event))
+        await queue.put((i, None))
+
+    async def _run(self, prepared: list[Prepared]) -> AsyncIterator[tuple[int, object]]:
+        """(input index, RowEvent) as they come, over all inputs of a request."""
+        queue: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.create_task(self._events(i, p, queue)) for i, p in enumerate(prepared)]
+        open_rows = len(tasks)
+        try:
+            while open_rows:
+                i, event = await queue.get()
+                if event is None:
+                    open_rows -= 1
+                    continue
+                yield i, event
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _collect(self, prepared: list[Prepared]) -> list[Completion]:
+        texts, ids, reasons = [""] * len(prepared), [0] * len(prepared), ["length"] * len(prepared)
+        async for i, e in self._run(prepared):
+            texts[i] += e.text
+            ids[i] += len(e.token_ids)
+            reasons[i] = e.finish_reason or reasons[i]
+        return [Completion(index=i, taskname=p.task.taskname, version=p.task.version, text=texts[i],
+                           finish_reason=reasons[i], usage=_usage(p.prompt_tokens, ids[i]))
+                for i, p in enumerate(prepared)]
+
+    @api.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(self, req: GenerateRequest, _=Depends(ApiKeys.check)):
+        prepared = await self._prepare([(x.taskname, x.fields, x.version) for x in req.items()], req)
+        if req.stream:
+            return StreamingResponse(self._stream_generate(prepared), media_type="text/event-stream")
+        completions = await self._collect(prepared)
+        total = _usage(sum(c.usage.prompt_tokens for c in completions),
+                       sum(c.usage.completion_tokens for c in completions))
+        return GenerateResponse(completions=completions, usage=total)
+
+    async def _stream_generate(self, prepared: list[Prepared]) -> AsyncIterator[bytes]:
+        async for i, e in self._run(prepared):
+            p = prepared[i]
+            yield _sse({"index": i, "taskname": p.task.taskname, "version": p.task.version, "text": e.text,
+                        "finish_reason": e.finish_reason})
+        yield b"data: [DONE]\n\n"
+
+    @api.post("/v1/completions")
+    async def completions(self, req: CompletionRequest, _=Depends(ApiKeys.check)):
+        task = await asyncio.to_thread(self.engine.prompts.resolve, req.model)
+        items = [(req.model, _prompt_fields(input_fields(task), p), None) for p in req.prompts()]
+        prepared = await self._prepare(items, req)
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            return StreamingResponse(self._stream_completion(cid, req.model, prepared), media_type="text/event-stream")
+        done = await self._collect(prepared)
+        usage = _usage(sum(c.usage.prompt_tokens for c in done), sum(c.usage.completion_tokens for c in done))
+        return {"id": cid, "object": "text_completion", "model": req.model, "system_fingerprint": task.version,
+                "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                            for c in done], "usage": usage.model_dump()}
+
+    async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared]) -> AsyncIterator[bytes]:
+        async for i, e in self._run(prepared):
+            yield _sse({"id": cid, "object": "text_completion", "model": model,
+                        "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason}]})
+        yield b"data: [DONE]\n\n"
+
+    @api.get("/v1/tasks", response_model=list[TaskInfo])
+    async def tasks(self, refresh: bool = False, _=Depends(ApiKeys.check)):
+        """Every task with its current version; `refresh=true` re-reads the table's manifest now."""
+        if refresh:
+            await asyncio.to_thread(self.engine.prompts.refresh)
+        return await asyncio.to_thread(self.engine.tasks)
+
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "model": self.engine.model_name, "precision": self.engine.model.precision,
+                "prefix_cache": self.engine.prefixes.enabled, "loaded_tasks": self.engine.prompts.loaded, "batches": self.batch_stats}
+
+
+def build_app(settings: ServerSettings, num_replicas: int | str = 1, ray_actor_options: Optional[dict] = None,
+              autoscaling_config: Optional[dict] = None):
+    """The Serve application for `serve.run` (the deployment allows max_batch_size ongoing requests+)."""
+    options = {"max_ongoing_requests": max(64, 2 * settings.max_batch_size)}
+    if autoscaling_config:
+        options["autoscaling_config"] = autoscaling_config
+    else:
+        options["num_replicas"] = num_replicas
+    if ray_actor_options is not None:
+        options["ray_actor_options"] = ray_actor_options
+    return PromptServer.options(**options).bind(settings.model_dump())
+
+
+def app_builder(args: dict):
+    """`serve run promptray.serve.app:app_builder table=... model=...` / the `import_path` of serve/config.yaml."""
+    return build_app(ServerSettings.model_validate(args))

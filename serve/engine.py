@@ -1,0 +1,132 @@
+"""One serving replica's engine (no Ray, no HTTP): the base model once, every task of a prompt table.
+
+`encode` turns one request input into a model-ready example (validating its fields and length);
+`stream` decodes a batch of such examples, of any tasks and parameters, in one forward pass per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from promptray.platform.dataset import Example, Record, Tokenization, encode_record
+from promptray.platform.fingerprint import fingerprint_model
+from promptray.platform.hub import load_base_model
+from promptray.platform.model import PromptLearningModel
+from promptray.platform.prefix_cache import PrefixCache
+from promptray.platform.prompt_table import PromptTable
+from promptray.serve.decoding import RowEvent, stream_decode
+from promptray.serve.errors import InputFieldError, InputTooLongError, UnknownTaskError
+from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank
+from promptray.serve.schemas import SamplingParams, ServerSettings, TaskInfo
+
+log = logging.getLogger(__name__)
+UNLIMITED = 10**9
+
+
+@dataclass
+class Prepared:
+    """One request input, encoded: what the batch runs and what the answer reports."""
+
+    task: LoadedTask
+    example: Example  # taskname is the bank key (task@version)
+    params: SamplingParams
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.example)
+
+
+def input_fields(task: LoadedTask) -> list[str]:
+    """The fields a request fills: all template fields but the one the model generates."""
+    target = task.template.target_field
+    return [f for f in dict.fromkeys(task.template.fields) if f != target]
+
+
+def resolve_precision(precision: str) -> str:
+    """auto: bf16, as training does (on GPUs only where the device supports it)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "fp32"
+    return "bf16"
+
+
+class ServeEngine:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        table = PromptTable(settings.table)
+        name = settings.model or self._default_model(table)
+        lm, self.tokenizer = load_base_model(name)
+        fingerprint = fingerprint_model(lm, name)
+        self.bank = ServingBank(lm.get_input_embeddings().weight.shape[1])
+        self.model = PromptLearningModel(lm, self.bank, resolve_precision(settings.precision)).eval()
+        self.prefixes = PrefixCache(self.model, self.tokenizer, enabled=settings.prefix_cache)
+        self.prompts = PromptStore(table, fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
+                                   settings.refresh_s)
+        self.model_name = name
+
+    @staticmethod
+    def _default_model(table: PromptTable) -> str:
+        tasks = table.tasks()
+        if not tasks:
+            raise UnknownTaskError(f"prompt table {table.uri!r} has no tasks; name the base model with --model")
+        return table.get(tasks[0]).base_model.name
+
+    def tasks(self) -> list[TaskInfo]:
+        out = []
+        for name, info in sorted(self.prompts.current().items()):
+            task = self.prompts.load(name, info.version)
+            out.append(TaskInfo(name=name, version=info.version, virtual_tokens=info.num_virtual_tokens,
+                                fields=list(dict.fromkeys(task.template.fields)), input_fields=input_fields(task)))
+        return out
+
+    def encode(self, taskname: str, fields: dict, version: Optional[str], params: SamplingParams) -> Prepared:
+        """Validate and encode one input (raises UnknownTask/InputField/InputTooLong errors)."""
+        task = self.prompts.resolve(taskname, version)
+        self._check_fields(task, fields)
+        limit = self.model.max_positions - params.max_tokens
+        tok, record = Tokenization.of(self.tokenizer), Record({"taskname": taskname, **fields}, "request")
+        example, _ = encode_record(task.template, record, tok, limit, inference=True)
+        if example is None:
+            full, _ = encode_record(task.template, record, tok, UNLIMITED, inference=True)
+            n = len(full) if full is not None else -1
+            raise InputTooLongError(
+                f"the prompt of task {taskname!r} has {n} tokens (with {task.template.total_virtual_tokens} "
+                f"virtual) + max_tokens {params.max_tokens} > the model's {self.model.max_positions} positions; "
+                "shorten the input or lower max_tokens", prompt_tokens=n, max_tokens=params.max_tokens,
+                max_positions=self.model.max_positions)
+        example.taskname = task.key
+        return Prepared(task, example, params)
+
+    @staticmethod
+    def _check_fields(task: LoadedTask, fields: dict) -> None:
+        wanted = input_fields(task)
+        missing = [f for f in wanted if f not in fields]
+        unknown = [f for f in fields if f not in wanted]
+        problems = [f"missing field {f!r}" for f in missing] + [f"unknown field {f!r}" for f in unknown]
+        if problems:
+            raise InputFieldError(f"task {task.taskname!r}: {'; '.join(problems)} (input fields: {wanted})",
+                                  missing=missing, unknown=unknown, input_fields=wanted)
+
+    def stream(self, batch: Sequence[Prepared]) -> Iterator[list[Optional[RowEvent]]]:
+        """Decode a batch; per step one event (or None) per row. The prompt pass holds the store's lock,
+        so no task version of the batch is evicted under it."""
+        tok = self.tokenizer
+        prefill = self.prefixes.prefill  # the plain prompt pass where the prefix cache is off
+
+        def locked_prefill(model, examples, pad_id):
+            in_use = frozenset(p.task.key for p in batch)
+            with self.prompts.lock:
+                for p in batch:  # back in the LRU if it was evicted since it was encoded
+                    self.prompts.load(p.task.taskname, p.task.version, in_use)
+                return prefill(model, examples, pad_id)
+
+        def decode(ids: list[int]) -> str:
+            return tok.decode(ids, skip_special_tokens=True)
+
+        return stream_decode(self.model, [p.example for p in batch], [p.params for p in batch], locked_prefill,
+                             tok.pad_token_id, tok.eos_token_id, decode)

@@ -1,0 +1,137 @@
+"""Task prompts of a serving replica: loaded on first use, kept in an LRU bounded in bytes, refreshed.
+
+The manifest (which version of each task is current) is re-read when it is older than `refresh_s`, on
+demand (`refresh()`), and before answering "unknown task", so a newly published task or version is
+served without a restart. A loaded task version lives in the model's prompt bank under the key
+`taskname@version` (so two versions of one task can share a batch) together with its prefix cache.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from promptray.platform.errors import PromptTableError
+from promptray.platform.fingerprint import BaseModelFingerprint
+from promptray.platform.prefix_cache import PrefixCache
+from promptray.platform.prompt_encoder import PromptBank
+from promptray.platform.prompt_table import PromptTable, VersionInfo
+from promptray.platform.templates import TaskTemplate
+from promptray.serve.errors import UnknownTaskError, UnknownVersionError
+
+
+class ServingBank(PromptBank):
+    """A prompt bank whose frozen prompts can be added and dropped at any time (keys: `task@version`)."""
+
+    def __init__(self, hidden: int):
+        super().__init__(hidden)
+        self._prompts: dict[str, torch.Tensor] = {}
+
+    def put(self, key: str, embeddings: torch.Tensor) -> None:
+        if embeddings.shape[-1] != self.hidden:
+            raise ValueError(f"prompt {key!r} has hidden size {embeddings.shape[-1]}, model has {self.hidden}")
+        self._prompts[key] = embeddings.detach().to(torch.float32).clone()  # (n, H)
+
+    def drop(self, key: str) -> None:
+        self._prompts.pop(key, None)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._prompts)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._prompts:
+            raise KeyError(f"prompt {name!r} is not loaded")
+        return self._prompts[name]
+
+
+@dataclass
+class LoadedTask:
+    key: str  # name in the prompt bank and the prefix cache
+    taskname: str
+    version: str
+    template: TaskTemplate
+    nbytes: int
+
+
+def task_key(taskname: str, version: str) -> str:
+    return f"{taskname}@{version}"
+
+
+class PromptStore:
+    """Resolve (taskname, pinned version or None) to a loaded task version; LRU-evict beyond `max_bytes`."""
+
+    def __init__(self, table: PromptTable, fingerprint: BaseModelFingerprint, bank: ServingBank,
+                 prefixes: PrefixCache, max_bytes: int, refresh_s: float):
+        self.table, self.fingerprint, self.bank, self.prefixes = table, fingerprint, bank, prefixes
+        self.max_bytes, self.refresh_s = max_bytes, refresh_s
+        self._loaded: OrderedDict[str, LoadedTask] = OrderedDict()
+        self._current: dict[str, VersionInfo] = {}
+        self._read_at = float("-inf")
+        self.lock = threading.RLock()  # held while loading/evicting and while a batch reads the bank
+
+    def refresh(self) -> dict[str, VersionInfo]:
+        """Read the manifest now; returns taskname -> current version info."""
+        current = {info.taskname: info for info in self.table.describe()}
+        self._current, self._read_at = current, time.monotonic()
+        return current
+
+    def current(self) -> dict[str, VersionInfo]:
+        if time.monotonic() - self._read_at > self.refresh_s:
+            self.refresh()
+        return self._current
+
+    def resolve(self, taskname: str, version: Optional[str] = None) -> LoadedTask:
+        current = self.current()
+        if taskname not in current and version is None:
+            current = self.refresh()  # it may have been published since the last read
+        if version is None:
+            if taskname not in current:
+                raise UnknownTaskError(f"unknown task {taskname!r}; known tasks: {sorted(current)}",
+                                       known_tasks=sorted(current))
+            version = current[taskname].version
+        return self.load(taskname, version)
+
+    def load(self, taskname: str, version: str, in_use: frozenset[str] = frozenset()) -> LoadedTask:
+        """A task version, from the LRU or loaded from the table (with its prefix cache). Eviction spares
+        `in_use` (the keys of a batch about to run), so a batch may briefly exceed the byte bound."""
+        key = task_key(taskname, version)
+        with self.lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            try:
+                prompt = self.table.get(taskname, version, base_model=self.fingerprint)
+            except PromptTableError as e:
+                raise UnknownVersionError(str(e), taskname=taskname, version=version) from None
+            template = TaskTemplate.model_validate(prompt.template)
+            self.bank.put(key, prompt.embeddings)
+            self.prefixes.add(key, template)
+            nbytes = prompt.embeddings.numel() * 4 + self.prefixes.nbytes(key)
+            task = LoadedTask(key, taskname, version, template, nbytes)
+            self._loaded[key] = task
+            self._evict(keep=in_use | {key})
+            return task
+
+    def _evict(self, keep: frozenset[str]) -> None:
+        """Drop least recently used task versions until the total fits `max_bytes` (never those in `keep`)."""
+        while self.loaded_bytes > self.max_bytes:
+            key = next((k for k in self._loaded if k not in keep), None)
+            if key is None:
+                return
+            self._loaded.pop(key)
+            self.bank.drop(key)
+            self.prefixes.drop(key)
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    @property
+    def loaded_bytes(self) -> int:
+        return sum(t.nbytes for t in self._loaded.values())

@@ -1,0 +1,137 @@
+"""The HTTP API's request and response models, and the server's settings (pydantic; no Ray, no torch).
+
+Field names of the generation parameters follow the OpenAI API where it has them: `max_tokens`,
+`temperature` (0 means greedy), `top_p`, `stop`, `seed`, `stream`; plus `greedy` (bool shorthand), `top_k`
+and `repetition_penalty`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP = 8
+FieldValue = Union[str, int, float, bool]
+
+
+class SamplingParams(BaseModel):
+    """How to generate; every request carries its own (rows of one batch may differ)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(32, ge=1, le=4096, description="most tokens to generate per input")
+    greedy: Optional[bool] = Field(None, description="shorthand: true = always the most likely token")
+    temperature: float = Field(1.0, ge=0, le=100, description="0 means greedy")
+    top_k: int = Field(0, ge=0, description="0: no top-k filtering")
+    top_p: float = Field(1.0, gt=0, le=1, description="1: no nucleus filtering")
+    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    seed: Optional[int] = Field(None, ge=0, lt=2**63, description="sampling seed of this request")
+    stop: list[str] = Field(default_factory=list, description="strings that end a generation (not returned)")
+    stream: bool = Field(False, description="server-sent events, one per new piece of text")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_STOP or any(not s for s in v):
+            raise ValueError(f"give at most {MAX_STOP} non-empty stop strings, got {v!r}")
+        return v
+
+    @property
+    def is_greedy(self) -> bool:
+        return bool(self.greedy) if self.greedy is not None else self.temperature == 0
+
+
+class TaskInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    taskname: str = Field(..., min_length=1, max_length=128)
+    fields: dict[str, FieldValue] = Field(default_factory=dict, description="the template's data fields")
+    version: Optional[str] = Field(None, description="pin a published version (default: the current one)")
+
+
+class GenerateRequest(SamplingParams):
+    """`{"taskname": ..., "fields": {...}}` or `{"inputs": [...]}`, plus generation parameters."""
+
+    taskname: Optional[str] = Field(None, min_length=1, max_length=128)
+    fields: Optional[dict[str, FieldValue]] = None
+    version: Optional[str] = None
+    inputs: Optional[list[TaskInput]] = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "GenerateRequest":
+        if (self.inputs is None) == (self.taskname is None):
+            raise ValueError("give either taskname (+ fields, version) for one input, or inputs: [...] for many")
+        if self.inputs is not None and (self.fields is not None or self.version is not None):
+            raise ValueError("fields and version belong inside each item of inputs")
+        return self
+
+    def items(self) -> list[TaskInput]:
+        if self.inputs is not None:
+            return self.inputs
+        return [TaskInput(taskname=self.taskname, fields=self.fields or {}, version=self.version)]
+
+
+class CompletionRequest(SamplingParams):
+    """OpenAI-compatible: `model` is the taskname, `prompt` fills the template's input field (see app.py)."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send more (user, n=1, ...)
+
+    model: str = Field(..., min_length=1, max_length=128)
+    prompt: Union[str, list[str]]
+    max_tokens: int = Field(16, ge=1, le=4096)
+    n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    index: int
+    taskname: str
+    version: str
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+class GenerateResponse(BaseModel):
+    completions: list[Completion]
+    usage: Usage
+
+
+class TaskInfo(BaseModel):
+    name: str
+    version: str
+    virtual_tokens: int
+    fields: list[str]
+    input_fields: list[str]
+
+
+class ServerSettings(BaseModel):
+    """What one deployment serves and how (the `args` of the Serve config / `promptray serve` flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str = Field(..., description="prompt table URI: a local path or s3://bucket/prefix")
+    model: Optional[str] = Field(None, description="base model (default: the one the table's prompts name)")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16, as in training
+    max_batch_size: int = Field(16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+    prompt_cache_bytes: int = Field(256 * 2**20, ge=0, description="LRU bound of loaded prompts + prefix caches")
+    refresh_s: float = Field(10.0, ge=0, description="how old the manifest may get before it is read again")
+    prefix_cache: bool = True
+    max_body_bytes: int = Field(1 * 2**20, ge=1024)
+    api_keys_env: Optional[str] = Field("PROMPTRAY_API_KEYS", description="env var of comma-separated keys")
+    api_keys_file: Optional[str] = Field(None, description="file with one API key per line")

@@ -1,0 +1,213 @@
+"""The Ray Tune search (`python -m promptray.jobs.search`): finds the known-best token count, publishes only the
+best trial with provenance, ASHA stops bad trials, invalid spaces fail before any trial, a crashed search
+resumes. Tiny random-weight models, a few steps; the Ray tests share the session's local Ray."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from promptray.jobs.search import (
+    SearchInterrupted,
+    main,
+    prepare_search_config,
+    run_search,
+)
+from promptray.platform.config import load_config
+from promptray.platform.errors import ConfigError
+from promptray.platform.prompt_table import PromptTable
+from promptray.platform.search_config import apportion
+
+WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
+
+
+def search_config(tmp_path: Path, model: Path, counts: list[int], **search) -> dict:
+    """Task 'a': random words -> a random 3-word label (memorising it needs capacity: more tokens help).
+    6 steps, validation every step; the search space's other keys are merged in from `search`."""
+    rng = random.Random(0)
+    rows = [{"taskname": "a", "text": " ".join(rng.sample(WORDS, 3)), "label": " ".join(rng.sample(WORDS, 3))}
+            for _ in range(16)]
+    data = tmp_path / "a.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = {"taskname": "a", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+                "total_virtual_tokens": 2, "virtual_token_splits": [2], "answer_only_loss": True,
+                "answer_field": "label"}
+    return {"name": "srch", "trainer": {"max_steps": 6, "val_check_interval": 1, "precision": 32,
+                                        "log_every_n_steps": 1},
+            "exp_manager": {"exp_dir": str(tmp_path / "runs")},
+            "search": {"tasks": {"a": {"total_virtual_tokens": counts}}, "max_concurrent_trials": 1,
+                       "grace_period": 1, "reduction_factor": 2, **search},
+            "model": {"language_model_path": str(model), "nemo_path": str(tmp_path / "table"),
+                      "new_tasks": ["a"], "task_templates": [template], "global_batch_size": 4,
+                      "micro_batch_size": 4, "optim": {"lr": 0.1, "sched": None},
+                      "data": {"train_ds": [str(data)], "validation_ds": [str(data)]}}}
+
+
+def test_apportion_gives_integer_splits_that_sum_to_the_total():
+    for total in range(3, 20):
+        for shares in ([1, 1, 1], [1, 2, 5], [0.2, 0.3, 0.5]):
+            splits = apportion(total, shares)
+            assert sum(splits) == total and len(splits) == 3 and min(splits) >= 1
+    assert apportion(8, [1, 3]) == [2, 6] and apportion(2, [1, 100]) == [1, 1]
+
+
+def test_invalid_spaces_are_every_problem_at_once_before_any_trial(tmp_path, capsys):
+    raw = search_config(tmp_path, tmp_path / "no-model", [])
+    raw["model"]["task_templates"].append({"taskname": "b", "prompt_template":
+                                           "<|VIRTUAL_PROMPT_0|> {x} <|VIRTUAL_PROMPT_1|> {y} is {z}",
+                                           "total_virtual_tokens": 2, "virtual_token_splits": [1, 1]})
+    raw["model"]["new_tasks"] = ["a", "b", "c"]
+    raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "c"})
+    raw["search"]["tasks"]["b"] = {"total_virtual_tokens": {"min": 1, "max": 3}, "splits": [[1, 0], [1, 1, 1]],
+                                   "init": []}
+    raw["ray"] = {"num_workers": 2}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for expected in ("search.tasks.a.total_virtual_tokens: empty choice list",
+                     "search.tasks.b.total_virtual_tokens: counts [1] are below the template's 2",
+                     "search.tasks.b.splits[0]: [1.0, 0.0] has shares <= 0",
+                     "search.tasks.b.splits[1]: [1.0, 1.0, 1.0] has 3 share(s)",
+                     "search.tasks.b.init: empty choice list", "search.tasks: new task 'c' has no entry",
+                     "ray.num_workers: 2"):
+        assert expected in err, err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    with pytest.raises(ConfigError, match="search: missing section"):
+        prepare_search_config({k: v for k, v in search_config(tmp_path, tmp_path, [2]).items() if k != "search"})
+
+
+@pytest.mark.ray
+def test_search_finds_the_best_count_publishes_it_once_and_asha_stops_bad_trials(tmp_path, tiny_gpt2_path,
+                                                                               ray_local):
+    cfg = prepare_search_config(search_config(tmp_path, tiny_gpt2_path, [24, 2, 1]))
+    payload = run_search(cfg)
+    best = payload["best"]["a"]
+    assert best["config"]["a.total_virtual_tokens"] == 24
+    trials = json.loads((Path(payload["run_dir"]) / "trials.json").read_text())
+    assert len(trials) == 3 and all(t["status"] == "ok" for t in trials)
+    by_count = {t["config/a.total_virtual_tokens"]: t for t in trials}
+    assert by_count[24]["iterations"] == 6  # the best ran to the end ...
+    assert min(by_count[2]["iterations"], by_count[1]["iterations"]) < 6  # ... ASHA stopped a bad one early
+    assert best["val_loss"] == by_count[24]["val_loss"] < min(by_count[2]["val_loss"], by_count[1]["val_loss"])
+    table = PromptTable(payload["table"])
+    assert len(table.history("a")) == 1  # exactly one version: the best trial's
+    prompt = table.get("a")
+    assert prompt.num_virtual_tokens == 24 and prompt.template["virtual_token_splits"] == [24]
+    assert prompt.source["search_id"] == payload["search_id"] and prompt.source["job"] == "promptray search"
+    assert prompt.source["trial_config"]["a.total_virtual_tokens"] == 24
+    assert prompt.metrics["val_loss"] == best["val_loss"]
+    run_dir = Path(payload["run_dir"])
+    assert {"trials.csv", "trials.json", "search_plot.png", "tune"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "trials.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.ray
+def test_a_crashed_search_resumes_and_finishes(tmp_path, tiny_gpt2_path, ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [8, 1], stop_after_trials=1)
+    raw["trainer"]["max_steps"] = 3
+    cfg = prepare_search_config(raw)
+    with pytest.raises(SearchInterrupted):
+        run_search(cfg)
+    assert not PromptTable(str(tmp_path / "table")).exists()  # nothing published by the crashed driver
+    payload = run_search(cfg)  # the same run dir: Tuner.restore
+    run_dir = Path(payload["run_dir"])
+    assert (run_dir / ".promptray_search_crashed").is_file()
+    assert len(list((run_dir / "trials").iterdir())) == 2  # restored: the finished trial was not run again
+    trials = json.loads((run_dir / "trials.json").read_text())
+    assert sorted(t["config/a.total_virtual_tokens"] for t in trials) == [1, 8]
+    assert payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 8
+    assert len(PromptTable(payload["table"]).history("a")) == 1
+
+
+@pytest.mark.ray
+def test_tasks_are_searched_independently_with_splits_and_an_accuracy_objective(tmp_path, tiny_gpt2_path,
+                                                                                ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2], num_samples=2, metric="val_accuracy", tokens_to_generate=3)
+    raw["trainer"]["max_steps"] = 2
+    data = Path(raw["model"]["data"]["train_ds"][0])
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**r, "taskname": "b"} for r in rows]))
+    raw["model"]["new_tasks"] = ["a", "b"]
+    raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "b",
+                                           "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} <|VIRTUAL_PROMPT_1|> "
+                                                              "label: {label}", "virtual_token_splits": [1, 1]})
+    raw["search"]["tasks"]["b"] = {"total_virtual_tokens": [5], "splits": [[1, 1], [1, 3]]}
+    payload = run_search(prepare_search_config(raw))
+    assert set(payload["best"]) == {"a", "b"}  # one Tuner per task (prompt tuning shares nothing)
+    trials = json.loads((Path(payload["run_dir"]) / "trials.json").read_text())
+    assert sorted(t["group"] for t in trials) == ["a", "a", "b", "b"]
+    table = PromptTable(payload["table"])
+    for task, group_best in payload["best"].items():
+        assert len(table.history(task)) == 1
+        prompt = table.get(task)
+        assert prompt.source["group"] == task and prompt.source["trial_id"] == group_best["trial_id"]
+        assert 0.0 <= prompt.metrics["val_accuracy"] == group_best["val_accuracy"] <= 1.0
+    b = table.get("b")
+    chosen = payload["best"]["b"]["config"]["b.split"]
+    assert b.template["virtual_token_splits"] == [[3, 2], [1, 4]][chosen] and b.num_virtual_tokens == 5
+
+
+class _FakeJobs:
+    """Stands in for the Ray Jobs API: one finished job whose log holds a search's result line."""
+
+    address = "http://fake:8265"
+
+    def __init__(self, log: str):
+        self.log = log
+
+    def status(self, job_id):
+        from promptray.sdk import JobStatus
+        return JobStatus.SUCCEEDED
+
+    def logs(self, job_id):
+        return self.log
+
+
+def test_sdk_submit_search_checks_the_config_and_its_job_reports_the_best_trial(tmp_path):
+    from promptray.sdk import Client, JobConfigError, SearchJob
+
+    raw = search_config(tmp_path, tmp_path / "model", [2])
+    with pytest.raises(JobConfigError, match="search: missing section"):
+        Client(address="http://127.0.0.1:1").submit_search({k: v for k, v in raw.items() if k != "search"})
+    raw["search"]["tasks"]["a"]["total_virtual_tokens"] = []
+    with pytest.raises(JobConfigError, match="empty choice list"):  # checked before anything is submitted
+        Client(address="http://127.0.0.1:1").submit_search(raw)
+    payload = {"search_id": "s-1", "table": "/t", "versions": {"a": "v1"}, "metric": "val_loss", "trials": 3,
+               "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
+    job = SearchJob(_FakeJobs("noise\nPROMPTRAY_RESULT " + json.dumps(payload) + "\n"), "raysubmit_1")
+    result = job.result()
+    assert result.best["a"].config == {"a.total_virtual_tokens": 24} and result.best_value("a") == 1.5
+    assert result.versions == {"a": "v1"} and result.search_id == "s-1"
+
+
+def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choice(tmp_path):
+    from promptray.jobs.search_space import param_space, search_groups, trial_config
+
+    raw = search_config(tmp_path, tmp_path / "model", [2, 4], style=["prompt-tuning", "p-tuning"],
+                        lr={"min": 1e-3, "max": 1e-1})
+    raw["model"]["new_tasks"] = ["a", "b"]
+    raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "b",
+                                           "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} <|VIRTUAL_PROMPT_1|> "
+                                                              "label: {label}", "virtual_token_splits": [1, 1]})
+    raw["search"]["tasks"]["b"] = {"total_virtual_tokens": {"min": 3, "max": 9, "step": 3}, "splits": [[1, 2]],
+                                   "init": ["vocab"]}
+    cfg = prepare_search_config(raw)
+    assert search_groups(cfg) == {"joint": ["a", "b"]}  # a p-tuning candidate shares one encoder
+    space = param_space(cfg.search, ["a", "b"], "prompt-tuning")
+    assert set(space) == {"a.total_virtual_tokens", "b.total_virtual_tokens", "b.init", "lr", "style"}
+    assert space["b.total_virtual_tokens"] == {"grid_search": [3, 6, 9]}
+    choice = {"a.total_virtual_tokens": 4, "b.total_virtual_tokens": 9, "b.init": "vocab", "lr": 0.02,
+              "style": "p-tuning"}
+    trial = load_config(trial_config(cfg.model_dump(mode="json"), ["a", "b"], choice, str(tmp_path / "t")))
+    assert trial.model.virtual_prompt_style == "p-tuning" and trial.model.optim.lr == 0.02 and trial.search is None
+    assert [(t.total_virtual_tokens, t.virtual_token_splits) for t in trial.templates] == [(4, [4]), (9, [3, 6])]
+    assert trial.model.prompt_tuning.new_prompt_init_methods == ["random", "vocab"]
+    assert str(trial.run_dir) == str(tmp_path / "t")
+    raw["search"]["tasks"]["a"]["lr"] = {"min": 1e-3, "max": 1e-2}
+    with pytest.raises(ConfigError, match="search.tasks.a.lr: tasks are searched jointly"):
+        prepare_search_config(raw)

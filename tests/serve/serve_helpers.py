@@ -1,0 +1,32 @@
+"""Prompts, templates and inputs shared by the serving tests (not a test module; unique name, unlike conftest)."""
+
+from __future__ import annotations
+
+import torch
+
+from promptray.platform.prompt_table import TaskPrompt
+
+API_KEY = "test-key-7f3a"
+TEMPLATES = {
+    "sent": {"prompt_template": "<|VIRTUAL_PROMPT_0|> Review: {text} Sentiment:{label}", "splits": [3],
+             "answer_field": "label"},
+    "qa": {"prompt_template": "<|VIRTUAL_PROMPT_0|> Context: {context}<|VIRTUAL_PROMPT_1|> Question: {question} "
+                              "Answer:{answer}", "splits": [4, 4], "answer_field": "answer"},
+    "tr": {"prompt_template": "<|VIRTUAL_PROMPT_0|> Translate: {src} =", "splits": [15], "answer_field": None},
+}
+
+
+def make_prompt(name: str, fingerprint, hidden: int, seed: int, spec: dict | None = None) -> TaskPrompt:
+    spec = spec or TEMPLATES[name]
+    n = sum(spec["splits"])
+    template = {"taskname": name, "prompt_template": spec["prompt_template"], "total_virtual_tokens": n,
+                "virtual_token_splits": spec["splits"], "answer_field": spec["answer_field"]}
+    emb = torch.randn(n, hidden, generator=torch.Generator().manual_seed(seed)) * 2  # (n, H)
+    return TaskPrompt(taskname=name, embeddings=emb, template=template, style="prompt-tuning", base_model=fingerprint)
+
+
+INPUTS_FOR_UNITS = [
+    {"taskname": "sent", "fields": {"text": "A wonderful, moving film."}},
+    {"taskname": "qa", "fields": {"context": "The station is north.", "question": "Where?"}},
+    {"taskname": "tr", "fields": {"src": "good morning"}},
+]

@@ -1,0 +1,188 @@
+"""The Serve app over real HTTP: every endpoint, mixed-task batches equal offline greedy generation, prefix cache
+on/off, versions published while serving, every error case, auth."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import pytest
+
+from promptray.platform.generation import GenerationParams
+from promptray.platform.inference import load_inference_engine, predict, prepare
+from promptray.platform.prompt_table import PromptTable
+
+from serve_helpers import API_KEY, make_prompt
+
+pytestmark = pytest.mark.ray
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+N = 6  # tokens to generate
+INPUTS = [
+    {"taskname": "sent", "fields": {"text": "A wonderful, moving film."}},
+    {"taskname": "qa", "fields": {"context": "The station is north.", "question": "Where is the station?"}},
+    {"taskname": "tr", "fields": {"src": "good morning"}},
+    {"taskname": "sent", "fields": {"text": "Dull and far too long, with a plot that goes nowhere at all."}},
+    {"taskname": "tr", "fields": {"src": "x"}},
+    {"taskname": "qa", "fields": {"context": "Bob is tall.", "question": "Who?"}},
+    {"taskname": "tr", "fields": {"src": "the cat sat on the mat and looked at the moon"}},
+    {"taskname": "sent", "fields": {"text": "Fine."}},
+    {"taskname": "qa", "fields": {"context": "-", "question": "Why is the sky blue today, again?"}},
+]
+
+
+def offline(table_uri: str, model: str, inputs: list[dict], tasks=None) -> tuple[list[str], list[int]]:
+    """Greedy texts and prompt lengths of platform.inference (no Serve, no prefix cache)."""
+    engine = load_inference_engine(table_uri, model, tasks=tasks)
+    examples = prepare(engine, [{"taskname": x["taskname"], **x["fields"]} for x in inputs], N)
+    return predict(engine, examples, GenerationParams(tokens_to_generate=N)), [len(e) for e in examples]
+
+
+def post(base: str, path: str, body, headers=AUTH, **kw) -> requests.Response:
+    return requests.post(f"{base}{path}", json=body, headers=headers, timeout=60, **kw)
+
+
+def sse(response: requests.Response) -> list:
+    lines = [line[len("data: "):] for line in response.text.split("\n\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def test_healthz_and_tasks(server):
+    health = requests.get(f"{server}/healthz", timeout=30).json()  # no key needed
+    assert health["status"] == "ok" and health["precision"] == "fp32" and health["prefix_cache"] is True
+    tasks = {t["name"]: t for t in requests.get(f"{server}/v1/tasks", headers=AUTH, timeout=30).json()}
+    assert {"sent", "qa", "tr"} <= set(tasks)
+    assert tasks["qa"]["virtual_tokens"] == 8 and tasks["tr"]["virtual_tokens"] == 15
+    assert tasks["qa"]["input_fields"] == ["context", "question"] and tasks["qa"]["fields"][-1] == "answer"
+    assert tasks["sent"]["version"].startswith("v000001-")
+    assert requests.get(f"{server}/docs", timeout=30).status_code == 200
+    assert "/v1/generate" in requests.get(f"{server}/openapi.json", timeout=30).json()["paths"]
+
+
+def test_concurrent_mixed_tasks_equal_offline_greedy_with_and_without_prefix_cache(server, table_uri, tiny_gpt2_path):
+    expected, lengths = offline(table_uri, str(tiny_gpt2_path), INPUTS, tasks=["sent", "qa", "tr"])
+    assert len(set(expected)) > 3  # tasks and inputs matter
+
+    def one(args):
+        prefix, x = args
+        return post(server, f"{prefix}/v1/generate", {**x, "max_tokens": N, "greedy": True}).json()
+
+    jobs = [(p, x) for p in ("", "/plain") for x in INPUTS]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(one, jobs))
+    for prefix_i, prefix in enumerate(("", "/plain")):
+        got = answers[prefix_i * len(INPUTS):(prefix_i + 1) * len(INPUTS)]
+        assert [a["completions"][0]["text"] for a in got] == expected, prefix
+        assert [a["usage"]["prompt_tokens"] for a in got] == lengths
+        assert all(a["completions"][0]["version"].startswith("v000001-") for a in got)
+    for prefix in ("", "/plain"):
+        stats = requests.get(f"{server}{prefix}/healthz", timeout=30).json()["batches"]
+        assert stats["mixed_task_batches"] >= 1 and stats["max_rows"] >= 3  # tasks shared forward passes
+
+    # the list form: one request, several tasks, same answers
+    many = post(server, "/v1/generate", {"inputs": INPUTS[:4], "max_tokens": N, "temperature": 0}).json()
+    assert [c["text"] for c in many["completions"]] == expected[:4]
+    assert [c["index"] for c in many["completions"]] == [0, 1, 2, 3]
+    assert many["usage"]["prompt_tokens"] == sum(lengths[:4])
+
+
+def test_streaming_and_openai_completions(server):
+    body = {**INPUTS[0], "max_tokens": N, "greedy": True}
+    whole = post(server, "/v1/generate", body).json()["completions"][0]
+    events = sse(post(server, "/v1/generate", {**body, "stream": True}))
+    assert "".join(e["text"] for e in events) == whole["text"]
+    assert events[-1]["finish_reason"] == whole["finish_reason"] and all(e["index"] == 0 for e in events)
+
+    req = {"model": "sent", "prompt": INPUTS[0]["fields"]["text"], "max_tokens": N, "temperature": 0, "user": "u"}
+    out = post(server, "/v1/completions", req).json()
+    assert out["object"] == "text_completion" and out["choices"][0]["text"] == whole["text"]
+    assert out["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]
+    chunks = sse(post(server, "/v1/completions", {**req, "stream": True}))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["text"]
+    # several input fields: prompt is a JSON object of them
+    qa = {"model": "qa", "prompt": json.dumps(INPUTS[1]["fields"]), "max_tokens": N, "temperature": 0}
+    qa_gen = post(server, "/v1/generate", {**INPUTS[1], "max_tokens": N, "greedy": True}).json()
+    assert post(server, "/v1/completions", qa).json()["choices"][0]["text"] == qa_gen["completions"][0]["text"]
+
+
+def test_max_tokens_stop_strings_and_seeded_sampling(server):
+    base = {**INPUTS[2], "greedy": True}
+    full = post(server, "/v1/generate", {**base, "max_tokens": N}).json()["completions"][0]
+    three = post(server, "/v1/generate", {**base, "max_tokens": 3}).json()["completions"][0]
+    assert three["usage"]["completion_tokens"] == 3 and three["finish_reason"] == "length"
+    assert full["text"].startswith(three["text"])
+    stop = full["text"][len(full["text"]) // 2:][:3]
+    assert stop.strip()
+    cut = post(server, "/v1/generate", {**base, "max_tokens": N, "stop": [stop]}).json()["completions"][0]
+    assert cut["text"] == full["text"][:full["text"].find(stop)] and cut["finish_reason"] == "stop"
+
+    sample = {**INPUTS[0], "max_tokens": N, "temperature": 1.0, "top_k": 50, "top_p": 0.9}
+    a = post(server, "/v1/generate", {**sample, "seed": 7}).json()["completions"][0]["text"]
+    b = post(server, "/v1/generate", {**sample, "seed": 7}).json()["completions"][0]["text"]
+    c = post(server, "/v1/generate", {**sample, "seed": 8}).json()["completions"][0]["text"]
+    assert a == b and a != c
+
+
+def test_task_published_while_serving_is_served_without_restart(server, table_uri, tiny_gpt2_path,
+                                                                 model_fingerprint):
+    fp, hidden = model_fingerprint
+    spec = {"prompt_template": "<|VIRTUAL_PROMPT_0|> Fresh: {text} ->", "splits": [5], "answer_field": None}
+    table = PromptTable(table_uri)
+    v1 = table.publish([make_prompt("fresh", fp, hidden, seed=40, spec=spec)])["fresh"]
+    x = {"taskname": "fresh", "fields": {"text": "hello there"}, "max_tokens": N, "greedy": True}
+    first = post(server, "/v1/generate", x).json()["completions"][0]  # unknown task: manifest re-read at once
+    assert first["version"] == v1
+    assert first["text"] == offline(table_uri, str(tiny_gpt2_path), [x], tasks=["fresh"])[0][0]
+
+    spec2 = {"prompt_template": "<|VIRTUAL_PROMPT_0|> New: {text} =>", "splits": [9], "answer_field": None}
+    v2 = table.publish([make_prompt("fresh", fp, hidden, seed=41, spec=spec2)])["fresh"]
+    names = {t["name"]: t["version"] for t in
+             requests.get(f"{server}/v1/tasks", params={"refresh": "true"}, headers=AUTH, timeout=30).json()}
+    assert names["fresh"] == v2
+    second = post(server, "/v1/generate", x).json()["completions"][0]
+    assert second["version"] == v2 and second["usage"]["prompt_tokens"] != first["usage"]["prompt_tokens"]
+    assert second["text"] == offline(table_uri, str(tiny_gpt2_path), [x], tasks=["fresh"])[0][0]
+    pinned = post(server, "/v1/generate", {**x, "version": v1}).json()["completions"][0]  # a pinned old version
+    assert (pinned["version"], pinned["text"]) == (v1, first["text"])
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/v1/generate", {"taskname": "nope", "fields": {}}, 404, "known tasks: ['fresh', 'qa', 'sent', 'tr']"),
+    ("/v1/generate", {"taskname": "qa", "fields": {"context": "c"}}, 422, "missing field 'question'"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t", "colour": "r"}}, 422, "unknown field 'colour'"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "version": "v9"}, 404, "no version 'v9'"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "word " * 240}}, 422, "positions"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "temperature": -1}, 422, "temperature"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "top_p": 0}, 422, "top_p"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "max_tokens": 0}, 422, "max_tokens"),
+    ("/v1/generate", {"fields": {"text": "t"}}, 422, "either taskname"),
+    ("/v1/completions", {"model": "nope", "prompt": "hi"}, 404, "unknown task 'nope'"),
+    ("/v1/completions", {"model": "qa", "prompt": "not json"}, 422, "JSON object"),
+])
+def test_bad_input_is_a_4xx_with_a_message(server, path, body, status, needle):
+    if "fresh" in needle:  # the known-task list depends on whether the publish test ran first
+        tasks = [t["name"] for t in requests.get(f"{server}/v1/tasks", headers=AUTH, timeout=30).json()]
+        needle = f"known tasks: {tasks}"
+    r = post(server, path, body)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_too_long_input_reports_token_counts_and_body_limit_is_413(server):
+    r = post(server, "/v1/generate", {"taskname": "sent", "fields": {"text": "word " * 240}, "max_tokens": 8})
+    detail = r.json()
+    assert r.status_code == 422 and detail["prompt_tokens"] > 240 and detail["max_positions"] == 256
+    big = post(server, "/v1/generate", {"taskname": "sent", "fields": {"text": "x" * 5000}})
+    assert big.status_code == 413 and "limit is 4096" in big.text
+
+
+def test_api_key_auth(server):
+    body = {**INPUTS[0], "max_tokens": 2}
+    assert post(server, "/v1/generate", body, headers={}).status_code == 401
+    wrong = post(server, "/v1/generate", body, headers={"Authorization": "Bearer not-the-key"})
+    assert wrong.status_code == 401 and "API key" in wrong.text and API_KEY not in wrong.text
+    assert requests.get(f"{server}/v1/tasks", timeout=30).status_code == 401
+    assert post(server, "/v1/generate", body).status_code == 200
+    assert requests.get(f"{server}/healthz", timeout=30).status_code == 200
+    assert post(server, "/plain/v1/generate", body, headers={}).status_code == 200  # auth off on that app

@@ -1,0 +1,82 @@
+"""The serving pieces without Ray: the byte-bounded prompt LRU, the engine's batches, API keys, configs, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptray.jobs.cli import build_parser
+from promptray.serve.auth import ApiKeys
+from promptray.serve.engine import ServeEngine
+from promptray.serve.schemas import SamplingParams, ServerSettings
+
+from serve_helpers import INPUTS_FOR_UNITS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(engine: ServeEngine, items, params: SamplingParams) -> list[str]:
+    prepared = [engine.encode(x["taskname"], x["fields"], None, params) for x in items]
+    texts = [""] * len(prepared)
+    for events in engine.stream(prepared):
+        for i, e in enumerate(events):
+            texts[i] += e.text if e is not None else ""
+    return texts
+
+
+def test_prompt_lru_is_bounded_in_bytes_and_reloads_evicted_tasks(table_uri, tiny_gpt2_path):
+    params = SamplingParams(max_tokens=5, greedy=True)
+    roomy = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32"))
+    expected = run(roomy, INPUTS_FOR_UNITS, params)
+    sizes = {k.split("@")[0]: roomy.prompts._loaded[k].nbytes for k in roomy.prompts.loaded}
+    assert set(sizes) == {"sent", "qa", "tr"} and sizes["tr"] > sizes["sent"]  # prefix KV counted too
+
+    bound = max(sizes.values()) + min(sizes.values())  # room for two small ones, never all three
+    tight = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32",
+                                       prompt_cache_bytes=bound))
+    for x in INPUTS_FOR_UNITS:  # one at a time: the LRU evicts as it goes
+        assert run(tight, [x], params) == [expected[INPUTS_FOR_UNITS.index(x)]]
+        assert tight.prompts.loaded_bytes <= bound and len(tight.bank.names) == len(tight.prompts.loaded)
+    assert len(tight.prompts.loaded) < 3
+    assert run(tight, INPUTS_FOR_UNITS, params) == expected  # a batch of all three: evicted ones come back
+
+
+def test_api_keys_from_env_and_file_never_shown(tmp_path, monkeypatch):
+    path = tmp_path / "keys"
+    path.write_text("# comment\nfile-key\n\n")
+    monkeypatch.setenv("MY_KEYS", "env-1, env-2")
+    keys = ApiKeys.load("MY_KEYS", str(path))
+    assert keys.enabled and "env-1" not in repr(keys) and "file-key" not in repr(keys)
+    assert keys.valid("Bearer env-2") and keys.valid("bearer file-key")
+    assert not keys.valid(None) and not keys.valid("Bearer nope") and not keys.valid("Basic env-1")
+    assert not keys.valid("Bearer ") and not keys.valid("env-1")
+    assert ApiKeys.load("UNSET_VAR_X", None).valid(None)  # no keys: auth off
+
+
+def test_serve_config_and_rayservice_validate():
+    cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    svc = yaml.safe_load((ROOT / "infra" / "kuberay" / "rayservice.yaml").read_text())
+    assert svc["kind"] == "RayService" and svc["apiVersion"] == "ray.io/v1"
+    for app in (cfg["applications"][0], yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]):
+        settings = ServerSettings.model_validate(app["args"])
+        dep = app["deployments"][0]
+        assert app["import_path"] == "promptray.serve.app:app_builder" and dep["name"] == "PromptServer"
+        assert dep["max_ongoing_requests"] >= settings.max_batch_size
+        assert dep["autoscaling_config"]["max_replicas"] > dep["autoscaling_config"]["min_replicas"] >= 1
+
+
+def test_settings_report_every_problem_at_once():
+    with pytest.raises(ValueError) as err:
+        ServerSettings(table="t", max_batch_size=0, refresh_s=-1, precision="fp16")
+    text = str(err.value)
+    assert "max_batch_size" in text and "refresh_s" in text and "precision" in text
+
+
+def test_cli_serve_arguments():
+    args = build_parser().parse_args(["serve", "--table", "s3://b/t", "--model", "smollm2-135m", "--port", "9000",
+                                      "--replicas", "2", "--api-keys-file", "/k"])
+    assert (args.table, args.model, args.port, args.replicas, args.api_keys_file) == \
+        ("s3://b/t", "smollm2-135m", 9000, 2, "/k")
+    assert args.fn.__name__ == "cmd_serve"
