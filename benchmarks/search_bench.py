@@ -1,21 +1,30 @@
 """Search vs fixed prompts at the same compute: the demo's movie-review sentiment task on smollm2-135m.
 
-The search (`promptray.jobs.search`, val_accuracy objective, ASHA) tries total_virtual_tokens in
-{5, 10, 20, 50, 100} and lr log-uniform in [3e-3, 1e-1]; its compute is the optimizer steps its trials
-actually ran (ASHA stops some early). The baselines are the fixed 20-token and 100-token prompts of the
-demo's config, each trained for that same number of steps. All variants: held-out test accuracy (greedy,
-normalized exact match of the label), the demo's fixed split.
+The search (`promptray.jobs.search`, val_accuracy objective, ASHA) tries total_virtual_tokens in `--counts`
+and lr log-uniform in [3e-3, 1e-1]; its compute is the optimizer steps its trials actually ran (ASHA stops
+some early; its validation passes are not counted). The baselines are the fixed 20-token and 100-token
+prompts of the demo's config (lr 3e-2), each trained for that same number of steps. All variants: held-out
+test accuracy (greedy, normalized exact match of the label), the demo's fixed split.
 
     python -m benchmarks.search_bench [--quick] [--work-dir DIR] [--num-cpus N]
+                                      [--steps N] [--counts 5,20,50,100] [--samples N] [--n-val N] [--n-test N]
 
---quick: 10-step trials, 2 counts, 40 test examples (a smoke check; the numbers mean little).
+Default (sized for about 20 minutes on 2 CPUs; 25.5 minutes measured while other work shared them): 32-step
+trials validated every 8 steps, counts {5, 20, 50, 100}, one sample each, the first 80 validation
+examples (the search's accuracy at every validation is the costly part), 200 test examples. The first
+budget (100-step trials, counts {5, 10, 20, 50, 100}, two samples each, 200 validation and 400 test
+examples) is `--steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 --n-test 400` (well over an hour
+on 2 CPUs).
+--quick: 10-step trials, 2 counts, 40 validation and 40 test examples (a smoke check; the numbers mean little).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 
 from promptray.platform.config import load_config
@@ -24,14 +33,16 @@ from promptray.platform.generation import GenerationParams
 from promptray.platform.inference import load_inference_engine, prepare
 from promptray.platform.trainer import train
 
-from benchmarks.common import MODEL, machine, sentiment_splits, table, write_result
+from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, table, write_result
+
+LR = {"min": 3e-3, "max": 1e-1}
 
 
 def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int) -> dict:
     raw = sentiment_config(out, data, steps, MODEL)
     raw["name"] = "search_bench"
     raw["model"]["nemo_path"] = str(out / "search_table")
-    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": counts}}, "lr": {"min": 3e-3, "max": 1e-1},
+    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": counts}}, "lr": LR,
                      "metric": "val_accuracy", "tokens_to_generate": 4, "num_samples": samples,
                      "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2, "seed": 0}
     return raw
@@ -49,7 +60,7 @@ def run_search_variant(out: Path, data: dict, steps: int, counts: list[int], sam
     payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples)))
     trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
     used = sum(t["last_step"] for t in trials if t["status"] == "ok")
-    return {"payload": payload, "steps_used": used}
+    return {"payload": payload, "steps_used": used, "trials": trials}
 
 
 def run_fixed(out: Path, data: dict, tokens: int, steps: int) -> str:
@@ -60,27 +71,70 @@ def run_fixed(out: Path, data: dict, tokens: int, steps: int) -> str:
     return str(out / f"fixed{tokens}" / "prompt_table")
 
 
+def cut_validation(data: dict, n_val: int) -> dict:
+    """The demo's validation split cut to its first n_val examples (the search validates on it)."""
+    rows = read_jsonl(data["validation"])[:n_val]
+    path = Path(data["validation"]).with_name(f"sentiment_validation_{n_val}.jsonl")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {**data, "validation": path}
+
+
+def trial_summary(trials: list[dict]) -> list[dict]:
+    return [{"total_virtual_tokens": t.get("config/sentiment.total_virtual_tokens"),
+             "lr": round(t["config/lr"], 5) if "config/lr" in t else None, "status": t["status"],
+             "best_val_accuracy": t.get("val_accuracy"), "validations": t.get("iterations"),
+             "steps": t.get("last_step")} for t in trials]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--num-cpus", type=int)
+    p.add_argument("--steps", type=int, help="steps per trial (default 32; --quick 10)")
+    p.add_argument("--counts", help="comma-separated virtual-token counts (default 5,20,50,100; --quick 5,20)")
+    p.add_argument("--samples", type=int, help="samples per count (default 1)")
+    p.add_argument("--n-val", type=int, help="validation examples (default 80; --quick 40)")
+    p.add_argument("--n-test", type=int, help="test examples (default 200; --quick 40)")
     args = p.parse_args()
-    steps, counts, samples, n_test = (10, [5, 20], 1, 40) if args.quick else (100, [5, 10, 20, 50, 100], 2, 400)
+    steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
+                                                                                      80, 200)
+    steps, samples = args.steps or steps, args.samples or samples
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else counts
+    n_val, n_test = args.n_val or n_val, args.n_test or n_test
     out = args.work_dir or Path(tempfile.mkdtemp(prefix="search-bench-"))
-    data = sentiment_splits(out / "data", n_test)
+    data = cut_validation(sentiment_splits(out / "data", max(n_test, 400)), n_val)
     import ray
 
+    info = machine()  # its load average is the one at the start
+    t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     search = run_search_variant(out, data, steps, counts, samples)
     budget = search["steps_used"]
+    search_s = time.perf_counter() - t0
     rows = [["search", search["payload"]["best"]["sentiment"]["config"], budget,
              held_out_accuracy(search["payload"]["table"], data["test"], n_test)]]
+    seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1)}
     for tokens in (20, 100):
-        rows.append([f"fixed {tokens}", {"sentiment.total_virtual_tokens": tokens}, budget,
+        t1 = time.perf_counter()
+        rows.append([f"fixed {tokens}", {"sentiment.total_virtual_tokens": tokens, "lr": 3e-2}, budget,
                      held_out_accuracy(run_fixed(out, data, tokens, budget), data["test"], n_test)])
+        seconds[f"fixed {tokens} (train + test accuracy)"] = round(time.perf_counter() - t1, 1)
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    ray.shutdown()
     print(table(rows, ["variant", "config", "optimizer steps", "test accuracy"]))
-    write_result("search_bench", {"machine": machine(), "quick": args.quick, "rows": rows})
+    settings = {"model": MODEL, "steps_per_trial": steps, "val_check_interval": max(1, steps // 4),
+                "counts": counts, "samples_per_count": samples, "lr": LR, "n_validation": n_val, "n_test": n_test,
+                "metric": "val_accuracy (greedy, 4 tokens)", "asha": {"grace_period": 1, "reduction_factor": 2},
+                "max_concurrent_trials": 1, "ray_num_cpus": args.num_cpus or os.cpu_count(),
+                "budget_note": None if args.quick else (
+                    "reduced from the issue's first budget (100-step trials, counts 5,10,20,50,100 x 2 samples, "
+                    "200 validation / 400 test examples) to fit about 20 minutes on 2 CPUs shared with other "
+                    "work; rerun that with --steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 "
+                    "--n-test 400")}
+    write_result("search_bench", {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
+                                  "machine": info, "rows": rows, "trials": trial_summary(search["trials"]),
+                                  "seconds": seconds})
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
     python -m promptray.jobs.search --config X.yaml [overrides ...] [--resume] [--address ADDR] [--num-cpus N]
 
-Each trial is a real training run of the engine (one worker, nothing published) that reports the objective
-(`search.metric`) at every validation; ASHA stops bad trials early. Prompt-tuning tasks are searched
+Each trial is a real training run of the engine (nothing published) that reports the objective
+(`search.metric`) at every validation; ASHA stops bad trials early. A trial runs as many workers as the train
+job would (ray.num_workers, else trainer.devices x num_nodes): one worker inside the trial's function
+trainable (`search.cpus_per_trial` CPUs), several as a Ray Train V2 `TorchTrainer` started by the function
+trainable (which then reserves no CPU) with `TuneReportCallback` (see search_trial.py); when Tune stops such
+a trial, the driver frees its workers' placement group. Prompt-tuning tasks are searched
 independently (one Tuner per task), p-tuning tasks jointly (they share the encoder). At the end only the best
 trial's prompts are published, with provenance (search id, trial config, metric) in the table's source/metrics.
 
@@ -33,7 +37,7 @@ from promptray.jobs.search_report import (
     write_tables,
 )
 from promptray.jobs.search_space import param_space, search_groups, split_data
-from promptray.jobs.search_trial import run_trial
+from promptray.jobs.search_trial import release_placement_group, run_trial, trial_dir, trial_resources
 from promptray.jobs.train import (
     RESULT_PREFIX,
     absolutize,
@@ -83,6 +87,22 @@ def _crash_callback(run_dir: Path, after: int):
     return StopAfter()
 
 
+def _release_callback(trials_root: Path):
+    from ray.tune import Callback
+
+    class ReleaseStopped(Callback):
+        """Frees the Train workers' resources of a multi-worker trial that Tune stopped (see
+        search_trial.release_placement_group), so that the next trials can start."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if release_placement_group(trial_dir(str(trials_root), trial.trial_id)):
+                log.info("trial %s stopped: released its Train workers' placement group", trial.trial_id)
+
+        on_trial_error = on_trial_complete
+
+    return ReleaseStopped()
+
+
 def build_tuner(cfg: PromptLearningConfig, group: str, tasks: list[str], data: dict, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -92,14 +112,15 @@ def build_tuner(cfg: PromptLearningConfig, group: str, tasks: list[str], data: d
     base = cfg.model_dump(mode="json")
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, tasks=tasks, data=data, trials_root=str(run_dir / "trials")),
-        {"cpu": s.cpus_per_trial})
+        trial_resources(cfg))
     path = run_dir / "tune" / group
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming the search group %s from %s", group, path)
         return tune.Tuner.restore(str(path), trainable, resume_errored=True)
     if resume:
         raise ConfigError(f"--resume: no search to resume at {path}; run without --resume to start one")
-    callbacks = [_crash_callback(run_dir, s.stop_after_trials)] if s.stop_after_trials else []
+    callbacks = [_release_callback(run_dir / "trials")]
+    callbacks += [_crash_callback(run_dir, s.stop_after_trials)] if s.stop_after_trials else []
     asha = ASHAScheduler(max_t=10_000, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space(s, tasks, cfg.model.virtual_prompt_style),

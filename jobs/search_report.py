@@ -36,7 +36,9 @@ def trial_rows(grid, group: str, tasks: list[str], metric: str, mode: str) -> li
         rows.append({"group": group, "trial_id": str(df["trial_id"].iloc[-1]), "status": "ok", metric: best,
                      "error": str(r.error)[:200] if r.error else None,
                      "iterations": int(df["training_iteration"].max()), "last_step": int(df["step"].max()),
-                     "total_steps": int(df["total_steps"].max()), **{f"config/{k}": v for k, v in r.config.items()}})
+                     "total_steps": int(df["total_steps"].max()),
+                     "workers": int(df["workers"].max()) if "workers" in df else 1,
+                     **{f"config/{k}": v for k, v in r.config.items()}})
     return rows
 
 

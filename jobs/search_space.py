@@ -47,7 +47,8 @@ def param_space(s: SearchConfig, tasks: list[str], default_style: str) -> dict[s
 
 
 def trial_config(base: dict, tasks: list[str], choice: dict[str, Any], trial_dir: str) -> dict:
-    """The full config dict of one trial: the base (absolute paths) with this trial's choices applied."""
+    """The full config dict of one trial: the base (absolute paths) with this trial's choices applied, its
+    run dir (exp_manager.explicit_log_dir) in the search's trials/ folder."""
     raw = copy.deepcopy(base)
     s = SearchConfig.model_validate(raw.pop("search"))
     m = raw["model"]
@@ -60,8 +61,7 @@ def trial_config(base: dict, tasks: list[str], choice: dict[str, Any], trial_dir
     _apply_init(m, s, tasks, choice)
     m["new_tasks"] = list(tasks)
     raw["exp_manager"] = {**raw.get("exp_manager", {}), "explicit_log_dir": trial_dir}
-    raw["ray"] = {**raw.get("ray", {}), "num_workers": None}
-    return raw
+    return raw  # the ray section stays: a trial runs as many workers as the train job would
 
 
 def _apply_tokens(template: dict, s: SearchConfig, choice: dict[str, Any]) -> None:

@@ -1,14 +1,24 @@
 """One search trial: a real engine training run (no publishing) reporting the objective to Ray Tune at each
-validation, so ASHA can stop it early; the prompts of its best validation are saved in its own run dir."""
+validation, so ASHA can stop it early; the prompts of its best validation are saved in its own run dir.
+
+A trial runs as many workers as the train job would (`cfg.data_parallel_size`: ray.num_workers, else
+trainer.devices x trainer.num_nodes). One worker: the loop runs inside the trial's function trainable, which
+reserves `search.cpus_per_trial`. Several workers (the Ray Train V2 pattern; `Tuner(TorchTrainer)` is gone
+in Ray 2.60): the function trainable reserves no CPU and runs a `TorchTrainer` whose workers reserve their
+own resources (`ray.resources_per_worker`, Ray's default 1 CPU each) and report at each validation;
+`TuneReportCallback` passes rank 0's report on to Tune, so ASHA sees every validation and can stop the trial
+(its Train controller ends with it; the search driver then frees the workers with release_placement_group).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from promptray.jobs.search_space import trial_config
 from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.distributed import Dist
 from promptray.platform.engine import Engine
 from promptray.platform.generation import GenerationParams
 from promptray.platform.inference import InferenceEngine, exact_match, predict, prepare
@@ -16,52 +26,140 @@ from promptray.platform.train_loop import StepInfo, TrainLoop
 from promptray.platform.trainer import prepare_engine
 
 BEST_PROMPTS = "best_prompts.pt"
+PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)
+# Tune needs a non-empty head bundle per trial; the driver of a multi-worker trial only waits on its Train
+# controller, so it asks for a little memory and no CPU (every CPU of the node stays for the Train workers).
+DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}
 
 
 def trial_dir(trials_root: str, trial_id: str) -> Path:
     return Path(trials_root) / trial_id
 
 
+def trial_resources(cfg: PromptLearningConfig) -> dict[str, float]:
+    """What Tune reserves for one trial's function trainable (the workers of a multi-worker trial reserve
+    theirs when its TorchTrainer starts them)."""
+    return dict(DRIVER_RESOURCES) if cfg.data_parallel_size > 1 else {"cpu": cfg.search.cpus_per_trial}
+
+
 def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, trials_root: str) -> None:
     """The function trainable (bound with tune.with_parameters)."""
     from ray import tune
 
-    out = trial_dir(trials_root, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    out = trial_dir(trials_root, trial_id)
     raw = trial_config(base, tasks, choice, str(out))
     raw["model"]["data"].update(data)
     cfg = load_config(raw)
-    search = base["search"]
+    metric, tokens = base["search"]["metric"], int(base["search"].get("tokens_to_generate", 8))
+    if cfg.data_parallel_size > 1:
+        _run_workers(cfg, metric, tokens, out, trial_id)
+        return
     loop = TrainLoop(cfg, prepare_engine(cfg), progress=False)
-    reporter = _Reporter(cfg, loop.engine, search["metric"], int(search.get("tokens_to_generate", 8)), out)
-    loop.run(reporter)
+    loop.run(_Reporter(cfg, loop.engine, metric, tokens, out, tune.report))
+
+
+def _run_workers(cfg: PromptLearningConfig, metric: str, tokens: int, out: Path, trial_id: str) -> None:
+    """A multi-worker trial: a TorchTrainer (the train job's scaling settings) whose reports reach Tune."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from promptray.jobs.train import _fit  # a worker's PromptrayError comes out as itself
+
+    r = cfg.ray
+    trainer = TorchTrainer(
+        trial_worker_loop,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "metric": metric, "tokens": tokens,
+                           "out": str(out)},
+        scaling_config=ScalingConfig(num_workers=cfg.data_parallel_size, use_gpu=r.use_gpu,
+                                     resources_per_worker=r.resources_per_worker),
+        run_config=RunConfig(name=f"{cfg.name}-{trial_id}", storage_path=r.storage_path,
+                             callbacks=[TuneReportCallback()]))
+    _fit(trainer)
+
+
+def trial_worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker of a multi-worker trial: the train job's worker set-up (build_loop:
+    sharding, equal initial prompts), then the loop reporting at each validation on every worker (a
+    barrier); rank 0 keeps the best prompts. Nothing is published and no checkpoint is written."""
+    import ray.train
+
+    from promptray.jobs.train_worker import report
+    from promptray.platform.trainer import build_loop
+
+    ctx = ray.train.get_context()
+    group = Dist(ctx.get_world_rank(), ctx.get_world_size())
+    cfg = PromptLearningConfig.model_validate(config["config"])
+    device = None
+    if cfg.ray.use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    out = Path(config["out"])
+    if group.is_main:  # for release_placement_group, should the trial be stopped before its run ends
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PLACEMENT_GROUP).write_text(ray.get_runtime_context().get_placement_group_id() or "")
+    loop = build_loop(cfg, group, device, progress=False)
+    loop.run(_Reporter(cfg, loop.engine, config["metric"], int(config["tokens"]), out,
+                       lambda metrics: report(metrics, None, group), group))
+
+
+def release_placement_group(out: Path) -> bool:
+    """Remove the Train placement group of a multi-worker trial that Tune stopped (ASHA, time budget) if it
+    is still there; True if it was. Stopping a trial ends its function trainable and with it the Train
+    controller, so the controller never removes its workers' placement group; Ray's own cleaner actor
+    needs the state API (a dashboard, one Ray instance per machine), which an embedded Ray does not have.
+    A trial whose run ended normally has no placement group left: nothing to do."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    path = out / PLACEMENT_GROUP
+    pg_hex = path.read_text().strip() if path.is_file() else ""
+    if not pg_hex:
+        return False
+    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
+    if placement_group_table(pg).get("state") in (None, "REMOVED"):
+        return False
+    try:
+        remove_placement_group(pg)
+    except ray.exceptions.RaySystemError:  # removed in the meantime
+        return False
+    return True
 
 
 class _Reporter:
-    """The loop's per-step callback: at each validation, the objective to Tune and the best prompts to disk."""
+    """The loop's per-step callback: at each validation, the objective to `send` (tune.report, or
+    ray.train.report on every Train worker) and, on the main worker, the best prompts to disk."""
 
-    def __init__(self, cfg: PromptLearningConfig, engine: Engine, metric: str, tokens: int, out: Path):
+    def __init__(self, cfg: PromptLearningConfig, engine: Engine, metric: str, tokens: int, out: Path,
+                 send: Callable[[dict[str, Any]], None], group: Dist = Dist()):
         self.cfg, self.engine, self.metric, self.tokens, self.out = cfg, engine, metric, tokens, out
+        self.send, self.group = send, group
         self.best: Optional[float] = None
         self.examples = None
 
     def __call__(self, info: StepInfo) -> None:
-        from ray import tune
-
         rec = info.record
         if not rec or "val_loss" not in rec:
             return
-        metrics = {"val_loss": rec["val_loss"], "step": info.step, "total_steps": info.total_steps}
+        metrics = {"val_loss": rec["val_loss"], "step": info.step, "total_steps": info.total_steps,
+                   "workers": self.group.world}
         if self.metric == "val_accuracy":
             metrics["val_accuracy"] = self._accuracy()
         value = metrics[self.metric]
         better = self.best is None or (value < self.best if self.metric == "val_loss" else value > self.best)
         if better:
             self.best = value
-            self.out.mkdir(parents=True, exist_ok=True)
-            torch.save(self.engine.model.bank.export(), self.out / BEST_PROMPTS)
-        tune.report(metrics)
+            if self.group.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                torch.save(self.engine.model.bank.export(), self.out / BEST_PROMPTS)
+        self.send(metrics)
 
     def _accuracy(self) -> float:
+        """Greedy exact match on the whole validation set. Every worker computes it (the prompts are
+        replicated, so the values agree; with model.sharding: fsdp each forward needs every worker)."""
         e = self.engine
         ie = InferenceEngine(e.model, e.tokenizer, {n: e.templates[n] for n in e.new_tasks}, {}, e.fingerprint)
         if self.examples is None:

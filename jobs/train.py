@@ -108,12 +108,14 @@ def build_trainer(cfg: PromptLearningConfig, metrics_queue=None):
     from ray.train.torch import TorchTrainer
 
     from promptray.jobs.train_worker import worker_loop
+    from promptray.platform.table_manifest import utcnow
 
     r = cfg.ray
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return TorchTrainer(
         worker_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "queue": metrics_queue},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "queue": metrics_queue,
+                           "run": {"id": name, "started_at": utcnow()}},
         scaling_config=ScalingConfig(num_workers=cfg.data_parallel_size, use_gpu=r.use_gpu,
                                      resources_per_worker=r.resources_per_worker),
         run_config=RunConfig(name=name, storage_path=r.storage_path,

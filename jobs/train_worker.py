@@ -61,16 +61,20 @@ class Reporter:
 
     def _maybe_fail(self, step: int) -> None:
         """Fault injection (ray.fail_at_step): the last worker exits at that step, once per run directory."""
-        if self.cfg.ray.fail_at_step != step or self.group.rank != self.group.world - 1:
-            return
-        marker = self.cfg.run_dir / f".promptray_fault_at_step_{step}"
-        if marker.exists():
-            return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"worker {self.group.rank} exited here on purpose (ray.fail_at_step)\n")
-        log.warning("ray.fail_at_step=%d: worker %d exits (fault injection)", step, self.group.rank)
-        time.sleep(FAULT_DELAY_S)  # let the controller register the last checkpoint, as a real crash would
-        os._exit(1)
+        if self.cfg.ray.fail_at_step == step and self.group.rank == self.group.world - 1:
+            fail_once(self.cfg, f"step_{step}", self.group.rank)
+
+
+def fail_once(cfg: PromptLearningConfig, where: str, rank: int) -> None:
+    """Exit this worker process (fault injection for tests), once per run directory and place."""
+    marker = cfg.run_dir / f".promptray_fault_at_{where}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"worker {rank} exited here on purpose (fault injection)\n")
+    log.warning("fault injection: worker %d exits at %s", rank, where)
+    time.sleep(FAULT_DELAY_S)  # let the controller register the last checkpoint, as a real crash would
+    os._exit(1)
 
 
 def report(metrics: dict[str, Any], loop: Optional[TrainLoop], group: Dist) -> None:
@@ -103,7 +107,8 @@ def restore(loop: TrainLoop, group: Dist) -> bool:
 
 
 def worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: config = {"config": PromptLearningConfig dump, "queue": Queue}."""
+    """Ray Train's train_loop_per_worker: config = {"config": PromptLearningConfig dump, "queue": Queue,
+    "run": {"id", "started_at"}} (the run's identity, the same for every restart of its worker group)."""
     import ray.train
 
     ctx = ray.train.get_context()
@@ -117,7 +122,9 @@ def worker_loop(config: dict[str, Any]) -> None:
     loop = build_loop(cfg, group, device, progress=False)
     restore(loop, group)
     loop.run(on_step=Reporter(cfg, loop, group, config.get("queue")))
-    result = loop.finish(publish=True)
+    result = loop.finish(publish=True, run=config.get("run"))
+    if cfg.ray.fail_after_publish and group.is_main:
+        fail_once(cfg, "publish", group.rank)
     final = {"step": loop.steps, "done": True}
     if result is not None:
         final[RESULT_KEY] = json.dumps(result_payload(result))

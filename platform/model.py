@@ -8,6 +8,7 @@ prompt parameters stay float32; logits are computed only at positions that carry
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 from typing import Literal, Optional
@@ -36,9 +37,10 @@ class PromptLearningModel(nn.Module):
         for p in lm.parameters():
             p.requires_grad_(lm_finetune)
         # A frozen LM runs in the compute dtype itself; a fine-tuned one keeps fp32 weights under autocast.
+        # (training attention, inference attention) when they differ: eager trains faster on the CPU in bf16
+        self._attention = _attention_per_mode(lm, precision) if not lm_finetune else None
         if not lm_finetune:
             lm.to(DTYPES[precision])
-            _prefer_eager_attention(lm, precision)
         lm.eval()
         backbone = getattr(lm, "base_model", lm)
         # heads that do more than lm_head(hidden): soft-capping (Gemma 2), scaling (Cohere, Granite, Falcon-H1)
@@ -54,7 +56,17 @@ class PromptLearningModel(nn.Module):
         super().train(mode)
         if not self.lm_finetune:
             self.lm.eval()  # the frozen LM never uses dropout
+        if self._attention is not None:
+            want = self._attention[0 if mode else 1]
+            if self.lm.config._attn_implementation != want:
+                self.lm.set_attn_implementation(want)
         return self
+
+    def _dropout(self, on: bool) -> None:
+        """Dropout (p-tuning encoder; the LM when fine-tuned) on or off, attention kernels untouched."""
+        nn.Module.train(self, on)
+        if not self.lm_finetune:
+            self.lm.eval()
 
     @property
     def max_positions(self) -> int:
@@ -68,7 +80,7 @@ class PromptLearningModel(nn.Module):
 
     def autocast(self):
         if self.lm_finetune and self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(next(self.lm.parameters()).device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def embed(self, input_ids: torch.Tensor, virtual_ids: torch.Tensor, tasknames: list[str]) -> torch.Tensor:
@@ -107,10 +119,12 @@ class PromptLearningModel(nn.Module):
         packed single row, or prefixes then remainders. Each layout is checked once against the plain
         forward on its first batch and switched off, with a warning, if the model does not honour it."""
         for kind in self.fast_paths if self.share_prefix else ():
-            layout = pack_batch(batch) if kind == "packed" else split_shared_prefix(batch)
+            host = _moved(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
+            layout = _moved(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
+                            batch.input_ids.device)
             out = self._loss_layout(kind, layout) if layout is not None else None
             if out is not None:
-                return out if kind in self._verified else self._verify(kind, out, batch)
+                return out if kind in self._verified else self._verify(kind, layout, out, batch)
         return self._loss_plain(batch)
 
     def _loss_layout(self, kind: str, layout) -> Optional[tuple[torch.Tensor, int]]:
@@ -121,17 +135,25 @@ class PromptLearningModel(nn.Module):
             self.fast_paths = [k for k in self.fast_paths if k != kind]
             return None
 
-    def _verify(self, kind: str, out: tuple[torch.Tensor, int], batch: Batch) -> tuple[torch.Tensor, int]:
-        """Compare a layout's first loss with the plain forward's; keep the layout only if they agree."""
-        with torch.no_grad():
-            ref, n = self._loss_plain(batch)
+    def _verify(self, kind: str, layout, out: tuple[torch.Tensor, int], batch: Batch) -> tuple[torch.Tensor, int]:
+        """Compare a layout's loss with the plain forward's on this batch; keep the layout only if they agree.
+        Both run again without dropout and without touching the RNG, so the check neither fails because of
+        p-tuning dropout nor shifts the random stream (a resumed run stays equal to an uninterrupted one)."""
+        was_training = self.training
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                self._dropout(False)
+                fast, ref = self._loss_layout(kind, layout), self._loss_plain(batch)
+        finally:
+            self._dropout(was_training)
         tol = 2e-2 if self.precision == "bf16" else 1e-4
-        value = float(out[0].detach())
-        if out[1] == n and abs(value - float(ref)) <= tol * max(1.0, abs(float(ref))):
+        agree = fast is not None and fast[1] == ref[1] and \
+            abs(float(fast[0]) - float(ref[0])) <= tol * max(1.0, abs(float(ref[0])))
+        if agree:
             self._verified.add(kind)
             return out
-        log.warning("shared-prefix %s batches switched off: loss %.6g differs from the plain forward's %.6g",
-                    kind, value, float(ref))
+        log.warning("shared-prefix %s batches switched off: loss %s differs from the plain forward's %.6g",
+                    kind, "n/a" if fast is None else f"{float(fast[0]):.6g}", float(ref[0]))
         self.fast_paths = [k for k in self.fast_paths if k != kind]
         return self.loss(batch)
 
@@ -149,7 +171,7 @@ class PromptLearningModel(nn.Module):
         with self.autocast():
             rows, offsets = self.bank.lookup(p.tasknames)  # (S, H), (M,)
             emb = self._place_virtual(p.input_ids, p.virtual_ids, rows, offsets[None, :])  # (1, M, H)
-            bias = torch.zeros(p.allowed.shape, dtype=emb.dtype).masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
+            bias = torch.zeros(p.allowed.shape, dtype=emb.dtype, device=emb.device).masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
             logits = self._target_logits(emb, bias[None, None], p.position_ids, p.targets)  # (N, V)
         return F.cross_entropy(logits, p.labels, reduction="sum"), int(p.labels.numel())
 
@@ -214,6 +236,13 @@ class PromptLearningModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+def _moved(obj, device: torch.device):
+    """A dataclass of tensors (a batch or a prefix layout) with its tensors on `device` (None stays None)."""
+    if obj is None or all(v.device == device for v in vars(obj).values() if isinstance(v, torch.Tensor)):
+        return obj
+    return dataclasses.replace(obj, **{k: v.to(device) for k, v in vars(obj).items() if isinstance(v, torch.Tensor)})
+
+
 def _cache_of(out):
     """The KV cache a forward returned (`cache` in newer transformers, `past_key_values` in older)."""
     cache = getattr(out, "cache", None)
@@ -227,15 +256,19 @@ def _columns_needed(loss_mask: torch.Tensor) -> int:
     return int(cols[-1]) + 1 if len(cols) else 1
 
 
-def _prefer_eager_attention(lm: nn.Module, precision: Precision) -> None:
-    """bf16 on the CPU: plain (eager) attention trains faster than SDPA, whose CPU flash-attention backward
-    took ~22% of a step (benchmarks/results/train_profile.json); elsewhere SDPA stays."""
+def _attention_per_mode(lm: nn.Module, precision: Precision) -> Optional[tuple[str, str]]:
+    """bf16 on the CPU: ("eager", "sdpa"), eager attention for training and SDPA for inference. Eager trains
+    faster (SDPA's CPU flash-attention backward took ~22% of a step, benchmarks/results/train_profile.json);
+    SDPA decodes faster, and both are equally close to fp32 (benchmarks/README.md). None elsewhere."""
     on_cpu = next(lm.parameters()).device.type == "cpu"
-    if precision == "bf16" and on_cpu and getattr(lm.config, "_attn_implementation", None) == "sdpa":
-        try:
-            lm.set_attn_implementation("eager")
-        except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
-            pass
+    if precision != "bf16" or not on_cpu or getattr(lm.config, "_attn_implementation", None) != "sdpa":
+        return None
+    try:
+        lm.set_attn_implementation("eager")
+        lm.set_attn_implementation("sdpa")
+    except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
+        return None
+    return ("eager", "sdpa")
 
 
 def _sliding(config) -> bool:

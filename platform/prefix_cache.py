@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from promptray.platform.batching import collate
@@ -76,18 +77,19 @@ def shared_length(example: Example, prefix: Optional[TaskPrefix]) -> int:
 
 
 def _row_cache(prefixes: Sequence[Optional[TaskPrefix]], ks: list[int], P: int) -> DynamicCache:
-    """A DynamicCache of B rows and P slots: row i holds the first ks[i] slots of its prefix, zeros after."""
-    ref = next(p for p, k in zip(prefixes, ks) if k > 0)
-    layers = []
-    for li, (k0, v0) in enumerate(ref.layers):
-        keys = k0.new_zeros(len(ks), k0.shape[1], P, k0.shape[3])  # (B, heads, P, d)
-        values = v0.new_zeros(len(ks), v0.shape[1], P, v0.shape[3])  # (B, heads, P, d)
-        for i, (p, k) in enumerate(zip(prefixes, ks)):
-            if k > 0:
-                keys[i, :, :k] = p.layers[li][0][0, :, :k]
-                values[i, :, :k] = p.layers[li][1][0, :, :k]
-        layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers)
+    """A DynamicCache of B rows and P slots: row i holds its prefix's first P slots (zero-padded), gathered
+    from one stack of the batch's distinct prefixes per layer. Slots at or after ks[i] are masked out by
+    the caller's attention mask (rows with ks[i] == 0 attend to none of them)."""
+    distinct = list({id(p): p for p, k in zip(prefixes, ks) if k > 0}.values())
+    slot = torch.tensor([next(j for j, d in enumerate(distinct) if d is p) if k > 0 else 0
+                         for p, k in zip(prefixes, ks)])  # (B,)
+
+    def stacked(li: int, kv: int) -> torch.Tensor:
+        rows = [d.layers[li][kv][0, :, :P] for d in distinct]  # each (heads, <=P, d)
+        return torch.stack([F.pad(r, (0, 0, 0, P - r.shape[1])) for r in rows])  # (K, heads, P, d)
+
+    layers = [(stacked(li, 0)[slot], stacked(li, 1)[slot]) for li in range(len(distinct[0].layers))]
+    return DynamicCache(ddp_cache_data=layers)  # (B, heads, P, d) per layer
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ class RayConfig(BaseModel):
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint; -1: no limit
     storage_path: Optional[str] = None  # checkpoints (a shared path or s3:// on a multi-node cluster)
     fail_at_step: Optional[int] = Field(None, ge=1)  # testing: the last worker exits once at this step
+    fail_after_publish: bool = False  # testing: rank 0 exits once after publishing, before its final report
 
     @field_validator("resources_per_worker")
     @classmethod

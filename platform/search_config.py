@@ -69,7 +69,7 @@ class SearchConfig(_Section):
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"
     num_samples: int = Field(1, ge=1)  # samples of the other dimensions per token-count grid point
     max_concurrent_trials: int = Field(1, ge=1)
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0)  # one-worker trials; multi-worker ones: ray.resources_per_worker
     time_budget_s: Optional[float] = Field(None, gt=0)
     seed: int = 0
     grace_period: int = Field(1, ge=1)  # validations before ASHA may stop a trial
@@ -172,9 +172,12 @@ def _config_init_text(name: str, m) -> Optional[str]:
 
 def _run_problems(cfg: "PromptLearningConfig") -> list[str]:
     s, problems = cfg.search, []
-    if cfg.ray.num_workers and cfg.ray.num_workers > 1:
-        problems.append(f"ray.num_workers: {cfg.ray.num_workers}; search trials run on one worker each for now "
-                        "(multi-worker trials are not implemented); set ray.num_workers: 1 or drop it")
+    if cfg.ray.max_failures != 0:
+        problems.append(f"ray.max_failures: {cfg.ray.max_failures}; search trials are not restarted (a failed "
+                        "trial is recorded as an error in trials.json and the search goes on); set it to 0")
+    if cfg.ray.fail_at_step is not None:
+        problems.append(f"ray.fail_at_step: {cfg.ray.fail_at_step}; fault injection is for the train job, "
+                        "search trials do not use it; drop it")
     if not cfg.model.data.validation_ds:
         problems.append("model.data.validation_ds: empty; a search ranks trials by a validation metric, so give "
                         "validation files")

@@ -148,8 +148,9 @@ class TrainLoop:
         return rec
 
     # ------------------------------------------------------------------ finishing
-    def finish(self, publish: bool = True) -> Optional[TrainResult]:
-        """On the main worker: plot, publish the best prompts, write summary.json. Others return None."""
+    def finish(self, publish: bool = True, run: Optional[dict] = None) -> Optional[TrainResult]:
+        """On the main worker: plot, publish the best prompts, write summary.json. Others return None.
+        `run` identifies a job run that may finish twice (see publishing.publish_prompts)."""
         if not self.group.is_main:
             return None
         s, cfg, run_dir = self.state, self.cfg, self.cfg.run_dir
@@ -158,7 +159,7 @@ class TrainLoop:
         tok_s = s.tokens / max(s.train_s, 1e-9)
         metrics = {"best_val_loss": s.best_val, "best_step": s.best_step or self.steps,
                    "final_train_loss": s.last_loss, "steps": self.steps, "tokens_per_s": round(tok_s, 1)}
-        versions = publish_prompts(cfg, self.engine, prompts, metrics) if publish else {}
+        versions = publish_prompts(cfg, self.engine, prompts, metrics, run) if publish else {}
         write_summary(run_dir, cfg, metrics, versions)
         return TrainResult(cfg.table_uri, versions, self.steps, s.best_val, s.last_loss, tok_s, run_dir,
                            self.writer.path, plot, prompts)

@@ -17,11 +17,12 @@ import logging
 import uuid
 from typing import AsyncIterator, Optional
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from promptray.serve.auth import ApiKeys, body_limit_middleware
+from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import Prepared, ServeEngine, input_fields
 from promptray.serve.errors import InputFieldError, ServeError
 from promptray.serve.schemas import (Completion, CompletionRequest, GenerateRequest, GenerateResponse,
@@ -37,7 +38,7 @@ async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
 
-api.middleware("http")(body_limit_middleware)
+api.add_middleware(BodyLimit)
 
 
 def _usage(prompt: int, completion: int) -> Usage:
@@ -176,7 +177,8 @@ class PromptServer:
     @api.get("/healthz")
     async def healthz(self):
         return {"status": "ok", "model": self.engine.model_name, "precision": self.engine.model.precision,
-                "prefix_cache": self.engine.prefixes.enabled, "loaded_tasks": self.engine.prompts.loaded, "batches": self.batch_stats}
+                "prefix_cache": self.engine.prefixes.enabled, "loaded_tasks": self.engine.prompts.loaded,
+                "batches": self.batch_stats, "torch_threads": torch.get_num_threads()}
 
 
 def build_app(settings: ServerSettings, num_replicas: int | str = 1, ray_actor_options: Optional[dict] = None,

@@ -57,13 +57,45 @@ class ApiKeys:
             raise AuthError("missing or invalid API key; send the header 'Authorization: Bearer <key>'")
 
 
-async def body_limit_middleware(request: Request, call_next):
-    """413 for bodies over the app's `max_body_bytes` (by Content-Length; chunked bodies are read and counted)."""
-    limit = getattr(request.app.state, "max_body_bytes", None)
-    if limit is not None and request.method in ("POST", "PUT", "PATCH"):
-        declared = request.headers.get("content-length")
-        size = int(declared) if declared and declared.isdigit() else len(await request.body())
-        if size > limit:
-            return JSONResponse({"error": f"request body has {size} bytes; the limit is {limit}",
-                                 "limit": limit, "size": size}, status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """ASGI middleware: 413 for request bodies over the app's `max_body_bytes` (`app.state`).
+
+    A declared Content-Length over the limit is refused before any of the body is read. A chunked body
+    (no Content-Length) is read and counted as it arrives, at most limit + one chunk of it, and refused as
+    soon as it passes the limit; a body within the limit is handed on to the app unchanged."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        limit = getattr(getattr(scope.get("app"), "state", None), "max_body_bytes", None)
+        if scope["type"] != "http" or limit is None or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > limit:
+            return await _too_large(scope, receive, send, int(declared), limit, exact=True)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await _too_large(scope, receive, send, size, limit, exact=not message.get("more_body"))
+            if not message.get("more_body", False):
+                break
+        pending = iter(messages)
+
+        async def replay():
+            return next(pending, None) or await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(scope, receive, send, size: int, limit: int, exact: bool) -> None:
+    has = f"{size} bytes" if exact else f"at least {size} bytes"
+    response = JSONResponse({"error": f"request body has {has}; the limit is {limit}", "limit": limit,
+                             "size": size, "size_is_exact": exact}, status_code=413,
+                            headers={"Connection": "close"})
+    await response(scope, receive, send)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from promptray.jobs.search import (
     SearchInterrupted,
@@ -63,7 +65,7 @@ def test_invalid_spaces_are_every_problem_at_once_before_any_trial(tmp_path, cap
     raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "c"})
     raw["search"]["tasks"]["b"] = {"total_virtual_tokens": {"min": 1, "max": 3}, "splits": [[1, 0], [1, 1, 1]],
                                    "init": []}
-    raw["ray"] = {"num_workers": 2}
+    raw["ray"] = {"max_failures": 1, "fail_at_step": 2}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path)]) == 2
@@ -74,7 +76,7 @@ def test_invalid_spaces_are_every_problem_at_once_before_any_trial(tmp_path, cap
                      "search.tasks.b.splits[0]: [1.0, 0.0] has shares <= 0",
                      "search.tasks.b.splits[1]: [1.0, 1.0, 1.0] has 3 share(s)",
                      "search.tasks.b.init: empty choice list", "search.tasks: new task 'c' has no entry",
-                     "ray.num_workers: 2"):
+                     "ray.max_failures: 1", "ray.fail_at_step: 2"):
         assert expected in err, err
     assert not (tmp_path / "runs").exists()  # nothing ran
     with pytest.raises(ConfigError, match="search: missing section"):
@@ -150,6 +152,74 @@ def test_tasks_are_searched_independently_with_splits_and_an_accuracy_objective(
     b = table.get("b")
     chosen = payload["best"]["b"]["config"]["b.split"]
     assert b.template["virtual_token_splits"] == [[3, 2], [1, 4]][chosen] and b.num_virtual_tokens == 5
+
+
+def _cpus_freed(ray, expected: float, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return ray.available_resources().get("CPU", 0) >= expected
+
+
+@pytest.mark.ray
+def test_two_worker_trials_run_as_torch_trainers_report_to_asha_and_publish_the_best_once(tmp_path,
+                                                                                        tiny_gpt2_path, ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [24, 1])
+    raw["ray"] = {"num_workers": 2}  # Ray's default 1 CPU per worker: the session's 2 CPUs, one trial at a time
+    raw["model"]["micro_batch_size"] = 2  # global batch 4 = 2 workers x micro-batch 2
+    cfg = prepare_search_config(raw)
+    payload = run_search(cfg)
+    run_dir = Path(payload["run_dir"])
+    trials = json.loads((run_dir / "trials.json").read_text())
+    assert len(trials) == 2 and all(t["status"] == "ok" and t["workers"] == 2 for t in trials)
+    by_count = {t["config/a.total_virtual_tokens"]: t for t in trials}
+    assert by_count[24]["iterations"] == 6 and by_count[24]["last_step"] == 6  # every validation reached Tune
+    assert by_count[1]["iterations"] < 6  # ASHA stopped the weak trial: its Train run ended with it ...
+    assert _cpus_freed(ray_local, 2)  # ... and its workers' CPUs came back
+    best = payload["best"]["a"]
+    assert best["config"]["a.total_virtual_tokens"] == 24 and best["val_loss"] == by_count[24]["val_loss"]
+    table = PromptTable(payload["table"])
+    assert len(table.history("a")) == 1  # only the best trial published, once
+    prompt = table.get("a")
+    assert prompt.num_virtual_tokens == 24 and prompt.template["virtual_token_splits"] == [24]
+    assert prompt.source["search_id"] == payload["search_id"] and prompt.source["trial_id"] == best["trial_id"]
+    assert prompt.source["trial_config"] == {"a.total_virtual_tokens": 24}
+    assert prompt.metrics["val_loss"] == best["val_loss"]
+    # rank 0 saved the prompts of the best validation; they are what was published
+    saved = torch.load(run_dir / "trials" / best["trial_id"] / "best_prompts.pt", weights_only=True)
+    torch.testing.assert_close(prompt.embeddings, saved["a"])
+    records = [json.loads(line) for line in (run_dir / "trials" / best["trial_id"] / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # one metrics file, written by rank 0
+    assert min(r["val_loss"] for r in records) == best["val_loss"]
+
+
+@pytest.mark.ray
+def test_p_tuning_tasks_share_one_encoder_in_real_joint_trials(tmp_path, tiny_gpt2_path, ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [3], style=["p-tuning"])
+    raw["trainer"]["max_steps"] = 3
+    data = Path(raw["model"]["data"]["train_ds"][0])
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**r, "taskname": "b"} for r in rows]))
+    raw["model"]["new_tasks"] = ["a", "b"]
+    raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "b",
+                                           "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} <|VIRTUAL_PROMPT_1|> "
+                                                              "label: {label}", "virtual_token_splits": [1, 1]})
+    raw["search"]["tasks"]["b"] = {"total_virtual_tokens": [2, 6]}
+    payload = run_search(prepare_search_config(raw))
+    assert set(payload["best"]) == {"joint"}  # one Tuner, each trial trains both tasks with one encoder
+    trials = json.loads((Path(payload["run_dir"]) / "trials.json").read_text())
+    assert len(trials) == 2 and {t["group"] for t in trials} == {"joint"}
+    assert sorted(t["config/b.total_virtual_tokens"] for t in trials) == [2, 6]
+    best = payload["best"]["joint"]
+    table = PromptTable(payload["table"])
+    for task, tokens in (("a", 3), ("b", best["config"]["b.total_virtual_tokens"])):
+        assert len(table.history(task)) == 1
+        prompt = table.get(task)
+        assert prompt.style == "p-tuning" and prompt.num_virtual_tokens == tokens
+        assert prompt.source["group"] == "joint" and prompt.source["trial_id"] == best["trial_id"]
+        assert prompt.metrics["val_loss"] == best["val_loss"]
+    assert table.get("b").template["virtual_token_splits"] == [tokens // 2, tokens // 2]
 
 
 class _FakeJobs:

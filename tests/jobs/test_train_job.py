@@ -122,6 +122,22 @@ def test_fsdp_job_recovers_from_a_worker_failure_and_matches_one_process(tmp_pat
     assert_table_matches(payload["table"], payload["versions"], reference_prompts(raw, tmp_path))
 
 
+@pytest.mark.ray
+def test_a_restart_after_publishing_does_not_publish_a_second_version(tmp_path, tiny_gpt2_path, ray_local):
+    raw = job_config(tmp_path, tiny_gpt2_path, max_failures=1, checkpoint_every_n_steps=2, fail_after_publish=True)
+    payload = run_job(absolutize(load_config(raw)), echo=lambda line: None)
+    run_dir = Path(payload["run_dir"])
+    assert (run_dir / ".promptray_fault_at_publish").is_file()  # rank 0 exited after it had published
+    restarts = [json.loads(line) for line in (run_dir / "restarts.jsonl").read_text().splitlines()]
+    assert [r["resumed_from_step"] for r in restarts] == [2]  # the new group trained steps 3-4 again ...
+    table = PromptTable(payload["table"])
+    for task in ("a", "b"):
+        history = table.history(task)
+        assert [h.version for h in history] == [payload["versions"][task]]  # ... and found its own versions
+        assert table.get(task).source["run_id"].startswith("job-")
+    assert_table_matches(payload["table"], payload["versions"], reference_prompts(raw, tmp_path))
+
+
 def test_invalid_job_config_lists_every_problem_and_exits_2(tmp_path, capsys):
     raw = job_config(tmp_path, tmp_path / "no-model", num_workers=0, max_failures=-5,
                      resources_per_worker={"CPU": -1})

@@ -146,8 +146,10 @@ def test_two_workers_replicated_and_fsdp_match_one_process(style, model, tmp_pat
 
 def test_loop_resumed_from_its_state_finishes_like_an_uninterrupted_one(tmp_path, tiny_gpt2_path):
     cfg = dp_config(tmp_path, tiny_gpt2_path, "p-tuning", steps=6)
+    cfg.model.p_tuning.dropout = 0.1  # the RNG stream must continue exactly where it stopped
     full = build_loop(cfg)
     full.run()
+    assert full.engine.model._verified  # dropout did not make the shared-prefix check fail
     saved = {}
 
     class Stop(Exception):

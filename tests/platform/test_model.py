@@ -218,7 +218,11 @@ def test_bf16_casts_lm_and_keeps_prompts_float32(fixture, request):
     assert lm.config._attn_implementation == "sdpa"
 
     model = PromptLearningModel(lm, bank, precision="bf16")
+    model.train()
     assert lm.config._attn_implementation == "eager"  # faster than SDPA's backward in bf16 on the CPU
+    model.eval()
+    assert lm.config._attn_implementation == "sdpa" and not lm.training  # decodes faster
+    model.train()
     assert all(p.dtype == torch.bfloat16 for p in lm.parameters())
     assert model.compute_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in bank.parameters())

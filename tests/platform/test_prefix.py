@@ -176,3 +176,16 @@ def test_sliding_window_models_fall_back_to_the_full_forward(tmp_path, tiny_llam
     assert model.fast_paths == []  # its cache drops old positions: the split is switched off on the first batch
     full, _, _ = loss_and_grads(model, batch, share=False)
     assert shared == full
+
+
+def test_layouts_are_planned_on_the_cpu_and_moved_to_the_batchs_device(tiny_gpt2, always_split):
+    from promptray.platform.model import _moved
+
+    _, tokenizer = tiny_gpt2
+    on_meta = _moved(batch_of(tokenizer), torch.device("meta"))  # stands in for an accelerator here
+    assert on_meta.input_ids.is_meta and on_meta.tasknames == batch_of(tokenizer).tasknames
+    for layout in (pack_batch(batch_of(tokenizer)), split_shared_prefix(batch_of(tokenizer))):
+        moved = _moved(layout, torch.device("meta"))
+        tensors = {k: v for k, v in vars(moved).items() if isinstance(v, torch.Tensor)}
+        assert tensors and all(v.is_meta and v.shape == getattr(layout, k).shape for k, v in tensors.items())
+        assert _moved(layout, torch.device("cpu")) is layout  # already there: no copy

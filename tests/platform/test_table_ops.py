@@ -196,3 +196,21 @@ def test_local_table_copied_to_s3_reads_the_same(tmp_path, s3_bucket):
     back = PromptTable(tmp_path / "back")
     copy_table(remote, back)
     assert back.describe() == remote.describe()
+
+
+def test_versions_published_by_finds_a_runs_own_versions_only(tmp_path):
+    from promptray.platform.publishing import versions_published_by
+    from promptray.platform.table_manifest import utcnow
+    from table_helpers import make_prompt
+
+    table = PromptTable(tmp_path / "t")
+    table.publish([make_prompt("old", 2)])
+    run = {"id": "job-1", "started_at": utcnow()}
+    assert versions_published_by(table, ["a"], run) is None  # not in the table yet
+    ours = table.publish([make_prompt("a", 3, source={"run_id": "job-1"}),
+                          make_prompt("old", 2, seed=1)])  # a copied existing task, published with it
+    later = table.publish([make_prompt("a", 3, seed=2, source={"run_id": "job-2"})])  # another run, after ours
+    assert versions_published_by(table, ["a"], run, copied=["old"]) == {"a": ours["a"], "old": ours["old"]}
+    assert versions_published_by(table, ["a"], {"id": "job-2", "started_at": run["started_at"]}) == later
+    assert versions_published_by(table, ["a"], {"id": "job-3", "started_at": run["started_at"]}) is None
+    assert versions_published_by(table, ["a"], {"id": "job-1", "started_at": utcnow()}) is None  # began later

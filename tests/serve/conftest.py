@@ -3,17 +3,13 @@ prompt table built here for the tiny random-weight GPT-2; stopped at the end of 
 
 from __future__ import annotations
 
-import socket
-import time
-
-import requests
 import pytest
 
 from promptray.platform.fingerprint import fingerprint_model
 from promptray.platform.hub import load_base_model
 from promptray.platform.prompt_table import PromptTable
 
-from serve_helpers import API_KEY, TEMPLATES, make_prompt
+from serve_helpers import API_KEY, TEMPLATES, free_port, make_prompt, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +26,6 @@ def table_uri(tmp_path_factory, model_fingerprint) -> str:
     return uri
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up in {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, table_uri, tiny_gpt2_path, tmp_path_factory):
     """Base URL of app "main" (auth on, prefix cache on) at / and app "plain" (prefix cache off) at /plain."""
@@ -58,7 +36,7 @@ def server(ray_local, table_uri, tiny_gpt2_path, tmp_path_factory):
 
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"# one key a line\n{API_KEY}\n")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = dict(table=table_uri, model=str(tiny_gpt2_path), precision="fp32", max_batch_size=8,
                   batch_wait_timeout_s=0.2, refresh_s=1.0, max_body_bytes=4096, api_keys_env=None)
@@ -69,8 +47,8 @@ def server(ray_local, table_uri, tiny_gpt2_path, tmp_path_factory):
         serve.run(build_app(plain, ray_actor_options={"num_cpus": 0}), name="plain", route_prefix="/plain",
                   blocking=False)
         base = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{base}/healthz")
-        _wait_ready(f"{base}/plain/healthz")
+        wait_ready(f"{base}/healthz")
+        wait_ready(f"{base}/plain/healthz")
         yield base
     finally:
         serve.shutdown()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
+import requests
 import torch
 
 from promptray.platform.prompt_table import TaskPrompt
@@ -30,3 +34,21 @@ INPUTS_FOR_UNITS = [
     {"taskname": "qa", "fields": {"context": "The station is north.", "question": "Where?"}},
     {"taskname": "tr", "fields": {"src": "good morning"}},
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up in {timeout}s")

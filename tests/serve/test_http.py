@@ -186,3 +186,22 @@ def test_api_key_auth(server):
     assert post(server, "/v1/generate", body).status_code == 200
     assert requests.get(f"{server}/healthz", timeout=30).status_code == 200
     assert post(server, "/plain/v1/generate", body, headers={}).status_code == 200  # auth off on that app
+
+
+def _chunks(body: bytes, size: int = 1000):
+    """A generator body: requests sends it with Transfer-Encoding: chunked and no Content-Length."""
+    for i in range(0, len(body), size):
+        yield body[i:i + size]
+
+
+def test_chunked_body_over_the_limit_is_413_and_under_it_is_served(server):
+    headers = {**AUTH, "Content-Type": "application/json"}
+    big = json.dumps({"taskname": "sent", "fields": {"text": "x" * 6000}, "max_tokens": 2}).encode()
+    r = requests.post(f"{server}/v1/generate", data=_chunks(big), headers=headers, timeout=60)
+    assert r.request.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.request.headers
+    assert r.status_code == 413 and "limit is 4096" in r.text, r.text
+    small = json.dumps({**INPUTS[0], "max_tokens": N, "greedy": True}).encode()
+    ok = requests.post(f"{server}/v1/generate", data=_chunks(small, 16), headers=headers, timeout=60)
+    assert ok.status_code == 200, ok.text
+    whole = post(server, "/v1/generate", {**INPUTS[0], "max_tokens": N, "greedy": True}).json()
+    assert ok.json()["completions"][0]["text"] == whole["completions"][0]["text"]

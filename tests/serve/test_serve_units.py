@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from promptray.jobs.cli import build_parser
-from promptray.serve.auth import ApiKeys
+from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import ServeEngine
 from promptray.serve.schemas import SamplingParams, ServerSettings
 
@@ -80,3 +83,48 @@ def test_cli_serve_arguments():
     assert (args.table, args.model, args.port, args.replicas, args.api_keys_file) == \
         ("s3://b/t", "smollm2-135m", 9000, 2, "/k")
     assert args.fn.__name__ == "cmd_serve"
+
+
+def _call_body_limit(chunks, limit: int, headers=()) -> tuple[list[dict], int, list[bytes]]:
+    """Run BodyLimit over a request whose body arrives as `chunks` (an iterator, maybe endless): (the messages
+    it sent, how many chunks it read, the body the app behind it saw)."""
+    chunks, read, seen, sent = iter(chunks), [0], [], []
+
+    async def receive():
+        read[0] += 1
+        body = next(chunks, None)
+        return {"type": "http.request", "body": body or b"", "more_body": body is not None}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):  # echoes the body it gets
+        while True:
+            m = await receive()
+            seen.append(m["body"])
+            if not m.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"".join(seen)})
+
+    scope = {"type": "http", "method": "POST", "headers": list(headers),
+             "app": SimpleNamespace(state=SimpleNamespace(max_body_bytes=limit))}
+    asyncio.run(BodyLimit(app)(scope, receive, send))
+    return sent, read[0], seen
+
+
+def test_body_limit_stops_reading_an_endless_chunked_body_and_passes_small_ones_on():
+    def endless():
+        while True:
+            yield b"x" * 100
+
+    sent, read, seen = _call_body_limit(endless(), limit=1024)
+    assert sent[0]["status"] == 413 and read == 11 and seen == []  # 11 chunks: the first past 1024 bytes
+    body = json.loads(sent[1]["body"])
+    assert body["size"] == 1100 and not body["size_is_exact"] and "at least 1100 bytes" in body["error"]
+
+    sent, read, seen = _call_body_limit([b"a" * 10] * 5, limit=1024)  # within the limit: the app gets it all
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"a" * 50
+
+    sent, read, _ = _call_body_limit(endless(), limit=1024, headers=[(b"content-length", b"5000")])
+    assert sent[0]["status"] == 413 and read == 0 and json.loads(sent[1]["body"])["size"] == 5000
