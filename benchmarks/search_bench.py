@@ -38,13 +38,16 @@ from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, tabl
 LR = {"min": 3e-3, "max": 1e-1}
 
 
-def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int) -> dict:
+def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int,
+               fixed_lr: bool = False) -> dict:
     raw = sentiment_config(out, data, steps, MODEL)
     raw["name"] = "search_bench"
     raw["model"]["nemo_path"] = str(out / "search_table")
-    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": counts}}, "lr": LR,
+    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": counts}},
                      "metric": "val_accuracy", "tokens_to_generate": 4, "num_samples": samples,
                      "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2, "seed": 0}
+    if not fixed_lr:  # else every trial uses the config's lr (model.optim.lr 3e-2), like the fixed prompts
+        raw["search"]["lr"] = LR
     return raw
 
 
@@ -54,10 +57,11 @@ def held_out_accuracy(table_uri: str, test_file: Path, n_test: int) -> float:
     return accuracy(engine, prepare(engine, [test_file], 4)[:n_test], params)
 
 
-def run_search_variant(out: Path, data: dict, steps: int, counts: list[int], samples: int) -> dict:
+def run_search_variant(out: Path, data: dict, steps: int, counts: list[int], samples: int,
+                       fixed_lr: bool = False) -> dict:
     from promptray.jobs.search import prepare_search_config, run_search
 
-    payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples)))
+    payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples, fixed_lr)))
     trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
     used = sum(t["last_step"] for t in trials if t["status"] == "ok")
     return {"payload": payload, "steps_used": used, "trials": trials}
@@ -96,6 +100,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, help="samples per count (default 1)")
     p.add_argument("--n-val", type=int, help="validation examples (default 80; --quick 40)")
     p.add_argument("--n-test", type=int, help="test examples (default 200; --quick 40)")
+    p.add_argument("--fixed-lr", action="store_true",
+                   help="search the token count only (lr 3e-2, as the fixed prompts)")
+    p.add_argument("--out", default="search_bench", help="results file name under benchmarks/results/ (no .json)")
     args = p.parse_args()
     steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
                                                                                       80, 200)
@@ -109,7 +116,7 @@ def main() -> None:
     info = machine()  # its load average is the one at the start
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    search = run_search_variant(out, data, steps, counts, samples)
+    search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr)
     budget = search["steps_used"]
     search_s = time.perf_counter() - t0
     rows = [["search", search["payload"]["best"]["sentiment"]["config"], budget,
@@ -124,7 +131,8 @@ def main() -> None:
     ray.shutdown()
     print(table(rows, ["variant", "config", "optimizer steps", "test accuracy"]))
     settings = {"model": MODEL, "steps_per_trial": steps, "val_check_interval": max(1, steps // 4),
-                "counts": counts, "samples_per_count": samples, "lr": LR, "n_validation": n_val, "n_test": n_test,
+                "counts": counts, "samples_per_count": samples, "lr": 3e-2 if args.fixed_lr else LR,
+                "n_validation": n_val, "n_test": n_test,
                 "metric": "val_accuracy (greedy, 4 tokens)", "asha": {"grace_period": 1, "reduction_factor": 2},
                 "max_concurrent_trials": 1, "ray_num_cpus": args.num_cpus or os.cpu_count(),
                 "budget_note": None if args.quick else (
@@ -132,7 +140,7 @@ def main() -> None:
                     "200 validation / 400 test examples) to fit about 20 minutes on 2 CPUs shared with other "
                     "work; rerun that with --steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 "
                     "--n-test 400")}
-    write_result("search_bench", {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
+    write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
                                   "machine": info, "rows": rows, "trials": trial_summary(search["trials"]),
                                   "seconds": seconds})
 
