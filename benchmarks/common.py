@@ -65,7 +65,8 @@ def machine() -> dict:
             "python": sys.version.split()[0], "platform": platform.platform(),
             "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "git_commit": commit,
             "load_average_1_5_15min_at_start": [round(x, 2) for x in os.getloadavg()],
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def write_result(name: str, result: dict) -> Path:

@@ -46,7 +46,7 @@ VARIANTS = ("zero_shot", "promptray_bf16", "promptray_fp32", "promptray_p_tuning
 # ----------------------------------------------------------------------------- promptray
 
 def promptray_config(work: Path, splits: dict, steps: int, variant: str, seed: int = SEED,
-                     selection: bool = True) -> dict:
+                     selection: bool = True, accelerator: str = "cpu") -> dict:
     """The demo's sentiment config (validation every steps/4, best prompts kept), varied per variant.
     selection=False validates only after the last step, so the final prompts are the ones published."""
     from promptray.platform.demo import sentiment_config
@@ -54,6 +54,7 @@ def promptray_config(work: Path, splits: dict, steps: int, variant: str, seed: i
     raw = sentiment_config(work / f"{variant}_seed{seed}", splits, steps, MODEL)
     raw["name"] = f"bench_{variant}"
     raw["model"]["seed"] = seed
+    raw["trainer"]["accelerator"] = accelerator
     if not selection:
         raw["trainer"]["val_check_interval"] = steps
     if variant == "promptray_fp32":
@@ -98,20 +99,27 @@ def evaluate_promptray(engine, records: list[dict], labels: list[str], strip: bo
 
 
 def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress: bool,
-                    seed: int = SEED, selection: bool = True) -> tuple[dict, Path]:
+                    seed: int = SEED, selection: bool = True, accelerator: str = "cpu",
+                    sdpa_training: bool = False) -> tuple[dict, Path]:
+    """sdpa_training: bf16 on the CPU trains with SDPA instead of eager attention (an experiment; see README)."""
     from promptray.platform.config import load_config
-    from promptray.platform.trainer import train
+    from promptray.platform.trainer import prepare_engine, train
 
-    raw = promptray_config(work, splits, steps, variant, seed, selection)
+    raw = promptray_config(work, splits, steps, variant, seed, selection, accelerator)
     cfg = load_config(raw)
     t0 = time.time()
-    res = train(cfg, progress=progress)
+    engine = prepare_engine(cfg)
+    if sdpa_training:
+        engine.model._attention = None  # keep the model's SDPA in train mode too
+    res = train(cfg, engine, progress=progress)
     summary = json.loads((res.run_dir / "summary.json").read_text())
     info = {"seed": cfg.model.seed, "precision": cfg.precision, "style": cfg.model.virtual_prompt_style,
             "lr": cfg.model.optim.lr, "min_lr": cfg.model.optim.sched.min_lr, "steps": res.steps,
             "best_val_loss": res.best_val_loss,
             "best_step": summary.get("best_step"), "final_train_loss": res.final_train_loss,
             "train_tokens_per_s": round(res.tokens_per_s, 1), "train_seconds": round(time.time() - t0, 1),
+            "training_attention": engine.model.lm.config._attn_implementation if sdpa_training else
+            ("eager (bf16 on the CPU), SDPA otherwise"),
             "selection": (f"validation loss every {cfg.trainer.val_check_interval} steps on the 200 validation "
                           "examples; the prompts with the lowest validation loss are published and evaluated")
                          if selection else "none (validation only after the last step: the final prompts are "
@@ -284,8 +292,12 @@ def base_engine(precision: str):
 
 
 def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool, seed: int = SEED,
-        cross_eval: bool = False, out: str = "quality", selection: bool = True) -> dict:
+        cross_eval: bool = False, out: str = "quality", selection: bool = True, accelerator: str = "cpu",
+        sdpa_training: bool = False) -> dict:
+    from promptray.platform.devices import resolve_device
     from promptray.platform.inference import load_inference_engine
+
+    device = resolve_device(accelerator)
 
     splits = sentiment_splits(work / "data")
     records = read_jsonl(splits["test"])[:n_test]
@@ -310,7 +322,8 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
                            "ranking_metric": "the label whose answer tokens (' positive' / ' negative', one token "
                                              "each, EOS not included) have the higher log-probability",
                            "promptray_validation_selection": selection,
-                           "cross_precision_eval": cross_eval, "quick": quick},
+                           "cross_precision_eval": cross_eval, "quick": quick,
+                           "device": str(device or "cpu")},
               "machine": machine(), "results": {}}
     res = result["results"]
     save = lambda: write_result(out, result)  # noqa: E731  (after every variant: nothing is lost)
@@ -333,9 +346,10 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
         if variant not in variants:
             continue
         print(f"== {variant}: training {steps} steps")
-        info, table_path = train_promptray(work, splits, steps, variant, progress, seed, selection)
+        info, table_path = train_promptray(work, splits, steps, variant, progress, seed, selection, accelerator,
+                                           sdpa_training)
         precision = "fp32" if variant == "promptray_fp32" else "bf16"
-        engine = load_inference_engine(str(table_path), precision=precision)
+        engine = load_inference_engine(str(table_path), precision=precision, device=device)
         res[variant] = {"training": info, "eval_precision": precision,
                         **evaluate_promptray(engine, records, labels, progress=progress)}
         print(f"   {variant}: generation {res[variant]['generation_accuracy']:.1%}, "
@@ -345,7 +359,8 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
             other = "bf16" if precision == "fp32" else "fp32"
             print(f"   ... the same prompts evaluated in {other}")
             res[variant][f"eval_in_{other}"] = evaluate_promptray(
-                load_inference_engine(str(table_path), precision=other), records, labels, progress=progress)
+                load_inference_engine(str(table_path), precision=other, device=device), records, labels,
+                progress=progress)
             acc = res[variant][f"eval_in_{other}"]["generation_accuracy"]
             print(f"   {variant} (eval {other}): generation {acc:.1%}")
         save()
@@ -404,13 +419,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-selection", action="store_true",
                     help="promptray variants publish their final prompts (validation only after the last step)")
     ap.add_argument("--out", default="quality", help="results file name under benchmarks/results/ (no .json)")
+    ap.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
+                    help="where the promptray variants train and are evaluated (gpu: one CUDA GPU)")
+    ap.add_argument("--sdpa-training", action="store_true",
+                    help="bf16 on the CPU trains with SDPA attention instead of eager (the default, faster there)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     steps, n_test = (20, 40) if a.quick else (a.steps, a.n_test)
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_quality_"))
     try:
         result = run(steps, n_test, a.variants, work, not a.no_progress, a.quick, a.seed, a.cross_eval, a.out,
-                     not a.no_selection)
+                     not a.no_selection, a.accelerator, a.sdpa_training)
     finally:
         if not a.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -72,12 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from promptray.serve.schemas import ServerSettings
 
     settings = ServerSettings(table=args.table, model=args.model, precision=args.precision,
-                              max_batch_size=args.max_batch_size, refresh_s=args.refresh_s,
-                              api_keys_file=args.api_keys_file)
+                              accelerator=args.accelerator, max_batch_size=args.max_batch_size,
+                              refresh_s=args.refresh_s, api_keys_file=args.api_keys_file)
     ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(settings, num_replicas=args.replicas), name="promptray", route_prefix="/")
+        gpus = ray.cluster_resources().get("GPU", 0) if args.accelerator in ("auto", "gpu") else 0
+        actor = {"num_cpus": 1, "num_gpus": 1} if gpus >= 1 else None  # Ray hides GPUs from actors without one
+        serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor), name="promptray",
+                  route_prefix="/")
         print(f"promptray serving {args.table} at http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops",
               flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops it cleanly
@@ -97,6 +100,8 @@ def _add_serve(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--replicas", type=int, default=1)
     s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="auto/gpu: one GPU per replica when the machine has GPUs; cpu: never")
     s.add_argument("--max-batch-size", type=int, default=16)
     s.add_argument("--refresh-s", type=float, default=10.0, help="re-read the table's manifest this often")
     s.add_argument("--api-keys-file", help="bearer keys, one a line (also: env PROMPTRAY_API_KEYS=k1,k2)")

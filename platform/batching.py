@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import torch
 
@@ -26,6 +27,13 @@ class Batch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+    def to(self, device: Optional[torch.device]) -> "Batch":
+        """The batch with its tensors on `device` (itself for None: the CPU, where batches are made)."""
+        if device is None:
+            return self
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def collate(examples: Sequence[Example], pad_id: int, side: Literal["right", "left"] = "right") -> Batch:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from promptray.platform.devices import accelerator_problem
 from promptray.platform.errors import ConfigError
 from promptray.platform.ray_config import RayConfig, ray_problems
 from promptray.platform.search_config import SearchConfig, search_problems
@@ -42,6 +43,7 @@ class TrainerConfig(BaseModel):
     """PyTorch Lightning's trainer keys that apply here; the others are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda (platform/devices.py); one process, one device
     devices: Union[int, str] = 1
     num_nodes: int = 1
     precision: Union[int, str] = "bf16"
@@ -338,6 +340,7 @@ def config_problems(cfg: PromptLearningConfig) -> list[str]:
         normalize_precision(cfg.trainer.precision)
     except ValueError:
         problems.append(f"trainer.precision: got {cfg.trainer.precision!r}; use bf16, 16 (read as bf16) or 32")
+    problems += [p for p in [accelerator_problem(cfg.trainer.accelerator)] if p]
     return problems
 
 

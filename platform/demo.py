@@ -13,6 +13,7 @@ from pathlib import Path
 from promptray.platform.config import load_config
 from promptray.platform.demo_data import movie_sentiment, trec_questions, write_splits
 from promptray.platform.generation import GenerationParams
+from promptray.platform.devices import resolve_device
 from promptray.platform.inference import exact_match, load_inference_engine, predict, prepare, strip_virtual
 from promptray.platform.trainer import train
 
@@ -69,7 +70,7 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 150, question_steps
     print(f"[2/4] p-tuning 'question_type' into the same table, 'sentiment' stays frozen ({question_steps} steps)")
     second = train(load_config(questions_config(out, ques, question_steps, model)), progress=progress)
     print("[3/4] held-out accuracy (greedy generation, exact label match)")
-    engine = load_inference_engine(str(out / "prompt_table"), precision="bf16")
+    engine = load_inference_engine(str(out / "prompt_table"), precision="bf16", device=resolve_device("auto"))
     params = GenerationParams(tokens_to_generate=4, greedy=True)
     result = {"model": model, "steps": steps, "n_test": n_test}
     for name, data, n in (("sentiment", sent, n_test), ("question_type", ques, n_test // 2)):

@@ -75,7 +75,7 @@ each task's cached prompt start."""
 
 def prefill_plain(model: PromptLearningModel, examples: Sequence[Example], pad_id: int) -> tuple:
     """The prompt pass over the whole left-padded prompts (see `Prefill`)."""
-    batch = collate(examples, pad_id, side="left")
+    batch = collate(examples, pad_id, side="left").to(model.device)
     emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
     logits, past = model.step(emb, batch.attention_mask, batch.position_ids)  # (B, V)
     return logits, past, batch.attention_mask, batch.position_ids
@@ -92,18 +92,20 @@ def generate(model: PromptLearningModel, examples: Sequence[Example], params: Ge
              pad_id: int, eos_id: int, prefill: Prefill = prefill_plain) -> list[list[int]]:
     """Generated token ids of each example (without the prompt; EOS and stop ids not included)."""
     model.eval()
-    gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-    seen = seen_tokens(examples, pad_id)  # (B, T)
+    device = model.device
+    gen = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
+    seen = seen_tokens(examples, pad_id).to(device)  # (B, T)
     stops = set(params.extra_stop_ids) | ({eos_id} if params.stop_at_eos else set())
-    stop_ids = torch.tensor(sorted(stops) or [-1])
-    done = torch.zeros(len(examples), dtype=torch.bool)
+    stop_ids = torch.tensor(sorted(stops) or [-1], device=device)
+    done = torch.zeros(len(examples), dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in examples]
     logits, past, mask, pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T), (B, T)
     for step in range(params.tokens_to_generate):
         nxt = _choose(process_logits(logits, seen, params), params, gen)  # (B,)
         done |= torch.isin(nxt, stop_ids)
+        picked = nxt.tolist()  # one device-to-host copy per step
         for i in (~done).nonzero().flatten().tolist():
-            out[i].append(int(nxt[i]))
+            out[i].append(picked[i])
         if bool(done.all()) or step == params.tokens_to_generate - 1:
             break  # nothing more to generate: skip the forward whose logits would go unused
         seen = torch.cat([seen, nxt[:, None]], dim=1)

@@ -4,7 +4,7 @@
     gpt_model_file=MODEL              (or language_model_path=...)  default: the model the prompts were trained on
     data_paths=[a.jsonl,b.jsonl]      records of any tasks in the table, mixed
     inference.greedy / tokens_to_generate / temperature / top_k / top_p / repetition_penalty / add_BOS / seed
-    batch_size=8  precision=bf16|fp32  output_file=predictions.jsonl
+    batch_size=8  precision=bf16|fp32  accelerator=auto|cpu|gpu  output_file=predictions.jsonl
 Distributed-launch keys of the NeMo command (trainer.devices, tensor_model_parallel_size, ...) are accepted.
 """
 
@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptray.platform.config import normalize_precision
+from promptray.platform.devices import accelerator_problem, resolve_device
 from promptray.platform.errors import ConfigError
 from promptray.platform.generation import GenerationParams
 
@@ -50,6 +51,7 @@ class InferConfig(BaseModel):
     inference: InferenceParams = Field(default_factory=InferenceParams)
     batch_size: int = Field(8, ge=1)
     precision: Union[int, str] = "bf16"
+    accelerator: str = "auto"  # also read from NeMo's trainer.accelerator (platform/devices.py)
     output_file: str = "predictions.jsonl"
     s3_endpoint_url: Optional[str] = None  # S3-compatible server for s3:// tables and data (default: AWS chain)
 
@@ -77,8 +79,10 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
         raw: Any = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_dotlist(overrides)), resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot read inference settings: {str(e).splitlines()[0]}") from None
+    trainer = raw.get("trainer") if isinstance(raw.get("trainer"), dict) else {}
     for k in NEMO_LAUNCH_KEYS:
         raw.pop(k, None)
+    raw.setdefault("accelerator", trainer.get("accelerator", "auto"))
     try:
         cfg = InferConfig.model_validate(raw)
     except ValidationError as e:
@@ -93,6 +97,7 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
         normalize_precision(cfg.precision)
     except ValueError:
         problems.append(f"precision: got {cfg.precision!r}; use bf16 or fp32")
+    problems += [p for p in [accelerator_problem(cfg.accelerator, "accelerator (or trainer.accelerator)")] if p]
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -106,7 +111,8 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     if cfg.s3_endpoint_url:
         set_default_endpoint(cfg.s3_endpoint_url)
 
-    engine = load_inference_engine(cfg.table, cfg.base_model, cfg.tasks, normalize_precision(cfg.precision))
+    engine = load_inference_engine(cfg.table, cfg.base_model, cfg.tasks, normalize_precision(cfg.precision),
+                                   resolve_device(cfg.accelerator))
     params = cfg.generation()
     examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS)
     predictions = predict(engine, examples, params, cfg.batch_size, progress=progress)

@@ -40,8 +40,9 @@ class InferenceEngine:
 
 
 def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
-                          precision: str = "fp32") -> InferenceEngine:
-    """The base model (default: the one the table's prompts were trained on) with the table's tasks."""
+                          precision: str = "fp32", device: Optional[torch.device] = None) -> InferenceEngine:
+    """The base model (default: the one the table's prompts were trained on) with the table's tasks, on
+    `device` (None: the CPU)."""
     table = PromptTable(table_uri)
     names = tasks or table.tasks()
     if not names:
@@ -50,15 +51,17 @@ def load_inference_engine(table_uri: str, base_model: Optional[str] = None, task
     lm, tokenizer = load_base_model(name)
     fingerprint = fingerprint_model(lm, name)
     prompts = table.get_many(names, base_model=fingerprint)
-    return engine_from_prompts(lm, tokenizer, fingerprint, prompts, precision)
+    return engine_from_prompts(lm, tokenizer, fingerprint, prompts, precision, device)
 
 
-def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompts: dict, precision: str = "fp32"
-                        ) -> InferenceEngine:
+def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompts: dict, precision: str = "fp32",
+                        device: Optional[torch.device] = None) -> InferenceEngine:
     bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
     for name, p in prompts.items():
         bank.add_frozen(name, p.embeddings)
     model = PromptLearningModel(lm, bank, precision).eval()
+    if device is not None:
+        model.to(device)  # the prompts (buffers of the bank) move with it
     templates = {n: TaskTemplate.model_validate(p.template) for n, p in prompts.items()}
     return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint)
 
@@ -122,7 +125,7 @@ def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad
     model.eval()
     out: list[float] = []
     for s in range(0, len(examples), batch_size):
-        batch = collate(examples[s:s + batch_size], pad_id)
+        batch = collate(examples[s:s + batch_size], pad_id).to(model.device)
         with model.autocast():
             emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
             logits = model.lm(inputs_embeds=emb, attention_mask=batch.attention_mask,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from promptray.platform.batching import Batch
+from promptray.platform.devices import model_device
 from promptray.platform.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
 from promptray.platform.prompt_encoder import PromptBank
 
@@ -56,8 +57,8 @@ class PromptLearningModel(nn.Module):
         super().train(mode)
         if not self.lm_finetune:
             self.lm.eval()  # the frozen LM never uses dropout
-        if self._attention is not None:
-            want = self._attention[0 if mode else 1]
+        if self._attention is not None:  # (moved to a GPU since: SDPA in both modes)
+            want = self._attention[0 if mode and self.device.type == "cpu" else 1]
             if self.lm.config._attn_implementation != want:
                 self.lm.set_attn_implementation(want)
         return self
@@ -227,6 +228,11 @@ class PromptLearningModel(nn.Module):
 
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(input_ids)  # (B, t, H)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the base model is; batches made on the CPU are moved here (generation, scoring)."""
+        return model_device(self.lm)
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -82,7 +82,7 @@ def _row_cache(prefixes: Sequence[Optional[TaskPrefix]], ks: list[int], P: int) 
     the caller's attention mask (rows with ks[i] == 0 attend to none of them)."""
     distinct = list({id(p): p for p, k in zip(prefixes, ks) if k > 0}.values())
     slot = torch.tensor([next(j for j, d in enumerate(distinct) if d is p) if k > 0 else 0
-                         for p, k in zip(prefixes, ks)])  # (B,)
+                         for p, k in zip(prefixes, ks)], device=distinct[0].layers[0][0].device)  # (B,)
 
     def stacked(li: int, kv: int) -> torch.Tensor:
         rows = [d.layers[li][kv][0, :, :P] for d in distinct]  # each (heads, <=P, d)
@@ -101,9 +101,10 @@ def prefill_with_prefixes(model: PromptLearningModel, examples: Sequence[Example
     if P == 0:
         return prefill_plain(model, examples, pad_id)
     rest = [Example(e.taskname, e.input_ids[k:], e.virtual_ids[k:], e.loss_mask[k:]) for e, k in zip(examples, ks)]
-    batch = collate(rest, pad_id, side="left")  # (B, S)
-    k_t = torch.tensor(ks)  # (B,)
-    cache_mask = (torch.arange(P)[None, :] < k_t[:, None]).long()  # (B, P); holes for shorter prefixes
+    device = model.device
+    batch = collate(rest, pad_id, side="left").to(device)  # (B, S)
+    k_t = torch.tensor(ks, device=device)  # (B,)
+    cache_mask = (torch.arange(P, device=device)[None, :] < k_t[:, None]).long()  # (B, P); holes for shorter prefixes
     mask = torch.cat([cache_mask, batch.attention_mask], dim=1)  # (B, P + S)
     pos = batch.position_ids + k_t[:, None]  # (B, S): continuing each row's own positions
     emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, S, H)
@@ -137,8 +138,10 @@ class PrefixCache:
         ids, vids = prefix_tokens(template, self.tokenizer, self.add_bos)
         entry = None
         if ids:
-            emb = self.model.embed(torch.tensor([ids]), torch.tensor([vids]), [key])  # (1, P, H)
-            _, past = self.model.step(emb, torch.ones(1, len(ids), dtype=torch.long), torch.arange(len(ids))[None])
+            dev = self.model.device
+            emb = self.model.embed(torch.tensor([ids], device=dev), torch.tensor([vids], device=dev), [key])  # (1, P, H)
+            _, past = self.model.step(emb, torch.ones(1, len(ids), dtype=torch.long, device=dev),
+                                      torch.arange(len(ids), device=dev)[None])
             if not plain_kv_cache(past):
                 log.warning("prefix cache switched off: %s's KV cache is not a plain DynamicLayer cache",
                             type(self.model.lm).__name__)

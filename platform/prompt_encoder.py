@@ -82,8 +82,17 @@ class PromptEncoder(nn.Module):
 
     def forward(self, name: str) -> torch.Tensor:
         x = self.inputs[self.names.index(name)].unsqueeze(0)  # (1, n, H)
-        h = self.lstm(x)[0] if self.encoder_type == "lstm" else self.mlp(x)  # (1, n, E)
+        h = self._lstm(x) if self.encoder_type == "lstm" else self.mlp(x)  # (1, n, E)
         return self.head(h).squeeze(0)  # (n, H)
+
+    def _lstm(self, x: torch.Tensor) -> torch.Tensor:
+        """cuDNN's LSTM dropout keeps a random state of its own, outside torch's generator, so a GPU run with
+        dropout could be neither repeated nor resumed exactly; the native kernels draw from the generator
+        (the encoder's input is a few tokens: cuDNN would save nothing)."""
+        if x.is_cuda and self.training and self.lstm.dropout > 0:
+            with torch.backends.cudnn.flags(enabled=False):
+                return self.lstm(x)[0]
+        return self.lstm(x)[0]
 
 
 # ----------------------------------------------------------------------------- the bank

@@ -175,7 +175,12 @@ class TrainLoop:
             loop["records"] = list(self.writer.records)
         return {"loop": loop, "trainable": {n: p.detach().cpu().clone() for n, p in self._trainable().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "best_prompts": self.best_prompts, "rng": torch.get_rng_state()}
+                "best_prompts": self.best_prompts, "rng": torch.get_rng_state(), **self._cuda_rng()}
+
+    def _cuda_rng(self) -> dict[str, torch.Tensor]:
+        """The GPU's random state when training there (p-tuning dropout draws from it)."""
+        on_cuda = self.device is not None and self.device.type == "cuda"
+        return {"cuda_rng": torch.cuda.get_rng_state(self.device)} if on_cuda else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved state (of the same config; the number of workers may differ)."""
@@ -193,6 +198,8 @@ class TrainLoop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_prompts, self.state = state["best_prompts"], LoopState(**state["loop"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.writer:
             self._restore_records(self.state.records)
 

@@ -9,7 +9,6 @@ over the workers) are the same.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import Iterator, Optional
@@ -28,11 +27,7 @@ log = logging.getLogger(__name__)
 
 def to_device(batch: Batch, device: Optional[torch.device]) -> Batch:
     """The batch's tensors on `device` (unchanged when None: CPU training)."""
-    if device is None:
-        return batch
-    moved = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()}
-    return Batch(**moved)
+    return batch.to(device)
 
 
 # ----------------------------------------------------------------------------- schedule

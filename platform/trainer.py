@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from promptray.platform.config import PromptLearningConfig
+from promptray.platform.devices import resolve_device
 from promptray.platform.distributed import Dist, broadcast_parameters, shard_frozen_model
 from promptray.platform.engine import Engine, build_engine
 from promptray.platform.errors import ConfigError
@@ -40,11 +41,16 @@ def prepare_engine(cfg: PromptLearningConfig, engine: Optional[Engine] = None) -
 
 def train(cfg: PromptLearningConfig, engine: Optional[Engine] = None, progress: bool = True,
           publish: bool = True) -> TrainResult:
-    """Run prompt learning for `cfg.model.new_tasks` and publish the best prompts to the table."""
+    """Run prompt learning for `cfg.model.new_tasks` and publish the best prompts to the table, on the device
+    `trainer.accelerator` names (platform/devices.py)."""
     if cfg.model.sharding != "none":
         log.info("model.sharding: %s applies to Ray Train jobs only; one process keeps the whole model",
                  cfg.model.sharding)
-    loop = TrainLoop(cfg, prepare_engine(cfg, engine), progress=progress)
+    engine = prepare_engine(cfg, engine)
+    device = resolve_device(cfg.trainer.accelerator)
+    if device is not None:
+        engine.model.to(device)
+    loop = TrainLoop(cfg, engine, device=device, progress=progress)
     loop.run()
     return loop.finish(publish)
 

@@ -177,6 +177,7 @@ class PromptServer:
     @api.get("/healthz")
     async def healthz(self):
         return {"status": "ok", "model": self.engine.model_name, "precision": self.engine.model.precision,
+                "device": str(self.engine.model.device),
                 "prefix_cache": self.engine.prefixes.enabled, "loaded_tasks": self.engine.prompts.loaded,
                 "batches": self.batch_stats, "torch_threads": torch.get_num_threads()}
 

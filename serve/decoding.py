@@ -41,7 +41,7 @@ def _group_key(p: SamplingParams) -> tuple:
 
 def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, rows: Sequence[RowState]) -> torch.Tensor:
     """(B,) next token of each row from (B, V) logits, each row under its own parameters and generator."""
-    nxt = torch.zeros(len(rows), dtype=torch.long)
+    nxt = torch.zeros(len(rows), dtype=torch.long, device=logits.device)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(_group_key(r.params), []).append(i)
@@ -90,8 +90,10 @@ def stream_decode(model: PromptLearningModel, examples: Sequence[Example], param
                   prefill: Callable, pad_id: int, eos_id: int,
                   decode: Callable[[list[int]], str]) -> Iterator[list[Optional[RowEvent]]]:
     """Per step, one event (or None) per row; a row's last event has its finish_reason set."""
-    rows = [RowState(p, torch.Generator().manual_seed(p.seed) if p.seed is not None else None) for p in params]
-    seen = seen_tokens(examples, pad_id)  # (B, T)
+    device = model.device
+    rows = [RowState(p, torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None)
+            for p in params]
+    seen = seen_tokens(examples, pad_id).to(device)  # (B, T)
     logits, past, mask, pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T), (B, T)
     for _ in range(max(p.max_tokens for p in params)):
         nxt = choose_tokens(logits, seen, rows)  # (B,)

@@ -13,6 +13,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from promptray.platform.dataset import Example, Record, Tokenization, encode_record
+from promptray.platform.devices import resolve_device
 from promptray.platform.fingerprint import fingerprint_model
 from promptray.platform.hub import load_base_model
 from promptray.platform.model import PromptLearningModel
@@ -64,6 +65,10 @@ class ServeEngine:
         fingerprint = fingerprint_model(lm, name)
         self.bank = ServingBank(lm.get_input_embeddings().weight.shape[1])
         self.model = PromptLearningModel(lm, self.bank, resolve_precision(settings.precision)).eval()
+        device = resolve_device(settings.accelerator)
+        if device is not None:
+            self.model.to(device)
+            self.bank.device = device
         self.prefixes = PrefixCache(self.model, self.tokenizer, enabled=settings.prefix_cache)
         self.prompts = PromptStore(table, fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
                                    settings.refresh_s)

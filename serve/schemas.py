@@ -127,6 +127,8 @@ class ServerSettings(BaseModel):
     table: str = Field(..., description="prompt table URI: a local path or s3://bucket/prefix")
     model: Optional[str] = Field(None, description="base model (default: the one the table's prompts name)")
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16, as in training
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
+        "auto", description="auto: the replica's CUDA GPU when it has one (ray_actor_options num_gpus), else CPU")
     max_batch_size: int = Field(16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
     prompt_cache_bytes: int = Field(256 * 2**20, ge=0, description="LRU bound of loaded prompts + prefix caches")

@@ -36,6 +36,16 @@ INPUTS_FOR_UNITS = [
 ]
 
 
+def run(engine, items, params) -> list[str]:
+    """The texts a ServeEngine generates for `items` ({taskname, fields}) decoded as one batch."""
+    prepared = [engine.encode(x["taskname"], x["fields"], None, params) for x in items]
+    texts = [""] * len(prepared)
+    for events in engine.stream(prepared):
+        for i, e in enumerate(events):
+            texts[i] += e.text if e is not None else ""
+    return texts
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,18 +15,11 @@ from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import ServeEngine
 from promptray.serve.schemas import SamplingParams, ServerSettings
 
-from serve_helpers import INPUTS_FOR_UNITS
+from serve_helpers import INPUTS_FOR_UNITS, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(engine: ServeEngine, items, params: SamplingParams) -> list[str]:
-    prepared = [engine.encode(x["taskname"], x["fields"], None, params) for x in items]
-    texts = [""] * len(prepared)
-    for events in engine.stream(prepared):
-        for i, e in enumerate(events):
-            texts[i] += e.text if e is not None else ""
-    return texts
 
 
 def test_prompt_lru_is_bounded_in_bytes_and_reloads_evicted_tasks(table_uri, tiny_gpt2_path):
