@@ -65,7 +65,7 @@ def _run_workers(cfg: PromptLearningConfig, metric: str, tokens: int, out: Path,
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from promptray.jobs.train import _fit  # a worker's PromptrayError comes out as itself
+    from promptray.jobs.train import fit_trainer  # a worker's PromptrayError comes out as itself
 
     r = cfg.ray
     trainer = TorchTrainer(
@@ -76,7 +76,7 @@ def _run_workers(cfg: PromptLearningConfig, metric: str, tokens: int, out: Path,
                                      resources_per_worker=r.resources_per_worker),
         run_config=RunConfig(name=f"{cfg.name}-{trial_id}", storage_path=r.storage_path,
                              callbacks=[TuneReportCallback()]))
-    _fit(trainer)
+    fit_trainer(trainer)
 
 
 def trial_worker_loop(config: dict[str, Any]) -> None:

@@ -111,6 +111,9 @@ def build_trainer(cfg: PromptLearningConfig, metrics_queue=None):
     from promptray.platform.table_manifest import utcnow
 
     r = cfg.ray
+    if cfg.trainer.accelerator.lower() in ("gpu", "cuda") and not r.use_gpu:
+        log.warning("trainer.accelerator: %s applies to one process; Ray Train workers run on the CPU unless "
+                    "ray.use_gpu: true", cfg.trainer.accelerator)
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return TorchTrainer(
         worker_loop,
@@ -146,7 +149,7 @@ def run_job(cfg: PromptLearningConfig, echo: Callable[[str], None] = print) -> d
     pump = threading.Thread(target=_pump, args=(q, echo, stop), daemon=True)
     pump.start()
     try:
-        result = _fit(build_trainer(cfg, q))
+        result = fit_trainer(build_trainer(cfg, q))
     finally:
         stop.set()
         pump.join(timeout=30)
@@ -156,7 +159,9 @@ def run_job(cfg: PromptLearningConfig, echo: Callable[[str], None] = print) -> d
     return json.loads(result.metrics[RESULT_KEY])
 
 
-def _fit(trainer):
+def fit_trainer(trainer):
+    """`trainer.fit()`, where a PromptrayError raised in a worker (bad data, table problems, ...) comes out as
+    itself and any other failure as TrainingFailed (also used by multi-worker search trials)."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     try:

@@ -21,22 +21,16 @@ from promptray.platform.trainer import build_loop, train
 from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
 from test_distributed import dp_config
 from test_generation import setup as generation_setup
-from test_prefix import bank_for, batch_of, loss_and_grads
+from test_prefix import always_split, bank_for, batch_of, loss_and_grads  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")
 
 
-@pytest.fixture
-def always_split(monkeypatch):
-    import promptray.platform.prefix as prefix_mod
-
-    monkeypatch.setattr(prefix_mod, "MAX_COST", 10.0)  # share even where a tiny batch would not gain
-
-
+@pytest.mark.usefixtures("always_split")
 @pytest.mark.parametrize("layout", ["plain", "packed", "split"])
 @pytest.mark.parametrize("fixture", MODELS)
-def test_loss_and_gradients_on_cuda_equal_the_cpus(fixture, layout, request, always_split):
+def test_loss_and_gradients_on_cuda_equal_the_cpus(fixture, layout, request):
     lm, tokenizer = request.getfixturevalue(fixture)
     cpu = PromptLearningModel(lm, bank_for(lm.get_input_embeddings().weight.shape[1]))
     gpu = copy.deepcopy(cpu).to(CUDA)

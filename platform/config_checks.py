@@ -1,0 +1,112 @@
+"""Checks of a whole prompt-learning config that involve several keys (each problem names the key, the value
+and the fix), and NeMo / Lightning precision names. `config.load_config` runs them after the per-key checks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Union
+
+from promptray.platform.devices import accelerator_problem
+from promptray.platform.errors import ConfigError
+from promptray.platform.ray_config import ray_problems
+from promptray.platform.search_config import search_problems
+from promptray.platform.templates import validate_task_templates
+
+if TYPE_CHECKING:
+    from promptray.platform.config import ModelConfig, PromptLearningConfig
+
+
+def normalize_precision(value: Union[int, str]) -> str:
+    """NeMo / Lightning precision names -> 'bf16' or 'fp32' (fp16 maps to bf16 on CPU)."""
+    v = str(value).lower()
+    if v in {"16", "16-mixed", "bf16", "bf16-mixed", "bf16-true", "fp16", "half"}:
+        return "bf16"
+    if v in {"32", "32-true", "fp32", "float32"}:
+        return "fp32"
+    raise ValueError(f"unknown precision {value!r}")
+
+
+# ----------------------------------------------------------------------------- cross-field checks
+
+def config_problems(cfg: PromptLearningConfig) -> list[str]:
+    """Problems that involve several keys. Tasks vs the restored table are checked when it is opened."""
+    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg) + ray_problems(cfg)
+    problems += search_problems(cfg)
+    try:
+        normalize_precision(cfg.trainer.precision)
+    except ValueError:
+        problems.append(f"trainer.precision: got {cfg.trainer.precision!r}; use bf16, 16 (read as bf16) or 32")
+    problems += [p for p in [accelerator_problem(cfg.trainer.accelerator)] if p]
+    return problems
+
+
+def _template_problems(cfg: PromptLearningConfig) -> list[str]:
+    try:
+        validate_task_templates(cfg.model.task_templates)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def _task_list_problems(cfg: PromptLearningConfig) -> list[str]:
+    m, problems = cfg.model, []
+    names = [t.get("taskname") for t in m.task_templates]
+    training = m.virtual_prompt_style != "inference"
+    if training and not m.new_tasks:
+        problems.append("model.new_tasks: empty; name the tasks to tune (each needs a task template)")
+    for t in m.new_tasks:
+        if t not in names:
+            problems.append(f"model.new_tasks: task {t!r} has no entry in model.task_templates "
+                            f"(templates: {names}); add its template")
+        if t in m.existing_tasks:
+            problems.append(f"model.new_tasks: task {t!r} is also in model.existing_tasks; a task is either "
+                            "new (tuned now) or existing (frozen)")
+    if len(set(m.new_tasks)) != len(m.new_tasks):
+        problems.append(f"model.new_tasks: {m.new_tasks} lists a task twice")
+    if m.existing_tasks and not m.restore_path:
+        problems.append(f"model.existing_tasks: {m.existing_tasks} given but model.restore_path is null; set "
+                        "restore_path to the prompt table that holds them, or empty existing_tasks")
+    if training and not m.language_model_path and not m.restore_path:
+        problems.append("model.language_model_path: not set; give a Hugging Face model directory or id, "
+                        "or the built-in name smollm2-135m")
+    if training and not cfg.table_uri:
+        problems.append("model.nemo_path: not set; name where the prompt table is saved "
+                        "(model.nemo_path or model.prompt_table)")
+    if m.nemo_path and m.prompt_table and m.nemo_path != m.prompt_table:
+        problems.append(f"model.prompt_table ({m.prompt_table!r}) and model.nemo_path ({m.nemo_path!r}) "
+                        "disagree; set only one")
+    if training and not m.data.train_ds:
+        problems.append("model.data.train_ds: empty; list .json/.jsonl training files")
+    if training and m.virtual_prompt_style == "prompt-tuning":
+        problems += _init_problems(m)
+    return problems
+
+
+def _init_problems(m: ModelConfig) -> list[str]:
+    pt, n, problems = m.prompt_tuning, len(m.new_tasks), []
+    if pt.new_prompt_init_methods and len(pt.new_prompt_init_methods) != n:
+        problems.append(f"model.prompt_tuning.new_prompt_init_methods: {pt.new_prompt_init_methods} has "
+                        f"{len(pt.new_prompt_init_methods)} entries for {n} new task(s) {m.new_tasks}; "
+                        "give one per new task")
+    for i, method in enumerate(pt.new_prompt_init_methods):
+        text = pt.new_prompt_init_text[i] if i < len(pt.new_prompt_init_text) else None
+        if method == "text" and not text:
+            problems.append(f"model.prompt_tuning.new_prompt_init_text[{i}]: task "
+                            f"{m.new_tasks[i] if i < n else i!r} uses init method 'text' but has no text; "
+                            "give the init text or use 'random'")
+    return problems
+
+
+def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
+    m, t, problems = cfg.model, cfg.trainer, []
+    step = m.micro_batch_size * cfg.data_parallel_size
+    if cfg.global_batch_size % step:
+        problems.append(f"model.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                        f"micro_batch_size x data-parallel size = {m.micro_batch_size} x "
+                        f"{cfg.data_parallel_size}; make it one")
+    if m.virtual_prompt_style != "inference" and not (t.max_steps and t.max_steps > 0) and not t.max_epochs:
+        problems.append("trainer: neither max_steps nor max_epochs is set; set one of them")
+    if isinstance(t.val_check_interval, float) and not 0 < t.val_check_interval <= 1:
+        problems.append(f"trainer.val_check_interval: {t.val_check_interval}; a float is a fraction of an "
+                        "epoch in (0, 1], an int is a number of steps")
+    return problems
+
