@@ -90,7 +90,7 @@ def trial_summary(trials: list[dict]) -> list[dict]:
              "steps": t.get("last_step")} for t in trials]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work-dir", type=Path)
@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("--fixed-lr", action="store_true",
                    help="search the token count only (lr 3e-2, as the fixed prompts)")
     p.add_argument("--out", default="search_bench", help="results file name under benchmarks/results/ (no .json)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
                                                                                       80, 200)
     steps, samples = args.steps or steps, args.samples or samples
