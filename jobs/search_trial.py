@@ -22,8 +22,9 @@ from promptray.platform.distributed import Dist
 from promptray.platform.engine import Engine
 from promptray.platform.generation import GenerationParams
 from promptray.platform.inference import InferenceEngine, exact_match, predict, prepare
-from promptray.platform.train_loop import StepInfo, TrainLoop
-from promptray.platform.trainer import prepare_engine
+from promptray.platform.devices import resolve_device
+from promptray.platform.train_loop import StepInfo
+from promptray.platform.trainer import build_loop
 
 BEST_PROMPTS = "best_prompts.pt"
 PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)
@@ -38,8 +39,10 @@ def trial_dir(trials_root: str, trial_id: str) -> Path:
 
 def trial_resources(cfg: PromptLearningConfig) -> dict[str, float]:
     """What Tune reserves for one trial's function trainable (the workers of a multi-worker trial reserve
-    theirs when its TorchTrainer starts them)."""
-    return dict(DRIVER_RESOURCES) if cfg.data_parallel_size > 1 else {"cpu": cfg.search.cpus_per_trial}
+    theirs when its TorchTrainer starts them); a one-worker trial with ray.use_gpu gets one GPU."""
+    if cfg.data_parallel_size > 1:
+        return dict(DRIVER_RESOURCES)
+    return {"cpu": cfg.search.cpus_per_trial, **({"gpu": 1} if cfg.ray.use_gpu else {})}
 
 
 def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, trials_root: str) -> None:
@@ -55,7 +58,8 @@ def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, 
     if cfg.data_parallel_size > 1:
         _run_workers(cfg, metric, tokens, out, trial_id)
         return
-    loop = TrainLoop(cfg, prepare_engine(cfg), progress=False)
+    device = resolve_device("gpu") if cfg.ray.use_gpu else None  # the trial's GPU (Ray sets CUDA_VISIBLE_DEVICES)
+    loop = build_loop(cfg, device=device)
     loop.run(_Reporter(cfg, loop.engine, metric, tokens, out, tune.report))
 
 
@@ -86,7 +90,6 @@ def trial_worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     from promptray.jobs.train_worker import report
-    from promptray.platform.trainer import build_loop
 
     ctx = ray.train.get_context()
     group = Dist(ctx.get_world_rank(), ctx.get_world_size())

@@ -281,3 +281,14 @@ def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choic
     raw["search"]["tasks"]["a"]["lr"] = {"min": 1e-3, "max": 1e-2}
     with pytest.raises(ConfigError, match="search.tasks.a.lr: tasks are searched jointly"):
         prepare_search_config(raw)
+
+
+def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path):
+    from promptray.jobs.search_trial import DRIVER_RESOURCES, trial_resources
+
+    raw = search_config(tmp_path, tmp_path / "model", [2, 4], cpus_per_trial=2)
+    assert trial_resources(prepare_search_config(raw)) == {"cpu": 2}
+    raw["ray"] = {"use_gpu": True}
+    assert trial_resources(prepare_search_config(raw)) == {"cpu": 2, "gpu": 1}  # a one-worker trial's own GPU
+    raw["ray"]["num_workers"], raw["model"]["micro_batch_size"] = 2, 2
+    assert trial_resources(prepare_search_config(raw)) == DRIVER_RESOURCES  # the Train workers reserve theirs
