@@ -100,8 +100,9 @@ def evaluate_promptray(engine, records: list[dict], labels: list[str], strip: bo
 
 def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress: bool,
                     seed: int = SEED, selection: bool = True, accelerator: str = "cpu",
-                    sdpa_training: bool = False) -> tuple[dict, Path]:
-    """sdpa_training: bf16 on the CPU trains with SDPA instead of eager attention (an experiment; see README)."""
+                    train_attention: Optional[str] = None) -> tuple[dict, Path]:
+    """train_attention: how bf16 attends while training on the CPU (PromptLearningModel.set_train_attention;
+    None: promptray's default)."""
     from promptray.platform.config import load_config
     from promptray.platform.trainer import prepare_engine, train
 
@@ -109,8 +110,8 @@ def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress
     cfg = load_config(raw)
     t0 = time.time()
     engine = prepare_engine(cfg)
-    if sdpa_training:
-        engine.model._attention = None  # keep the model's SDPA in train mode too
+    if train_attention:
+        engine.model.set_train_attention(train_attention)
     res = train(cfg, engine, progress=progress)
     summary = json.loads((res.run_dir / "summary.json").read_text())
     info = {"seed": cfg.model.seed, "precision": cfg.precision, "style": cfg.model.virtual_prompt_style,
@@ -118,8 +119,7 @@ def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress
             "best_val_loss": res.best_val_loss,
             "best_step": summary.get("best_step"), "final_train_loss": res.final_train_loss,
             "train_tokens_per_s": round(res.tokens_per_s, 1), "train_seconds": round(time.time() - t0, 1),
-            "training_attention": engine.model.lm.config._attn_implementation if sdpa_training else
-            ("eager (bf16 on the CPU), SDPA otherwise"),
+            "train_attention": train_attention or "promptray's default",
             "selection": (f"validation loss every {cfg.trainer.val_check_interval} steps on the 200 validation "
                           "examples; the prompts with the lowest validation loss are published and evaluated")
                          if selection else "none (validation only after the last step: the final prompts are "
@@ -293,7 +293,7 @@ def base_engine(precision: str):
 
 def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool, seed: int = SEED,
         cross_eval: bool = False, out: str = "quality", selection: bool = True, accelerator: str = "cpu",
-        sdpa_training: bool = False) -> dict:
+        train_attention: Optional[str] = None) -> dict:
     from promptray.platform.devices import resolve_device
     from promptray.platform.inference import load_inference_engine
 
@@ -347,7 +347,7 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
             continue
         print(f"== {variant}: training {steps} steps")
         info, table_path = train_promptray(work, splits, steps, variant, progress, seed, selection, accelerator,
-                                           sdpa_training)
+                                           train_attention)
         precision = "fp32" if variant == "promptray_fp32" else "bf16"
         engine = load_inference_engine(str(table_path), precision=precision, device=device)
         res[variant] = {"training": info, "eval_precision": precision,
@@ -421,15 +421,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="quality", help="results file name under benchmarks/results/ (no .json)")
     ap.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
                     help="where the promptray variants train and are evaluated (gpu: one CUDA GPU)")
-    ap.add_argument("--sdpa-training", action="store_true",
-                    help="bf16 on the CPU trains with SDPA attention instead of eager (the default, faster there)")
+    ap.add_argument("--train-attention", choices=["eager", "math", "sdpa"],
+                    help="how bf16 attends while training on the CPU: eager, SDPA's math backend (float32 inside) "
+                         "or SDPA's flash kernel (default: promptray's choice)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     steps, n_test = (20, 40) if a.quick else (a.steps, a.n_test)
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_quality_"))
     try:
         result = run(steps, n_test, a.variants, work, not a.no_progress, a.quick, a.seed, a.cross_eval, a.out,
-                     not a.no_selection, a.accelerator, a.sdpa_training)
+                     not a.no_selection, a.accelerator, a.train_attention)
     finally:
         if not a.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -30,27 +30,32 @@ from tqdm.auto import tqdm
 from benchmarks.common import (BATCH, MODEL, N_VIRTUAL, machine, peft_batch, peft_model, peft_tokens,
                                peft_train_step, sentiment_splits, table, write_result)
 
-SIDES = ("promptray bf16", "promptray fp32", "peft fp32", "peft bf16", "promptray bf16 unshared")
+SIDES = ("promptray bf16", "promptray fp32", "peft fp32", "peft bf16", "promptray bf16 unshared",
+         "promptray bf16 math attention")
 BASELINE = "peft fp32"
 EXTRA = "peft bf16"  # not part of the target: separates what bf16 gives from what promptray's step gives
 UNSHARED = "promptray bf16 unshared"  # not part of the target: promptray bf16 without shared-prefix batches
+MATH = "promptray bf16 math attention"  # bf16 training through SDPA's math backend (float32 attention inside)
 
 
 class PromptraySide:
     """promptray's real training step on an engine built from the demo's sentiment config."""
 
-    def __init__(self, work: Path, splits: dict, precision: str, steps: int, share_prefix: bool = True):
+    def __init__(self, work: Path, splits: dict, precision: str, steps: int, share_prefix: bool = True,
+                 train_attention: str | None = None):
         from promptray.platform.config import load_config
         from promptray.platform.demo import sentiment_config
         from promptray.platform.engine import build_engine
         from promptray.platform.trainer import load_data, make_optimizer, micro_batches
 
-        raw = sentiment_config(work / f"{precision}-{share_prefix}", splits, steps, MODEL)
+        raw = sentiment_config(work / f"{precision}-{share_prefix}-{train_attention}", splits, steps, MODEL)
         raw["trainer"]["precision"] = "bf16" if precision == "bf16" else 32
         self.cfg = cfg = load_config(raw)
         torch.manual_seed(cfg.model.seed)
         self.engine = build_engine(cfg)
         self.engine.model.share_prefix = share_prefix
+        if train_attention:
+            self.engine.model.set_train_attention(train_attention)
         self.train_ex, _ = load_data(cfg, self.engine)
         self.stream = micro_batches(self.train_ex, cfg, self.engine.tokenizer.pad_token_id)
         self.optimizer = make_optimizer(cfg, self.engine)
@@ -107,13 +112,14 @@ def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None =
         mach = machine()
         splits = sentiment_splits(work / "data")
         total = warmup + steps
-        print(f"building the {3 + 2 * extra} sides (smollm2-135m, batch {BATCH}, {N_VIRTUAL} virtual tokens) ...")
+        print(f"building the {3 + 3 * extra} sides (smollm2-135m, batch {BATCH}, {N_VIRTUAL} virtual tokens) ...")
         sides = {"promptray bf16": PromptraySide(work, splits, "bf16", total),
                  "promptray fp32": PromptraySide(work, splits, "fp32", total)}
         sides["peft fp32"] = PeftSide(sides["promptray fp32"])
         if extra:
             sides[EXTRA] = PeftSide(sides["promptray fp32"], "bf16")
             sides[UNSHARED] = PromptraySide(work, splits, "bf16", total, share_prefix=False)
+            sides[MATH] = PromptraySide(work, splits, "bf16", total, train_attention="math")
         n_train = len(sides["promptray fp32"].train_ex)
 
         for name, side in sides.items():  # warm-up, not timed (the same batches for every side)
@@ -160,6 +166,9 @@ def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None =
                          "unshared_side": (f"'{UNSHARED}': promptray bf16 with shared-prefix batches off (each row "
                                            "runs its task's constant prompt start itself); not part of the "
                                            "target") if extra else None,
+                         "math_attention_side": (f"'{MATH}': promptray bf16 training through SDPA's math "
+                                                 "backend (bf16 inputs, float32 attention) instead of eager "
+                                                 "attention; not part of the target") if extra else None,
                          "promptray_step": "bf16 frozen model with eager attention on the CPU, each task's "
                                            "constant prompt start run once per batch (platform/prefix.py), "
                                            "logits only where a target is, trailing input columns no target "

@@ -16,6 +16,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import DynamicLayer
 
 from promptray.platform.batching import Batch
@@ -26,6 +27,9 @@ from promptray.platform.prompt_encoder import PromptBank
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+TRAIN_ATTENTION = ("eager", "math", "sdpa")
 
 
 class PromptLearningModel(nn.Module):
@@ -40,6 +44,7 @@ class PromptLearningModel(nn.Module):
         # A frozen LM runs in the compute dtype itself; a fine-tuned one keeps fp32 weights under autocast.
         # (training attention, inference attention) when they differ: eager trains faster on the CPU in bf16
         self._attention = _attention_per_mode(lm, precision) if not lm_finetune else None
+        self._math_sdpa = False  # bf16 training on the CPU through SDPA's math backend (set_train_attention)
         if not lm_finetune:
             lm.to(DTYPES[precision])
         lm.eval()
@@ -62,6 +67,25 @@ class PromptLearningModel(nn.Module):
             if self.lm.config._attn_implementation != want:
                 self.lm.set_attn_implementation(want)
         return self
+
+    def set_train_attention(self, kind: str) -> None:
+        """How a bf16 frozen model attends while training on the CPU (inference always uses SDPA):
+        "eager" (HF eager attention: bf16 scores), "math" (SDPA's math backend, which computes bf16 inputs in
+        float32) or "sdpa" (SDPA as dispatched: the CPU flash kernel, float32 accumulators, slow backward).
+        No effect on a GPU, in fp32, for a fine-tuned model or one without SDPA."""
+        if kind not in TRAIN_ATTENTION:
+            raise ValueError(f"train attention {kind!r}: use one of {TRAIN_ATTENTION}")
+        if self._attention is None:
+            return
+        self._attention = ("eager", "sdpa") if kind == "eager" else ("sdpa", "sdpa")
+        self._math_sdpa = kind == "math"
+        self.train(self.training)
+
+    def _train_kernels(self):
+        """The SDPA backend of this forward (the math one while training with set_train_attention("math"))."""
+        if self._math_sdpa and self.training and self.device.type == "cpu":
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
 
     def _dropout(self, on: bool) -> None:
         """Dropout (p-tuning encoder; the LM when fine-tuned) on or off, attention kernels untouched."""
@@ -119,14 +143,15 @@ class PromptLearningModel(nn.Module):
         Each task's shared prompt start is computed once per batch when that saves work (prefix.py): a
         packed single row, or prefixes then remainders. Each layout is checked once against the plain
         forward on its first batch and switched off, with a warning, if the model does not honour it."""
-        for kind in self.fast_paths if self.share_prefix else ():
-            host = _moved(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
-            layout = _moved(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
-                            batch.input_ids.device)
-            out = self._loss_layout(kind, layout) if layout is not None else None
-            if out is not None:
-                return out if kind in self._verified else self._verify(kind, layout, out, batch)
-        return self._loss_plain(batch)
+        with self._train_kernels():
+            for kind in self.fast_paths if self.share_prefix else ():
+                host = _moved(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
+                layout = _moved(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
+                                batch.input_ids.device)
+                out = self._loss_layout(kind, layout) if layout is not None else None
+                if out is not None:
+                    return out if kind in self._verified else self._verify(kind, layout, out, batch)
+            return self._loss_plain(batch)
 
     def _loss_layout(self, kind: str, layout) -> Optional[tuple[torch.Tensor, int]]:
         try:

@@ -237,6 +237,33 @@ def test_bf16_casts_lm_and_keeps_prompts_float32(fixture, request):
         assert float(p.grad.abs().sum()) > 0
 
 
+def test_train_attention_choices_for_bf16_on_the_cpu(tiny_llama):
+    lm, tokenizer = tiny_llama
+    batch = collate(examples(tokenizer), tokenizer.pad_token_id)
+    bank = make_bank(32, std=0.05)
+    fp32 = float(PromptLearningModel(lm, bank).loss(batch)[0].detach())
+    model = PromptLearningModel(lm, bank, precision="bf16")
+    flash_on = []  # SDPA's flash kernel allowed during each forward of the frozen model?
+    attention = lm.model.layers[0].self_attn
+    attention.register_forward_pre_hook(lambda *_: flash_on.append(torch.backends.cuda.flash_sdp_enabled()))
+    losses = {}
+    for kind in ("eager", "math", "sdpa"):
+        model.set_train_attention(kind)
+        model.train()
+        assert lm.config._attn_implementation == ("eager" if kind == "eager" else "sdpa")
+        flash_on.clear()
+        losses[kind] = float(model.loss(batch)[0].detach())
+        assert flash_on and all(on == (kind != "math") for on in flash_on)  # math: flash off while training
+        model.eval()
+        assert lm.config._attn_implementation == "sdpa"  # inference: SDPA whatever the training choice
+        flash_on.clear()
+        model.loss(batch)
+        assert flash_on and all(flash_on)
+    assert losses["math"] == pytest.approx(fp32, rel=2e-2) and losses["sdpa"] == pytest.approx(fp32, rel=2e-2)
+    with pytest.raises(ValueError, match="train attention 'flash'"):
+        model.set_train_attention("flash")
+
+
 def test_bf16_with_lm_finetune_keeps_fp32_weights(tiny_llama):
     lm, tokenizer = tiny_llama
     model = PromptLearningModel(lm, make_bank(32, std=0.05), precision="bf16", lm_finetune=True)
