@@ -191,11 +191,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--block", type=int, default=5, help="steps per side per interleaved block")
     ap.add_argument("--work-dir", default=None, help="keep the data split here (default: a temp dir)")
     ap.add_argument("--no-extra", action="store_true", help=f"skip the informational '{EXTRA}' side")
+    ap.add_argument("--out", default="train_speed", help="results file name under benchmarks/results/ (no .json)")
     a = ap.parse_args(argv)
     steps, warmup, block = (4, 1, 2) if a.quick else (a.steps, a.warmup, a.block)
     result = run(steps, warmup, block, a.work_dir, extra=not a.no_extra)
     result["settings"]["quick"] = a.quick
-    path = write_result("train_speed", result)
+    path = write_result(a.out, result)
     rows = [[n, r["tokens_per_s"], r["s_per_step_mean"], r["s_per_step_median"], f"{r['tokens_per_s_vs_peft_fp32']}x"]
             for n, r in result["results"].items()]
     print(table(rows, ["side", "tokens/s", "s/step mean", "s/step median", "vs PEFT fp32"]))
