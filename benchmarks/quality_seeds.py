@@ -23,13 +23,21 @@ from benchmarks.common import RESULTS, table, write_result
 SIDES = ("promptray_bf16", "promptray_fp32")
 
 
-def seed_row(path: Path) -> Optional[dict]:
-    """One result file's seed, commit and both sides' accuracies and best validation losses (None if partial)."""
+def seed_row(path: Path, replace: Optional[dict[int, Path]] = None) -> Optional[dict]:
+    """One result file's seed, commit and both sides' accuracies and best validation losses (None if partial).
+    `replace`: seed -> a later file whose sides (e.g. bf16 rerun with newer code) replace this file's."""
     data = json.loads(path.read_text())
-    res = data.get("results", {})
+    res = dict(data.get("results", {}))
+    newer = (replace or {}).get(data["settings"]["seed"])
+    if newer is not None:
+        later = json.loads(newer.read_text())
+        res.update({k: v for k, v in later["results"].items() if k in SIDES})
     if not all(side in res for side in SIDES):
         return None
     row = {"file": path.name, "seed": data["settings"]["seed"], "git_commit": data["machine"].get("git_commit")}
+    if newer is not None:
+        row.update(replaced_by=newer.name, replaced_sides=sorted(k for k in later["results"] if k in SIDES),
+                   replaced_commit=later["machine"].get("git_commit"))
     for side in SIDES:
         short = side.removeprefix("promptray_")
         row[f"{short}_generation"] = res[side]["generation_accuracy"]
@@ -60,15 +68,20 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--glob", default="quality_packed_seed*.json", help="result files under benchmarks/results/")
     ap.add_argument("--out", default="quality_seeds", help="results file name under benchmarks/results/ (no .json)")
+    ap.add_argument("--replace", help="result files whose sides replace those of the same seed (a rerun of one "
+                                      "side with newer code), e.g. 'quality_eager_attention_seed*.json'")
     args = ap.parse_args(argv)
-    rows = [r for r in (seed_row(p) for p in sorted(RESULTS.glob(args.glob))) if r is not None]
+    replace = {json.loads(p.read_text())["settings"]["seed"]: p
+               for p in sorted(RESULTS.glob(args.replace))} if args.replace else {}
+    rows = [r for r in (seed_row(p, replace) for p in sorted(RESULTS.glob(args.glob))) if r is not None]
     if not rows:
         raise SystemExit(f"no complete results match benchmarks/results/{args.glob}")
     result = {"benchmark": "quality_seeds", "files": [r["file"] for r in rows], "per_seed": rows,
               "summary": summarize(rows)}
     print(table([[r["seed"], f"{r['bf16_generation']:.1%}", f"{r['fp32_generation']:.1%}",
-                  r["bf16_val_loss"], r["fp32_val_loss"], (r["git_commit"] or "")[:7]] for r in rows],
-                ["seed", "bf16 acc", "fp32 acc", "bf16 val loss", "fp32 val loss", "commit"]))
+                  r["bf16_val_loss"], r["fp32_val_loss"], (r["git_commit"] or "")[:7],
+                  (r.get("replaced_commit") or "")[:7]] for r in rows],
+                ["seed", "bf16 acc", "fp32 acc", "bf16 val loss", "fp32 val loss", "commit", "replaced by commit"]))
     s = result["summary"]
     print(f"bf16 - fp32 generation accuracy (paired, mean over {len(rows)} seeds): "
           f"{s['generation']['bf16_minus_fp32_paired']['mean']:+.1%} "
