@@ -109,8 +109,9 @@ def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress
     raw = promptray_config(work, splits, steps, variant, seed, selection, accelerator)
     cfg = load_config(raw)
     t0 = time.time()
-    engine = prepare_engine(cfg)
+    engine = None  # default: train() builds it
     if train_attention:
+        engine = prepare_engine(cfg)
         engine.model.set_train_attention(train_attention)
     res = train(cfg, engine, progress=progress)
     summary = json.loads((res.run_dir / "summary.json").read_text())

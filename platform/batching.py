@@ -28,12 +28,14 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def to(self, device: Optional[torch.device]) -> "Batch":
-        """The batch with its tensors on `device` (itself for None: the CPU, where batches are made)."""
-        if device is None:
-            return self
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
+def to_device(obj, device: Optional[torch.device]):
+    """A dataclass of tensors (a batch, a prefix layout) with its tensors on `device`: itself when they are
+    there already or `device` is None (the CPU, where batches are made); None stays None."""
+    tensors = {k: v for k, v in vars(obj).items() if isinstance(v, torch.Tensor)} if obj is not None else {}
+    if device is None or all(v.device == device for v in tensors.values()):
+        return obj
+    return dataclasses.replace(obj, **{k: v.to(device) for k, v in tensors.items()})
 
 
 def collate(examples: Sequence[Example], pad_id: int, side: Literal["right", "left"] = "right") -> Batch:

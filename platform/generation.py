@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from promptray.platform.batching import collate
+from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example
 from promptray.platform.model import PromptLearningModel
 
@@ -75,7 +75,7 @@ each task's cached prompt start."""
 
 def prefill_plain(model: PromptLearningModel, examples: Sequence[Example], pad_id: int) -> tuple:
     """The prompt pass over the whole left-padded prompts (see `Prefill`)."""
-    batch = collate(examples, pad_id, side="left").to(model.device)
+    batch = to_device(collate(examples, pad_id, side="left"), model.device)
     emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
     logits, past = model.step(emb, batch.attention_mask, batch.position_ids)  # (B, V)
     return logits, past, batch.attention_mask, batch.position_ids

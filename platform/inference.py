@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from promptray.platform.batching import collate
+from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example, Source, build_examples
 from promptray.platform.errors import ConfigError, DatasetError
 from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
@@ -61,7 +61,7 @@ def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompt
         bank.add_frozen(name, p.embeddings)
     model = PromptLearningModel(lm, bank, precision).eval()
     if device is not None:
-        model.to(device)  # the prompts (buffers of the bank) move with it
+        model.to(device)  # the prompts (the bank's buffers) move with it
     templates = {n: TaskTemplate.model_validate(p.template) for n, p in prompts.items()}
     return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint)
 
@@ -125,7 +125,7 @@ def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad
     model.eval()
     out: list[float] = []
     for s in range(0, len(examples), batch_size):
-        batch = collate(examples[s:s + batch_size], pad_id).to(model.device)
+        batch = to_device(collate(examples[s:s + batch_size], pad_id), model.device)
         with model.autocast():
             emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
             logits = model.lm(inputs_embeds=emb, attention_mask=batch.attention_mask,

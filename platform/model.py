@@ -8,7 +8,6 @@ prompt parameters stay float32; logits are computed only at positions that carry
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import logging
 from typing import Literal, Optional
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import DynamicLayer
 
-from promptray.platform.batching import Batch
+from promptray.platform.batching import Batch, to_device
 from promptray.platform.devices import model_device
 from promptray.platform.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
 from promptray.platform.prompt_encoder import PromptBank
@@ -62,7 +61,7 @@ class PromptLearningModel(nn.Module):
         super().train(mode)
         if not self.lm_finetune:
             self.lm.eval()  # the frozen LM never uses dropout
-        if self._attention is not None:  # (moved to a GPU since: SDPA in both modes)
+        if self._attention is not None:  # the training choice applies on the CPU; a GPU uses SDPA throughout
             want = self._attention[0 if mode and self.device.type == "cpu" else 1]
             if self.lm.config._attn_implementation != want:
                 self.lm.set_attn_implementation(want)
@@ -145,8 +144,8 @@ class PromptLearningModel(nn.Module):
         forward on its first batch and switched off, with a warning, if the model does not honour it."""
         with self._train_kernels():
             for kind in self.fast_paths if self.share_prefix else ():
-                host = _moved(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
-                layout = _moved(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
+                host = to_device(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
+                layout = to_device(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
                                 batch.input_ids.device)
                 out = self._loss_layout(kind, layout) if layout is not None else None
                 if out is not None:
@@ -265,13 +264,6 @@ class PromptLearningModel(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def _moved(obj, device: torch.device):
-    """A dataclass of tensors (a batch or a prefix layout) with its tensors on `device` (None stays None)."""
-    if obj is None or all(v.device == device for v in vars(obj).values() if isinstance(v, torch.Tensor)):
-        return obj
-    return dataclasses.replace(obj, **{k: v.to(device) for k, v in vars(obj).items() if isinstance(v, torch.Tensor)})
 
 
 def _cache_of(out):

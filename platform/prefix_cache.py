@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from promptray.platform.batching import collate
+from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example, Tokenization, encode_chunks
 from promptray.platform.generation import prefill_plain
 from promptray.platform.model import PromptLearningModel
@@ -102,9 +102,9 @@ def prefill_with_prefixes(model: PromptLearningModel, examples: Sequence[Example
         return prefill_plain(model, examples, pad_id)
     rest = [Example(e.taskname, e.input_ids[k:], e.virtual_ids[k:], e.loss_mask[k:]) for e, k in zip(examples, ks)]
     device = model.device
-    batch = collate(rest, pad_id, side="left").to(device)  # (B, S)
+    batch = to_device(collate(rest, pad_id, side="left"), device)  # (B, S)
     k_t = torch.tensor(ks, device=device)  # (B,)
-    cache_mask = (torch.arange(P, device=device)[None, :] < k_t[:, None]).long()  # (B, P); holes for shorter prefixes
+    cache_mask = (torch.arange(P, device=device)[None, :] < k_t[:, None]).long()  # (B, P); holes: shorter prefixes
     mask = torch.cat([cache_mask, batch.attention_mask], dim=1)  # (B, P + S)
     pos = batch.position_ids + k_t[:, None]  # (B, S): continuing each row's own positions
     emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, S, H)
@@ -139,7 +139,8 @@ class PrefixCache:
         entry = None
         if ids:
             dev = self.model.device
-            emb = self.model.embed(torch.tensor([ids], device=dev), torch.tensor([vids], device=dev), [key])  # (1, P, H)
+            ids_t, vids_t = torch.tensor([ids], device=dev), torch.tensor([vids], device=dev)  # (1, P)
+            emb = self.model.embed(ids_t, vids_t, [key])  # (1, P, H)
             _, past = self.model.step(emb, torch.ones(1, len(ids), dtype=torch.long, device=dev),
                                       torch.arange(len(ids), device=dev)[None])
             if not plain_kv_cache(past):

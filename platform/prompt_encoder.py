@@ -107,16 +107,22 @@ class PromptBank(nn.Module):
         self.tuned_names: list[str] = []
         self.tuned = nn.ParameterList()
         self.encoder: Optional[PromptEncoder] = None
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)  # moves with model.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the bank is (the model's device); prompts added later are placed there too."""
+        return self._anchor.device
 
     def add_frozen(self, name: str, embeddings: torch.Tensor) -> None:
         self._check_new(name, embeddings.shape[-1])
-        self.register_buffer(f"frozen_{len(self.frozen_names)}", embeddings.detach().to(torch.float32).clone(),
-                             persistent=False)
+        self.register_buffer(f"frozen_{len(self.frozen_names)}",
+                             embeddings.detach().to(self.device, torch.float32).clone(), persistent=False)
         self.frozen_names.append(name)
 
     def add_tuned(self, name: str, init: torch.Tensor) -> None:
         self._check_new(name, init.shape[-1])
-        self.tuned.append(nn.Parameter(init.to(torch.float32).clone()))
+        self.tuned.append(nn.Parameter(init.to(self.device, torch.float32).clone()))
         self.tuned_names.append(name)
 
     def set_encoder(self, encoder: PromptEncoder) -> None:

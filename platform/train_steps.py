@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from promptray.platform.batching import Batch, collate, epoch_batches
+from promptray.platform.batching import Batch, collate, epoch_batches, to_device
 from promptray.platform.config import PromptLearningConfig
 from promptray.platform.dataset import Example, build_examples
 from promptray.platform.distributed import Dist, all_reduce_sums, average_gradients
@@ -23,11 +23,6 @@ from promptray.platform.engine import Engine
 from promptray.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def to_device(batch: Batch, device: Optional[torch.device]) -> Batch:
-    """The batch's tensors on `device` (unchanged when None: CPU training)."""
-    return batch.to(device)
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -46,20 +46,17 @@ def train(cfg: PromptLearningConfig, engine: Optional[Engine] = None, progress: 
     if cfg.model.sharding != "none":
         log.info("model.sharding: %s applies to Ray Train jobs only; one process keeps the whole model",
                  cfg.model.sharding)
-    engine = prepare_engine(cfg, engine)
-    device = resolve_device(cfg.trainer.accelerator)
-    if device is not None:
-        engine.model.to(device)
-    loop = TrainLoop(cfg, engine, device=device, progress=progress)
+    loop = build_loop(cfg, device=resolve_device(cfg.trainer.accelerator), progress=progress, engine=engine)
     loop.run()
     return loop.finish(publish)
 
 
 def build_loop(cfg: PromptLearningConfig, group: Dist = Dist(), device: Optional[torch.device] = None,
-               progress: bool = False) -> TrainLoop:
-    """One worker's loop: its engine on `device`, the frozen model sharded when model.sharding is fsdp,
-    and the trainable parameters made equal to rank 0's."""
-    engine = prepare_engine(cfg)
+               progress: bool = False, engine: Optional[Engine] = None) -> TrainLoop:
+    """One worker's loop (or the one process's): its engine (built from the config unless given) on
+    `device`, the frozen model sharded when model.sharding is fsdp, and the trainable parameters made equal
+    to rank 0's."""
+    engine = prepare_engine(cfg, engine)
     if device is not None:
         engine.model.to(device)
     if group.active and cfg.model.sharding == "fsdp":

@@ -67,8 +67,7 @@ class ServeEngine:
         self.model = PromptLearningModel(lm, self.bank, resolve_precision(settings.precision)).eval()
         device = resolve_device(settings.accelerator)
         if device is not None:
-            self.model.to(device)
-            self.bank.device = device
+            self.model.to(device)  # the bank too: prompts loaded later are put on its device
         self.prefixes = PrefixCache(self.model, self.tokenizer, enabled=settings.prefix_cache)
         self.prompts = PromptStore(table, fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
                                    settings.refresh_s)

@@ -31,12 +31,11 @@ class ServingBank(PromptBank):
     def __init__(self, hidden: int):
         super().__init__(hidden)
         self._prompts: dict[str, torch.Tensor] = {}
-        self.device = torch.device("cpu")  # where put() keeps prompts: the base model's device
 
     def put(self, key: str, embeddings: torch.Tensor) -> None:
         if embeddings.shape[-1] != self.hidden:
             raise ValueError(f"prompt {key!r} has hidden size {embeddings.shape[-1]}, model has {self.hidden}")
-        self._prompts[key] = embeddings.detach().to(self.device, torch.float32).clone()  # (n, H)
+        self._prompts[key] = embeddings.detach().to(self.device, torch.float32).clone()  # (n, H), the model's device
 
     def drop(self, key: str) -> None:
         self._prompts.pop(key, None)

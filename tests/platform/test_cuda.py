@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from promptray.platform.batching import to_device
 from promptray.platform.generation import GenerationParams, generate
 from promptray.platform.infer_config import load_infer_config, run_inference
 from promptray.platform.inference import answer_logprobs
@@ -19,7 +20,7 @@ from promptray.platform.prompt_table import PromptTable
 from promptray.platform.trainer import build_loop, train
 
 from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
-from test_distributed import dp_config
+from test_distributed import dp_config, full_and_resumed
 from test_generation import setup as generation_setup
 from test_prefix import always_split, bank_for, batch_of, loss_and_grads  # noqa: F401  (a fixture)
 
@@ -38,7 +39,7 @@ def test_loss_and_gradients_on_cuda_equal_the_cpus(fixture, layout, request):
         m.fast_paths = [] if layout == "plain" else [layout]
     batch = batch_of(tokenizer)  # made on the CPU; the GPU model gets it moved
     loss_c, n_c, grads_c = loss_and_grads(cpu, batch, share=layout != "plain")
-    loss_g, n_g, grads_g = loss_and_grads(gpu, batch.to(CUDA), share=layout != "plain")
+    loss_g, n_g, grads_g = loss_and_grads(gpu, to_device(batch, CUDA), share=layout != "plain")
     assert n_g == n_c and loss_g == pytest.approx(loss_c, rel=1e-5)
     for a, b in zip(grads_c, grads_g):
         assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-5, rtol=1e-4)
@@ -90,25 +91,8 @@ def test_training_on_cuda_publishes_the_cpus_prompts(tmp_path, style, model, req
 def test_a_resumed_cuda_run_with_dropout_finishes_like_an_uninterrupted_one(tmp_path, tiny_gpt2_path):
     cfg = dp_config(tmp_path, tiny_gpt2_path, "p-tuning", steps=6)
     cfg.model.p_tuning.dropout = 0.1  # draws from the GPU's random stream
-    full = build_loop(cfg, device=CUDA)
-    full.run()
-    saved = {}
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_3(info):
-        if info.step == 3:
-            saved["state"] = info.loop.state_dict()
-            raise Stop
-
-    cfg.exp_manager.name = "interrupted"
-    with pytest.raises(Stop):
-        build_loop(cfg, device=CUDA).run(on_step=stop_after_3)
-    assert "cuda_rng" in saved["state"]
-    resumed = build_loop(cfg, device=CUDA)
-    resumed.load_state_dict(saved["state"])
-    resumed.run()
+    full, resumed, state = full_and_resumed(cfg, CUDA)
+    assert "cuda_rng" in state
     for task in ("a", "b"):  # GPU scatter-adds may sum in another order: equal up to float rounding
         torch.testing.assert_close(resumed.engine.model.bank.export()[task], full.engine.model.bank.export()[task],
                                    atol=1e-5, rtol=1e-5)

@@ -1,5 +1,5 @@
-"""trainer.accelerator: values, fallback to the CPU, batches moved to a device (CPU-only checks; the CUDA runs
-themselves are in test_cuda.py)."""
+"""trainer.accelerator: values and the fallback to the CPU (CPU-only checks; batches moved to a device are in
+test_prefix.py, the CUDA runs themselves in test_cuda.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import logging
 import pytest
 import torch
 
-from promptray.platform.batching import collate
 from promptray.platform.config import load_config
-from promptray.platform.dataset import build_examples
 from promptray.platform.devices import accelerator_problem, resolve_device
 from promptray.platform.errors import ConfigError
 from promptray.platform.infer_config import load_infer_config
 from promptray.platform.trainer import train
 
-from mixed_tasks import TEMPLATE_A, TEMPLATE_B
 from test_distributed import dp_config
 
 
@@ -62,19 +59,6 @@ def test_inference_reads_nemos_trainer_accelerator():
     assert load_infer_config(None, base + ["accelerator=gpu"]).accelerator == "gpu"
     with pytest.raises(ConfigError, match=r"accelerator \(or trainer.accelerator\): got 'ipu'"):
         load_infer_config(None, base + ["trainer.accelerator=ipu"])
-
-
-def test_batch_to_moves_every_tensor_and_none_keeps_it(tiny_gpt2):
-    _, tokenizer = tiny_gpt2
-    records = [{"taskname": "a", "q": "Why?", "answer": " no"}, {"taskname": "b", "q": "A cat.", "answer": " mat"}]
-    exs, _ = build_examples(records, [TEMPLATE_A, TEMPLATE_B], tokenizer, 64)
-    batch = collate(exs, tokenizer.pad_token_id)
-    assert batch.to(None) is batch
-    moved = batch.to(torch.device("meta"))  # stands in for an accelerator here
-    tensors = ("input_ids", "virtual_ids", "loss_mask", "attention_mask", "position_ids")
-    assert all(getattr(moved, k).device.type == "meta" for k in tensors)
-    assert all(getattr(moved, k).shape == getattr(batch, k).shape for k in tensors)
-    assert moved.tasknames == ["a", "b"]
 
 
 def test_a_gpu_config_trains_on_the_cpu_where_there_is_no_gpu(tmp_path, tiny_gpt2_path, no_cuda, caplog):

@@ -144,12 +144,10 @@ def test_two_workers_replicated_and_fsdp_match_one_process(style, model, tmp_pat
     assert all(float((single.prompts[t] - initial[t]).abs().max()) > 1e-2 for t in ("a", "b"))
 
 
-def test_loop_resumed_from_its_state_finishes_like_an_uninterrupted_one(tmp_path, tiny_gpt2_path):
-    cfg = dp_config(tmp_path, tiny_gpt2_path, "p-tuning", steps=6)
-    cfg.model.p_tuning.dropout = 0.1  # the RNG stream must continue exactly where it stopped
-    full = build_loop(cfg)
+def full_and_resumed(cfg: PromptLearningConfig, device=None):
+    """(an uninterrupted run, a run stopped after step 3 and resumed from its state in a fresh loop, that state)."""
+    full = build_loop(cfg, device=device)
     full.run()
-    assert full.engine.model._verified  # dropout did not make the shared-prefix check fail
     saved = {}
 
     class Stop(Exception):
@@ -162,11 +160,19 @@ def test_loop_resumed_from_its_state_finishes_like_an_uninterrupted_one(tmp_path
 
     cfg.exp_manager.name = "interrupted"
     with pytest.raises(Stop):
-        build_loop(cfg).run(on_step=stop_after_3)
-    resumed = build_loop(cfg)
+        build_loop(cfg, device=device).run(on_step=stop_after_3)
+    resumed = build_loop(cfg, device=device)
     resumed.load_state_dict(saved["state"])
     assert resumed.state.step == 3 and resumed.state.position == 12  # 3 steps x 4 micro-batches of 2
     resumed.run()
+    return full, resumed, saved["state"]
+
+
+def test_loop_resumed_from_its_state_finishes_like_an_uninterrupted_one(tmp_path, tiny_gpt2_path):
+    cfg = dp_config(tmp_path, tiny_gpt2_path, "p-tuning", steps=6)
+    cfg.model.p_tuning.dropout = 0.1  # the RNG stream must continue exactly where it stopped
+    full, resumed, _ = full_and_resumed(cfg)
+    assert full.engine.model._verified  # dropout did not make the shared-prefix check fail
     for task in ("a", "b"):
         torch.testing.assert_close(resumed.best_prompts[task], full.best_prompts[task], rtol=0, atol=0)
         torch.testing.assert_close(resumed.engine.model.bank.export()[task], full.engine.model.bank.export()[task],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import promptray.platform.prefix as prefix_mod
-from promptray.platform.batching import collate
+from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import build_examples
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prefix import pack_batch, shared_prefixes, split_shared_prefix
@@ -179,13 +179,11 @@ def test_sliding_window_models_fall_back_to_the_full_forward(tmp_path, tiny_llam
 
 
 def test_layouts_are_planned_on_the_cpu_and_moved_to_the_batchs_device(tiny_gpt2, always_split):
-    from promptray.platform.model import _moved
-
     _, tokenizer = tiny_gpt2
-    on_meta = _moved(batch_of(tokenizer), torch.device("meta"))  # stands in for an accelerator here
-    assert on_meta.input_ids.is_meta and on_meta.tasknames == batch_of(tokenizer).tasknames
-    for layout in (pack_batch(batch_of(tokenizer)), split_shared_prefix(batch_of(tokenizer))):
-        moved = _moved(layout, torch.device("meta"))
+    for obj in (batch_of(tokenizer), pack_batch(batch_of(tokenizer)), split_shared_prefix(batch_of(tokenizer))):
+        moved = to_device(obj, torch.device("meta"))  # stands in for an accelerator here
         tensors = {k: v for k, v in vars(moved).items() if isinstance(v, torch.Tensor)}
-        assert tensors and all(v.is_meta and v.shape == getattr(layout, k).shape for k, v in tensors.items())
-        assert _moved(layout, torch.device("cpu")) is layout  # already there: no copy
+        assert tensors and all(v.is_meta and v.shape == getattr(obj, k).shape for k, v in tensors.items())
+        assert moved.tasknames == obj.tasknames  # what is not a tensor stays as it was
+        assert to_device(obj, torch.device("cpu")) is obj and to_device(obj, None) is obj  # no copy
+    assert to_device(None, torch.device("meta")) is None

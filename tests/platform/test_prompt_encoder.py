@@ -172,6 +172,17 @@ def test_frozen_entries_stored_as_float32():
     assert bank.get("f").dtype == torch.float32 and bank.get("t").dtype == torch.float32
 
 
+def test_prompts_added_after_a_move_go_where_the_bank_is():
+    bank = PromptBank(4)
+    bank.add_frozen("old", torch.ones(2, 4))
+    bank.to(torch.device("meta"))  # stands in for an accelerator (serving loads prompts after the move)
+    bank.add_frozen("new", torch.ones(3, 4, dtype=torch.float64))
+    bank.add_tuned("tuned", torch.zeros(1, 4))
+    assert bank.device.type == "meta"
+    assert all(bank.get(n).is_meta and bank.get(n).dtype == torch.float32 for n in ("old", "new", "tuned"))
+    assert "_anchor" not in bank.state_dict()  # only marks the device; not saved
+
+
 def test_lookup_offsets_for_mixed_tasks():
     bank, src = _bank()
     bank.eval()

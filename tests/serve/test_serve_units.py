@@ -20,8 +20,6 @@ from serve_helpers import INPUTS_FOR_UNITS, run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 def test_prompt_lru_is_bounded_in_bytes_and_reloads_evicted_tasks(table_uri, tiny_gpt2_path):
     params = SamplingParams(max_tokens=5, greedy=True)
     roomy = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32"))
