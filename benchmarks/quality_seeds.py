@@ -55,7 +55,10 @@ def mean_sd(values: list[float]) -> dict:
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for metric in ("generation", "ranking", "val_loss"):
-        bf16, fp32 = [r[f"bf16_{metric}"] for r in rows], [r[f"fp32_{metric}"] for r in rows]
+        have = [r for r in rows if r[f"bf16_{metric}"] is not None and r[f"fp32_{metric}"] is not None]
+        if not have:  # label ranking: only seeds run without --no-ranking
+            continue
+        bf16, fp32 = [r[f"bf16_{metric}"] for r in have], [r[f"fp32_{metric}"] for r in have]
         out[metric] = {"bf16": mean_sd(bf16), "fp32": mean_sd(fp32),
                        "bf16_minus_fp32_paired": mean_sd([a - b for a, b in zip(bf16, fp32)])}
     gap = out["generation"]["bf16_minus_fp32_paired"]
