@@ -105,7 +105,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
     from promptray.platform.peft_interop import export_peft_adapter
-    from promptray.platform.stores import set_default_endpoint
+    from promptray.platform.s3_store import set_default_endpoint
 
     set_default_endpoint(args.endpoint_url)
 
@@ -115,8 +115,8 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
 
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.peft_interop import import_peft_adapter
-    from promptray.platform.stores import set_default_endpoint
+    from promptray.platform.peft_import import import_peft_adapter
+    from promptray.platform.s3_store import set_default_endpoint
 
     set_default_endpoint(args.endpoint_url)
 

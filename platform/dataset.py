@@ -75,7 +75,7 @@ def _read_text(src: Union[str, os.PathLike]) -> tuple[str, str]:
     """(name, text) of a local data file or an s3://bucket/key object."""
     name = os.fspath(src)
     if name.startswith("s3://"):
-        from promptray.platform.stores import read_uri  # boto3 only when S3 is used
+        from promptray.platform.s3_store import read_uri  # boto3 only when S3 is used
 
         data = read_uri(name)
         if data is None:

@@ -106,7 +106,7 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     """Predict every record of `data_paths` and write them to `output_file`; returns a summary."""
     from promptray.platform.inference import load_inference_engine, predict, prepare, write_predictions
-    from promptray.platform.stores import set_default_endpoint
+    from promptray.platform.s3_store import set_default_endpoint
 
     if cfg.s3_endpoint_url:
         set_default_endpoint(cfg.s3_endpoint_url)

@@ -24,7 +24,7 @@ from promptray.platform.errors import PromptTableError, TableConflictError
 from promptray.platform.fingerprint import BaseModelFingerprint
 from promptray.platform.prompt_codec import (META_FIELDS, OBJECT_FORMAT, STYLES, TASKNAME_RE,  # noqa: F401
                                              TaskPrompt, decode_prompt, encode_prompt, validate_prompts)
-from promptray.platform.stores import (MANIFEST_KEY, LocalStore, S3Store, Store, StoredObject,  # noqa: F401
+from promptray.platform.stores import (MANIFEST_KEY, LocalStore, Store, StoredObject,  # noqa: F401
                                        sha256_hex, store_for_uri)
 from promptray.platform.table_manifest import TABLE_FORMAT, TableEvent, VersionInfo  # noqa: F401
 

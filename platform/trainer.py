@@ -22,7 +22,7 @@ from promptray.platform.distributed import Dist, broadcast_parameters, shard_fro
 from promptray.platform.engine import Engine, build_engine
 from promptray.platform.errors import ConfigError
 from promptray.platform.publishing import publish_prompts, write_summary  # noqa: F401  (re-exported)
-from promptray.platform.stores import set_default_endpoint
+from promptray.platform.s3_store import set_default_endpoint
 from promptray.platform.train_loop import LoopState, StepInfo, TrainLoop, TrainResult  # noqa: F401
 from promptray.platform.train_steps import (load_data, lr_lambda, make_optimizer, micro_batches,  # noqa: F401
                                             total_steps, train_step, val_batches, val_interval, validation_loss)

@@ -1,4 +1,4 @@
-"""PEFT interop (promptray.platform.peft_interop): export/import of prompt-tuning adapters, logits parity."""
+"""PEFT interop (promptray.platform.peft_interop / peft_import): export/import of prompt-tuning adapters, logits parity."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from promptray.platform.dataset import build_examples  # noqa: E402
 from promptray.platform.errors import BaseModelMismatchError, ConfigError  # noqa: E402
 from promptray.platform.fingerprint import fingerprint_model  # noqa: E402
 from promptray.platform.model import PromptLearningModel  # noqa: E402
-from promptray.platform.peft_interop import (  # noqa: E402
-    DEFAULT_TEMPLATE, TASK_FILE, export_peft_adapter, import_peft_adapter)
+from promptray.platform.peft_import import import_peft_adapter  # noqa: E402
+from promptray.platform.peft_interop import DEFAULT_TEMPLATE, TASK_FILE, export_peft_adapter  # noqa: E402
 from promptray.platform.prompt_encoder import PromptBank  # noqa: E402
 from promptray.platform.prompt_table import PromptTable, TaskPrompt  # noqa: E402
 from promptray.platform.templates import TaskTemplate  # noqa: E402

@@ -12,7 +12,8 @@ from promptray.platform.errors import (PromptTableError, StoreAccessDeniedError,
                                        StoreUnavailableError)
 from promptray.platform.prompt_table import PromptTable
 from promptray.platform.seaweedfs import free_ports
-from promptray.platform.stores import LocalStore, S3Store, _redact_url, store_for_uri
+from promptray.platform.s3_store import S3Store, _redact_url
+from promptray.platform.stores import LocalStore, store_for_uri
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
