@@ -6,6 +6,15 @@ validation batches (answer-only loss): what differs is only the precision, the a
 batch layout. A variant that cost accuracy would show a lower gradient cosine or a larger loss error
 than the plain bf16 step.
 
+Besides the per-batch cosine it reports how the gradient error (bf16 gradient - fp32 gradient) behaves
+across batches: its size relative to the gradient, and the mean pairwise cosine of the error vectors of
+different batches (near 0: noise that averages out over steps; near 1: the same error every step, which
+Adam's per-coordinate scaling turns into a steady drift where the true gradient is small). Two diagnostic
+variants are not promptray modes: "bf16-residual32", float32 weights except the Linear layers (bf16) under
+CPU autocast, so the residual stream, norms and embeddings stay float32 and only the matmuls run in bf16;
+"fp32-bf16-weights", float32 compute on weights rounded to bf16 (the share of the error that is the rounded
+weights rather than the rounded activations).
+
     python -m benchmarks.bf16_fidelity [--batches 6] [--out bf16_fidelity]
 """
 
@@ -21,7 +30,8 @@ import torch
 from benchmarks.common import INIT_TEXT, MODEL, N_VIRTUAL, machine, read_jsonl, sentiment_splits, table, write_result
 
 VARIANTS = [("fp32", "sdpa", "plain"), ("bf16", "eager", "plain"), ("bf16", "sdpa", "plain"),
-            ("bf16", "eager", "packed"), ("bf16", "eager", "split"), ("fp32", "sdpa", "packed")]
+            ("bf16", "eager", "packed"), ("bf16", "eager", "split"), ("fp32", "sdpa", "packed"),
+            ("bf16-residual32", "eager", "plain"), ("fp32-bf16-weights", "sdpa", "plain")]
 
 
 def step_model(precision: str, attention: str, layout: str):
@@ -34,13 +44,28 @@ def step_model(precision: str, attention: str, layout: str):
     lm, tok = load_base_model(MODEL)
     bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
     bank.add_tuned("sentiment", init_from_text(INIT_TEXT, N_VIRTUAL, tok, lm.get_input_embeddings()))
-    model = PromptLearningModel(lm, bank, precision).train()
+    model = PromptLearningModel(lm, bank, "bf16" if precision == "bf16" else "fp32").train()
+    if precision == "bf16-residual32":
+        residual32(model)
+    elif precision == "fp32-bf16-weights":
+        with torch.no_grad():
+            for p in lm.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
     lm.set_attn_implementation(attention)
     model._attention = None  # keep the chosen kernel
     model.share_prefix, model.fast_paths = layout != "plain", [] if layout == "plain" else [layout]
     model._verified = {layout}
     prefix_mod.MAX_COST = 10.0  # share the prefix on every batch, gain or not
     return model, tok
+
+
+def residual32(model) -> None:
+    """The diagnostic variant: Linear layers (not the output head) in bf16, the rest float32, under autocast."""
+    head = model.lm.get_output_embeddings()
+    for m in model.lm.modules():
+        if isinstance(m, torch.nn.Linear) and m is not head:
+            m.to(torch.bfloat16)
+    model.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def batches(tok, n: int, size: int = 8):
@@ -66,6 +91,18 @@ def losses_and_grads(model, data) -> tuple[list[float], list[torch.Tensor]]:
     return losses, grads
 
 
+def error_consistency(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> dict:
+    """Size of the gradient error relative to the fp32 gradient, and how alike the errors of different
+    batches are (mean pairwise cosine; None for the reference itself, whose error is zero)."""
+    errs = [(g - r).flatten() for g, r in zip(grads, ref)]  # (n*H,) per batch
+    rel = statistics.fmean(float(e.norm() / r.norm()) for e, r in zip(errs, ref))
+    if rel == 0:
+        return {"grad_error_relative": 0.0, "grad_error_pairwise_cosine": None}
+    pairs = [float(torch.nn.functional.cosine_similarity(errs[i], errs[j], dim=0))
+             for i in range(len(errs)) for j in range(i + 1, len(errs))]
+    return {"grad_error_relative": round(rel, 4), "grad_error_pairwise_cosine": round(statistics.fmean(pairs), 3)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=6, help="validation batches of 8")
@@ -88,10 +125,13 @@ def main(argv=None) -> dict:
         result["variants"][name] = {
             "mean_abs_loss_error": round(statistics.fmean(abs(a - b) for a, b in zip(loss, ref_loss)), 6),
             "grad_cosine_mean": round(statistics.fmean(cos), 5), "grad_cosine_min": round(min(cos), 5),
-            "grad_norm_ratio_mean_abs_error": round(statistics.fmean(abs(x - 1) for x in norm), 4)}
+            "grad_norm_ratio_mean_abs_error": round(statistics.fmean(abs(x - 1) for x in norm), 4),
+            "grad_norm_ratio_mean": round(statistics.fmean(norm), 4), **error_consistency(grad, ref_grad)}
     print(table([[k, v["mean_abs_loss_error"], v["grad_cosine_mean"], v["grad_cosine_min"],
-                  v["grad_norm_ratio_mean_abs_error"]] for k, v in result["variants"].items()],
-                ["precision/attention/layout", "|loss - fp32|", "grad cos mean", "grad cos min", "|norm ratio - 1|"]))
+                  v["grad_norm_ratio_mean"], v["grad_error_relative"], v["grad_error_pairwise_cosine"]]
+                 for k, v in result["variants"].items()],
+                ["precision/attention/layout", "|loss - fp32|", "grad cos mean", "grad cos min", "norm ratio",
+                 "|error| / |grad|", "error cos across batches"]))
     write_result(args.out, result)
     return result
 
