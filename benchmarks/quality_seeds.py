@@ -7,6 +7,9 @@ standard error alone is ~1.7 points at 87%), so the precision comparison is read
     for s in 1 2 3; do python -m benchmarks.quality --variants promptray_bf16 promptray_fp32 --seed $s \\
         --out quality_packed_seed$s; done
     python -m benchmarks.quality_seeds --glob 'quality_packed_seed*.json' --out quality_seeds
+
+`--no-ranking` on the quality runs skips the label-ranking metric (about 40% of a pair's time); the ranking
+summary then covers only the seeds that have it.
 """
 
 from __future__ import annotations
