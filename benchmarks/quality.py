@@ -92,9 +92,11 @@ def evaluate_promptray(engine, records: list[dict], labels: list[str], strip: bo
     preds = predict(engine, examples, params, EVAL_BATCH, progress=progress)
     gen_ok = [bool(exact_match(p, e.reference)) for p, e in zip(preds, examples)]
     t_gen = time.time() - t0
-    scores = {lab: answer_logprobs(engine.model, label_examples(engine, records, lab, strip),
-                                   engine.tokenizer.pad_token_id, EVAL_BATCH) for lab in labels} if ranking else {}
-    ranked = [max(labels, key=lambda lab: scores[lab][i]) if ranking else None for i in range(len(records))]
+    ranked: list[Optional[str]] = [None] * len(records)  # None: not ranked (--no-ranking)
+    if ranking:
+        scores = {lab: answer_logprobs(engine.model, label_examples(engine, records, lab, strip),
+                                       engine.tokenizer.pad_token_id, EVAL_BATCH) for lab in labels}
+        ranked = [max(labels, key=lambda lab: scores[lab][i]) for i in range(len(records))]
     return metrics(records, preds, gen_ok, ranked, t_gen, time.time() - t0 - t_gen)
 
 
@@ -269,7 +271,7 @@ def metrics(records: list[dict], preds: list[str], gen_ok: list[bool], ranked: l
         outputs[key] = outputs.get(key, 0) + 1
     top = dict(sorted(outputs.items(), key=lambda kv: -kv[1])[:6])
     return {"n": n, "generation_accuracy": round(sum(gen_ok) / n, 4),
-            "label_ranking_accuracy": None if None in ranked else  # None: run with --no-ranking
+            "label_ranking_accuracy": None if None in ranked else
             round(sum(r == rec["label"] for r, rec in zip(ranked, records)) / n, 4),
             "generation_outputs_top": top,
             "ranking_predicted_positive": None if None in ranked else

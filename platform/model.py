@@ -146,7 +146,7 @@ class PromptLearningModel(nn.Module):
             for kind in self.fast_paths if self.share_prefix else ():
                 host = to_device(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
                 layout = to_device(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
-                                batch.input_ids.device)
+                                   batch.input_ids.device)
                 out = self._loss_layout(kind, layout) if layout is not None else None
                 if out is not None:
                     return out if kind in self._verified else self._verify(kind, layout, out, batch)

@@ -31,7 +31,7 @@ from promptray.platform.errors import BaseModelMismatchError, ConfigError
 from promptray.platform.fingerprint import BaseModelFingerprint, embedding_sha256, fingerprint_model
 from promptray.platform.peft_interop import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_PICKLE,
                                              DEFAULT_ANSWER_FIELD, DEFAULT_TEMPLATE, IMPORTABLE_PEFT_TYPES,
-                                             TASK_FILE, TASK_FILE_FORMAT, WEIGHT_KEY, TableLike, _table,
+                                             TASK_FILE, TASK_FILE_FORMAT, WEIGHT_KEY, TableLike, as_table,
                                              peft_layout_problems)
 from promptray.platform.prompt_table import TaskPrompt
 from promptray.platform.templates import TaskTemplate, validate_task_templates
@@ -101,7 +101,8 @@ def _export_meta(adapter_dir: Path) -> Optional[dict]:
     except ValueError:
         warnings.warn(f"ignoring {str(path)!r}: not valid JSON", UserWarning, stacklevel=3)
         return None
-    if not isinstance(meta, dict) or meta.get("format") != TASK_FILE_FORMAT or not isinstance(meta.get("template"), dict):
+    if not isinstance(meta, dict) or meta.get("format") != TASK_FILE_FORMAT or \
+            not isinstance(meta.get("template"), dict):
         warnings.warn(f"ignoring {str(path)!r}: not a {TASK_FILE_FORMAT!r} file", UserWarning, stacklevel=3)
         return None
     return meta
@@ -171,7 +172,7 @@ def import_peft_adapter(adapter_dir: str | os.PathLike, table_uri: TableLike, ta
     metrics = meta.get("metrics", {}) if unchanged and isinstance(meta.get("metrics"), dict) else {}
     prompt = TaskPrompt(taskname=taskname, embeddings=emb, template=template, style="imported",
                         base_model=fingerprint, metrics=metrics, source=_import_source(folder, config, meta))
-    return _table(table_uri).publish([prompt])[taskname]
+    return as_table(table_uri).publish([prompt])[taskname]
 
 
 def _base_fingerprint(folder: Path, name: Optional[str], dim: int) -> BaseModelFingerprint:

@@ -42,7 +42,8 @@ DEFAULT_ANSWER_FIELD = "output"
 TableLike = Union[str, os.PathLike, PromptTable]
 
 
-def _table(table_uri_or_table: TableLike) -> PromptTable:
+def as_table(table_uri_or_table: TableLike) -> PromptTable:
+    """The table itself, or the table at a URI."""
     return table_uri_or_table if isinstance(table_uri_or_table, PromptTable) else PromptTable(table_uri_or_table)
 
 
@@ -102,7 +103,7 @@ def export_peft_adapter(table_uri_or_table: TableLike, taskname: str, out_dir: s
     Only templates with one `<|VIRTUAL_PROMPT_0|>` at the very start can be expressed, since PEFT prepends
     all virtual tokens; `force=True` exports other templates anyway (rows prepended in order) with a warning.
     """
-    table = _table(table_uri_or_table)
+    table = as_table(table_uri_or_table)
     prompt = table.get(taskname, version)
     layout = _check_export_layout(prompt, force)
     base_name = base_model_name_or_path or prompt.base_model.name

@@ -1,4 +1,4 @@
-"""PEFT interop (promptray.platform.peft_interop / peft_import): export/import of prompt-tuning adapters, logits parity."""
+"""PEFT interop (platform/peft_interop.py, peft_import.py): export/import of prompt-tuning adapters, logits parity."""
 
 from __future__ import annotations
 
