@@ -26,7 +26,7 @@ from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example, Tokenization, encode_chunks
 from promptray.platform.generation import prefill_plain
 from promptray.platform.model import PromptLearningModel
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.templates import TaskTemplate, constant_start, render_parts
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TaskPrefix:
 def prefix_tokens(template: TaskTemplate, tokenizer, add_bos: bool = False) -> tuple[list[int], list[int]]:
     """(input_ids, virtual_ids) of the constant start of a task's inference prompts: everything before the
     first data field. A trailing text token is left out: the tokenizer may merge it with the field's text."""
-    chunks = template.render({}, inference=True)  # no fields: the prompt ends where the first field starts
+    chunks = render_parts(constant_start(template.parts), {}, template.target_field, inference=True)
     ids, vids, _ = encode_chunks(chunks, Tokenization.of(tokenizer), False, add_bos, False)
     if chunks and chunks[-1].kind != "virtual" and ids:
         ids, vids = ids[:-1], vids[:-1]
