@@ -115,8 +115,8 @@ def prefill_with_prefixes(model: PromptLearningModel, examples: Sequence[Example
 class PrefixCache:
     """Task version key -> its cached prompt start. Switches itself off for models without a plain cache."""
 
-    def __init__(self, model: PromptLearningModel, tokenizer, add_bos: bool = False, enabled: bool = True):
-        self.model, self.tokenizer, self.add_bos = model, tokenizer, add_bos
+    def __init__(self, model: PromptLearningModel, tokenizer, enabled: bool = True):
+        self.model, self.tokenizer = model, tokenizer
         self.enabled = enabled
         self._entries: dict[str, Optional[TaskPrefix]] = {}
 
@@ -131,11 +131,12 @@ class PrefixCache:
         return entry.nbytes if entry is not None else 0
 
     @torch.no_grad()
-    def add(self, key: str, template: TaskTemplate) -> Optional[TaskPrefix]:
-        """Compute and keep the prefix of task version `key` (already in the model's prompt bank)."""
+    def add(self, key: str, template: TaskTemplate, *, add_bos: bool = False) -> Optional[TaskPrefix]:
+        """Compute and keep the prefix of task version `key` (already in the model's prompt bank); `add_bos`:
+        whether the task's prompts start with BOS (as it was trained), so the prefix starts with it too."""
         if not self.enabled:
             return None
-        ids, vids = prefix_tokens(template, self.tokenizer, self.add_bos)
+        ids, vids = prefix_tokens(template, self.tokenizer, add_bos)
         entry = None
         if ids:
             dev = self.model.device
