@@ -13,6 +13,10 @@ Template of an imported task, first match wins:
      virtual tokens, then the record's `input` text exactly as PEFT would see it (no separator added);
      `output` is the answer (the reference at inference, never fed). Records need only `input` at
      inference. As everywhere in promptray, the inference prompt has its trailing whitespace removed.
+
+Encoding of an imported task (see `encoding.py`): add_bos / add_eos as recorded in an unchanged
+`promptray_task.json`, else the defaults (no BOS: PEFT puts the virtual tokens first); the tokenizer
+fingerprint is that of the base model imported against.
 """
 
 from __future__ import annotations

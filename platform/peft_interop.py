@@ -12,8 +12,9 @@ exports it with a warning).
 
 Export writes, next to the two PEFT files, `promptray_task.json` with what PEFT has no place for (task
 name, table version, template, encoding (add_bos, add_eos, tokenizer fingerprint), base-model
-fingerprint, metrics, source), so an export imported back into a table loses nothing. PEFT ignores that file; nothing promptray-specific goes into `adapter_config.json`, so
-`PeftModel.from_pretrained` loads the folder without warnings. peft itself is never imported here.
+fingerprint, metrics, source), so an export imported back into a table loses nothing. PEFT ignores that
+file; nothing promptray-specific goes into `adapter_config.json`, so `PeftModel.from_pretrained` loads the
+folder without warnings. peft itself is never imported here.
 
 Import (the other direction) is `peft_import.import_peft_adapter`.
 """
