@@ -1,7 +1,8 @@
 """Serving prefix cache: the KV cache of each task version's constant prompt start, computed once and reused.
 
-Every request of a task starts with the same tokens: its virtual tokens and the literal template text
-before the first data field (e.g. `<|VIRTUAL_PROMPT_0|> Review:`). `PrefixCache` runs that start once per
+Every request of a task starts with the same tokens: a BOS when the task version was trained with one
+(`encoding.TaskEncoding.add_bos`), its virtual tokens and the literal template text before the first data
+field (e.g. `<|VIRTUAL_PROMPT_0|> Review:`). `PrefixCache` runs that start once per
 task version (one row, no padding) and keeps its per-layer keys and values. A generation batch that mixes
 tasks then assembles each row's cache from its task's entry (shorter prefixes padded with masked slots),
 runs only the left-padded remainders against it, with position ids continuing each row's own positions,
@@ -50,7 +51,7 @@ class TaskPrefix:
 
 def prefix_tokens(template: TaskTemplate, tokenizer, add_bos: bool = False) -> tuple[list[int], list[int]]:
     """(input_ids, virtual_ids) of the constant start of a task's inference prompts: everything before the
-    first data field. A trailing text token is left out: the tokenizer may merge it with the field's text."""
+    first data field (after a BOS with `add_bos`). A trailing text token is left out: the tokenizer may merge it with the field's text."""
     chunks = render_parts(constant_start(template.parts), {}, template.target_field, inference=True)
     ids, vids, _ = encode_chunks(chunks, Tokenization.of(tokenizer), False, add_bos, False)
     if chunks and chunks[-1].kind != "virtual" and ids:
