@@ -110,3 +110,12 @@ def test_trained_with_bos_infer_prepares_bos_first_without_being_told(tmp_path, 
         (plain,) = prepare(engine, [record], 4, add_bos=False)
     assert plain.virtual_ids[:3] == [0, 1, 2] and plain.input_ids == ex.input_ids[1:]
     assert "task 'a' was trained with add_bos=True but add_BOS=False was given" in caplog.text
+
+
+def test_publish_checks_the_encoding_type(tiny_gpt2, tmp_path):
+    from promptray.platform.errors import ConfigError
+
+    bad = _prompt(tiny_gpt2, TaskEncoding())
+    bad.encoding = {"add_bos": True}  # a dict, not a TaskEncoding
+    with pytest.raises(ConfigError, match="encoding must be a TaskEncoding, got dict"):
+        PromptTable(tmp_path / "t").publish([bad])
