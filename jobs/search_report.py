@@ -13,6 +13,7 @@ import torch
 from promptray.jobs.search_space import trial_config
 from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
 from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.encoding import TaskEncoding
 from promptray.platform.errors import PromptrayError
 from promptray.platform.prompt_table import PromptTable, TaskPrompt
 from promptray.platform.publishing import _same_table
@@ -93,9 +94,11 @@ def publish_best(cfg: PromptLearningConfig, best: dict[str, tuple[list[str], dic
                   "trial_config": choice, "config_name": cfg.name, "run_dir": str(cfg.run_dir)}
         metrics = {metric: row[metric], "iterations": row["iterations"]}
         templates = {t.taskname: t for t in tcfg.templates}
+        d = tcfg.model.data
+        encoding = TaskEncoding.of(engine.tokenizer, add_bos=d.add_bos, add_eos=d.add_eos)
         out += [TaskPrompt(n, prompts[n], templates[n].model_dump(), tcfg.model.virtual_prompt_style,
-                           engine.fingerprint, metrics, source) for n in tasks]
+                           engine.fingerprint, metrics, source, encoding=encoding) for n in tasks]
     if not (cfg.model.restore_path and _same_table(cfg.model.restore_path, cfg.table_uri)):
         out += [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
-                           p.created_at) for p in engine.existing.values()]
+                           p.created_at, encoding=p.encoding) for p in engine.existing.values()]
     return PromptTable(cfg.table_uri).publish(out)

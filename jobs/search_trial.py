@@ -20,6 +20,7 @@ from promptray.jobs.search_space import trial_config
 from promptray.platform.config import PromptLearningConfig, load_config
 from promptray.platform.distributed import Dist
 from promptray.platform.engine import Engine
+from promptray.platform.encoding import TaskEncoding
 from promptray.platform.generation import GenerationParams
 from promptray.platform.inference import InferenceEngine, exact_match, predict, prepare
 from promptray.platform.devices import resolve_device
@@ -164,10 +165,12 @@ class _Reporter:
         """Greedy exact match on the whole validation set. Every worker computes it (the prompts are
         replicated, so the values agree; with model.sharding: fsdp each forward needs every worker)."""
         e = self.engine
-        ie = InferenceEngine(e.model, e.tokenizer, {n: e.templates[n] for n in e.new_tasks}, {}, e.fingerprint)
+        d = self.cfg.model.data
+        trained = TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)  # what this trial trains with
+        ie = InferenceEngine(e.model, e.tokenizer, {n: e.templates[n] for n in e.new_tasks}, {}, e.fingerprint,
+                             {n: trained for n in e.new_tasks})
         if self.examples is None:
-            d = self.cfg.model.data
-            self.examples = prepare(ie, d.validation_ds, self.tokens, d.add_bos)
+            self.examples = prepare(ie, d.validation_ds, self.tokens)  # formatted as trained
         e.model.eval()
         try:
             preds = predict(ie, self.examples, GenerationParams(tokens_to_generate=self.tokens),

@@ -1,7 +1,7 @@
 """`promptray table ...`: inspect and manage a prompt table (a local path, file:// or s3:// URI).
 
     promptray table ls URI [--deleted]             current tasks (version, tokens, style, base model, created)
-    promptray table show URI TASK [--version V]    one task: template, metadata, metrics, embedding stats
+    promptray table show URI TASK [--version V]    one task: template, encoding, metadata, metrics, embedding stats
     promptray table history URI TASK               every version of a task, oldest first, and the event log
     promptray table rollback URI TASK VERSION      make an earlier version current (a new manifest generation)
     promptray table rm URI TASK                    remove a task from the current set (kept in history)
@@ -58,7 +58,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                   "num_virtual_tokens": p.num_virtual_tokens, "hidden_size": int(emb.shape[1]),
                   "embedding_stats": {"mean": float(emb.mean()), "std": float(emb.std()),
                                       "norm_per_token": float(emb.norm(dim=1).mean())},
-                  "base_model": p.base_model.to_dict(), "metrics": p.metrics, "source": p.source,
+                  "base_model": p.base_model.to_dict(), "encoding": p.encoding.to_dict(), "metrics": p.metrics,
+                  "source": p.source,
                   "created_at": p.created_at})
     return 0
 

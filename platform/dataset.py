@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from promptray.platform.errors import DatasetError
 from promptray.platform.templates import Chunk, TaskTemplate
@@ -206,16 +206,18 @@ def encode_record(template: TaskTemplate, record: Record, tok: Tokenization, max
 
 
 def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tokenizer, max_seq_length: int,
-                   add_eos: bool = True, add_bos: bool = False, inference: bool = False, unknown_hint: str = "",
-                   ) -> tuple[list[Example], DatasetStats]:
-    """Read, check and encode records. Over-long examples that cannot be truncated are dropped and counted."""
+                   add_eos: bool = True, add_bos: Union[bool, Mapping[str, bool]] = False, inference: bool = False,
+                   unknown_hint: str = "") -> tuple[list[Example], DatasetStats]:
+    """Read, check and encode records. Over-long examples that cannot be truncated are dropped and counted.
+    `add_bos`: one value for every task, or taskname -> value (tasks of a mixed batch may differ)."""
     by_name = {t.taskname: t for t in templates}
     records = read_records(sources)
     check_records(records, by_name, inference, unknown_hint)
     tok, stats, examples = Tokenization.of(tokenizer), DatasetStats(), []
     for r in records:
         name = r.data["taskname"]
-        ex, truncated = encode_record(by_name[name], r, tok, max_seq_length, add_eos, add_bos, inference)
+        bos = add_bos[name] if isinstance(add_bos, Mapping) else add_bos
+        ex, truncated = encode_record(by_name[name], r, tok, max_seq_length, add_eos, bos, inference)
         if ex is None:
             stats.dropped[name] += 1
             continue

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from promptray.platform.config import PromptLearningConfig
+from promptray.platform.encoding import TokenizerFingerprint, fingerprint_tokenizer
 from promptray.platform.errors import ConfigError
 from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.hub import load_base_model
@@ -36,15 +37,15 @@ class Engine:
     existing: dict[str, TaskPrompt] = field(default_factory=dict)  # restored, frozen
 
 
-def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint]
-                  ) -> dict[str, TaskPrompt]:
-    """Existing tasks from a table, checked against the base model."""
+def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint],
+                  tokenizer: Optional[TokenizerFingerprint] = None) -> dict[str, TaskPrompt]:
+    """Existing tasks from a table, checked against the base model and its tokenizer."""
     known, uri = table.tasks(), table.uri
     missing = [n for n in names if n not in known]
     if missing:
         raise ConfigError(f"model.existing_tasks: {missing} not in the prompt table at {uri!r} "
                           f"(it has {known}); fix existing_tasks or restore_path")
-    return table.get_many(names, base_model=fingerprint)
+    return table.get_many(names, base_model=fingerprint, tokenizer=tokenizer)
 
 
 def _check_new_tasks(cfg: PromptLearningConfig, table: Optional[PromptTable]) -> None:
@@ -108,7 +109,8 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     lm_name = m.language_model_path or _base_model_from_table(restored)
     lm, tokenizer = load_base_model(lm_name)
     fingerprint = fingerprint_model(lm, lm_name)
-    existing = restore_tasks(restored, m.existing_tasks, fingerprint) if m.existing_tasks else {}
+    existing = (restore_tasks(restored, m.existing_tasks, fingerprint, fingerprint_tokenizer(tokenizer))
+                if m.existing_tasks else {})
     templates = _merge_templates(cfg, existing)
     vocab = lm.get_input_embeddings()  # rows as the model sees them (float32 as loaded)
     bank = build_bank(cfg, templates, existing, tokenizer, vocab)

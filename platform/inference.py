@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example, Source, build_examples
+from promptray.platform.encoding import TaskEncoding, add_bos_by_task, fingerprint_tokenizer, warn_bos_overrides
 from promptray.platform.errors import ConfigError, DatasetError
 from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.generation import GenerationParams, generate
@@ -37,12 +38,14 @@ class InferenceEngine:
     templates: dict[str, TaskTemplate]
     versions: dict[str, Optional[str]]
     fingerprint: BaseModelFingerprint
+    encodings: dict[str, TaskEncoding] = field(default_factory=dict)  # as trained; absent: the defaults
 
 
 def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
                           precision: str = "fp32", device: Optional[torch.device] = None) -> InferenceEngine:
     """The base model (default: the one the table's prompts were trained on) with the table's tasks, on
-    `device` (None: the CPU)."""
+    `device` (None: the CPU). Raises BaseModelMismatchError (encoding.TokenizerMismatchError for the
+    tokenizer) when a task was trained on another model or tokenizer."""
     table = PromptTable(table_uri)
     names = tasks or table.tasks()
     if not names:
@@ -50,7 +53,7 @@ def load_inference_engine(table_uri: str, base_model: Optional[str] = None, task
     name = base_model or table.get(names[0]).base_model.name
     lm, tokenizer = load_base_model(name)
     fingerprint = fingerprint_model(lm, name)
-    prompts = table.get_many(names, base_model=fingerprint)
+    prompts = table.get_many(names, base_model=fingerprint, tokenizer=fingerprint_tokenizer(tokenizer))
     return engine_from_prompts(lm, tokenizer, fingerprint, prompts, precision, device)
 
 
@@ -63,15 +66,22 @@ def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompt
     if device is not None:
         model.to(device)  # the prompts (the bank's buffers) move with it
     templates = {n: TaskTemplate.model_validate(p.template) for n, p in prompts.items()}
-    return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint)
+    return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint,
+                           {n: p.encoding for n, p in prompts.items()})
 
 
 def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
-            add_bos: bool = False) -> list[Example]:
-    """Inference examples; prompts too long for the model are an error (nothing is dropped silently)."""
+            add_bos: Optional[bool] = None) -> list[Example]:
+    """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
+
+    `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
+    `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
+    log.warning naming each task of `sources` trained otherwise."""
     limit = engine.model.max_positions - tokens_to_generate
+    bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
-                                     add_eos=False, add_bos=add_bos, inference=True)
+                                     add_eos=False, add_bos=bos, inference=True)
+    warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
     dropped = sum(stats.dropped.values())
     if dropped:
         raise DatasetError(f"{dropped} record(s) do not fit the model's {engine.model.max_positions} positions "

@@ -13,6 +13,10 @@ Template of an imported task, first match wins:
      virtual tokens, then the record's `input` text exactly as PEFT would see it (no separator added);
      `output` is the answer (the reference at inference, never fed). Records need only `input` at
      inference. As everywhere in promptray, the inference prompt has its trailing whitespace removed.
+
+Encoding of an imported task (see `encoding.py`): add_bos / add_eos as recorded in an unchanged
+`promptray_task.json`, else the defaults (no BOS: PEFT puts the virtual tokens first); the tokenizer
+fingerprint is that of the base model imported against.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from promptray.platform.encoding import TaskEncoding, TokenizerFingerprint, fingerprint_tokenizer
 from promptray.platform.errors import BaseModelMismatchError, ConfigError
 from promptray.platform.fingerprint import BaseModelFingerprint, embedding_sha256, fingerprint_model
 from promptray.platform.peft_interop import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_PICKLE,
@@ -160,7 +165,8 @@ def import_peft_adapter(adapter_dir: str | os.PathLike, table_uri: TableLike, ta
     config, emb = _read_adapter(folder)  # emb: (n, H)
     n = int(emb.shape[0])
     meta = _export_meta(folder)
-    fingerprint = _base_fingerprint(folder, base_model or config.get("base_model_name_or_path"), int(emb.shape[1]))
+    fingerprint, tokenizer = _base_fingerprint(folder, base_model or config.get("base_model_name_or_path"),
+                                               int(emb.shape[1]))
     unchanged = meta is not None and meta.get("embeddings_sha256") == embedding_sha256(emb)
     if unchanged:
         _warn_other_base(meta, fingerprint)
@@ -171,26 +177,41 @@ def import_peft_adapter(adapter_dir: str | os.PathLike, table_uri: TableLike, ta
         template = _build_template(taskname, n, prompt_template, answer_field, truncate_field, answer_only_loss)
     metrics = meta.get("metrics", {}) if unchanged and isinstance(meta.get("metrics"), dict) else {}
     prompt = TaskPrompt(taskname=taskname, embeddings=emb, template=template, style="imported",
-                        base_model=fingerprint, metrics=metrics, source=_import_source(folder, config, meta))
+                        base_model=fingerprint, metrics=metrics, source=_import_source(folder, config, meta),
+                        encoding=_encoding(meta if unchanged else None, tokenizer))
     return as_table(table_uri).publish([prompt])[taskname]
 
 
-def _base_fingerprint(folder: Path, name: Optional[str], dim: int) -> BaseModelFingerprint:
-    """Fingerprint of the base model `name`, whose hidden size must be the adapter's token_dim `dim`."""
+def _encoding(meta: Optional[dict], tokenizer: TokenizerFingerprint) -> TaskEncoding:
+    """The imported task's encoding: add_bos/add_eos as exported (the defaults for a plain PEFT adapter, whose
+    inputs PEFT never starts with a BOS before the virtual tokens), the importing base model's tokenizer."""
+    exported = TaskEncoding.from_dict(meta.get("encoding") if meta and isinstance(meta.get("encoding"), dict)
+                                      else None)
+    if exported.tokenizer is not None and exported.tokenizer.mismatches(tokenizer):
+        warnings.warn(f"the adapter was exported from a task trained with tokenizer {exported.tokenizer.name!r}, "
+                      f"which differs from {tokenizer.name!r} (" + "; ".join(exported.tokenizer.mismatches(tokenizer))
+                      + "); importing with the latter", UserWarning, stacklevel=3)
+    return TaskEncoding(exported.add_bos, exported.add_eos, tokenizer)
+
+
+def _base_fingerprint(folder: Path, name: Optional[str], dim: int
+                      ) -> tuple[BaseModelFingerprint, TokenizerFingerprint]:
+    """Fingerprints of the base model `name` (whose hidden size must be the adapter's token_dim `dim`) and
+    of its tokenizer."""
     from promptray.platform.hub import load_base_model
 
     if not name:
         raise _fail(f"{str(folder / ADAPTER_CONFIG)!r} has no base_model_name_or_path; pass base_model= "
                     "(the model the adapter was trained on)")
-    lm, _ = load_base_model(str(name))
-    fingerprint = fingerprint_model(lm, str(name))
+    lm, tok = load_base_model(str(name))
+    fingerprint, tokenizer = fingerprint_model(lm, str(name)), fingerprint_tokenizer(tok)
     del lm
     if fingerprint.hidden_size != dim:
         raise BaseModelMismatchError(
             f"PEFT adapter {str(folder)!r} has token_dim {dim} but base model {str(name)!r} has hidden size "
             f"{fingerprint.hidden_size}; the adapter was trained on another model. Pass base_model= naming "
             "the model it was trained on")
-    return fingerprint
+    return fingerprint, tokenizer
 
 
 def _warn_other_base(meta: dict, fingerprint: BaseModelFingerprint) -> None:

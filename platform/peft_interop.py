@@ -5,10 +5,16 @@ one tensor `prompt_embeddings` (num_virtual_tokens, token_dim) PEFT prepends to 
 every sequence. That is a promptray template with one `<|VIRTUAL_PROMPT_0|>` marker at its very start; a
 template with several markers (or text before the marker) has no PEFT equivalent.
 
+A task trained with `model.data.add_bos` has no PEFT equivalent either: its inputs start with BOS *before*
+the virtual tokens, and PEFT has no setting for that (it prepends the virtual tokens to whatever ids the
+caller's tokenizer gives). It is refused like a template with text before the marker (`force=True`
+exports it with a warning).
+
 Export writes, next to the two PEFT files, `promptray_task.json` with what PEFT has no place for (task
-name, table version, template, base-model fingerprint, metrics, source), so an export imported back into a
-table loses nothing. PEFT ignores that file; nothing promptray-specific goes into `adapter_config.json`, so
-`PeftModel.from_pretrained` loads the folder without warnings. peft itself is never imported here.
+name, table version, template, encoding (add_bos, add_eos, tokenizer fingerprint), base-model
+fingerprint, metrics, source), so an export imported back into a table loses nothing. PEFT ignores that
+file; nothing promptray-specific goes into `adapter_config.json`, so `PeftModel.from_pretrained` loads the
+folder without warnings. peft itself is never imported here.
 
 Import (the other direction) is `peft_import.import_peft_adapter`.
 """
@@ -125,13 +131,16 @@ def _check_export_layout(prompt: TaskPrompt, force: bool) -> list[str]:
     """Why the task's template has no PEFT equivalent ([] when it has one): an error, or with `force` a warning."""
     template = TaskTemplate.model_validate(prompt.template)
     layout = peft_layout_problems(template)
+    if prompt.encoding.add_bos:
+        layout.append("it was trained with add_bos=true (a BOS token before the virtual tokens), which PEFT "
+                      "cannot express")
     if layout and not force:
         raise ConfigError(
             [f"task {prompt.taskname!r} template {template.prompt_template!r} cannot be expressed as a PEFT "
              "adapter: " + "; ".join(layout) + ". PEFT prompt tuning prepends all num_virtual_tokens virtual "
              "tokens before the input, so only a single <|VIRTUAL_PROMPT_0|> at the very start of the template "
-             "maps to it. Pass force=True to export anyway (all virtual tokens then go first, which changes the "
-             "task's behaviour)"], title="cannot export PEFT adapter")
+             "maps to it, without a BOS token before it. Pass force=True to export anyway (all virtual tokens then "
+             "go first, which changes the task's behaviour)"], title="cannot export PEFT adapter")
     if layout:
         warnings.warn(f"exporting task {prompt.taskname!r} to PEFT with force=True although its template "
                       f"{template.prompt_template!r} " + "; ".join(layout) + ": PEFT will prepend all "
@@ -170,4 +179,5 @@ def _task_meta(prompt: TaskPrompt, source: Optional[str], emb: torch.Tensor, lay
     return {"format": TASK_FILE_FORMAT, "taskname": prompt.taskname, "version": prompt.version, "table": source,
             "template": prompt.template, "style": prompt.style, "metrics": prompt.metrics, "source": prompt.source,
             "created_at": prompt.created_at, "base_model": prompt.base_model.to_dict(),
+            "encoding": prompt.encoding.to_dict(),
             "embeddings_sha256": embedding_sha256(emb), "peft_compatible": not layout, "forced": bool(layout)}

@@ -1,7 +1,8 @@
 """Serving prefix cache: the KV cache of each task version's constant prompt start, computed once and reused.
 
-Every request of a task starts with the same tokens: its virtual tokens and the literal template text
-before the first data field (e.g. `<|VIRTUAL_PROMPT_0|> Review:`). `PrefixCache` runs that start once per
+Every request of a task starts with the same tokens: a BOS when the task version was trained with one
+(`encoding.TaskEncoding.add_bos`), its virtual tokens and the literal template text before the first data
+field (e.g. `<|VIRTUAL_PROMPT_0|> Review:`). `PrefixCache` runs that start once per
 task version (one row, no padding) and keeps its per-layer keys and values. A generation batch that mixes
 tasks then assembles each row's cache from its task's entry (shorter prefixes padded with masked slots),
 runs only the left-padded remainders against it, with position ids continuing each row's own positions,
@@ -26,7 +27,7 @@ from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example, Tokenization, encode_chunks
 from promptray.platform.generation import prefill_plain
 from promptray.platform.model import PromptLearningModel
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.templates import TaskTemplate, constant_start, render_parts
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class TaskPrefix:
 
 def prefix_tokens(template: TaskTemplate, tokenizer, add_bos: bool = False) -> tuple[list[int], list[int]]:
     """(input_ids, virtual_ids) of the constant start of a task's inference prompts: everything before the
-    first data field. A trailing text token is left out: the tokenizer may merge it with the field's text."""
-    chunks = template.render({}, inference=True)  # no fields: the prompt ends where the first field starts
+    first data field (after a BOS with `add_bos`). A trailing text token is left out: the tokenizer may merge it with the field's text."""
+    chunks = render_parts(constant_start(template.parts), {}, template.target_field, inference=True)
     ids, vids, _ = encode_chunks(chunks, Tokenization.of(tokenizer), False, add_bos, False)
     if chunks and chunks[-1].kind != "virtual" and ids:
         ids, vids = ids[:-1], vids[:-1]
@@ -115,8 +116,8 @@ def prefill_with_prefixes(model: PromptLearningModel, examples: Sequence[Example
 class PrefixCache:
     """Task version key -> its cached prompt start. Switches itself off for models without a plain cache."""
 
-    def __init__(self, model: PromptLearningModel, tokenizer, add_bos: bool = False, enabled: bool = True):
-        self.model, self.tokenizer, self.add_bos = model, tokenizer, add_bos
+    def __init__(self, model: PromptLearningModel, tokenizer, enabled: bool = True):
+        self.model, self.tokenizer = model, tokenizer
         self.enabled = enabled
         self._entries: dict[str, Optional[TaskPrefix]] = {}
 
@@ -131,11 +132,12 @@ class PrefixCache:
         return entry.nbytes if entry is not None else 0
 
     @torch.no_grad()
-    def add(self, key: str, template: TaskTemplate) -> Optional[TaskPrefix]:
-        """Compute and keep the prefix of task version `key` (already in the model's prompt bank)."""
+    def add(self, key: str, template: TaskTemplate, *, add_bos: bool = False) -> Optional[TaskPrefix]:
+        """Compute and keep the prefix of task version `key` (already in the model's prompt bank); `add_bos`:
+        whether the task's prompts start with BOS (as it was trained), so the prefix starts with it too."""
         if not self.enabled:
             return None
-        ids, vids = prefix_tokens(template, self.tokenizer, self.add_bos)
+        ids, vids = prefix_tokens(template, self.tokenizer, add_bos)
         entry = None
         if ids:
             dev = self.model.device

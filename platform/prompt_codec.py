@@ -1,5 +1,9 @@
 """A soft prompt in memory (`TaskPrompt`), its checks before publishing, and its bytes in a prompt table:
-safetensors with the tensor "embeddings" and JSON metadata under "promptray" (no pickle)."""
+safetensors with the tensor "embeddings" and JSON metadata under "promptray" (no pickle).
+
+The metadata's "encoding" key (add_bos, add_eos, tokenizer fingerprint; see `encoding.py`) was added
+after the first objects were written: readers that predate it ignore it, and objects without it read as
+the defaults they were trained with."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from promptray.platform.encoding import TaskEncoding
 from promptray.platform.errors import ConfigError, PromptTableError
 from promptray.platform.fingerprint import BaseModelFingerprint
 
@@ -34,6 +39,7 @@ class TaskPrompt:
     source: dict = field(default_factory=dict)
     created_at: str = ""  # ISO-8601 UTC; filled at publish time if empty
     version: str | None = None  # set when read from a table
+    encoding: TaskEncoding = field(default_factory=TaskEncoding)  # how its examples were tokenized
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -76,6 +82,8 @@ def _field_problems(p: TaskPrompt, where: str) -> list[str]:
         problems.append(f"{where}: style {p.style!r} is not one of {', '.join(STYLES)}")
     if not isinstance(p.base_model, BaseModelFingerprint):
         problems.append(f"{where}: base_model must be a BaseModelFingerprint, got {type(p.base_model).__name__}")
+    if not isinstance(p.encoding, TaskEncoding):
+        problems.append(f"{where}: encoding must be a TaskEncoding, got {type(p.encoding).__name__}")
     if isinstance(p.template, dict) and p.template.get("taskname", p.taskname) != p.taskname:
         problems.append(f"{where}: template taskname {p.template['taskname']!r} != {p.taskname!r}")
     for name in ("template", "metrics", "source"):
@@ -104,7 +112,7 @@ def validate_prompts(prompts: list[TaskPrompt]) -> None:
 def encode_prompt(p: TaskPrompt) -> bytes:
     """safetensors bytes of a prompt: tensor "embeddings" + JSON metadata under "promptray"."""
     meta = {k: getattr(p, k) for k in META_FIELDS}
-    meta.update(format=OBJECT_FORMAT, base_model=p.base_model.to_dict())
+    meta.update(format=OBJECT_FORMAT, base_model=p.base_model.to_dict(), encoding=p.encoding.to_dict())
     emb = p.embeddings.detach().to("cpu", torch.float32).contiguous()
     return st_save({"embeddings": emb}, metadata={"promptray": json.dumps(meta, sort_keys=True)})
 
@@ -116,7 +124,8 @@ def decode_prompt(data: bytes, version: str | None = None) -> TaskPrompt:
         meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["promptray"])
         fields = {k: meta[k] for k in META_FIELDS}
         base_model = BaseModelFingerprint.from_dict(meta["base_model"])
+        encoding = TaskEncoding.from_dict(meta.get("encoding"))  # absent in objects written before it
         emb = st_load(data)["embeddings"]
     except Exception as e:  # any malformed object
         raise PromptTableError(f"prompt object is unreadable ({type(e).__name__}: {e})") from e
-    return TaskPrompt(embeddings=emb, base_model=base_model, version=version, **fields)
+    return TaskPrompt(embeddings=emb, base_model=base_model, version=version, encoding=encoding, **fields)

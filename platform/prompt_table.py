@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
 from promptray.platform import table_manifest as tm
+from promptray.platform.encoding import TokenizerFingerprint
 from promptray.platform.errors import PromptTableError, TableConflictError
 from promptray.platform.fingerprint import BaseModelFingerprint
 from promptray.platform.prompt_codec import (META_FIELDS, OBJECT_FORMAT, STYLES, TASKNAME_RE,  # noqa: F401
@@ -149,24 +150,27 @@ class PromptTable:
                                    f"roll the task back to another version or re-publish it")
         return data
 
-    def _read(self, info: VersionInfo, base_model: BaseModelFingerprint | None) -> TaskPrompt:
+    def _read(self, info: VersionInfo, base_model: BaseModelFingerprint | None,
+              tokenizer: TokenizerFingerprint | None = None) -> TaskPrompt:
         prompt = decode_prompt(self._fetch(info), version=info.version)
         if base_model is not None:
             prompt.base_model.check_compatible(base_model, what=f"task {info.taskname!r}")
+        prompt.encoding.check_tokenizer(tokenizer, what=f"task {info.taskname!r} version {info.version!r}")
         return prompt
 
-    def get(self, taskname: str, version: str | None = None,
-            base_model: BaseModelFingerprint | None = None) -> TaskPrompt:
-        """One task's prompt (current version unless `version`), checked against `base_model`.
+    def get(self, taskname: str, version: str | None = None, base_model: BaseModelFingerprint | None = None,
+            *, tokenizer: TokenizerFingerprint | None = None) -> TaskPrompt:
+        """One task's prompt (current version unless `version`), checked against `base_model`
+        (BaseModelMismatchError) and `tokenizer` (encoding.TokenizerMismatchError) when given.
         Reads the manifest and that one object only."""
-        return self._read(self._info(self._manifest(), taskname, version), base_model)
+        return self._read(self._info(self._manifest(), taskname, version), base_model, tokenizer)
 
-    def get_many(self, tasknames: Iterable[str],
-                 base_model: BaseModelFingerprint | None = None) -> dict[str, TaskPrompt]:
-        """Current prompts of several tasks, read against one manifest."""
+    def get_many(self, tasknames: Iterable[str], base_model: BaseModelFingerprint | None = None,
+                 *, tokenizer: TokenizerFingerprint | None = None) -> dict[str, TaskPrompt]:
+        """Current prompts of several tasks, read against one manifest (checked as in `get`)."""
         manifest = self._manifest()
         infos = [self._info(manifest, name, None) for name in tasknames]
-        return {info.taskname: self._read(info, base_model) for info in infos}
+        return {info.taskname: self._read(info, base_model, tokenizer) for info in infos}
 
     def _upload(self, infos: list[VersionInfo], objects: dict, created: dict[str, str]) -> list[VersionInfo]:
         """Write the objects of `infos`; `created` maps planned keys to the keys written by this publish."""

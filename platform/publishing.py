@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from promptray.platform.config import PromptLearningConfig
+from promptray.platform.encoding import TaskEncoding
 from promptray.platform.engine import Engine
 from promptray.platform.prompt_table import PromptTable, TaskPrompt
 
@@ -35,14 +36,15 @@ def publish_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str
         fingerprint = _save_finetuned(cfg, engine)
     source = {"job": "promptray train", "config_name": cfg.name, "run_dir": str(cfg.run_dir),
               "restore_path": cfg.model.restore_path, **({"run_id": run["id"]} if run is not None else {})}
-    style = cfg.model.virtual_prompt_style
-    out = [TaskPrompt(n, prompts[n], engine.templates[n].model_dump(), style, fingerprint, metrics, source)
-           for n in engine.new_tasks]
+    style, d = cfg.model.virtual_prompt_style, cfg.model.data
+    encoding = TaskEncoding.of(engine.tokenizer, add_bos=d.add_bos, add_eos=d.add_eos)
+    out = [TaskPrompt(n, prompts[n], engine.templates[n].model_dump(), style, fingerprint, metrics, source,
+                      encoding=encoding) for n in engine.new_tasks]
     if same_table:
         log.info("adding %s to the restored table %s", engine.new_tasks, cfg.table_uri)
     else:
         out += [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
-                           p.created_at) for p in engine.existing.values()]
+                           p.created_at, encoding=p.encoding) for p in engine.existing.values()]
     return table.publish(out)
 
 

@@ -246,10 +246,13 @@ def render_parts(parts: list[Part], record: dict[str, Any], target: Optional[str
     Training: every field must be present. The text is split where the target field starts: the prompt
     side keeps the text before it with trailing whitespace removed, the answer side starts with that
     whitespace, so the prompt tokenizes the same way at training and at inference.
-    Inference: the prompt ends where the target field would start (it is never fed, even if present),
-    and also where a run of missing fields that reaches the end starts; other missing fields are removed.
+    Inference: the prompt ends where the target field starts (it is never fed, even if present); any
+    other field missing from the record is rendered as empty text and the template goes on, so the prompt
+    still ends where the answer starts (NeMo's rule: `GPTPromptLearningDataset._insert_text_in_template`
+    replaces a missing field by ""). E.g. ``" Context: {context} Question: {question} Answer: {answer}"``
+    without `question` gives ``" Context: c Question:  Answer:"``.
     """
-    cut = _cut_index(parts, record, target) if inference else len(parts)
+    cut = _cut_index(parts, target) if inference else len(parts)
     chunks: list[Chunk] = []
     text, answer = [], None
     for p in parts[:cut]:
@@ -269,16 +272,15 @@ def render_parts(parts: list[Part], record: dict[str, Any], target: Optional[str
     return chunks
 
 
-def _cut_index(parts: list[Part], record: dict[str, Any], target: Optional[str]) -> int:
-    """Index where an inference prompt ends: the target field, or an earlier run of missing fields."""
-    cut = next((i for i, p in enumerate(parts) if isinstance(p, Field) and p.name == target), len(parts))
-    for i in range(cut - 1, -1, -1):
-        p = parts[i]
-        if isinstance(p, Field):
-            if p.name in record:
-                break
-            cut = i
-    return cut
+def _cut_index(parts: list[Part], target: Optional[str]) -> int:
+    """Index where an inference prompt ends: the target field (the end when there is none)."""
+    return next((i for i, p in enumerate(parts) if isinstance(p, Field) and p.name == target), len(parts))
+
+
+def constant_start(parts: list[Part]) -> list[Part]:
+    """The parts before the first field: what every inference prompt of the template starts with."""
+    first = next((i for i, p in enumerate(parts) if isinstance(p, Field)), len(parts))
+    return parts[:first]
 
 
 def _value(record: dict[str, Any], name: str) -> str:

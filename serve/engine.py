@@ -14,6 +14,7 @@ import torch
 
 from promptray.platform.dataset import Example, Record, Tokenization, encode_record
 from promptray.platform.devices import resolve_device
+from promptray.platform.encoding import fingerprint_tokenizer
 from promptray.platform.fingerprint import fingerprint_model
 from promptray.platform.hub import load_base_model
 from promptray.platform.model import PromptLearningModel
@@ -70,7 +71,7 @@ class ServeEngine:
             self.model.to(device)  # the bank too: prompts loaded later are put on its device
         self.prefixes = PrefixCache(self.model, self.tokenizer, enabled=settings.prefix_cache)
         self.prompts = PromptStore(table, fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
-                                   settings.refresh_s)
+                                   settings.refresh_s, tokenizer=fingerprint_tokenizer(self.tokenizer))
         self.model_name = name
 
     @staticmethod
@@ -89,14 +90,16 @@ class ServeEngine:
         return out
 
     def encode(self, taskname: str, fields: dict, version: Optional[str], params: SamplingParams) -> Prepared:
-        """Validate and encode one input (raises UnknownTask/InputField/InputTooLong errors)."""
+        """Validate and encode one input (raises UnknownTask/InputField/InputTooLong errors), formatted as
+        its task version was trained (BOS first when it was trained with add_bos)."""
         task = self.prompts.resolve(taskname, version)
         self._check_fields(task, fields)
         limit = self.model.max_positions - params.max_tokens
         tok, record = Tokenization.of(self.tokenizer), Record({"taskname": taskname, **fields}, "request")
-        example, _ = encode_record(task.template, record, tok, limit, inference=True)
+        bos = task.encoding.add_bos
+        example, _ = encode_record(task.template, record, tok, limit, add_bos=bos, inference=True)
         if example is None:
-            full, _ = encode_record(task.template, record, tok, UNLIMITED, inference=True)
+            full, _ = encode_record(task.template, record, tok, UNLIMITED, add_bos=bos, inference=True)
             n = len(full) if full is not None else -1
             raise InputTooLongError(
                 f"the prompt of task {taskname!r} has {n} tokens (with {task.template.total_virtual_tokens} "

@@ -16,7 +16,8 @@ from typing import Optional
 
 import torch
 
-from promptray.platform.errors import PromptTableError
+from promptray.platform.encoding import TaskEncoding, TokenizerFingerprint
+from promptray.platform.errors import BaseModelMismatchError, PromptTableError
 from promptray.platform.fingerprint import BaseModelFingerprint
 from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_encoder import PromptBank
@@ -57,6 +58,7 @@ class LoadedTask:
     version: str
     template: TaskTemplate
     nbytes: int
+    encoding: TaskEncoding = TaskEncoding()  # as trained: BOS first or not, the tokenizer
 
 
 def task_key(taskname: str, version: str) -> str:
@@ -67,8 +69,10 @@ class PromptStore:
     """Resolve (taskname, pinned version or None) to a loaded task version; LRU-evict beyond `max_bytes`."""
 
     def __init__(self, table: PromptTable, fingerprint: BaseModelFingerprint, bank: ServingBank,
-                 prefixes: PrefixCache, max_bytes: int, refresh_s: float):
+                 prefixes: PrefixCache, max_bytes: int, refresh_s: float,
+                 tokenizer: Optional[TokenizerFingerprint] = None):
         self.table, self.fingerprint, self.bank, self.prefixes = table, fingerprint, bank, prefixes
+        self.tokenizer = tokenizer  # the served tokenizer; task versions trained with another are refused
         self.max_bytes, self.refresh_s = max_bytes, refresh_s
         self._loaded: OrderedDict[str, LoadedTask] = OrderedDict()
         self._current: dict[str, VersionInfo] = {}
@@ -106,14 +110,16 @@ class PromptStore:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
             try:
-                prompt = self.table.get(taskname, version, base_model=self.fingerprint)
+                prompt = self.table.get(taskname, version, base_model=self.fingerprint, tokenizer=self.tokenizer)
+            except BaseModelMismatchError:
+                raise  # the server's model or tokenizer is not the task's: a misconfiguration, not a 404
             except PromptTableError as e:
                 raise UnknownVersionError(str(e), taskname=taskname, version=version) from None
             template = TaskTemplate.model_validate(prompt.template)
             self.bank.put(key, prompt.embeddings)
-            self.prefixes.add(key, template)
+            self.prefixes.add(key, template, add_bos=prompt.encoding.add_bos)
             nbytes = prompt.embeddings.numel() * 4 + self.prefixes.nbytes(key)
-            task = LoadedTask(key, taskname, version, template, nbytes)
+            task = LoadedTask(key, taskname, version, template, nbytes, prompt.encoding)
             self._loaded[key] = task
             self._evict(keep=in_use | {key})
             return task

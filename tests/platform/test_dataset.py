@@ -290,6 +290,15 @@ def test_inference_accepts_missing_answer_and_keeps_reference(tok, tmp_path):
         build_examples([path], [SENTIMENT], tok, 64, inference=False)
 
 
+def test_inference_missing_field_renders_empty_and_is_scored_after_answer_issue13(tok):
+    """Issue 13 #6: a record without `question` is prompted up to "Answer:" (NeMo's rule), not cut at "Question:"."""
+    squad = TaskTemplate(taskname="squad", total_virtual_tokens=5, virtual_token_splits=[5],
+                         prompt_template="<|VIRTUAL_PROMPT_0|> Context: {context} Question: {question} Answer: {answer}")
+    (ex,), _ = build_examples([{"taskname": "squad", "context": "c", "answer": "a"}], [squad], tok, 64, inference=True)
+    assert ex.input_ids == [50256] * 5 + enc(tok, " Context: c Question:  Answer:")
+    assert ex.reference == "a"
+
+
 def test_inference_still_checks_types(tok):
     with pytest.raises(DatasetError, match="field 'label' must be a string or number, got list"):
         build_examples([{"taskname": "sentiment", "sentence": "s", "label": ["x"]}], [SENTIMENT], tok, 64,

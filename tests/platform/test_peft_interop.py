@@ -240,3 +240,25 @@ def test_import_errors(tiny_gpt2_path, tmp_path):
         import_peft_adapter(ok, table, "t", prompt_template="<|VIRTUAL_PROMPT_0|>{q}", answer_field="label",
                             base_model=base)
     assert PromptTable(table).tasks() == []  # nothing was published
+
+
+def test_export_of_a_task_trained_with_bos_is_refused_and_records_the_encoding(tiny_gpt2, tmp_path):
+    """Issue 13 #3: PEFT has no BOS setting (it puts the virtual tokens before every input id), so a task
+    trained with add_bos is a layout PEFT cannot express; its encoding travels in promptray_task.json."""
+    from promptray.platform.encoding import TaskEncoding, fingerprint_tokenizer
+
+    lm, tok = tiny_gpt2
+    table = PromptTable(tmp_path / "table")
+    plain = publish_task(table, lm, "plain", "<|VIRTUAL_PROMPT_0|> {q}{a}", [3])
+    encoding = TaskEncoding.of(tok, add_bos=True, add_eos=True)
+    table.publish([TaskPrompt("bos", plain.embeddings, {**plain.template, "taskname": "bos"}, "prompt-tuning",
+                              plain.base_model, encoding=encoding)])
+    with pytest.raises(ConfigError, match="trained with add_bos=true"):
+        export_peft_adapter(table, "bos", tmp_path / "a")
+    with pytest.warns(UserWarning, match="add_bos=true"):
+        out = export_peft_adapter(table, "bos", tmp_path / "forced", force=True)
+    assert json.loads((out / TASK_FILE).read_text())["encoding"] == encoding.to_dict()
+    import_peft_adapter(out, table, "bos-back")
+    assert table.get("bos-back").encoding == encoding  # restored as trained: served with the BOS again
+    import_peft_adapter(export_peft_adapter(table, "plain", tmp_path / "p"), table, "plain-back")
+    assert table.get("plain-back").encoding == TaskEncoding(False, True, fingerprint_tokenizer(tok))

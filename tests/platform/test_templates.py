@@ -163,14 +163,27 @@ def test_inference_never_feeds_the_target_even_if_present():
     assert squad().render(record)[-1] == Chunk("answer", text=" THE ANSWER")
 
 
-def test_inference_missing_trailing_fields_cut_the_prompt():
+def test_inference_missing_field_is_empty_and_prompt_ends_where_the_answer_starts_issue13():
+    """Issue 13 #6: NeMo renders a missing field as "" and goes on, so the prompt still ends at "Answer:"
+    (before, a missing field that ran to the target cut the prompt at "... Question:")."""
     chunks = squad().render({"context": "c"}, inference=True)
-    assert chunks == [Chunk("virtual", offset=0, count=5), Chunk("prompt", text=" Context: c Question:")]
+    assert chunks == [Chunk("virtual", offset=0, count=5), Chunk("prompt", text=" Context: c Question:  Answer:")]
+    chunks = squad().render({"context": "c", "answer": "a"}, inference=True)  # the reference is still not fed
+    assert chunks == [Chunk("virtual", offset=0, count=5), Chunk("prompt", text=" Context: c Question:  Answer:")]
+    assert squad().render({}, inference=True) == [Chunk("virtual", offset=0, count=5),
+                                                  Chunk("prompt", text=" Context:  Question:  Answer:")]
 
 
-def test_inference_missing_middle_field_is_removed():
+def test_inference_missing_middle_field_is_empty():
     chunks = squad().render({"question": "q"}, inference=True)
     assert chunks == [Chunk("virtual", offset=0, count=5), Chunk("prompt", text=" Context:  Question: q Answer:")]
+
+
+def test_inference_missing_field_before_a_virtual_marker():
+    chunks = rte().render({"sentence2": "s2"}, inference=True)
+    assert chunks == [Chunk("virtual", offset=0, count=3), Chunk("prompt", text=" Hypothesis: , "),
+                      Chunk("virtual", offset=3, count=3), Chunk("prompt", text=" Premise: s2 "),
+                      Chunk("virtual", offset=6, count=3), Chunk("prompt", text=" Answer:")]
 
 
 def test_inference_training_prompt_tokens_agree():

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from promptray.jobs.cli import build_parser
+from promptray.platform.generation import GenerationParams
 from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import ServeEngine
 from promptray.serve.schemas import SamplingParams, ServerSettings
@@ -119,3 +120,47 @@ def test_body_limit_stops_reading_an_endless_chunked_body_and_passes_small_ones_
 
     sent, read, _ = _call_body_limit(endless(), limit=1024, headers=[(b"content-length", b"5000")])
     assert sent[0]["status"] == 413 and read == 0 and json.loads(sent[1]["body"])["size"] == 5000
+
+
+def _train_with_bos(tmp_path, model_path) -> str:
+    """A table with task "a" trained (2 steps) with model.data.add_bos=true."""
+    from promptray.platform.config import load_config
+    from promptray.platform.trainer import train
+
+    words = "apple river stone cloud green tiger music paper candle window garden silver".split()
+    rows = [{"taskname": "a", "text": " ".join(words[i % 12:i % 12 + 3]), "label": "yes"} for i in range(16)]
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = {"taskname": "a", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+                "total_virtual_tokens": 3, "virtual_token_splits": [3], "answer_field": "label"}
+    cfg = load_config({"name": "bos", "trainer": {"max_steps": 2, "val_check_interval": 2, "precision": 32},
+                       "exp_manager": {"exp_dir": str(tmp_path / "runs")},
+                       "model": {"language_model_path": str(model_path), "nemo_path": str(tmp_path / "table"),
+                                 "new_tasks": ["a"], "task_templates": [template], "global_batch_size": 4,
+                                 "micro_batch_size": 2, "optim": {"lr": 0.05},
+                                 "data": {"train_ds": [str(data)], "validation_ds": [str(data)], "add_bos": True}}})
+    return train(cfg, progress=False).table_uri
+
+
+def test_task_trained_with_bos_is_served_with_bos_issue13(tmp_path, tiny_gpt2_path):
+    """Issue 13 #3: serving answered as if no BOS had been used. Right: the with-BOS predictions of infer."""
+    from promptray.platform.inference import load_inference_engine, predict, prepare
+
+    uri = _train_with_bos(tmp_path, tiny_gpt2_path)
+    serve = ServeEngine(ServerSettings(table=uri, model=str(tiny_gpt2_path), precision="fp32"))
+    words = ["green tiger", "paper candle", "silver river", "music window stone", "cloud apple", "garden"]
+    items = [{"taskname": "a", "fields": {"text": w}} for w in words]
+    params = SamplingParams(max_tokens=6, greedy=True)
+    prepared = serve.encode("a", {"text": "green tiger"}, None, params)
+    bos = serve.tokenizer.bos_token_id
+    assert prepared.example.input_ids[0] == bos and prepared.example.virtual_ids[:4] == [-1, 0, 1, 2]
+    prefix = serve.prefixes.get(prepared.task.key)  # the cached prompt start has the BOS too
+    assert prefix.input_ids[0] == bos and prefix.virtual_ids[:4] == [-1, 0, 1, 2]
+
+    engine = load_inference_engine(uri, str(tiny_gpt2_path))
+    records = [{"taskname": "a", **x["fields"]} for x in items]
+    gen = GenerationParams(tokens_to_generate=6)
+    with_bos = predict(engine, prepare(engine, records, 6, add_bos=True), gen)
+    without_bos = predict(engine, prepare(engine, records, 6, add_bos=False), gen)
+    assert with_bos != without_bos  # the BOS matters for this model, so the comparison below can fail
+    assert run(serve, items, params) == with_bos
