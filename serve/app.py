@@ -196,11 +196,11 @@ class PromptServer:
     @api.get("/v1/models")
     async def models(self, _=Depends(ApiKeys.check)):
         """OpenAI's model list: every task this server can serve (`created`: when its version was published)."""
-        return {"object": "list", "data": await asyncio.to_thread(self._ready().models)}
+        return {"object": "list", "data": await asyncio.to_thread(self._ready().model_cards)}
 
     @api.get("/v1/models/{model_id}")
     async def model(self, model_id: str, _=Depends(ApiKeys.check)):
-        return await asyncio.to_thread(self._ready().model, model_id)
+        return await asyncio.to_thread(self._ready().model_card, model_id)
 
     @api.get("/healthz")
     async def healthz(self):

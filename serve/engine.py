@@ -133,11 +133,11 @@ class ServeEngine:
                          fields=list(dict.fromkeys(task.template.fields)), input_fields=input_fields(task))
                 for name, info, task in self._servable()]
 
-    def models(self) -> list[dict]:
+    def model_cards(self) -> list[dict]:
         """Every servable task as an OpenAI model object (`GET /v1/models`)."""
         return [_model_card(name, info) for name, info, _ in self._servable()]
 
-    def model(self, name: str) -> dict:
+    def model_card(self, name: str) -> dict:
         """One task as an OpenAI model object; UnknownTaskError (404) / TaskModelMismatchError (409)."""
         self.prompts.resolve(name)  # re-reads the manifest for a name it does not know yet
         return _model_card(name, self.prompts.current()[name])
