@@ -65,8 +65,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def field_name(loc) -> str | None:
-    """Dotted field name of a pydantic error location, without FastAPI's leading 'body'/'query'."""
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header") else list(map(str, loc))
+    """Dotted field name of a pydantic error location, without FastAPI's leading 'body'/'query'
+    (None for the body as a whole)."""
+    parts = list(map(str, loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc))
     return ".".join(parts) or None
 
 
@@ -86,7 +87,7 @@ def validation_problem(errors: list[dict]) -> ServeError:
     if kind == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "invalid JSON")
         return InvalidJsonError(f"the request body is not valid JSON ({reason}); send a JSON object")
-    if loc == ("body",):
+    if loc == ("body",) and kind in ("missing", "model_attributes_type", "dict_type", "model_type"):
         return RequestValidationFailed("the request body must be a JSON object of the route's parameters "
                                        "(see /docs)")
     problems = "; ".join(_readable(e) for e in errors)

@@ -97,6 +97,8 @@ def test_a_body_that_is_not_json_or_not_an_object_says_so(client):
     assert r.status_code == 422 and "must be a JSON object" in error(r)["message"]
     r = client.post("/v1/completions")
     assert r.status_code == 422 and "must be a JSON object" in error(r)["message"]
+    r = client.post("/v1/generate", json={"fields": {}}, headers={"Authorization": "Bearer k1"})  # whole-model rule
+    assert r.status_code == 422 and error(r)["message"].startswith("give either taskname") and error(r)["param"] is None
 
 
 def test_401_404_413_500_have_the_same_shape(client):
