@@ -34,7 +34,8 @@ def test_a_table_of_another_base_model_is_refused_with_the_mismatch(tmp_path, ti
                                                                      other_fingerprint):
     _, hidden = model_fingerprint
     table = str(tmp_path / "other")
-    PromptTable(table).publish([make_prompt(n, other_fingerprint, hidden, seed=i) for i, n in enumerate(["sent", "tr"])])
+    PromptTable(table).publish([make_prompt(n, other_fingerprint, hidden, seed=i)
+                                for i, n in enumerate(["sent", "tr"])])
     with pytest.raises(BaseModelMismatchError) as err:
         engine(table, tiny_gpt2_path)
     text = str(err.value)
