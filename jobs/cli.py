@@ -79,6 +79,8 @@ def _import_serving():
 
         from promptray.serve.app import build_app
     except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("ray", "fastapi", "fastapi_offline", "starlette"):
+            raise  # not a missing extra: a real bug, keep its traceback
         raise MissingDependencyError(f"serving needs Ray Serve and FastAPI, and {e.name!r} is not installed: "
                                      "pip install 'promptray[ray]'") from None
     return ray, serve, build_app

@@ -158,7 +158,7 @@ class PromptServer:
         async for i, e in self._run(prepared):
             p = prepared[i]
             yield _sse({"index": i, "taskname": p.task.taskname, "version": p.task.version, "text": e.text,
-                        "finish_reason": e.finish_reason})
+                        "finish_reason": e.finish_reason, "truncated": p.truncated})
         yield b"data: [DONE]\n\n"
 
     @api.post("/v1/completions")
@@ -182,7 +182,8 @@ class PromptServer:
     async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared]) -> AsyncIterator[bytes]:
         async for i, e in self._run(prepared):
             yield _sse({"id": cid, "object": "text_completion", "model": model,
-                        "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason}]})
+                        "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason,
+                                     "truncated": prepared[i].truncated}]})
         yield b"data: [DONE]\n\n"
 
     @api.get("/v1/tasks", response_model=list[TaskInfo])

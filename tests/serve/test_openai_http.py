@@ -113,6 +113,13 @@ def test_a_cut_input_says_so(server, table_uri, model_fingerprint):
     r = requests.post(f"{server}/v1/completions", json={"model": "cut", "prompt": "word " * 400, "max_tokens": 8},
                       headers=AUTH, timeout=60).json()
     assert r["choices"][0]["truncated"] is True and r["usage"]["prompt_tokens"] == 248
+    stream = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0).completions.create(
+        model="cut", prompt="word " * 400, max_tokens=3, stream=True)
+    flags = [c.choices[0].model_extra["truncated"] for c in stream]
+    assert flags and all(flags)
+    events = requests.post(f"{server}/v1/generate", json={**long, "stream": True}, headers=AUTH, timeout=60).text
+    events = [json.loads(x[6:]) for x in events.split("\n\n") if x.startswith("data: {")]
+    assert events and all(e["truncated"] for e in events)
 
 
 @pytest.mark.parametrize("prefix", ["", "/plain"])
