@@ -111,6 +111,13 @@ class CompletionRequest(SamplingParams):
             raise ValueError(f"{info.field_name}={v!r} is not supported by this server; {allowed}")
         return v
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts(cls, v):
+        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            return v
+        raise ValueError("give a string or a non-empty list of strings (token-id prompts are not supported)")
+
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 

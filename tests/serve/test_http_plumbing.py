@@ -57,6 +57,7 @@ def error(r) -> dict:
     ({"logit_bias": {"50256": -100}}, "logit_bias", "logit_bias={'50256': -100.0} is not supported"),
     ({"stream_options": {"include_usage": True}}, "stream_options", "stream_options="),
     ({"colour": "red"}, "colour", "unknown parameter 'colour'"),
+    ({"prompt": [50256, 11]}, "prompt", "prompt: give a string or a non-empty list of strings (token-id prompts"),
     ({"temperature": -1}, "temperature", "temperature: Input should be greater than or equal to 0"),
 ])
 def test_unsupported_or_unknown_openai_parameters_are_422_naming_them(client, extra, param, needle):
