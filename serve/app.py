@@ -206,7 +206,8 @@ class PromptServer:
     @api.get("/healthz")
     async def healthz(self):
         """200 with the replica's state, or 503 with why it cannot serve. `unservable_tasks`: current task
-        versions trained on another base model (left out of /v1/tasks and /v1/models; requests get a 409)."""
+        versions found trained on another base model (left out of /v1/tasks and /v1/models, which check every
+        task; requests for them get a 409)."""
         engine = self._ready()
         unservable = await asyncio.to_thread(engine.unservable)
         return {"status": "ok", "model": engine.model_name, "precision": engine.model.precision,

@@ -22,8 +22,8 @@ from promptray.platform.model import PromptLearningModel
 from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_table import PromptTable
 from promptray.serve.decoding import RowEvent, stream_decode
-from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError, UnknownTaskError
 from promptray.platform.table_manifest import VersionInfo
+from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError, UnknownTaskError
 from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank, task_key
 from promptray.serve.schemas import SamplingParams, ServerSettings, TaskInfo
 
@@ -89,7 +89,8 @@ class ServeEngine:
 
     def check_servable(self) -> None:
         """Refuse a table none of whose current tasks was trained on this base model (BaseModelMismatchError,
-        naming the first mismatch); tasks of another model next to servable ones are logged and left out."""
+        naming the first mismatch). Stops at the first task that fits (one read when the table is right);
+        mismatches met before it are logged, and such tasks are left out of listings (409 when asked for)."""
         problems = []
         for name, info in sorted(self.prompts.current().items()):
             try:
@@ -123,7 +124,8 @@ class ServeEngine:
         return out
 
     def unservable(self) -> dict[str, str]:
-        """taskname -> why its current version cannot be served here (trained on another base model)."""
+        """taskname -> why its current version cannot be served here (trained on another base model), for the
+        versions checked so far: at start, on a request, or by listing (`tasks()`/`model_cards()` check all)."""
         current = self.prompts.current()
         return {name: why for name, info in sorted(current.items())
                 if (why := self.prompts.unservable.get(task_key(name, info.version)))}
