@@ -63,24 +63,48 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve every task of a table over HTTP: serve.run on an embedded local Ray, until Ctrl-C."""
-    import ray
-    from ray import serve
+class MissingDependencyError(PromptrayError):
+    """An optional dependency of a command is not installed; the message says what to install."""
 
-    from promptray.serve.app import build_app
+
+class ServerStartError(PromptrayError):
+    """The server started but cannot serve (its replica said why)."""
+
+
+def _import_serving():
+    """ray, ray.serve and the app, or MissingDependencyError saying what to install (the `ray` extra)."""
+    try:
+        import ray
+        from ray import serve
+
+        from promptray.serve.app import build_app
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("ray", "fastapi", "fastapi_offline", "starlette"):
+            raise  # not a missing extra: a real bug, keep its traceback
+        raise MissingDependencyError(f"serving needs Ray Serve and FastAPI, and {e.name!r} is not installed: "
+                                     "pip install 'promptray[ray]'") from None
+    return ray, serve, build_app
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every task of a table over HTTP: serve.run on an embedded local Ray, until Ctrl-C.
+    A replica that cannot serve (e.g. no task fits the base model) stops it with exit 2 and the reason."""
     from promptray.serve.schemas import ServerSettings
 
     settings = ServerSettings(table=args.table, model=args.model, precision=args.precision,
                               accelerator=args.accelerator, max_batch_size=args.max_batch_size,
                               refresh_s=args.refresh_s, api_keys_file=args.api_keys_file)
+    ray, serve, build_app = _import_serving()
     ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         gpus = ray.cluster_resources().get("GPU", 0) if args.accelerator in ("auto", "gpu") else 0
         actor = {"num_cpus": 1, "num_gpus": 1} if gpus >= 1 else None  # Ray hides GPUs from actors without one
-        serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor), name="promptray",
-                  route_prefix="/")
+        handle = serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor),
+                           name="promptray", route_prefix="/")
+        problem = handle.startup_problem.remote().result()
+        if problem:
+            raise ServerStartError(problem)
         print(f"promptray serving {args.table} at http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops",
               flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops it cleanly

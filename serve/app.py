@@ -8,6 +8,10 @@ streaming each row's text back as it comes.
 field (all template fields but the generated one). A template with several input fields takes `prompt` as
 a JSON object of its fields (e.g. `"{\"premise\": \"...\", \"hypothesis\": \"...\"}"`); otherwise use
 `/v1/generate`.
+
+`GET /v1/models` lists every task this replica can serve as an OpenAI model. Errors, on every route, are
+OpenAI's error body (`serve/http.py`). A replica whose table has no task for its base model does not crash:
+it answers every route (`/healthz` too) 503 with the reason, and `promptray serve` exits 2 with it.
 """
 
 
@@ -18,26 +22,20 @@ import uuid
 from typing import AsyncIterator, Optional
 
 import torch
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Depends
+from fastapi.responses import StreamingResponse
 from ray import serve
 
+from promptray.platform.errors import PromptrayError
 from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import Prepared, ServeEngine, input_fields
-from promptray.serve.errors import InputFieldError, ServeError
+from promptray.serve.errors import InputFieldError, ServerNotReadyError, UnknownTaskError
+from promptray.serve.http import make_api
 from promptray.serve.schemas import (Completion, CompletionRequest, GenerateRequest, GenerateResponse,
                                      ServerSettings, TaskInfo, Usage)
 
 log = logging.getLogger(__name__)
-api = FastAPI(title="promptray", description="Soft-prompt serving: every task of a prompt table on one base model")
-
-
-@api.exception_handler(ServeError)
-async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-    return JSONResponse({"error": exc.message, **exc.detail}, status_code=exc.status,
-                        headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
-
-
+api = make_api(title="promptray", description="Soft-prompt serving: every task of a prompt table on one base model")
 api.add_middleware(BodyLimit)
 
 
@@ -59,7 +57,7 @@ def _prompt_fields(fields: list[str], prompt: str) -> dict:
         value = None
     if not isinstance(value, dict):
         raise InputFieldError(f"this task has input fields {fields}: give prompt as a JSON object of them, or "
-                              "use /v1/generate", input_fields=fields)
+                              "use /v1/generate", param="prompt", input_fields=fields)
     return value
 
 
@@ -68,13 +66,28 @@ def _prompt_fields(fields: list[str], prompt: str) -> dict:
 class PromptServer:
     def __init__(self, settings: dict):
         self.settings = ServerSettings.model_validate(settings)
-        self.engine = ServeEngine(self.settings)
+        self.engine: Optional[ServeEngine] = None
+        self.problem: Optional[str] = None  # why this replica cannot serve (then every route is a 503)
+        try:
+            self.engine = ServeEngine(self.settings)
+        except PromptrayError as e:  # e.g. no task of the table fits the base model
+            log.error("cannot serve: %s", e)
+            self.problem = str(e)
         self.keys = ApiKeys.load(self.settings.api_keys_env, self.settings.api_keys_file)
         api.state.keys = self.keys
         api.state.max_body_bytes = self.settings.max_body_bytes
         self._generate_batch.set_max_batch_size(self.settings.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.batch_stats = {"batches": 0, "rows": 0, "max_rows": 0, "mixed_task_batches": 0}
+
+    def startup_problem(self) -> Optional[str]:
+        """Why this replica cannot serve, or None (`promptray serve` asks through the deployment handle)."""
+        return self.problem
+
+    def _ready(self) -> ServeEngine:
+        if self.engine is None:
+            raise ServerNotReadyError(f"this server cannot serve: {self.problem}")
+        return self.engine
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, batch: list[Prepared]) -> AsyncIterator[list]:
@@ -96,7 +109,8 @@ class PromptServer:
             yield out
 
     async def _prepare(self, items: list[tuple[str, dict, Optional[str]]], params) -> list[Prepared]:
-        return await asyncio.to_thread(lambda: [self.engine.encode(t, f, v, params) for t, f, v in items])
+        engine = self._ready()
+        return await asyncio.to_thread(lambda: [engine.encode(t, f, v, params) for t, f, v in items])
 
     async def _events(self, i: int, prepared: Prepared, queue: asyncio.Queue) -> None:
         async for event in self._generate_batch(prepared):
@@ -127,7 +141,7 @@ class PromptServer:
             ids[i] += len(e.token_ids)
             reasons[i] = e.finish_reason or reasons[i]
         return [Completion(index=i, taskname=p.task.taskname, version=p.task.version, text=texts[i],
-                           finish_reason=reasons[i], usage=_usage(p.prompt_tokens, ids[i]))
+                           finish_reason=reasons[i], truncated=p.truncated, usage=_usage(p.prompt_tokens, ids[i]))
                 for i, p in enumerate(prepared)]
 
     @api.post("/v1/generate", response_model=GenerateResponse)
@@ -144,12 +158,16 @@ class PromptServer:
         async for i, e in self._run(prepared):
             p = prepared[i]
             yield _sse({"index": i, "taskname": p.task.taskname, "version": p.task.version, "text": e.text,
-                        "finish_reason": e.finish_reason})
+                        "finish_reason": e.finish_reason, "truncated": p.truncated})
         yield b"data: [DONE]\n\n"
 
     @api.post("/v1/completions")
     async def completions(self, req: CompletionRequest, _=Depends(ApiKeys.check)):
-        task = await asyncio.to_thread(self.engine.prompts.resolve, req.model)
+        try:
+            task = await asyncio.to_thread(self._ready().prompts.resolve, req.model)
+        except UnknownTaskError as e:
+            e.param = "model"
+            raise
         items = [(req.model, _prompt_fields(input_fields(task), p), None) for p in req.prompts()]
         prepared = await self._prepare(items, req)
         cid = f"cmpl-{uuid.uuid4().hex}"
@@ -158,27 +176,43 @@ class PromptServer:
         done = await self._collect(prepared)
         usage = _usage(sum(c.usage.prompt_tokens for c in done), sum(c.usage.completion_tokens for c in done))
         return {"id": cid, "object": "text_completion", "model": req.model, "system_fingerprint": task.version,
-                "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                            for c in done], "usage": usage.model_dump()}
+                "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None,
+                             "truncated": c.truncated} for c in done], "usage": usage.model_dump()}
 
     async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared]) -> AsyncIterator[bytes]:
         async for i, e in self._run(prepared):
             yield _sse({"id": cid, "object": "text_completion", "model": model,
-                        "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason}]})
+                        "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason,
+                                     "truncated": prepared[i].truncated}]})
         yield b"data: [DONE]\n\n"
 
     @api.get("/v1/tasks", response_model=list[TaskInfo])
     async def tasks(self, refresh: bool = False, _=Depends(ApiKeys.check)):
         """Every task with its current version; `refresh=true` re-reads the table's manifest now."""
+        engine = self._ready()
         if refresh:
-            await asyncio.to_thread(self.engine.prompts.refresh)
-        return await asyncio.to_thread(self.engine.tasks)
+            await asyncio.to_thread(engine.prompts.refresh)
+        return await asyncio.to_thread(engine.tasks)
+
+    @api.get("/v1/models")
+    async def models(self, _=Depends(ApiKeys.check)):
+        """OpenAI's model list: every task this server can serve (`created`: when its version was published)."""
+        return {"object": "list", "data": await asyncio.to_thread(self._ready().model_cards)}
+
+    @api.get("/v1/models/{model_id}")
+    async def model(self, model_id: str, _=Depends(ApiKeys.check)):
+        return await asyncio.to_thread(self._ready().model_card, model_id)
 
     @api.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "model": self.engine.model_name, "precision": self.engine.model.precision,
-                "device": str(self.engine.model.device),
-                "prefix_cache": self.engine.prefixes.enabled, "loaded_tasks": self.engine.prompts.loaded,
+        """200 with the replica's state, or 503 with why it cannot serve. `unservable_tasks`: current task
+        versions found trained on another base model (left out of /v1/tasks and /v1/models, which check every
+        task; requests for them get a 409)."""
+        engine = self._ready()
+        unservable = await asyncio.to_thread(engine.unservable)
+        return {"status": "ok", "model": engine.model_name, "precision": engine.model.precision,
+                "device": str(engine.model.device), "prefix_cache": engine.prefixes.enabled,
+                "loaded_tasks": engine.prompts.loaded, "unservable_tasks": unservable,
                 "batches": self.batch_stats, "torch_threads": torch.get_num_threads()}
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from promptray.serve.errors import AuthError
+from promptray.serve.errors import AuthError, BodyTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class BodyLimit:
 
 async def _too_large(scope, receive, send, size: int, limit: int, exact: bool) -> None:
     has = f"{size} bytes" if exact else f"at least {size} bytes"
-    response = JSONResponse({"error": f"request body has {has}; the limit is {limit}", "limit": limit,
-                             "size": size, "size_is_exact": exact}, status_code=413,
-                            headers={"Connection": "close"})
+    err = BodyTooLargeError(f"request body has {has}; the limit is {limit}", limit=limit, size=size,
+                            size_is_exact=exact)
+    response = JSONResponse(err.body(), status_code=err.status, headers={"Connection": "close"})
     await response(scope, receive, send)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterator, Optional, Sequence
 
 import torch
 
 from promptray.platform.dataset import Example, Record, Tokenization, encode_record
+from promptray.platform.errors import BaseModelMismatchError
 from promptray.platform.devices import resolve_device
 from promptray.platform.encoding import fingerprint_tokenizer
 from promptray.platform.fingerprint import fingerprint_model
@@ -21,8 +23,9 @@ from promptray.platform.model import PromptLearningModel
 from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_table import PromptTable
 from promptray.serve.decoding import RowEvent, stream_decode
-from promptray.serve.errors import InputFieldError, InputTooLongError, UnknownTaskError
-from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank
+from promptray.platform.table_manifest import VersionInfo
+from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError, UnknownTaskError
+from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank, task_key
 from promptray.serve.schemas import SamplingParams, ServerSettings, TaskInfo
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ class Prepared:
     task: LoadedTask
     example: Example  # taskname is the bank key (task@version)
     params: SamplingParams
+    truncated: bool = False  # the task's truncate_field was cut to fit
 
     @property
     def prompt_tokens(self) -> int:
@@ -46,6 +50,15 @@ def input_fields(task: LoadedTask) -> list[str]:
     """The fields a request fills: all template fields but the one the model generates."""
     target = task.template.target_field
     return [f for f in dict.fromkeys(task.template.fields) if f != target]
+
+
+def _model_card(name: str, info: VersionInfo) -> dict:
+    """OpenAI's model object for a task: `created` is when its current version was published (Unix seconds)."""
+    try:
+        created = int(datetime.fromisoformat(info.created_at.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        created = 0  # not ISO-8601 (a hand-made table): unknown
+    return {"id": name, "object": "model", "created": created, "owned_by": "promptray", "version": info.version}
 
 
 def resolve_precision(precision: str) -> str:
@@ -73,6 +86,26 @@ class ServeEngine:
         self.prompts = PromptStore(table, fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
                                    settings.refresh_s, tokenizer=fingerprint_tokenizer(self.tokenizer))
         self.model_name = name
+        self.check_servable()
+
+    def check_servable(self) -> None:
+        """Refuse a table none of whose current tasks was trained on this base model (BaseModelMismatchError,
+        naming the first mismatch). Stops at the first task that fits (one read when the table is right);
+        mismatches met before it are logged, and such tasks are left out of listings (409 when asked for)."""
+        problems = []
+        for name, info in sorted(self.prompts.current().items()):
+            try:
+                self.prompts.load(name, info.version)
+                break
+            except TaskModelMismatchError as e:
+                problems.append(e.message)
+        else:
+            if problems:
+                raise BaseModelMismatchError(
+                    f"none of the {len(problems)} task(s) of prompt table {self.settings.table!r} can be served on "
+                    f"base model {self.model_name!r}: {problems[0]}")
+        for p in problems:
+            log.warning("%s", p)
 
     @staticmethod
     def _default_model(table: PromptTable) -> str:
@@ -81,13 +114,36 @@ class ServeEngine:
             raise UnknownTaskError(f"prompt table {table.uri!r} has no tasks; name the base model with --model")
         return table.get(tasks[0]).base_model.name
 
-    def tasks(self) -> list[TaskInfo]:
+    def _servable(self) -> list[tuple[str, VersionInfo, LoadedTask]]:
+        """(name, current version info, loaded task) of every current task this base model can serve."""
         out = []
         for name, info in sorted(self.prompts.current().items()):
-            task = self.prompts.load(name, info.version)
-            out.append(TaskInfo(name=name, version=info.version, virtual_tokens=info.num_virtual_tokens,
-                                fields=list(dict.fromkeys(task.template.fields)), input_fields=input_fields(task)))
+            try:
+                out.append((name, info, self.prompts.load(name, info.version)))
+            except TaskModelMismatchError:
+                continue  # listed by unservable()
         return out
+
+    def unservable(self) -> dict[str, str]:
+        """taskname -> why its current version cannot be served here (trained on another base model), for the
+        versions checked so far: at start, on a request, or by listing (`tasks()`/`model_cards()` check all)."""
+        current = self.prompts.current()
+        return {name: why for name, info in sorted(current.items())
+                if (why := self.prompts.unservable.get(task_key(name, info.version)))}
+
+    def tasks(self) -> list[TaskInfo]:
+        return [TaskInfo(name=name, version=info.version, virtual_tokens=info.num_virtual_tokens,
+                         fields=list(dict.fromkeys(task.template.fields)), input_fields=input_fields(task))
+                for name, info, task in self._servable()]
+
+    def model_cards(self) -> list[dict]:
+        """Every servable task as an OpenAI model object (`GET /v1/models`)."""
+        return [_model_card(name, info) for name, info, _ in self._servable()]
+
+    def model_card(self, name: str) -> dict:
+        """One task as an OpenAI model object; UnknownTaskError (404) / TaskModelMismatchError (409)."""
+        self.prompts.resolve(name)  # re-reads the manifest for a name it does not know yet
+        return _model_card(name, self.prompts.current()[name])
 
     def encode(self, taskname: str, fields: dict, version: Optional[str], params: SamplingParams) -> Prepared:
         """Validate and encode one input (raises UnknownTask/InputField/InputTooLong errors), formatted as
@@ -97,7 +153,7 @@ class ServeEngine:
         limit = self.model.max_positions - params.max_tokens
         tok, record = Tokenization.of(self.tokenizer), Record({"taskname": taskname, **fields}, "request")
         bos = task.encoding.add_bos
-        example, _ = encode_record(task.template, record, tok, limit, add_bos=bos, inference=True)
+        example, truncated = encode_record(task.template, record, tok, limit, add_bos=bos, inference=True)
         if example is None:
             full, _ = encode_record(task.template, record, tok, UNLIMITED, add_bos=bos, inference=True)
             n = len(full) if full is not None else -1
@@ -107,7 +163,7 @@ class ServeEngine:
                 "shorten the input or lower max_tokens", prompt_tokens=n, max_tokens=params.max_tokens,
                 max_positions=self.model.max_positions)
         example.taskname = task.key
-        return Prepared(task, example, params)
+        return Prepared(task, example, params, truncated)
 
     @staticmethod
     def _check_fields(task: LoadedTask, fields: dict) -> None:

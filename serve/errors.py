@@ -1,38 +1,89 @@
-"""Typed errors of the serving layer; each carries the HTTP status the API answers with."""
+"""Typed errors of the serving layer and the one error body every route answers with.
+
+Every 4xx/5xx, on every route, has OpenAI's error shape (https://platform.openai.com/docs/guides/error-codes):
+`{"error": {"message": str, "type": str, "param": str | null, "code": str | null, ...}}`, so the official
+`openai` client shows our message. Extra keys inside `error` (token counts, known tasks) are ours.
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 from promptray.platform.errors import PromptrayError
 
 
-class ServeError(PromptrayError):
-    status = 400
+def error_body(message: str, *, type: str = "invalid_request_error", param: Optional[str] = None,
+               code: Optional[str] = None, **detail) -> dict:
+    """The JSON body of an error response (OpenAI's shape, plus `detail` keys inside `error`)."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code, **detail}}
 
-    def __init__(self, message: str, **detail):
+
+class ServeError(PromptrayError):
+    """A request the server answers with `status` and an error body of `type`/`code`."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: Optional[str] = None
+
+    def __init__(self, message: str, *, param: Optional[str] = None, **detail):
         super().__init__(message)
-        self.message = message
-        self.detail = detail  # extra JSON fields of the error body (field names, token counts, ...)
+        self.message, self.param = message, param
+        self.detail = detail  # extra JSON keys of the error (field names, token counts, ...)
+
+    def body(self) -> dict:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code, **self.detail)
 
 
 class UnknownTaskError(ServeError):
-    status = 404
+    status, type, code = 404, "not_found_error", "model_not_found"
 
 
 class UnknownVersionError(ServeError):
-    status = 404
+    status, type, code = 404, "not_found_error", "version_not_found"
 
 
 class InputFieldError(ServeError):
-    status = 422
+    status, code = 422, "invalid_fields"
 
 
 class InputTooLongError(ServeError):
-    status = 422
+    status, code = 422, "context_length_exceeded"
+
+
+class RequestValidationFailed(ServeError):
+    """The body does not fit the route's schema (pydantic errors, each named by its dotted field)."""
+
+    status, code = 422, "invalid_value"
+
+
+class InvalidJsonError(ServeError):
+    status, code = 400, "invalid_json"
 
 
 class AuthError(ServeError):
-    status = 401
+    status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
 class BodyTooLargeError(ServeError):
-    status = 413
+    status, code = 413, "request_too_large"
+
+
+class RouteNotFoundError(ServeError):
+    status, type, code = 404, "not_found_error", "unknown_url"
+
+
+class TaskModelMismatchError(ServeError):
+    """The task version exists in the table but was trained on another base model than this server runs:
+    the server cannot answer it (a server-side conflict, not a missing task)."""
+
+    status, type, code = 409, "server_error", "base_model_mismatch"
+
+
+class ServerNotReadyError(ServeError):
+    """The replica could not start serving (e.g. no task of the table fits its base model)."""
+
+    status, type, code = 503, "server_error", "server_misconfigured"
+
+
+class InternalError(ServeError):
+    status, type, code = 500, "server_error", "internal_error"

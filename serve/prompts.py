@@ -23,7 +23,7 @@ from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_encoder import PromptBank
 from promptray.platform.prompt_table import PromptTable, VersionInfo
 from promptray.platform.templates import TaskTemplate
-from promptray.serve.errors import UnknownTaskError, UnknownVersionError
+from promptray.serve.errors import TaskModelMismatchError, UnknownTaskError, UnknownVersionError
 
 
 class ServingBank(PromptBank):
@@ -77,6 +77,7 @@ class PromptStore:
         self._loaded: OrderedDict[str, LoadedTask] = OrderedDict()
         self._current: dict[str, VersionInfo] = {}
         self._read_at = float("-inf")
+        self.unservable: dict[str, str] = {}  # task@version -> why it cannot be served on this base model
         self.lock = threading.RLock()  # held while loading/evicting and while a batch reads the bank
 
     def refresh(self) -> dict[str, VersionInfo]:
@@ -109,10 +110,13 @@ class PromptStore:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
+            if key in self.unservable:  # versions are immutable: no need to read it again
+                raise TaskModelMismatchError(self.unservable[key], taskname=taskname, version=version)
             try:
                 prompt = self.table.get(taskname, version, base_model=self.fingerprint, tokenizer=self.tokenizer)
-            except BaseModelMismatchError:
-                raise  # the server's model or tokenizer is not the task's: a misconfiguration, not a 404
+            except BaseModelMismatchError as e:  # the server's model or tokenizer is not the task's: not a 404
+                self.unservable[key] = f"task {taskname!r} version {version!r} cannot be served by this server: {e}"
+                raise TaskModelMismatchError(self.unservable[key], taskname=taskname, version=version) from None
             except PromptTableError as e:
                 raise UnknownVersionError(str(e), taskname=taskname, version=version) from None
             template = TaskTemplate.model_validate(prompt.template)

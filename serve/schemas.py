@@ -77,15 +77,46 @@ class GenerateRequest(SamplingParams):
         return [TaskInput(taskname=self.taskname, fields=self.fields or {}, version=self.version)]
 
 
-class CompletionRequest(SamplingParams):
-    """OpenAI-compatible: `model` is the taskname, `prompt` fills the template's input field (see app.py)."""
+# OpenAI completions parameters this server does not honour, with the one value that means "not used"
+# (https://platform.openai.com/docs/api-reference/completions/create). Any other value is a 422 naming it.
+UNSUPPORTED_OPENAI = {"best_of": 1, "n": 1, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0,
+                      "logit_bias": None, "stream_options": None}
 
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send more (user, n=1, ...)
+
+class CompletionRequest(SamplingParams):
+    """OpenAI-compatible: `model` is the taskname, `prompt` fills the template's input field (see app.py).
+
+    Unknown keys are a 422. OpenAI parameters we do not implement are accepted only at their neutral value
+    (`UNSUPPORTED_OPENAI`: `n`/`best_of` 1, penalties 0, no `suffix`/`logit_bias`/`stream_options`);
+    `user` is accepted as the caller's identifier and otherwise ignored."""
 
     model: str = Field(..., min_length=1, max_length=128)
     prompt: Union[str, list[str]]
     max_tokens: int = Field(16, ge=1, le=4096)
-    n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    user: Optional[str] = Field(None, max_length=256, description="the caller's identifier (not used)")
+    n: Optional[int] = Field(None, description="only 1 is supported")
+    best_of: Optional[int] = Field(None, description="only 1 is supported")
+    suffix: Optional[str] = Field(None, description="not supported")
+    presence_penalty: Optional[float] = Field(None, description="only 0 is supported (see repetition_penalty)")
+    frequency_penalty: Optional[float] = Field(None, description="only 0 is supported (see repetition_penalty)")
+    logit_bias: Optional[dict[str, float]] = Field(None, description="not supported")
+    stream_options: Optional[dict] = Field(None, description="not supported")
+
+    @field_validator(*UNSUPPORTED_OPENAI)
+    @classmethod
+    def _neutral_only(cls, v, info):
+        neutral = UNSUPPORTED_OPENAI[info.field_name]
+        if v is not None and v != neutral and not (neutral is None and v == {}):
+            allowed = "omit it" if neutral is None else f"omit it or send {neutral}"
+            raise ValueError(f"{info.field_name}={v!r} is not supported by this server; {allowed}")
+        return v
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts(cls, v):
+        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            return v
+        raise ValueError("give a string or a non-empty list of strings (token-id prompts are not supported)")
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -103,6 +134,8 @@ class Completion(BaseModel):
     version: str
     text: str
     finish_reason: Literal["stop", "length"]
+    truncated: bool = Field(False, description="the task's truncate_field was cut to fit the model's positions; "
+                                               "usage.prompt_tokens counts the prompt as it was run")
     usage: Usage
 
 

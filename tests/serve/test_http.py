@@ -171,8 +171,9 @@ def test_bad_input_is_a_4xx_with_a_message(server, path, body, status, needle):
 
 def test_too_long_input_reports_token_counts_and_body_limit_is_413(server):
     r = post(server, "/v1/generate", {"taskname": "sent", "fields": {"text": "word " * 240}, "max_tokens": 8})
-    detail = r.json()
+    detail = r.json()["error"]
     assert r.status_code == 422 and detail["prompt_tokens"] > 240 and detail["max_positions"] == 256
+    assert detail["code"] == "context_length_exceeded"
     big = post(server, "/v1/generate", {"taskname": "sent", "fields": {"text": "x" * 5000}})
     assert big.status_code == 413 and "limit is 4096" in big.text
 

@@ -113,13 +113,14 @@ def test_body_limit_stops_reading_an_endless_chunked_body_and_passes_small_ones_
     sent, read, seen = _call_body_limit(endless(), limit=1024)
     assert sent[0]["status"] == 413 and read == 11 and seen == []  # 11 chunks: the first past 1024 bytes
     body = json.loads(sent[1]["body"])
-    assert body["size"] == 1100 and not body["size_is_exact"] and "at least 1100 bytes" in body["error"]
+    body = body["error"]
+    assert body["size"] == 1100 and not body["size_is_exact"] and "at least 1100 bytes" in body["message"]
 
     sent, read, seen = _call_body_limit([b"a" * 10] * 5, limit=1024)  # within the limit: the app gets it all
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"a" * 50
 
     sent, read, _ = _call_body_limit(endless(), limit=1024, headers=[(b"content-length", b"5000")])
-    assert sent[0]["status"] == 413 and read == 0 and json.loads(sent[1]["body"])["size"] == 5000
+    assert sent[0]["status"] == 413 and read == 0 and json.loads(sent[1]["body"])["error"]["size"] == 5000
 
 
 def _train_with_bos(tmp_path, model_path) -> str:
