@@ -19,6 +19,7 @@ from promptray.platform.hub import load_base_model
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_table import PromptTable
+from promptray.platform.inference import text_ids
 from promptray.platform.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
 from promptray.platform.stream import RowEvent
 from promptray.serve.decoding import stream_decode
@@ -142,7 +143,7 @@ class ServeEngine:
 
     def prompt_text(self, p: Prepared) -> str:
         """The prompt as the model read it, virtual tokens left out (they are not text): what `echo` shows."""
-        return self.decode([t for t, v in zip(p.example.input_ids, p.example.virtual_ids) if v < 0])
+        return self.decode(text_ids(p.example))
 
     def logprobs(self, p: Prepared, entries: Sequence[TokenLogprob], echo: bool) -> dict:
         """OpenAI's legacy `logprobs` object of a completion (`entries`: one per token of its text), with the
