@@ -150,6 +150,12 @@ def test_usage_counts_every_generated_token_with_stop_strings(table_uri, tiny_gp
         completes = next(j for j in range(1, 13) if s in engine.decode(full[:j]))
         assert text == full_text[:full_text.find(s)] and last.finish_reason == "stop", s
         assert last.generated == completes, s
+    # min_tokens: a stop string completed within the first min_tokens tokens does not end the answer
+    s = stops[0]
+    completes = next(j for j in range(1, 13) if s in engine.decode(full[:j]))
+    held = SamplingParams(max_tokens=12, greedy=True, stop=[s], min_tokens=completes)
+    [(text, last)] = _last_events(engine, [engine.encode(x["taskname"], x["fields"], None, held)])
+    assert last.generated > completes and text.startswith(engine.decode(full[:completes]))
 
 
 def test_logprobs_and_echo_of_a_completion(table_uri, tiny_gpt2_path):
@@ -167,7 +173,8 @@ def test_logprobs_and_echo_of_a_completion(table_uri, tiny_gpt2_path):
     assert "".join(echoed["tokens"]) == echo + text and len(echoed["tokens"]) == n_prompt + 5
     assert echoed["token_logprobs"][0] is not None  # the prompt starts with virtual tokens: its first has context
     assert echoed["text_offset"][n_prompt:] == [len(echo) + o for o in plain["text_offset"]]
-    assert echoed["tokens"][n_prompt:] == plain["tokens"] and echoed["token_logprobs"][n_prompt:] == plain["token_logprobs"]
+    assert echoed["tokens"][n_prompt:] == plain["tokens"]
+    assert echoed["token_logprobs"][n_prompt:] == plain["token_logprobs"]
     for tok, lp, top in zip(plain["tokens"], plain["token_logprobs"], plain["top_logprobs"]):
         assert top[tok] == lp == max(top.values()) and len(top) == 2  # greedy: the chosen one is the top one
     assert all(len(t) <= 3 for t in echoed["top_logprobs"])  # k alternatives plus the chosen token
