@@ -49,8 +49,15 @@ def seen_tokens(examples: Sequence[Example], pad_id: int) -> torch.Tensor:
 
 class DecodeRow:
     """One row: parameters and state. `ids` holds every generated token (an ending EOS / stop id included;
-    `len(ids)` is the row's usage count); `output_ids` those of its returned text. With `decode` (ids ->
-    text) the row reports its text as it grows and honours stop strings; without it, only its end."""
+    `len(ids)` is the row's usage count); `output_ids` those of its returned text (after a stop string, the
+    tokens whose text starts before it; without logprobs, simply all but the token that completed it).
+    With `decode` (ids -> text) the row reports its text as it grows and honours stop strings; without it,
+    only its end.
+
+    `min_tokens_to_generate` (NeMo; vLLM's `min_tokens`): stop ids are masked out of the choice while fewer
+    tokens are out (a per-row mask: transformers' MinNewTokensLengthLogitsProcessor counts from one prompt
+    length for the whole batch, which rows that started at different steps cannot share), and a stop
+    string counts only when it ends in a later token."""
 
     def __init__(self, params: GenerationParams, eos_id: int, *, generator: Optional[torch.Generator] = None,
                  decode: Optional[Decode] = None):
@@ -141,12 +148,14 @@ class DecodeBatch:
     def done(self) -> bool:
         return all(r.done for r in self.rows)
 
-    def _banned(self) -> torch.Tensor:
-        """(B, V) stop ids of rows that have not yet generated min_tokens_to_generate tokens."""
+    def _banned(self) -> Optional[torch.Tensor]:
+        """(B, V) stop ids of rows that have not yet generated min_tokens_to_generate tokens; None: none."""
+        held = [(i, r.stop_ids) for i, r in enumerate(self.rows) if not r.may_stop and r.stop_ids and not r.done]
+        if not held:
+            return None
         banned = torch.zeros(self.logits.shape, dtype=torch.bool, device=self.logits.device)
-        for i, r in enumerate(self.rows):
-            if not r.may_stop and r.stop_ids:
-                banned[i, r.stop_ids] = True
+        for i, ids in held:
+            banned[i, ids] = True
         return banned
 
     def _logprobs(self, nxt: torch.Tensor) -> list[Optional[TokenLogprob]]:

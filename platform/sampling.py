@@ -75,10 +75,12 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, p: GenerationParams
 
 
 def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, params: Sequence[GenerationParams],
-                  generators: Sequence[Optional[torch.Generator]], banned: torch.Tensor) -> torch.Tensor:
+                  generators: Sequence[Optional[torch.Generator]],
+                  banned: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B,) next token of each row from (B, V) logits, each row under its own parameters and generator.
 
-    `banned` (B, V) bool marks tokens a row may not pick now (stop ids before `min_tokens_to_generate`).
+    `banned` (B, V) bool (or None) marks tokens a row may not pick now (stop ids before
+    `min_tokens_to_generate`).
     The logits are processed once per group of rows with equal parameters; sampling draws from each row's
     own generator (None: torch's global one), so a seeded row's output does not depend on its batch."""
     nxt = torch.zeros(len(params), dtype=torch.long, device=logits.device)
@@ -87,7 +89,9 @@ def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, params: Sequence[Gen
         groups.setdefault(p.sampling_key(), []).append(i)
     for idx in groups.values():
         p = params[idx[0]]
-        scores = process_logits(logits[idx], seen[idx], p).masked_fill(banned[idx], float("-inf"))  # (b, V)
+        scores = process_logits(logits[idx], seen[idx], p)  # (b, V)
+        if banned is not None:
+            scores = scores.masked_fill(banned[idx], float("-inf"))
         if p.is_greedy:
             nxt[idx] = scores.argmax(-1)
             continue
