@@ -82,7 +82,8 @@ def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, params: Sequence[Gen
     `banned` (B, V) bool (or None) marks tokens a row may not pick now (stop ids before
     `min_tokens_to_generate`).
     The logits are processed once per group of rows with equal parameters; sampling draws from each row's
-    own generator (None: torch's global one), so a seeded row's output does not depend on its batch."""
+    own generator (None: torch's global one), so a row with its own seeded generator does not depend on its
+    batch; rows that share one generator (an offline batch's seed) draw together, in one call."""
     nxt = torch.zeros(len(params), dtype=torch.long, device=logits.device)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
@@ -96,6 +97,10 @@ def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, params: Sequence[Gen
             nxt[idx] = scores.argmax(-1)
             continue
         probs = scores.softmax(-1)  # (b, V)
+        shared = {id(generators[i]) for i in idx}
+        if len(shared) == 1:  # one generator for the group (offline batches): one draw for all its rows
+            nxt[idx] = torch.multinomial(probs, 1, generator=generators[idx[0]]).squeeze(-1)
+            continue
         for j, i in enumerate(idx):
             nxt[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
     return nxt
