@@ -13,6 +13,7 @@ their cache rows) or lets finished ones go (index-select the cache rows) needs o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -22,10 +23,20 @@ from promptray.platform.dataset import Example
 from promptray.platform.logprobs import Decode, TokenLogprob, text_offsets, token_logprobs
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.sampling import GenerationParams, choose_tokens, process_logits
-from promptray.platform.stream import RowEvent
 
 __all__ = ["GenerationParams", "process_logits", "RowEvent", "DecodeRow", "DecodeBatch", "generate",
-           "decode_rows", "prefill_plain", "seen_tokens"]
+           "decode_rows", "decode_steps", "Prefill", "prefill_plain", "seen_tokens"]
+
+@dataclass
+class RowEvent:
+    """What one row reports at one step."""
+
+    text: str  # new text since the row's last event
+    token_ids: list[int]  # new tokens of the returned text since the last event
+    finish_reason: Optional[str] = None  # "stop" (EOS, a stop id or string) or "length"; None while running
+    generated: int = 0  # tokens generated so far, an ending EOS or stop-string token included (usage)
+    logprobs: Optional[list[TokenLogprob]] = None  # on the last event when asked: one per returned-text token
+
 
 Prefill = Callable[[PromptLearningModel, Sequence[Example], int], tuple]
 """(model, examples, pad_id) -> (logits of each row's last position (B, V), KV cache, attention mask (B, T),

@@ -8,10 +8,9 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from promptray.platform.dataset import Example
-from promptray.platform.generation import DecodeRow, Prefill, decode_steps
+from promptray.platform.generation import DecodeRow, Prefill, RowEvent, decode_steps
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.sampling import GenerationParams
-from promptray.platform.stream import RowEvent
 from promptray.serve.schemas import SamplingParams
 
 

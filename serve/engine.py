@@ -15,13 +15,13 @@ import torch
 from promptray.platform.dataset import Example, Record, Tokenization, encode_record
 from promptray.platform.devices import resolve_device
 from promptray.platform.fingerprint import fingerprint_model
+from promptray.platform.generation import RowEvent
 from promptray.platform.hub import load_base_model
+from promptray.platform.inference import text_ids
+from promptray.platform.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_table import PromptTable
-from promptray.platform.inference import text_ids
-from promptray.platform.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
-from promptray.platform.stream import RowEvent
 from promptray.serve.decoding import stream_decode
 from promptray.serve.errors import InputFieldError, InputTooLongError, UnknownTaskError
 from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank
