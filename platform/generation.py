@@ -27,6 +27,7 @@ from promptray.platform.sampling import GenerationParams, choose_tokens, process
 __all__ = ["GenerationParams", "process_logits", "RowEvent", "DecodeRow", "DecodeBatch", "generate",
            "decode_rows", "decode_steps", "Prefill", "prefill_plain", "seen_tokens"]
 
+
 @dataclass
 class RowEvent:
     """What one row reports at one step."""
