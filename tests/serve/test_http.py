@@ -152,7 +152,8 @@ def test_usage_with_stop_strings_logprobs_and_echo(server):
     echo = post(server, "/v1/completions", {**req, "echo": True}).json()["choices"][0]
     assert echo["text"] == out["text"] and echo["logprobs"] is None
     chunks = sse(post(server, "/v1/completions", {**req, "echo": True, "stream": True}))
-    assert chunks[0]["choices"][0]["text"] == prompt and "".join(c["choices"][0]["text"] for c in chunks) == echo["text"]
+    assert chunks[0]["choices"][0]["text"] == prompt
+    assert "".join(c["choices"][0]["text"] for c in chunks) == echo["text"]
 
 
 def test_task_published_while_serving_is_served_without_restart(server, table_uri, tiny_gpt2_path,
