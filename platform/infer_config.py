@@ -126,8 +126,8 @@ def _first(*values):
 def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
     """The checked settings of a YAML file (NeMo's or ours) with KEY=VALUE overrides; raises ConfigError
     with every problem (schema ranges, unknown keys, conflicting or unsupported values) at once."""
-    raw = _read(path, overrides)
-    problems = _cross_problems(raw)
+    raw, missing = _read(path, overrides)
+    problems = [f"{k}: the file leaves it to be given (???); set {k}=VALUE" for k in missing] + _cross_problems(raw)
     try:
         cfg = InferConfig.model_validate(raw)
     except ValidationError as e:
@@ -142,7 +142,9 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
     return cfg
 
 
-def _read(path: Optional[str], overrides: list[str]) -> dict:
+def _read(path: Optional[str], overrides: list[str]) -> tuple[dict, list[str]]:
+    """The merged settings, and the dotted keys NeMo's `???` (a value the user must give) left unset; the
+    table and data keys among them are reported by `_cross_problems`."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError([f"argument {o!r} is not KEY=VALUE" for o in bad])
@@ -154,12 +156,19 @@ def _read(path: Optional[str], overrides: list[str]) -> dict:
         raise ConfigError(f"cannot read inference settings: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"inference settings: expected a mapping of keys, got {type(raw).__name__}")
-    return _drop_missing(raw)
+    missing: list[str] = []
+    raw = _drop_missing(raw, "", missing)
+    return raw, [k for k in missing if k not in ("virtual_prompt_model_file", "prompt_table", "data_paths")]
 
 
-def _drop_missing(raw: dict) -> dict:
-    """NeMo's `???` (a value the user must give) left unset counts as not given."""
-    return {k: _drop_missing(v) if isinstance(v, dict) else v for k, v in raw.items() if v != "???"}
+def _drop_missing(raw: dict, prefix: str, missing: list[str]) -> dict:
+    out = {}
+    for k, v in raw.items():
+        if v == "???":
+            missing.append(prefix + str(k))
+        else:
+            out[k] = _drop_missing(v, f"{prefix}{k}.", missing) if isinstance(v, dict) else v
+    return out
 
 
 def _get(raw: dict, dotted: str):

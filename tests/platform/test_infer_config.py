@@ -31,6 +31,8 @@ def test_nemos_file_is_read_as_written():
 def test_nemos_unset_values_are_reported_as_not_set():
     text = str(pytest.raises(ConfigError, load_infer_config, str(NEMO_YAML), []).value)
     assert "virtual_prompt_model_file: not set" in text and "data_paths: empty" in text
+    assert "pred_file_path: the file leaves it to be given (???); set pred_file_path=VALUE" in text
+    assert "(3 problems)" in text
 
 
 @pytest.mark.parametrize("value, expected", [("16", "bf16"), ("bf16", "bf16"), ("32", "fp32"), ("fp32", "fp32")])
