@@ -1,70 +1,42 @@
-"""Batched generation with a KV cache; one batch may mix any tasks and virtual-token counts.
+"""The decode core: batched KV-cache decoding for offline inference and serving alike (no Ray, no HTTP).
 
-Prompts are left-padded so every row's next token sits in the last column; padding is masked out and
-position ids count only real positions, so a row's output does not depend on what it is batched with.
+One batch may mix any tasks, virtual-token counts and generation parameters. Prompts are left-padded so
+every row's next token sits in the last column; padding is masked out and position ids count only real
+positions, so a row's output does not depend on what it is batched with.
+
+Each row (`DecodeRow`) carries its own parameters, generator, stop ids and strings, token budget,
+`min_tokens_to_generate` and log-probability setting, and counts its own tokens; `DecodeBatch` holds the
+batch's shared tensors (logits, KV cache, mask, positions, seen ids) and runs one forward pass per step.
+Nothing depends on a global step counter, so a batch that admits rows (prefill them, left-pad and concatenate
+their cache rows) or lets finished ones go (index-select the cache rows) needs only to edit that state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from promptray.platform.batching import collate, to_device
 from promptray.platform.dataset import Example
+from promptray.platform.logprobs import Decode, TokenLogprob, text_offsets, token_logprobs
 from promptray.platform.model import PromptLearningModel
+from promptray.platform.sampling import GenerationParams, choose_tokens, process_logits
+
+__all__ = ["GenerationParams", "process_logits", "RowEvent", "DecodeRow", "DecodeBatch", "generate",
+           "decode_rows", "decode_steps", "Prefill", "prefill_plain", "seen_tokens"]
 
 
 @dataclass
-class GenerationParams:
-    tokens_to_generate: int = 30
-    greedy: bool = True
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no top-k filtering
-    top_p: float = 1.0  # 1.0: no nucleus filtering
-    repetition_penalty: float = 1.0
-    seed: Optional[int] = None
-    stop_at_eos: bool = True
-    extra_stop_ids: list[int] = field(default_factory=list)
+class RowEvent:
+    """What one row reports at one step."""
 
-    def problems(self) -> list[str]:
-        checks = [(self.tokens_to_generate >= 1, f"tokens_to_generate must be >= 1, got {self.tokens_to_generate}"),
-                  (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-                  (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
-                  (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-                  (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}")]
-        return [msg for ok, msg in checks if not ok]
-
-
-def process_logits(logits: torch.Tensor, seen: torch.Tensor, p: GenerationParams) -> torch.Tensor:
-    """Repetition penalty (as in HF / CTRL), temperature, top-k and top-p on (B, V) float logits.
-
-    `seen` (B, S) holds the ids already in each row; negative entries (placeholders, padding) are ignored."""
-    if p.repetition_penalty != 1.0:
-        valid = (seen >= 0).to(logits.dtype)  # (B, S)
-        hit = torch.zeros_like(logits).scatter_add(1, seen.clamp(min=0), valid) > 0  # (B, V) seen tokens
-        penalized = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-        logits = torch.where(hit, penalized, logits)
-    if p.greedy or p.temperature == 0:
-        return logits
-    logits = logits / p.temperature
-    if p.top_k > 0:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return logits
-
-
-def _choose(logits: torch.Tensor, p: GenerationParams, gen: Optional[torch.Generator]) -> torch.Tensor:
-    if p.greedy or p.temperature == 0:
-        return logits.argmax(-1)  # (B,)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
+    text: str  # new text since the row's last event
+    token_ids: list[int]  # new tokens of the returned text since the last event
+    finish_reason: Optional[str] = None  # "stop" (EOS, a stop id or string) or "length"; None while running
+    generated: int = 0  # tokens generated so far, an ending EOS or stop-string token included (usage)
+    logprobs: Optional[list[TokenLogprob]] = None  # on the last event when asked: one per returned-text token
 
 
 Prefill = Callable[[PromptLearningModel, Sequence[Example], int], tuple]
@@ -87,29 +59,166 @@ def seen_tokens(examples: Sequence[Example], pad_id: int) -> torch.Tensor:
     return torch.where((batch.virtual_ids >= 0) | (batch.attention_mask == 0), -1, batch.input_ids)  # (B, T)
 
 
+class DecodeRow:
+    """One row: parameters and state. `ids` holds every generated token (an ending EOS / stop id included;
+    `len(ids)` is the row's usage count); `output_ids` those of its returned text (after a stop string, the
+    tokens whose text starts before it; without logprobs, simply all but the token that completed it).
+    With `decode` (ids -> text) the row reports its text as it grows and honours stop strings; without it,
+    only its end.
+
+    `min_tokens_to_generate` (NeMo; vLLM's `min_tokens`): stop ids are masked out of the choice while fewer
+    tokens are out (a per-row mask: transformers' MinNewTokensLengthLogitsProcessor counts from one prompt
+    length for the whole batch, which rows that started at different steps cannot share), and a stop
+    string counts only when it ends in a later token."""
+
+    def __init__(self, params: GenerationParams, eos_id: int, *, generator: Optional[torch.Generator] = None,
+                 decode: Optional[Decode] = None):
+        if params.stop and decode is None:
+            raise ValueError("stop strings need a decode function")
+        self.params, self.generator, self.decode = params, generator, decode
+        self.stop_ids = sorted(set(params.extra_stop_ids) | ({eos_id} if params.stop_at_eos else set()))
+        self.ids: list[int] = []
+        self.trace: list[TokenLogprob] = []  # one per id when params.logprobs is set
+        self.kept = 0  # len(output_ids) once finished
+        self.finish_reason: Optional[str] = None  # "stop" (a stop id or string) or "length"
+        self.emitted_text, self.emitted_ids = "", 0
+        self.stop_floor = 0  # a stop string must end past this text offset (min_tokens_to_generate)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.ids[:self.kept] if self.done else list(self.ids)
+
+    @property
+    def may_stop(self) -> bool:
+        """Whether a stop id may end the row now: at least min_tokens_to_generate tokens are out."""
+        return len(self.ids) >= self.params.min_tokens_to_generate
+
+    def advance(self, token: int, logprob: Optional[TokenLogprob]) -> Optional[RowEvent]:
+        """Add one generated token; the event to report (None: nothing new to show yet)."""
+        self.ids.append(token)
+        if logprob is not None:
+            self.trace.append(logprob)
+        n, p = len(self.ids), self.params
+        if token in self.stop_ids:  # chosen only when may_stop (see DecodeBatch)
+            return self._finish("stop", n - 1)
+        if self.decode is None:
+            return self._finish("length", n) if n >= p.tokens_to_generate else None
+        text = self.decode(self.ids)
+        if n == p.min_tokens_to_generate:
+            self.stop_floor = len(text)
+        cut = self._stop_cut(text) if n > p.min_tokens_to_generate else -1
+        if cut >= 0:
+            return self._finish("stop", self._tokens_before(cut), text[:cut])
+        if n >= p.tokens_to_generate:
+            return self._finish("length", n, text)
+        return self._emit(text)
+
+    def _stop_cut(self, text: str) -> int:
+        """Start of the first stop string that ends past `stop_floor`, or -1."""
+        hits = [text.find(s, max(0, self.stop_floor - len(s) + 1)) for s in self.params.stop]
+        return min((h for h in hits if h >= 0), default=-1)
+
+    def _tokens_before(self, cut: int) -> int:
+        """How many tokens' text starts before offset `cut` (the tokens of the returned text)."""
+        if self.params.logprobs is None:
+            return len(self.ids) - 1  # only log-probabilities need the exact count
+        return sum(o < cut for o in text_offsets(self.ids, self.decode))
+
+    def _emit(self, text: str) -> Optional[RowEvent]:
+        hold = max((len(s) - 1 for s in self.params.stop), default=0)  # a stop string may be starting
+        safe = len(text.rstrip("\ufffd")) - hold  # an incomplete character is not shown yet
+        if safe <= len(self.emitted_text):
+            return None
+        event = RowEvent(text[len(self.emitted_text):safe], self.ids[self.emitted_ids:], generated=len(self.ids))
+        self.emitted_text, self.emitted_ids = text[:safe], len(self.ids)
+        return event
+
+    def _finish(self, reason: str, kept: int, text: Optional[str] = None) -> RowEvent:
+        self.finish_reason, self.kept = reason, kept
+        logprobs = self.trace[:kept] if self.params.logprobs is not None else None
+        if self.decode is None:
+            return RowEvent("", [], reason, len(self.ids), logprobs)
+        final = text if text is not None else self.decode(self.ids[:kept])
+        return RowEvent(final[len(self.emitted_text):], self.ids[self.emitted_ids:kept], reason, len(self.ids),
+                        logprobs)
+
+
+class DecodeBatch:
+    """A running batch: the prompt pass at construction, then `step()` until `done`."""
+
+    def __init__(self, model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow],
+                 pad_id: int, prefill: Prefill = prefill_plain):
+        self.model, self.rows = model, list(rows)
+        self.seen = seen_tokens(examples, pad_id).to(model.device)  # (B, T)
+        self.logits, self.past, self.mask, self.pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T) x2
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.rows)
+
+    def _banned(self) -> Optional[torch.Tensor]:
+        """(B, V) stop ids of rows that have not yet generated min_tokens_to_generate tokens; None: none."""
+        held = [(i, r.stop_ids) for i, r in enumerate(self.rows) if not r.may_stop and r.stop_ids and not r.done]
+        if not held:
+            return None
+        banned = torch.zeros(self.logits.shape, dtype=torch.bool, device=self.logits.device)
+        for i, ids in held:
+            banned[i, ids] = True
+        return banned
+
+    def _logprobs(self, nxt: torch.Tensor) -> list[Optional[TokenLogprob]]:
+        out: list[Optional[TokenLogprob]] = [None] * len(self.rows)
+        idx = [i for i, r in enumerate(self.rows) if r.params.logprobs is not None and not r.done]
+        if idx:
+            k = max(self.rows[i].params.logprobs for i in idx)
+            for i, lp in zip(idx, token_logprobs(self.logits[idx], nxt[idx], k)):
+                lp.top = lp.top[:self.rows[i].params.logprobs]
+                out[i] = lp
+        return out
+
+    def step(self) -> list[Optional[RowEvent]]:
+        """Choose each row's next token, report one event (or None) per row, and run the next forward pass
+        unless every row is finished (finished rows are still computed, their tokens ignored)."""
+        rows = self.rows
+        nxt = choose_tokens(self.logits, self.seen, [r.params for r in rows], [r.generator for r in rows],
+                            self._banned())  # (B,)
+        logprobs = self._logprobs(nxt)
+        events = [None if r.done else r.advance(t, lp) for r, t, lp in zip(rows, nxt.tolist(), logprobs)]
+        if not self.done:
+            self.seen = torch.cat([self.seen, nxt[:, None]], dim=1)  # (B, S+1)
+            self.mask = torch.cat([self.mask, torch.ones_like(nxt)[:, None]], dim=1)  # (B, T+1)
+            self.pos = self.pos[:, -1:] + 1  # (B, 1)
+            self.logits, self.past = self.model.step(self.model.token_embeddings(nxt[:, None]), self.mask, self.pos,
+                                                     self.past)
+        return events
+
+
 @torch.no_grad()
+def decode_steps(model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow], pad_id: int,
+                 prefill: Prefill = prefill_plain) -> Iterator[list[Optional[RowEvent]]]:
+    """Per step, one event (or None) per row; a row's last event has its finish_reason set."""
+    model.eval()
+    batch = DecodeBatch(model, examples, rows, pad_id, prefill)
+    while not batch.done:
+        yield batch.step()
+
+
+def decode_rows(model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow], pad_id: int,
+                prefill: Prefill = prefill_plain) -> list[DecodeRow]:
+    """Decode until every row is finished; the rows (their output_ids, trace, finish_reason)."""
+    for _ in decode_steps(model, examples, rows, pad_id, prefill):
+        pass
+    return list(rows)
+
+
 def generate(model: PromptLearningModel, examples: Sequence[Example], params: GenerationParams,
              pad_id: int, eos_id: int, prefill: Prefill = prefill_plain) -> list[list[int]]:
-    """Generated token ids of each example (without the prompt; EOS and stop ids not included)."""
-    model.eval()
-    device = model.device
-    gen = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
-    seen = seen_tokens(examples, pad_id).to(device)  # (B, T)
-    stops = set(params.extra_stop_ids) | ({eos_id} if params.stop_at_eos else set())
-    stop_ids = torch.tensor(sorted(stops) or [-1], device=device)
-    done = torch.zeros(len(examples), dtype=torch.bool, device=device)
-    out: list[list[int]] = [[] for _ in examples]
-    logits, past, mask, pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T), (B, T)
-    for step in range(params.tokens_to_generate):
-        nxt = _choose(process_logits(logits, seen, params), params, gen)  # (B,)
-        done |= torch.isin(nxt, stop_ids)
-        picked = nxt.tolist()  # one device-to-host copy per step
-        for i in (~done).nonzero().flatten().tolist():
-            out[i].append(picked[i])
-        if bool(done.all()) or step == params.tokens_to_generate - 1:
-            break  # nothing more to generate: skip the forward whose logits would go unused
-        seen = torch.cat([seen, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)  # (B, T+1)
-        pos = pos[:, -1:] + 1  # (B, 1)
-        logits, past = model.step(model.token_embeddings(nxt[:, None]), mask, pos, past)
-    return out
+    """Generated token ids of each example (without the prompt; EOS and stop ids not included). Sampling
+    draws from one generator seeded with `params.seed` for the whole batch."""
+    gen = torch.Generator(model.device).manual_seed(params.seed) if params.seed is not None else None
+    rows = [DecodeRow(params, eos_id, generator=gen) for _ in examples]
+    return [r.output_ids for r in decode_rows(model, examples, rows, pad_id, prefill)]

@@ -21,8 +21,9 @@ from promptray.platform.dataset import Example, Source, build_examples
 from promptray.platform.encoding import TaskEncoding, add_bos_by_task, fingerprint_tokenizer, warn_bos_overrides
 from promptray.platform.errors import ConfigError, DatasetError
 from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
-from promptray.platform.generation import GenerationParams, generate
+from promptray.platform.generation import DecodeRow, GenerationParams, decode_rows
 from promptray.platform.hub import load_base_model
+from promptray.platform.logprobs import openai_logprobs
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prompt_encoder import PromptBank
 from promptray.platform.prompt_table import PromptTable
@@ -39,6 +40,9 @@ class InferenceEngine:
     versions: dict[str, Optional[str]]
     fingerprint: BaseModelFingerprint
     encodings: dict[str, TaskEncoding] = field(default_factory=dict)  # as trained; absent: the defaults
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
@@ -90,19 +94,59 @@ def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_genera
     return examples
 
 
+@dataclass
+class Generated:
+    """One example's generation: its text, token ids (EOS / stop id left out), and, when asked, the
+    log-probabilities of those tokens as OpenAI's legacy `logprobs` object (platform/logprobs.py)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: Optional[dict] = None
+
+
+def predict_rows(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams,
+                 batch_size: int = 8, progress: bool = False) -> list[Generated]:
+    """Each example's generation (input order kept); batches mix tasks, grouped by length to cut padding.
+    Sampling draws from one generator seeded with `params.seed` per batch."""
+    tok, device = engine.tokenizer, engine.model.device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    out: list[Optional[Generated]] = [None] * len(examples)
+    for s in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress, unit="batch"):
+        idx = order[s:s + batch_size]
+        gen = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
+        rows = [DecodeRow(params, tok.eos_token_id, generator=gen) for _ in idx]
+        for i, row in zip(idx, decode_rows(engine.model, [examples[i] for i in idx], rows, tok.pad_token_id)):
+            out[i] = _generated(row, engine.decode)
+    return out  # type: ignore[return-value]
+
+
+def _generated(row: DecodeRow, decode) -> Generated:
+    ids = row.output_ids
+    logprobs = openai_logprobs(row.trace[:len(ids)], ids, decode) if row.params.logprobs is not None else None
+    return Generated(decode(ids), ids, logprobs)
+
+
 def predict(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
             progress: bool = False) -> list[str]:
-    """Generated text per example (input order kept); batches mix tasks, grouped by length to cut padding."""
-    tok = engine.tokenizer
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    texts: list[str] = [""] * len(examples)
-    starts = range(0, len(order), batch_size)
-    for s in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
-        idx = order[s:s + batch_size]
-        outs = generate(engine.model, [examples[i] for i in idx], params, tok.pad_token_id, tok.eos_token_id)
-        for i, ids in zip(idx, outs):
-            texts[i] = tok.decode(ids, skip_special_tokens=True)
-    return texts
+    """Generated text per example (see `predict_rows`)."""
+    return [g.text for g in predict_rows(engine, examples, params, batch_size, progress)]
+
+
+def text_ids(example: Example) -> list[int]:
+    """The prompt's real token ids: virtual-token placeholders left out (they are not text)."""
+    return [t for t, v in zip(example.input_ids, example.virtual_ids) if v < 0]
+
+
+def write_pred_file(path: Path, engine: InferenceEngine, examples: Sequence[Example],
+                    generated: Sequence[Generated]) -> None:
+    """NeMo's `pred_file_path`: one line per record, the prompt (virtual tokens left out) followed by the
+    generated text, decoded together, stripped, newlines replaced by spaces (as NeMo's
+    megatron_gpt_prompt_learning_eval.py writes its decoded sentences)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for e, g in zip(examples, generated):
+            f.write(engine.decode(text_ids(e) + g.token_ids).strip().replace("\n", " ") + "\n")
 
 
 def normalize_answer(text: str) -> str:
@@ -146,17 +190,21 @@ def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad
 
 
 def write_predictions(path: Path, examples: Sequence[Example], predictions: Sequence[str],
-                      versions: dict[str, Optional[str]]) -> dict:
-    """JSON lines: the input record, the prediction, the task version, and exact match when known.
+                      versions: dict[str, Optional[str]], *, logprobs: Optional[Sequence[dict]] = None) -> dict:
+    """JSON lines: the input record, the prediction, the task version, `logprobs` when given (OpenAI's
+    legacy shape: `{"tokens": [str], "token_logprobs": [float], "top_logprobs": [{str: float}],
+    "text_offset": [int]}`, one entry per generated token of the prediction), and exact match when known.
     Returns accuracy per task (for records that carry a reference)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     per_task: dict[str, list[bool]] = {}
     with path.open("w") as f:
-        for e, pred in zip(examples, predictions):
+        for i, (e, pred) in enumerate(zip(examples, predictions)):
             match = exact_match(pred, e.reference)
             if match is not None:
                 per_task.setdefault(e.taskname, []).append(match)
             row = {**e.record, "prediction": pred, "task_version": versions.get(e.taskname)}
+            if logprobs is not None:
+                row["logprobs"] = logprobs[i]
             f.write(json.dumps({**row, **({"correct": match} if match is not None else {})}) + "\n")
     return {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in per_task.items()}

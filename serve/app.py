@@ -12,6 +12,13 @@ a JSON object of its fields (e.g. `"{\"premise\": \"...\", \"hypothesis\": \"...
 `GET /v1/models` lists every task this replica can serve as an OpenAI model. Errors, on every route, are
 OpenAI's error body (`serve/http.py`). A replica whose table has no task for its base model does not crash:
 it answers every route (`/healthz` too) 503 with the reason, and `promptray serve` exits 2 with it.
+
+`logprobs: k` (both routes, 0-5, not with `stream`) returns OpenAI's legacy completions `logprobs` object
+per answer: each token of the text, its log-probability under the model (before sampling settings), the k
+most likely alternatives plus the chosen token, and its text offset. `echo` (/v1/completions) prepends the
+prompt as the model read it (the template filled in, virtual tokens left out); with logprobs its tokens
+come first, each scored given all positions before it, virtual ones included (null only for a token at
+position 0, as OpenAI's first token).
 """
 
 
@@ -134,15 +141,23 @@ class PromptServer:
             for t in tasks:
                 t.cancel()
 
-    async def _collect(self, prepared: list[Prepared]) -> list[Completion]:
-        texts, ids, reasons = [""] * len(prepared), [0] * len(prepared), ["length"] * len(prepared)
+    async def _collect(self, prepared: list[Prepared], echo: bool = False) -> list[Completion]:
+        """Every input's whole answer; usage counts every generated token (an ending EOS or stop-string
+        token included); `echo` prepends the prompt as the model read it (see ServeEngine.prompt_text)."""
+        texts, last = [""] * len(prepared), [None] * len(prepared)
         async for i, e in self._run(prepared):
             texts[i] += e.text
-            ids[i] += len(e.token_ids)
-            reasons[i] = e.finish_reason or reasons[i]
-        return [Completion(index=i, taskname=p.task.taskname, version=p.task.version, text=texts[i],
-                           finish_reason=reasons[i], truncated=p.truncated, usage=_usage(p.prompt_tokens, ids[i]))
-                for i, p in enumerate(prepared)]
+            last[i] = e
+        out = []
+        for i, (p, e) in enumerate(zip(prepared, last)):
+            logprobs = None
+            if e.logprobs is not None:
+                logprobs = await asyncio.to_thread(self.engine.logprobs, p, e.logprobs, echo)
+            text = (await asyncio.to_thread(self.engine.prompt_text, p) if echo else "") + texts[i]
+            out.append(Completion(index=i, taskname=p.task.taskname, version=p.task.version, text=text,
+                                  finish_reason=e.finish_reason or "length", truncated=p.truncated,
+                                  usage=_usage(p.prompt_tokens, e.generated), logprobs=logprobs))
+        return out
 
     @api.post("/v1/generate", response_model=GenerateResponse)
     async def generate(self, req: GenerateRequest, _=Depends(ApiKeys.check)):
@@ -172,14 +187,20 @@ class PromptServer:
         prepared = await self._prepare(items, req)
         cid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return StreamingResponse(self._stream_completion(cid, req.model, prepared), media_type="text/event-stream")
-        done = await self._collect(prepared)
+            return StreamingResponse(self._stream_completion(cid, req.model, prepared, req.echo),
+                                     media_type="text/event-stream")
+        done = await self._collect(prepared, echo=req.echo)
         usage = _usage(sum(c.usage.prompt_tokens for c in done), sum(c.usage.completion_tokens for c in done))
         return {"id": cid, "object": "text_completion", "model": req.model, "system_fingerprint": task.version,
-                "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None,
+                "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+                             "logprobs": c.logprobs.model_dump() if c.logprobs else None,
                              "truncated": c.truncated} for c in done], "usage": usage.model_dump()}
 
-    async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared]) -> AsyncIterator[bytes]:
+    async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared],
+                                 echo: bool = False) -> AsyncIterator[bytes]:
+        for i, p in enumerate(prepared if echo else []):  # the prompt first, as one chunk per input
+            yield _sse({"id": cid, "object": "text_completion", "model": model,
+                        "choices": [{"index": i, "text": self.engine.prompt_text(p), "finish_reason": None}]})
         async for i, e in self._run(prepared):
             yield _sse({"id": cid, "object": "text_completion", "model": model,
                         "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason,

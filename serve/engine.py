@@ -18,12 +18,15 @@ from promptray.platform.errors import BaseModelMismatchError
 from promptray.platform.devices import resolve_device
 from promptray.platform.encoding import fingerprint_tokenizer
 from promptray.platform.fingerprint import fingerprint_model
+from promptray.platform.generation import RowEvent
 from promptray.platform.hub import load_base_model
+from promptray.platform.inference import text_ids
+from promptray.platform.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prefix_cache import PrefixCache
 from promptray.platform.prompt_table import PromptTable
-from promptray.serve.decoding import RowEvent, stream_decode
 from promptray.platform.table_manifest import VersionInfo
+from promptray.serve.decoding import stream_decode
 from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError, UnknownTaskError
 from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank, task_key
 from promptray.serve.schemas import SamplingParams, ServerSettings, TaskInfo
@@ -175,21 +178,41 @@ class ServeEngine:
             raise InputFieldError(f"task {task.taskname!r}: {'; '.join(problems)} (input fields: {wanted})",
                                   missing=missing, unknown=unknown, input_fields=wanted)
 
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _locked(self, batch: Sequence[Prepared], fn):
+        """`fn()` under the store's lock with every task version of `batch` loaded (none evicted under it)."""
+        in_use = frozenset(p.task.key for p in batch)
+        with self.prompts.lock:
+            for p in batch:  # back in the LRU if it was evicted since it was encoded
+                self.prompts.load(p.task.taskname, p.task.version, in_use)
+            return fn()
+
     def stream(self, batch: Sequence[Prepared]) -> Iterator[list[Optional[RowEvent]]]:
-        """Decode a batch; per step one event (or None) per row. The prompt pass holds the store's lock,
-        so no task version of the batch is evicted under it."""
+        """Decode a batch; per step one event (or None) per row. The prompt pass holds the store's lock."""
         tok = self.tokenizer
         prefill = self.prefixes.prefill  # the plain prompt pass where the prefix cache is off
 
         def locked_prefill(model, examples, pad_id):
-            in_use = frozenset(p.task.key for p in batch)
-            with self.prompts.lock:
-                for p in batch:  # back in the LRU if it was evicted since it was encoded
-                    self.prompts.load(p.task.taskname, p.task.version, in_use)
-                return prefill(model, examples, pad_id)
-
-        def decode(ids: list[int]) -> str:
-            return tok.decode(ids, skip_special_tokens=True)
+            return self._locked(batch, lambda: prefill(model, examples, pad_id))
 
         return stream_decode(self.model, [p.example for p in batch], [p.params for p in batch], locked_prefill,
-                             tok.pad_token_id, tok.eos_token_id, decode)
+                             tok.pad_token_id, tok.eos_token_id, self.decode)
+
+    def prompt_text(self, p: Prepared) -> str:
+        """The prompt as the model read it, virtual tokens left out (they are not text): what `echo` shows."""
+        return self.decode(text_ids(p.example))
+
+    def logprobs(self, p: Prepared, entries: Sequence[TokenLogprob], echo: bool) -> dict:
+        """OpenAI's legacy `logprobs` object of a completion (`entries`: one per token of its text), with the
+        prompt's tokens first when `echo` (each scored given all positions before it, virtual ones included;
+        a first token at position 0 gets null, as OpenAI's echo)."""
+        ids = [e.token_id for e in entries]
+        if not echo:
+            return openai_logprobs(entries, ids, self.decode)
+        scored = self._locked([p], lambda: prompt_logprobs(self.model, p.example, self.tokenizer.pad_token_id,
+                                                           p.params.logprobs or 0))
+        prompt = openai_logprobs([lp for _, lp in scored], [p.example.input_ids[t] for t, _ in scored], self.decode)
+        start = len(self.prompt_text(p))
+        return merge_logprobs(prompt, openai_logprobs(entries, ids, self.decode, start))

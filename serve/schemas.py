@@ -12,6 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP = 8
+MAX_LOGPROBS = 5  # OpenAI's limit for the completions route
 FieldValue = Union[str, int, float, bool]
 
 
@@ -29,6 +30,11 @@ class SamplingParams(BaseModel):
     seed: Optional[int] = Field(None, ge=0, lt=2**63, description="sampling seed of this request")
     stop: list[str] = Field(default_factory=list, description="strings that end a generation (not returned)")
     stream: bool = Field(False, description="server-sent events, one per new piece of text")
+    min_tokens: int = Field(0, ge=0, le=4096, description="EOS and stop strings do not end a generation before "
+                            "this many tokens (vLLM's min_tokens, NeMo's min_tokens_to_generate)")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS, description="return each generated token's "
+                                    "log-probability and this many most likely alternatives (OpenAI's legacy "
+                                    "completions shape); not with stream")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -41,6 +47,17 @@ class SamplingParams(BaseModel):
         if len(v) > MAX_STOP or any(not s for s in v):
             raise ValueError(f"give at most {MAX_STOP} non-empty stop strings, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SamplingParams":
+        problems = []
+        if self.min_tokens > self.max_tokens:
+            problems.append(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        if self.logprobs is not None and self.stream:
+            problems.append("logprobs is not supported with stream=true; ask without streaming")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def is_greedy(self) -> bool:
@@ -117,6 +134,8 @@ class CompletionRequest(SamplingParams):
         if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
             return v
         raise ValueError("give a string or a non-empty list of strings (token-id prompts are not supported)")
+    echo: bool = Field(False, description="prepend the prompt as the model read it (the template filled with "
+                       "`prompt`, virtual tokens left out); with logprobs, its tokens' log-probabilities too")
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -128,6 +147,16 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class Logprobs(BaseModel):
+    """OpenAI's legacy completions `logprobs`: per token of the text, its string, log-probability (None:
+    nothing before it to predict it from), the most likely alternatives with the chosen one, and its offset."""
+
+    tokens: list[str]
+    token_logprobs: list[Optional[float]]
+    top_logprobs: list[Optional[dict[str, float]]]
+    text_offset: list[int]
+
+
 class Completion(BaseModel):
     index: int
     taskname: str
@@ -137,6 +166,7 @@ class Completion(BaseModel):
     truncated: bool = Field(False, description="the task's truncate_field was cut to fit the model's positions; "
                                                "usage.prompt_tokens counts the prompt as it was run")
     usage: Usage
+    logprobs: Optional[Logprobs] = None
 
 
 class GenerateResponse(BaseModel):

@@ -58,6 +58,32 @@ def test_train_then_infer_mixed_tasks(tmp_path, tiny_gpt2_path, capsys):
     assert "correct" in rows[0] and "correct" not in rows[1]
 
 
+def test_nemos_inference_yaml_runs_as_written_and_writes_pred_file_path(tmp_path, tiny_gpt2_path, capsys):
+    """NeMo's megatron_gpt_prompt_learning_inference.yaml (tests/jobs/fixtures/nemo_inference.yaml): its keys
+    are accepted, pred_file_path gets one line per record (the prompt, virtual tokens left out, then the
+    generation; stripped, newlines as spaces) and output_file the JSON lines with per-token logprobs."""
+    assert main(["train", str(_train_config(tmp_path, tiny_gpt2_path)), "--no-progress"]) == 0
+    capsys.readouterr()
+    records = [{"taskname": "alpha", "text": f"item {i}", "label": "yes"} for i in range(3)] + \
+        [{"taskname": "beta", "text": "item 9"}]
+    data = tmp_path / "infer.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pred_file, out = tmp_path / "out" / "preds.txt", tmp_path / "out" / "preds.jsonl"
+    assert main(["infer", "--config", str(REPO / "tests" / "jobs" / "fixtures" / "nemo_inference.yaml"),
+                 f"virtual_prompt_model_file={tmp_path / 'table'}", f"data_paths=[{data}]",
+                 f"pred_file_path={pred_file}", f"output_file={out}", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["records"] == 4 and summary["pred_file_path"] == str(pred_file)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    prompts = [f" item {i} label:" for i in range(3)] + [" Q: item 9 A:"]  # the templates, virtual tokens out
+    expected = [(p + r["prediction"]).strip().replace("\n", " ") for p, r in zip(prompts, rows)]
+    assert pred_file.read_text().splitlines() == expected
+    for r in rows:  # compute_logprob: one entry per generated token; min_tokens_to_generate: 2
+        lp = r["logprobs"]
+        assert "".join(lp["tokens"]) == r["prediction"] and 2 <= len(lp["tokens"]) <= 4
+        assert len(lp["token_logprobs"]) == len(lp["tokens"]) and all(x < 0 for x in lp["token_logprobs"])
+
+
 def test_bad_config_is_one_clear_message_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  micro_batch_sise: 4\n  new_tasks: [x]\ntrainer:\n  precision: 7\n")

@@ -9,7 +9,8 @@ import torch
 
 from promptray.platform.batching import collate
 from promptray.platform.dataset import Example, build_examples
-from promptray.platform.generation import GenerationParams, generate, process_logits
+from promptray.platform.generation import (DecodeRow, GenerationParams, decode_rows, decode_steps, generate,
+                                          process_logits)
 from promptray.platform.model import PromptLearningModel
 from promptray.platform.prompt_encoder import PromptBank
 
@@ -308,3 +309,102 @@ def test_repetition_penalty_ignores_placeholders_and_padding(tiny_gpt2, monkeypa
     batched = generate(model, [exs[2], exs[4]], params, pad, eos)  # exs[4] is left-padded here
     assert alone == [[]]
     assert batched == [[], []]
+
+
+# ----------------------------------------------------------------------------- the decode core's rows
+
+def _boost_eos(model, monkeypatch, eos: int, steps: int) -> list:
+    """The model's first `steps` next-token distributions (the prompt pass included) put EOS on top; clear
+    the returned list to start counting again."""
+    real_step, calls = model.step, []
+
+    def step(*args, **kwargs):
+        logits, past = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) <= steps:
+            logits = logits.clone()
+            logits[:, eos] = logits.max(-1).values + 100.0
+        return logits, past
+
+    monkeypatch.setattr(model, "step", step)
+    return calls
+
+
+@pytest.mark.parametrize("fixture", MODELS)
+def test_min_tokens_to_generate_holds_eos_back_until_n_tokens(fixture, request, monkeypatch):
+    lm, tokenizer = request.getfixturevalue(fixture)
+    model, exs = setup(lm, tokenizer)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
+    assert all(eos not in o for o in full)
+    calls = _boost_eos(model, monkeypatch, eos, steps=2)  # EOS on top for the first two tokens, then as is
+
+    def run(n):
+        calls.clear()
+        return generate(model, exs, GenerationParams(tokens_to_generate=6, min_tokens_to_generate=n), pad, eos)
+
+    assert run(0) == [[] for _ in exs]  # EOS first: nothing generated
+    assert run(1) == [o[:1] for o in full]  # one token, then EOS (still on top for the second)
+    assert run(2) == full  # EOS held back for both tokens where it was on top: the rest is unchanged
+
+
+def _reference_logprobs(model, example, tokens, pad) -> torch.Tensor:
+    """(n, V) log-softmax of the next-token distribution before each of `tokens`, without a KV cache."""
+    batch = collate([example], pad, side="left")
+    with torch.no_grad():
+        emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (1, T, H)
+        emb = torch.cat([emb, model.token_embeddings(torch.tensor([tokens[:-1]]))], dim=1)  # (1, T+n-1, H)
+        logits = model.lm(inputs_embeds=emb, use_cache=False).logits[0, -len(tokens):]  # (n, V)
+    return logits.float().log_softmax(-1)
+
+
+@pytest.mark.parametrize("fixture", MODELS)
+def test_logprobs_are_the_models_own_distribution_with_top_k(fixture, request):
+    """Each generated token's log-probability and its top-k alternatives, from the model's distribution (not
+    the processed one: the repetition penalty changes the choice, not the reported numbers)."""
+    lm, tokenizer = request.getfixturevalue(fixture)
+    model, exs = setup(lm, tokenizer)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    params = GenerationParams(tokens_to_generate=5, stop_at_eos=False, repetition_penalty=1.3, logprobs=3)
+    rows = decode_rows(model, exs[:3], [DecodeRow(params, eos) for _ in exs[:3]], pad)
+    for e, row in zip(exs[:3], rows):
+        assert len(row.output_ids) == 5 and len(row.trace) == 5
+        ref = _reference_logprobs(model, e, row.output_ids, pad)  # (5, V)
+        chosen = ref.gather(1, torch.tensor(row.output_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor([t.logprob for t in row.trace]), chosen, atol=1e-4, rtol=0)
+        for t, r in zip(row.trace, ref):
+            top = r.topk(3)
+            assert [i for i, _ in t.top] == top.indices.tolist()
+            torch.testing.assert_close(torch.tensor([v for _, v in t.top]), top.values, atol=1e-4, rtol=0)
+    none = decode_rows(model, exs[:1], [DecodeRow(GenerationParams(tokens_to_generate=2), eos)], pad)[0]
+    assert none.trace == []
+
+
+def test_stop_strings_end_rows_and_usage_counts_every_generated_token(tiny_gpt2):
+    """A stop string completed by token j: the text ends before it and the row reports j tokens generated
+    (the issue's example: `stop: "wear"` returned `']}'` with completion_tokens 0)."""
+    lm, tokenizer = tiny_gpt2
+    model, exs = setup(lm, tokenizer)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    def run(**kw):
+        params = GenerationParams(tokens_to_generate=8, stop_at_eos=False, **kw)
+        row = DecodeRow(params, eos, decode=decode)
+        events = [ev[0] for ev in decode_steps(model, exs[:1], [row], pad) if ev[0] is not None]
+        return "".join(e.text for e in events), events[-1], row
+
+    text, last, row = run()
+    full = row.ids
+    assert last.generated == 8 and last.finish_reason == "length" and text == decode(full)
+    stop = text[len(decode(full[:3])):][:3]  # a stop string that starts in the fourth token's text
+    assert stop.strip()
+    j = next(j for j in range(1, 9) if stop in decode(full[:j]))  # the token that completes it
+    text, last, row = run(stop=[stop])
+    assert text == decode(full)[:decode(full).find(stop)] and last.finish_reason == "stop"
+    assert last.generated == j == len(row.ids) and row.ids == full[:j]
+    # min_tokens_to_generate=j: the stop string completed by token j does not count; the text keeps it
+    text, last, _ = run(stop=[stop], min_tokens_to_generate=j)
+    assert last.generated > j and text.startswith(decode(full[:j]))

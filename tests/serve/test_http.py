@@ -124,6 +124,38 @@ def test_max_tokens_stop_strings_and_seeded_sampling(server):
     assert a == b and a != c
 
 
+def test_usage_with_stop_strings_logprobs_and_echo(server):
+    """completion_tokens counts every generated token, the one completing a stop string included (issue 13:
+    it was 0 for `"stop": "wear"`); `logprobs` and `echo` in OpenAI's legacy completions shape."""
+    base = {**INPUTS[2], "greedy": True, "max_tokens": N}
+    full = post(server, "/v1/generate", {**base, "logprobs": 0}).json()["completions"][0]
+    tokens = full["logprobs"]["tokens"]
+    assert "".join(tokens) == full["text"] and len(tokens) == full["usage"]["completion_tokens"] == N
+    # a stop string first completed by token j + 1: the last character before it and its text
+    j, stop = next((j, "".join(tokens[:j])[-1:] + tokens[j]) for j in range(2, N)
+                   if tokens[j].strip() and "".join(tokens[:j])[-1:] + tokens[j] not in "".join(tokens[:j]))
+    cut = post(server, "/v1/generate", {**base, "stop": stop}).json()
+    assert cut["completions"][0]["text"] == full["text"][:full["text"].find(stop)]
+    assert cut["usage"]["completion_tokens"] == j + 1 and cut["completions"][0]["finish_reason"] == "stop"
+
+    req = {"model": "sent", "prompt": INPUTS[0]["fields"]["text"], "max_tokens": 4, "temperature": 0}
+    plain = post(server, "/v1/completions", req).json()["choices"][0]
+    out = post(server, "/v1/completions", {**req, "logprobs": 2, "echo": True}).json()["choices"][0]
+    prompt = f" Review: {INPUTS[0]['fields']['text']} Sentiment:"  # the template, virtual tokens left out
+    assert out["text"] == prompt + plain["text"]
+    lp = out["logprobs"]
+    assert "".join(lp["tokens"]) == out["text"] and len(lp["tokens"]) == len(lp["text_offset"])
+    assert all(out["text"][o:].startswith(t) for o, t in zip(lp["text_offset"], lp["tokens"]))
+    assert all(x is not None and x < 0 for x in lp["token_logprobs"])  # virtual tokens first: all have context
+    assert all(top[t] == x and len(top) <= 3 for t, x, top in zip(lp["tokens"], lp["token_logprobs"],
+                                                                   lp["top_logprobs"]))
+    echo = post(server, "/v1/completions", {**req, "echo": True}).json()["choices"][0]
+    assert echo["text"] == out["text"] and echo["logprobs"] is None
+    chunks = sse(post(server, "/v1/completions", {**req, "echo": True, "stream": True}))
+    assert chunks[0]["choices"][0]["text"] == prompt
+    assert "".join(c["choices"][0]["text"] for c in chunks) == echo["text"]
+
+
 def test_task_published_while_serving_is_served_without_restart(server, table_uri, tiny_gpt2_path,
                                                                  model_fingerprint):
     fp, hidden = model_fingerprint
@@ -157,6 +189,11 @@ def test_task_published_while_serving_is_served_without_restart(server, table_ur
     ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "top_p": 0}, 422, "top_p"),
     ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "max_tokens": 0}, 422, "max_tokens"),
     ("/v1/generate", {"fields": {"text": "t"}}, 422, "either taskname"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "logprobs": 6}, 422, "logprobs"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "logprobs": 1, "stream": True}, 422,
+     "logprobs is not supported with stream"),
+    ("/v1/generate", {"taskname": "sent", "fields": {"text": "t"}, "min_tokens": 9, "max_tokens": 4}, 422,
+     "min_tokens (9) must not exceed max_tokens (4)"),
     ("/v1/completions", {"model": "nope", "prompt": "hi"}, 404, "unknown task 'nope'"),
     ("/v1/completions", {"model": "qa", "prompt": "not json"}, 422, "JSON object"),
 ])

@@ -165,3 +165,62 @@ def test_task_trained_with_bos_is_served_with_bos_issue13(tmp_path, tiny_gpt2_pa
     without_bos = predict(engine, prepare(engine, records, 6, add_bos=False), gen)
     assert with_bos != without_bos  # the BOS matters for this model, so the comparison below can fail
     assert run(serve, items, params) == with_bos
+
+
+def _last_events(engine, prepared) -> list:
+    texts, last = [""] * len(prepared), [None] * len(prepared)
+    for events in engine.stream(prepared):
+        for i, e in enumerate(events):
+            if e is not None:
+                texts[i] += e.text
+                last[i] = e
+    return list(zip(texts, last))
+
+
+def test_usage_counts_every_generated_token_with_stop_strings(table_uri, tiny_gpt2_path):
+    """Issue 13's example (`"stop": "wear"` gave completion_tokens 0; others were short by an amount that
+    depended on the stop string's length): completion tokens are the tokens generated, up to and including
+    the one that completes the stop string. Stop strings of several lengths, each its own row of one batch."""
+    engine = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32"))
+    x = INPUTS_FOR_UNITS[2]
+    whole = SamplingParams(max_tokens=12, greedy=True)
+    [(full_text, last)] = _last_events(engine, [engine.encode(x["taskname"], x["fields"], None, whole)])
+    steps = engine.stream([engine.encode(x["taskname"], x["fields"], None, whole)])
+    full = [t for events in steps for e in events if e is not None for t in e.token_ids]
+    assert last.generated == 12 == len(full) and engine.decode(full) == full_text
+    stops = [full_text[3:4], full_text[5:8], full_text[6:12], full_text[-4:]]
+    assert all(s.strip() for s in stops)
+    prepared = [engine.encode(x["taskname"], x["fields"], None, SamplingParams(max_tokens=12, greedy=True, stop=[s]))
+                for s in stops]
+    for s, (text, last) in zip(stops, _last_events(engine, prepared)):
+        completes = next(j for j in range(1, 13) if s in engine.decode(full[:j]))
+        assert text == full_text[:full_text.find(s)] and last.finish_reason == "stop", s
+        assert last.generated == completes, s
+    # min_tokens: a stop string completed within the first min_tokens tokens does not end the answer
+    s = stops[0]
+    completes = next(j for j in range(1, 13) if s in engine.decode(full[:j]))
+    held = SamplingParams(max_tokens=12, greedy=True, stop=[s], min_tokens=completes)
+    [(text, last)] = _last_events(engine, [engine.encode(x["taskname"], x["fields"], None, held)])
+    assert last.generated > completes and text.startswith(engine.decode(full[:completes]))
+
+
+def test_logprobs_and_echo_of_a_completion(table_uri, tiny_gpt2_path):
+    """OpenAI's legacy layout: with echo the prompt as the model read it (virtual tokens left out) comes
+    first; tokens join to the returned text; greedy picks each token's most likely alternative."""
+    engine = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32"))
+    p = engine.encode("sent", {"text": "A wonderful, moving film."}, None,
+                      SamplingParams(max_tokens=5, greedy=True, logprobs=2))
+    [(text, last)] = _last_events(engine, [p])
+    echo = engine.prompt_text(p)
+    assert echo == " Review: A wonderful, moving film. Sentiment:"
+    n_prompt = len(engine.tokenizer.encode(echo))
+    plain, echoed = engine.logprobs(p, last.logprobs, echo=False), engine.logprobs(p, last.logprobs, echo=True)
+    assert "".join(plain["tokens"]) == text and len(plain["tokens"]) == last.generated == 5
+    assert "".join(echoed["tokens"]) == echo + text and len(echoed["tokens"]) == n_prompt + 5
+    assert echoed["token_logprobs"][0] is not None  # the prompt starts with virtual tokens: its first has context
+    assert echoed["text_offset"][n_prompt:] == [len(echo) + o for o in plain["text_offset"]]
+    assert echoed["tokens"][n_prompt:] == plain["tokens"]
+    assert echoed["token_logprobs"][n_prompt:] == plain["token_logprobs"]
+    for tok, lp, top in zip(plain["tokens"], plain["token_logprobs"], plain["top_logprobs"]):
+        assert top[tok] == lp == max(top.values()) and len(top) == 2  # greedy: the chosen one is the top one
+    assert all(len(t) <= 3 for t in echoed["top_logprobs"])  # k alternatives plus the chosen token
