@@ -38,14 +38,10 @@ from promptray.jobs.search_report import (
 )
 from promptray.jobs.search_space import param_space, search_groups, split_data
 from promptray.jobs.search_trial import release_placement_group, run_trial, trial_dir, trial_resources
-from promptray.jobs.train import (
-    RESULT_PREFIX,
-    absolutize,
-    connect,
-    missing_data_problems,
-)
+from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
 from promptray.platform.config import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
+from promptray.platform.model_limits import check_model_limits
 
 log = logging.getLogger(__name__)
 CRASH_MARKER = ".promptray_search_crashed"
@@ -166,11 +162,12 @@ def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any
 
 
 def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -> PromptLearningConfig:
-    cfg = absolutize(load_config(path_or_dict, overrides))
-    problems = ([] if cfg.search else ["search: missing section; give search.tasks with total_virtual_tokens "
-                                       "per new task"]) + missing_data_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
+    """The checked config of a search: schema, cross-key, data files, then every template and candidate
+    token count against the base model's limits (its config only), all before any trial runs."""
+    cfg = absolutize(load_config(path_or_dict, overrides, check_files=True))
+    if cfg.search is None:
+        raise ConfigError("search: missing section; give search.tasks with total_virtual_tokens per new task")
+    check_model_limits(cfg)
     return cfg
 
 

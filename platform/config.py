@@ -20,64 +20,109 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.platform.config_checks import config_problems, normalize_precision  # noqa: F401  (re-exported)
+from promptray.platform.data_files import data_file_problems
 from promptray.platform.errors import ConfigError
+from promptray.platform.nemo_keys import ignored_keys_in, strip_ignored
 from promptray.platform.ray_config import RayConfig
 from promptray.platform.search_config import SearchConfig
 from promptray.platform.templates import TaskTemplate, validate_task_templates
 
 log = logging.getLogger(__name__)
 
-# NeMo keys that have no meaning on this engine: accepted, ignored.
-IGNORED_MODEL_KEYS = {"tensor_model_parallel_size", "pipeline_model_parallel_size", "megatron_amp_O2",
-                      "sequence_parallel", "activations_checkpoint_granularity", "activations_checkpoint_method",
-                      "activations_checkpoint_num_layers", "pipeline_model_parallel_split_rank"}
-IGNORED_DATA_KEYS = {"num_workers", "pin_memory", "drop_last", "min_seq_length", "train_cache_data_path",
-                     "validation_cache_data_path", "test_cache_data_path", "load_cache", "test_ds"}
+NONNEG_OR_UNSET = "-1 (unset, as NeMo writes it) or a number >= 1"
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TrainerConfig(BaseModel):
-    """PyTorch Lightning's trainer keys that apply here; the others are accepted and ignored."""
+def _count_or_unset(v: Optional[int]) -> Optional[int]:
+    """NeMo writes -1 for "no limit": read as unset. Other values below 1 are errors."""
+    if v is None or v == -1:
+        return None
+    if v < 1:
+        raise ValueError(f"use {NONNEG_OR_UNSET}")
+    return v
 
-    model_config = ConfigDict(extra="allow")
+
+def _fraction_or_count(v: Union[int, float]) -> Union[int, float]:
+    """Lightning's rule: an int is a number (>= 1), a float a fraction in (0, 1]."""
+    if isinstance(v, float) and not 0 < v <= 1:
+        raise ValueError("a float is a fraction of the epoch / of the batches in (0, 1]; an int is a count >= 1")
+    if isinstance(v, int) and v < 1:
+        raise ValueError("an int is a count >= 1; a float is a fraction in (0, 1]")
+    return v
+
+
+class TrainerConfig(Section):
+    """PyTorch Lightning's trainer keys that apply here (NeMo's others: nemo_keys.IGNORED_KEYS)."""
+
     accelerator: str = "auto"  # auto | cpu | gpu | cuda (platform/devices.py); one process, one device
-    devices: Union[int, str] = 1
-    num_nodes: int = 1
+    devices: Union[int, str] = 1  # >= 1, or -1 / "auto" (read as 1)
+    num_nodes: int = Field(1, ge=1)
     precision: Union[int, str] = "bf16"
-    max_epochs: Optional[int] = 3  # as in NeMo's megatron_gpt_prompt_learning_config.yaml (`trainer: ...`)
-    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = 3  # as in NeMo's megatron_gpt_prompt_learning_config.yaml; -1: unset
+    max_steps: Optional[int] = None  # -1 (NeMo's default): unset
     val_check_interval: Union[int, float] = 1.0
     limit_val_batches: Union[int, float] = 1.0
-    log_every_n_steps: int = 10
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = Field(10, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: Optional[float] = Field(1.0, ge=0)  # 0 or null: no clipping (Lightning's rule)
+
+    @field_validator("max_epochs", "max_steps")
+    @classmethod
+    def _unset(cls, v: Optional[int]) -> Optional[int]:
+        return _count_or_unset(v)
+
+    @field_validator("val_check_interval", "limit_val_batches")
+    @classmethod
+    def _fraction(cls, v: Union[int, float]) -> Union[int, float]:
+        return _fraction_or_count(v)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: Union[int, str]) -> Union[int, str]:
+        if (isinstance(v, int) and (v >= 1 or v == -1)) or str(v).lower() == "auto":
+            return v
+        raise ValueError("use a number of devices >= 1, or -1 / 'auto'")
 
 
-class ExpManagerConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class CheckpointParams(Section):
+    """exp_manager.checkpoint_callback_params: every NeMo key of it is in nemo_keys.IGNORED_KEYS."""
+
+
+class ExpManagerConfig(Section):
     exp_dir: Optional[str] = None
     explicit_log_dir: Optional[str] = None
     name: Optional[str] = None
+    checkpoint_callback_params: Optional[CheckpointParams] = None
 
 
-class SchedConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")  # monitor, reduce_on_plateau, ... are NeMo's
-    name: str = "CosineAnnealing"
-    warmup_steps: Optional[int] = None
-    warmup_ratio: Optional[float] = None
-    min_lr: float = 0.0
-    constant_steps: int = 0
+class SchedConfig(Section):
+    name: str = "CosineAnnealing"  # or constant / none
+    warmup_steps: Optional[int] = Field(None, ge=0)
+    warmup_ratio: Optional[float] = Field(None, ge=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+    constant_steps: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        if v.lower() not in SCHEDULES:
+            raise ValueError("unknown schedule; use CosineAnnealing (warmup, constant phase, cosine decay "
+                             "to min_lr) or constant")
+        return v
+
+
+SCHEDULES = {"cosineannealing", "constant", "none"}
 
 
 class OptimConfig(Section):
     name: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    eps: float = Field(1e-8, gt=0)
     sched: Optional[SchedConfig] = Field(default_factory=SchedConfig)
 
     @field_validator("name")
@@ -85,6 +130,13 @@ class OptimConfig(Section):
     def _known_optimizer(cls, v: str) -> str:
         if v.lower() not in {"adam", "adamw", "fused_adam", "distributed_fused_adam"}:
             raise ValueError(f"unknown optimizer {v!r}; use adamw (fused_adam and adam are read as adamw)")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not all(0 <= b < 1 for b in v):
+            raise ValueError("give two numbers in [0, 1), e.g. [0.9, 0.999]")
         return v
 
 
@@ -112,7 +164,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    seed: int = 1234
+    seed: int = Field(1234, ge=0)
     nemo_path: Optional[str] = None
     prompt_table: Optional[str] = None
     virtual_prompt_style: Literal["prompt-tuning", "p-tuning", "inference"] = "prompt-tuning"
@@ -144,8 +196,7 @@ class StorageConfig(Section):
     endpoint_url: Optional[str] = None  # an S3-compatible server; default: AWS_ENDPOINT_URL, else AWS
 
 
-class PromptLearningConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class PromptLearningConfig(Section):
     name: str = "prompt_learning"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
@@ -205,22 +256,26 @@ class PromptLearningConfig(BaseModel):
 
 # ----------------------------------------------------------------------------- loading
 
-def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None) -> PromptLearningConfig:
-    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything."""
-    raw = _merge(source, overrides or [])
-    raw = _drop_ellipsis(raw)
-    problems = _ignored_and_unknown(raw)
-    invalid: set[str] = set()
+def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None, *,
+                check_files: bool = False) -> PromptLearningConfig:
+    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything.
+
+    Every problem (per key, across keys and, with `check_files`, local data files that do not exist) is
+    raised at once in one ConfigError naming key, value and fix. NeMo keys without meaning here
+    (nemo_keys.IGNORED_KEYS) are removed and logged."""
+    raw = _drop_ellipsis(_merge(source, overrides or []))
+    problems = _strip_nemo_keys(raw)
+    problems += data_file_problems(raw) if check_files else []
+    cfg, invalid = None, set()
     try:
         cfg = PromptLearningConfig.model_validate(raw)
     except ValidationError as e:
         problems += [_describe(err) for err in e.errors()]
         cfg, invalid = _validate_without(raw, e.errors())
-        if cfg is None:
-            raise ConfigError(problems) from None
-    # still run the cross-key checks; skip those that read an invalid key (they would repeat it second-hand)
-    problems += [p for p in config_problems(cfg) if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
-    if problems:
+    if cfg is not None:  # cross-key checks, less those that read an invalid key (they would repeat it)
+        problems += [p for p in config_problems(cfg)
+                     if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
+    if problems or cfg is None:
         raise ConfigError(problems)
     return cfg
 
@@ -280,41 +335,45 @@ def _drop_ellipsis(raw: Any) -> Any:
     return raw
 
 
-def _ignored_and_unknown(raw: dict) -> list[str]:
-    """Strip NeMo keys that do not apply here (logging them); model parallelism other than 1 is an error."""
-    model = raw.get("model")
-    if not isinstance(model, dict):
+def _strip_nemo_keys(raw: dict) -> list[str]:
+    """Remove NeMo keys that have no meaning here (logging them); problems of values they cannot take."""
+    if not isinstance(raw.get("model"), dict):
         return ["model: missing section; a config needs model.language_model_path, model.task_templates, ..."]
-    problems, ignored = [], []
-    for k in [k for k in model if k in IGNORED_MODEL_KEYS]:
-        value = model.pop(k)
-        if k.endswith("parallel_size") and value not in (1, None):
-            problems.append(f"model.{k}: got {value}; model parallelism is not supported, set it to 1")
-        ignored.append(f"model.{k}")
-    data = model.get("data")
-    if isinstance(data, dict):
-        for k in [k for k in data if k in IGNORED_DATA_KEYS]:
-            data.pop(k)
-            ignored.append(f"model.data.{k}")
-    if ignored:
-        log.info("ignoring NeMo keys that do not apply here: %s", ", ".join(ignored))
+    removed, problems = strip_ignored(raw)
+    if removed:
+        log.info("ignoring NeMo keys that have no meaning here (see README, Training): %s", ", ".join(removed))
     return problems
 
 
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
 def _describe(err: dict) -> str:
+    """One pydantic error as 'dotted.key: problem (got value); fix'."""
     loc = ".".join(str(x) for x in err.get("loc", ()))
     if err.get("type") == "extra_forbidden":
         section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
-        hint = _suggest(key, section)
-        return f"{loc}: unknown key{hint}; remove it or check the spelling"
+        return f"{loc}: unknown key{_suggest(key, section)}; remove it or check the spelling"
     value = repr(err.get("input"))
     value = value if len(value) <= 80 else value[:80] + "..."
-    return f"{loc}: {err['msg']} (got {value})"
+    if err.get("type") in _BOUNDS:
+        name, op = _BOUNDS[err["type"]]
+        return f"{loc}: got {value}; use a value {op} {err.get('ctx', {}).get(name)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg} (got {value})"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {"": PromptLearningConfig, "trainer": TrainerConfig, "exp_manager": ExpManagerConfig,
+            "exp_manager.checkpoint_callback_params": CheckpointParams, "model": ModelConfig,
+            "model.data": DataConfig, "model.optim": OptimConfig, "model.optim.sched": SchedConfig,
+            "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "ray": RayConfig,
+            "storage": StorageConfig, "search": SearchConfig}
 
 
 def _suggest(key: str, section: str) -> str:
-    models = {"model": ModelConfig, "model.data": DataConfig, "model.optim": OptimConfig, "ray": RayConfig,
-              "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "search": SearchConfig}
-    known = list(models[section].model_fields) if section in models else []
+    model = _sections().get(section)
+    known = (list(model.model_fields) if model else []) + ignored_keys_in(section)
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -18,6 +18,7 @@ from promptray.platform.errors import ConfigError
 from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.hub import load_base_model
 from promptray.platform.model import PromptLearningModel
+from promptray.platform.model_limits import check_model_limits
 from promptray.platform.prompt_encoder import (PromptBank, PromptEncoder, init_from_text, init_from_vocab,
                                                init_random)
 from promptray.platform.prompt_table import PromptTable, TaskPrompt
@@ -106,6 +107,7 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     restored = PromptTable(m.restore_path) if m.restore_path else None  # one client, reused below
     _check_new_tasks(cfg, restored)
     lm_name = m.language_model_path or _base_model_from_table(restored)
+    check_model_limits(cfg, lm_name)  # from the model's config alone, before its weights load
     lm, tokenizer = load_base_model(lm_name)
     fingerprint = fingerprint_model(lm, lm_name)
     existing = restore_tasks(restored, m.existing_tasks, fingerprint) if m.existing_tasks else {}

@@ -153,7 +153,7 @@ def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fie
     except OmegaConfBaseException as e:
         raise JobConfigError(f"config: cannot read it: {str(e).splitlines()[0]}") from None
     try:
-        cfg = load_config(raw)
+        cfg = load_config(raw, check_files=True)
     except ConfigError as e:
         raise JobConfigError(problems + e.problems) from None
     if problems:

@@ -1,0 +1,99 @@
+"""What a base model bounds, read from its config alone (no weights), and the virtual-token counts checked
+against it before training or a search starts, each problem naming the key, the count and the limit.
+
+An example holds its virtual tokens and at least a few text tokens (the template's words, the answer, EOS),
+so a count fits when count + MIN_TEXT_TOKENS <= the model's positions (and <= max_seq_length, which the
+config check covers without the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from promptray.platform.errors import ConfigError
+
+if TYPE_CHECKING:
+    from promptray.platform.config import PromptLearningConfig
+
+MIN_TEXT_TOKENS = 4
+DEFAULT_POSITIONS = 2048  # a config that names no position limit (rotary models without max_position_embeddings)
+
+
+def max_positions_of(config: Any) -> int:
+    """The longest sequence a Hugging Face model config allows (its position table), else DEFAULT_POSITIONS."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    return DEFAULT_POSITIONS
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    name: str  # as the config names the base model
+    max_positions: int
+
+
+def read_model_limits(name_or_path: str) -> ModelLimits:
+    """The limits of a base model (built-in name, local folder or hub id) from its config.json only."""
+    from transformers import AutoConfig
+
+    from promptray.platform.hub import resolve_model_path
+
+    source = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model.language_model_path: cannot read the config of {name_or_path!r} ({first}); "
+                          "pass a Hugging Face model folder or id, or the built-in smollm2-135m",
+                          title="cannot load base model") from None
+    return ModelLimits(str(name_or_path), max_positions_of(config))
+
+
+def count_problems(key: str, counts: Iterable[int], limits: ModelLimits) -> list[str]:
+    """`key`'s virtual-token counts that leave no room for text in the model's positions."""
+    room = limits.max_positions - MIN_TEXT_TOKENS
+    too_many = sorted({c for c in counts if c > room})
+    if not too_many:
+        return []
+    shown = too_many[0] if len(too_many) == 1 else too_many
+    return [f"{key}: {shown} virtual tokens do not fit the base model {limits.name!r}, which takes "
+            f"{limits.max_positions} positions (max_position_embeddings); an example needs its virtual tokens "
+            f"plus at least {MIN_TEXT_TOKENS} text tokens, so use at most {room}"]
+
+
+def template_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> list[str]:
+    """Each new task's total_virtual_tokens against the model (model.task_templates[i] names it)."""
+    problems = []
+    for i, t in enumerate(cfg.model.task_templates):
+        if t.get("taskname") in cfg.model.new_tasks and isinstance(t.get("total_virtual_tokens"), int):
+            problems += count_problems(f"model.task_templates[{i}].total_virtual_tokens (task "
+                                       f"{t['taskname']!r})", [t["total_virtual_tokens"]], limits)
+    return problems
+
+
+def search_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> list[str]:
+    """Every search candidate count against the model (search.tasks.<task>.total_virtual_tokens)."""
+    if cfg.search is None:
+        return []
+    return [p for name, space in cfg.search.tasks.items()
+            for p in count_problems(f"search.tasks.{name}.total_virtual_tokens", space.counts, limits)]
+
+
+def model_limit_problems(cfg: "PromptLearningConfig", model_name: Optional[str] = None) -> list[str]:
+    """Templates and search candidates of `cfg` against its base model (model_name, default
+    model.language_model_path); [] when neither is known (the table's model is checked when it loads)."""
+    name = model_name or cfg.model.language_model_path
+    if not name:
+        return []
+    limits = read_model_limits(name)
+    return template_limit_problems(cfg, limits) + search_limit_problems(cfg, limits)
+
+
+def check_model_limits(cfg: "PromptLearningConfig", model_name: Optional[str] = None) -> None:
+    """Raise ConfigError listing every count that does not fit the base model."""
+    problems = model_limit_problems(cfg, model_name)
+    if problems:
+        raise ConfigError(problems)
