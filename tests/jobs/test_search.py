@@ -255,10 +255,10 @@ def test_sdk_submit_search_checks_the_config_and_its_job_reports_the_best_trial(
     assert result.versions == {"a": "v1"} and result.search_id == "s-1"
 
 
-def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choice(tmp_path):
+def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choice(tmp_path, tiny_gpt2_path):
     from promptray.jobs.search_space import param_space, search_groups, trial_config
 
-    raw = search_config(tmp_path, tmp_path / "model", [2, 4], style=["prompt-tuning", "p-tuning"],
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], style=["prompt-tuning", "p-tuning"],
                         lr={"min": 1e-3, "max": 1e-1})
     raw["model"]["new_tasks"] = ["a", "b"]
     raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "b",
@@ -283,12 +283,44 @@ def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choic
         prepare_search_config(raw)
 
 
-def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path):
+def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path, tiny_gpt2_path):
     from promptray.jobs.search_trial import DRIVER_RESOURCES, trial_resources
 
-    raw = search_config(tmp_path, tmp_path / "model", [2, 4], cpus_per_trial=2)
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], cpus_per_trial=2)
     assert trial_resources(prepare_search_config(raw)) == {"cpu": 2}
     raw["ray"] = {"use_gpu": True}
     assert trial_resources(prepare_search_config(raw)) == {"cpu": 2, "gpu": 1}  # a one-worker trial's own GPU
     raw["ray"]["num_workers"], raw["model"]["micro_batch_size"] = 2, 2
     assert trial_resources(prepare_search_config(raw)) == DRIVER_RESOURCES  # the Train workers reserve theirs
+
+
+def test_candidate_counts_are_checked_against_the_models_positions_before_any_trial(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    model = tmp_path / "m512"  # config.json only: no trial could load it
+    GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=512).save_pretrained(model)
+    raw = search_config(tmp_path, model, [2, 600, 509, 508])
+    with pytest.raises(ConfigError) as e:
+        prepare_search_config(raw)
+    assert e.value.problems == [
+        f"search.tasks.a.total_virtual_tokens: [509, 600] virtual tokens do not fit the base model '{model}', "
+        "which takes 512 positions (max_position_embeddings); an example needs its virtual tokens plus at least "
+        "4 text tokens, so use at most 508"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_search_config_with_four_problems_reports_them_at_once_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = search_config(tmp_path, tmp_path / "no-model", [2])
+    m = raw["model"]
+    m["optim"]["lr"], m["global_batch_size"] = -1, 6
+    m["task_templates"][0]["virtual_token_splits"] = [1]
+    m["data"]["train_ds"] = ["missing.jsonl"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "(4 problems)" in err and "Traceback" not in err, err
+    for key in ("model.data.train_ds[0]: file 'missing.jsonl'", "model.optim.lr: got -1",
+                "virtual_token_splits [1] sum to 1", "model.global_batch_size: 6 is not a multiple"):
+        assert key in err

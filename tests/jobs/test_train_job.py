@@ -147,10 +147,11 @@ def test_invalid_job_config_lists_every_problem_and_exits_2(tmp_path, capsys):
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "(4 problems)" in err, err
-    for key in ("ray.num_workers", "ray.max_failures", "ray.resources_per_worker", "model.sharding"):
+    assert "Traceback" not in err and "(5 problems)" in err, err  # the missing data file is in the same report
+    for key in ("ray.num_workers", "ray.max_failures", "ray.resources_per_worker", "model.sharding",
+                "model.data.train_ds[0]"):
         assert f"  - {key}:" in err
     path.write_text(yaml.safe_dump(job_config(tmp_path, tmp_path / "no-model")))
     (tmp_path / "job.jsonl").unlink()
     assert main(["--config", str(path)]) == 2  # missing data is found before any worker starts
-    assert "model.data.train_ds: file" in capsys.readouterr().err
+    assert "model.data.train_ds[0]: file" in capsys.readouterr().err
