@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
+    errored,
     plot_trials,
     publish_best,
     trial_rows,
@@ -150,6 +151,8 @@ def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any
         grid = _fit(build_tuner(cfg, group, tasks, data, resume))
         rows += trial_rows(grid, group, tasks, s.metric, s.metric_mode)
     csv_path, _ = write_tables(run_dir, rows)  # also when a group failed: its trials' errors are in there
+    if errored(rows):
+        log.warning("%d of %d trial(s) erred; their errors are in %s", errored(rows), len(rows), csv_path)
     plot = plot_trials(run_dir, rows, list(cfg.model.new_tasks), s.metric)
     best = {g: (tasks, best_row(rows, g, s.metric, s.metric_mode)) for g, tasks in groups.items()}
     versions = publish_best(cfg, best, search_id, run_dir / "trials")
@@ -157,7 +160,8 @@ def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any
             "best": {g: {"trial_id": r["trial_id"], s.metric: r[s.metric],
                          "config": {k.removeprefix("config/"): v for k, v in r.items() if k.startswith("config/")}}
                      for g, (_, r) in best.items()},
-            "trials": len(rows), "run_dir": str(run_dir), "trials_csv": str(csv_path), "plot": str(plot),
+            "trials": len(rows), "trials_errored": errored(rows), "run_dir": str(run_dir),
+            "trials_csv": str(csv_path), "plot": str(plot),
             "tune_dir": str(run_dir / "tune")}
 
 

@@ -324,3 +324,23 @@ def test_a_search_config_with_four_problems_reports_them_at_once_and_exits_2(tmp
     for key in ("model.data.train_ds[0]: file 'missing.jsonl'", "model.optim.lr: got -1",
                 "virtual_token_splits [1] sum to 1", "model.global_batch_size: 6 is not a multiple"):
         assert key in err
+
+
+@pytest.mark.ray
+def test_a_trial_that_errs_keeps_its_id_config_and_a_plain_one_line_error(tmp_path, tiny_gpt2_path, ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 12])
+    raw["model"]["data"]["max_seq_length"] = 16  # 12 virtual tokens + the text: every example is over 16
+    payload = run_search(prepare_search_config(raw))
+    assert payload["trials"] == 2 and payload["trials_errored"] == 1
+    assert payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 2
+    trials = {t["config/a.total_virtual_tokens"]: t for t in
+              json.loads((Path(payload["run_dir"]) / "trials.json").read_text())}
+    bad = trials[12]
+    assert bad["status"] == "error" and bad["trial_id"] and bad["trial_id"] != trials[2]["trial_id"]
+    assert bad["error"].startswith("ConfigError: model.data.train_ds: 0 usable training examples for new tasks "
+                                   "['a']; need at least micro_batch_size=4 (a: 0 kept, 0 truncated, 16 dropped; "
+                                   "examples longer than 16 tokens, of which total_virtual_tokens {'a': 12} are "
+                                   "virtual, are dropped unless the template has a truncate_field)"), bad["error"]
+    assert "\n" not in bad["error"] and "\x1b" not in bad["error"] and "Traceback" not in bad["error"]
+    csv_text = (Path(payload["run_dir"]) / "trials.csv").read_text()
+    assert bad["trial_id"] in csv_text and "\x1b" not in csv_text
