@@ -270,7 +270,7 @@ def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] =
     try:
         cfg = PromptLearningConfig.model_validate(raw)
     except ValidationError as e:
-        problems += [_describe(err) for err in e.errors()]
+        problems += _describe_all(e.errors())
         cfg, invalid = _validate_without(raw, e.errors())
     if cfg is not None:  # cross-key checks, less those that read an invalid key (they would repeat it)
         problems += [p for p in config_problems(cfg)
@@ -347,6 +347,21 @@ def _strip_nemo_keys(raw: dict) -> list[str]:
 
 _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
            "less_than_equal": ("le", "<=")}
+
+
+_UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none)$|\[")  # loc parts pydantic adds for a Union
+
+
+def _describe_all(errors: list) -> list[str]:
+    """Pydantic's errors, one per key: a value that fits no member of a Union (e.g. int or float) is one
+    problem under the key's own name."""
+    seen, out = set(), []
+    for err in errors:
+        loc = tuple(p for i, p in enumerate(err.get("loc", ())) if i == 0 or not _UNION_TAG.search(str(p)))
+        if loc not in seen:
+            seen.add(loc)
+            out.append(_describe({**err, "loc": loc}))
+    return out
 
 
 def _describe(err: dict) -> str:

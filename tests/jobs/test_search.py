@@ -344,3 +344,18 @@ def test_a_trial_that_errs_keeps_its_id_config_and_a_plain_one_line_error(tmp_pa
     assert "\n" not in bad["error"] and "\x1b" not in bad["error"] and "Traceback" not in bad["error"]
     csv_text = (Path(payload["run_dir"]) / "trials.csv").read_text()
     assert bad["trial_id"] in csv_text and "\x1b" not in csv_text
+
+
+def test_search_ranges_are_checked_with_the_rest_of_the_config(tmp_path):
+    raw = search_config(tmp_path, tmp_path / "no-model", [0, 2, -1], num_samples=0, grace_period=0,
+                        reduction_factor=1, seed=-1, time_budget_s=0, lr={"min": 0.1, "max": 0.1})
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert e.value.problems == [
+        "search.lr: max 0.1 is not above min 0.1; give min < max (for a fixed learning rate drop the range and set "
+        "model.optim.lr) (got {'min': 0.1, 'max': 0.1})",
+        "search.num_samples: got 0; use a value >= 1", "search.time_budget_s: got 0; use a value > 0.0",
+        "search.seed: got -1; use a value >= 0", "search.grace_period: got 0; use a value >= 1",
+        "search.reduction_factor: got 1; use a value > 1.0",
+        "search.tasks.a.total_virtual_tokens: counts [0, -1] are below the template's 1 virtual marker(s); every "
+        "marker needs >= 1 token, use counts >= 1"]
