@@ -96,7 +96,8 @@ def _stage_one(raw: dict, key: str, i: int, path: Path, table: str, endpoint_url
 
 def prepare_files(raw: dict, table: Optional[str], address: str, mode: StageMode, base: Path,
                   endpoint_url: Optional[str] = None) -> list[str]:
-    """Rewrite the config's files (checked by build_config) for where the job runs; returns the staged URIs (maybe none)."""
+    """Rewrite the config's files (checked by build_config) for where the job runs; the staged URIs (maybe
+    none)."""
     remote = mode == "always" or (mode == "auto" and not is_loopback(address))
     staged = stage_to_table(raw, table, base, address, endpoint_url) if remote else []
     if not remote:
