@@ -15,6 +15,7 @@ from promptray.platform.errors import ConfigError
 
 if TYPE_CHECKING:
     from promptray.platform.config import PromptLearningConfig
+    from promptray.platform.prompt_table import TaskPrompt
 
 MIN_TEXT_TOKENS = 4
 DEFAULT_POSITIONS = 2048  # a config that names no position limit (rotary models without max_position_embeddings)
@@ -29,10 +30,16 @@ def max_positions_of(config: Any) -> int:
     return DEFAULT_POSITIONS
 
 
+def _first(config: Any, keys: tuple[str, ...]) -> Optional[int]:
+    return next((int(getattr(config, k)) for k in keys if getattr(config, k, None)), None)
+
+
 @dataclass(frozen=True)
 class ModelLimits:
     name: str  # as the config names the base model
     max_positions: int
+    hidden_size: Optional[int] = None  # width of the input embeddings (= of every prompt)
+    vocab_size: Optional[int] = None
 
 
 def read_model_limits(name_or_path: str) -> ModelLimits:
@@ -49,7 +56,8 @@ def read_model_limits(name_or_path: str) -> ModelLimits:
         raise ConfigError(f"model.language_model_path: cannot read the config of {name_or_path!r} ({first}); "
                           "pass a Hugging Face model folder or id, or the built-in smollm2-135m",
                           title="cannot load base model") from None
-    return ModelLimits(str(name_or_path), max_positions_of(config))
+    return ModelLimits(str(name_or_path), max_positions_of(config), _first(config, ("hidden_size", "n_embd", "d_model")),
+                       _first(config, ("vocab_size",)))
 
 
 def count_problems(key: str, counts: Iterable[int], limits: ModelLimits) -> list[str]:
@@ -74,6 +82,23 @@ def template_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) ->
     return problems
 
 
+def existing_task_problems(existing: dict[str, "TaskPrompt"], limits: ModelLimits) -> list[str]:
+    """Restored (frozen) tasks against the model: their width and vocabulary (from the table's fingerprint)
+    and their virtual-token counts. The full fingerprint is compared once the weights are loaded."""
+    problems = []
+    for name, p in existing.items():
+        trained = p.base_model
+        for what, theirs, ours in (("hidden size", trained.hidden_size, limits.hidden_size),
+                                   ("vocabulary size", trained.vocab_size, limits.vocab_size)):
+            if ours is not None and theirs != ours:
+                problems.append(f"model.existing_tasks: task {name!r} was trained on base model {trained.name!r} "
+                                f"with {what} {theirs}, but {limits.name!r} has {what} {ours}; set "
+                                f"model.language_model_path to the model it was trained on")
+        problems += count_problems(f"model.existing_tasks: task {name!r} total_virtual_tokens",
+                                   [p.num_virtual_tokens], limits)
+    return problems
+
+
 def search_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> list[str]:
     """Every search candidate count against the model (search.tasks.<task>.total_virtual_tokens)."""
     if cfg.search is None:
@@ -82,18 +107,21 @@ def search_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> l
             for p in count_problems(f"search.tasks.{name}.total_virtual_tokens", space.counts, limits)]
 
 
-def model_limit_problems(cfg: "PromptLearningConfig", model_name: Optional[str] = None) -> list[str]:
-    """Templates and search candidates of `cfg` against its base model (model_name, default
-    model.language_model_path); [] when neither is known (the table's model is checked when it loads)."""
+def model_limit_problems(cfg: "PromptLearningConfig", model_name: Optional[str] = None,
+                         existing: Optional[dict[str, "TaskPrompt"]] = None) -> list[str]:
+    """New tasks' templates, restored tasks and search candidates of `cfg` against its base model
+    (model_name, default model.language_model_path); [] when no model is named."""
     name = model_name or cfg.model.language_model_path
     if not name:
         return []
     limits = read_model_limits(name)
-    return template_limit_problems(cfg, limits) + search_limit_problems(cfg, limits)
+    return (template_limit_problems(cfg, limits) + existing_task_problems(existing or {}, limits)
+            + search_limit_problems(cfg, limits))
 
 
-def check_model_limits(cfg: "PromptLearningConfig", model_name: Optional[str] = None) -> None:
-    """Raise ConfigError listing every count that does not fit the base model."""
-    problems = model_limit_problems(cfg, model_name)
+def check_model_limits(cfg: "PromptLearningConfig", model_name: Optional[str] = None,
+                       existing: Optional[dict[str, "TaskPrompt"]] = None) -> None:
+    """Raise ConfigError listing every count or restored prompt that does not fit the base model."""
+    problems = model_limit_problems(cfg, model_name, existing)
     if problems:
         raise ConfigError(problems)
