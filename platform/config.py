@@ -247,13 +247,21 @@ _UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none)$|\[")  # loc part
 def _describe_all(errors: list) -> list[str]:
     """Pydantic's errors, one per key: a value that fits no member of a Union (e.g. int or float) is one
     problem under the key's own name."""
-    seen, out = set(), []
+    by_key: dict[tuple, list[dict]] = {}
     for err in errors:
         loc = tuple(p for i, p in enumerate(err.get("loc", ())) if i == 0 or not _UNION_TAG.search(str(p)))
-        if loc not in seen:
-            seen.add(loc)
-            out.append(_describe({**err, "loc": loc}))
-    return out
+        by_key.setdefault(loc, []).append({**err, "loc": loc})
+    return [_describe(errs[0]) if len(errs) == 1 else _describe_union(errs) for errs in by_key.values()]
+
+
+def _describe_union(errs: list[dict]) -> str:
+    """A value that fits none of a Union's members (their constraint errors say more, when there are some)."""
+    bounded = [e for e in errs if e.get("type") in _BOUNDS or e.get("type") == "value_error"]
+    if bounded:
+        return _describe(bounded[0])
+    value = repr(errs[0].get("input"))
+    kinds = " or ".join(dict.fromkeys(e["type"].removesuffix("_type").removesuffix("_parsing") for e in errs))
+    return f"{'.'.join(map(str, errs[0]['loc']))}: got {value[:80]}; give a value of type {kinds}"
 
 
 def _describe(err: dict) -> str:

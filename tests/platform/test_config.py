@@ -514,3 +514,8 @@ def test_virtual_tokens_must_leave_room_for_text_within_max_seq_length():
         "model.task_templates[0].total_virtual_tokens (task 'sentiment'): 61 virtual tokens do not fit "
         "model.data.max_seq_length=64; an example needs its virtual tokens plus at least 4 text tokens, so use "
         "at most 60 (or raise model.data.max_seq_length)"]
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem_naming_the_types():
+    assert problems_of(minimal(), ["trainer.val_check_interval=often"]) == [
+        "trainer.val_check_interval: got 'often'; give a value of type int or float"]
