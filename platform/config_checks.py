@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Union
 
 from promptray.platform.devices import accelerator_problem
 from promptray.platform.errors import ConfigError
-from promptray.platform.model_limits import MIN_TEXT_TOKENS
+from promptray.platform.model_limits import MIN_TEXT_TOKENS, fixed_count_tasks
 from promptray.platform.ray_config import ray_problems
 from promptray.platform.search_config import search_problems
 from promptray.platform.templates import validate_task_templates
@@ -116,7 +116,7 @@ def _length_problems(cfg: PromptLearningConfig) -> list[str]:
     key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
     counts = [(f"model.task_templates[{i}].total_virtual_tokens (task {t.get('taskname')!r})",
                [t.get("total_virtual_tokens")]) for i, t in enumerate(cfg.model.task_templates)
-              if t.get("taskname") in cfg.model.new_tasks]
+              if t.get("taskname") in fixed_count_tasks(cfg)]
     counts += [(f"search.tasks.{n}.total_virtual_tokens", s.counts) for n, s in (cfg.search.tasks.items()
                                                                                if cfg.search else [])]
     for where, values in counts:

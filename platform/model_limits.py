@@ -73,13 +73,20 @@ def count_problems(key: str, counts: Iterable[int], limits: ModelLimits) -> list
 
 
 def template_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> list[str]:
-    """Each new task's total_virtual_tokens against the model (model.task_templates[i] names it)."""
+    """Each new task's total_virtual_tokens against the model (model.task_templates[i] names it); a task a
+    search tunes is checked by its candidates instead."""
     problems = []
     for i, t in enumerate(cfg.model.task_templates):
-        if t.get("taskname") in cfg.model.new_tasks and isinstance(t.get("total_virtual_tokens"), int):
+        if t.get("taskname") in fixed_count_tasks(cfg) and isinstance(t.get("total_virtual_tokens"), int):
             problems += count_problems(f"model.task_templates[{i}].total_virtual_tokens (task "
                                        f"{t['taskname']!r})", [t["total_virtual_tokens"]], limits)
     return problems
+
+
+def fixed_count_tasks(cfg: "PromptLearningConfig") -> list[str]:
+    """New tasks whose template's count is the one trained (not replaced by search candidates)."""
+    searched = set(cfg.search.tasks) if cfg.search else set()
+    return [t for t in cfg.model.new_tasks if t not in searched]
 
 
 def existing_task_problems(existing: dict[str, "TaskPrompt"], limits: ModelLimits) -> list[str]:

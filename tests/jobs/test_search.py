@@ -359,3 +359,9 @@ def test_search_ranges_are_checked_with_the_rest_of_the_config(tmp_path):
         "search.reduction_factor: got 1; use a value > 1.0",
         "search.tasks.a.total_virtual_tokens: counts [0, -1] are below the template's 1 virtual marker(s); every "
         "marker needs >= 1 token, use counts >= 1"]
+
+
+def test_a_searched_tasks_template_count_is_replaced_by_its_candidates_in_the_limit_checks(tmp_path, tiny_gpt2_path):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4])  # tiny-gpt2 takes 256 positions
+    raw["model"]["task_templates"][0].update(total_virtual_tokens=300, virtual_token_splits=[300])
+    assert prepare_search_config(raw).search.tasks["a"].counts == [2, 4]  # 300 is never trained
