@@ -248,11 +248,11 @@ def test_sdk_submit_search_checks_the_config_and_its_job_reports_the_best_trial(
     with pytest.raises(JobConfigError, match="empty choice list"):  # checked before anything is submitted
         Client(address="http://127.0.0.1:1").submit_search(raw)
     payload = {"search_id": "s-1", "table": "/t", "versions": {"a": "v1"}, "metric": "val_loss", "trials": 3,
-               "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
+               "trials_errored": 1, "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
     job = SearchJob(_FakeJobs("noise\nPROMPTRAY_RESULT " + json.dumps(payload) + "\n"), "raysubmit_1")
     result = job.result()
     assert result.best["a"].config == {"a.total_virtual_tokens": 24} and result.best_value("a") == 1.5
-    assert result.versions == {"a": "v1"} and result.search_id == "s-1"
+    assert result.versions == {"a": "v1"} and result.search_id == "s-1" and result.trials_errored == 1
 
 
 def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choice(tmp_path, tiny_gpt2_path):
