@@ -42,7 +42,7 @@ from promptray.jobs.search_trial import release_placement_group, run_trial, tria
 from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
 from promptray.platform.config import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
-from promptray.platform.model_limits import check_model_limits
+from promptray.platform.model_limits import check_model_limits_on_driver
 
 log = logging.getLogger(__name__)
 CRASH_MARKER = ".promptray_search_crashed"
@@ -171,7 +171,7 @@ def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -
     cfg = absolutize(load_config(path_or_dict, overrides, check_files=True))
     if cfg.search is None:
         raise ConfigError("search: missing section; give search.tasks with total_virtual_tokens per new task")
-    check_model_limits(cfg)
+    check_model_limits_on_driver(cfg)
     return cfg
 
 

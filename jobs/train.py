@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from promptray.platform.config import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
-from promptray.platform.model_limits import check_model_limits
+from promptray.platform.model_limits import check_model_limits_on_driver
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = absolutize(load_config(args.config, args.overrides, check_files=True))
-        check_model_limits(cfg)  # the base model's config only, before Ray starts
+        check_model_limits_on_driver(cfg)  # the base model's config only, before Ray starts
         connect(args.address, cfg, args.num_cpus)
         payload = run_job(cfg, echo=lambda line: print(line, flush=True))
     except PromptrayError as e:

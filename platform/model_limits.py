@@ -8,6 +8,7 @@ config check covers without the model).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from promptray.platform.config import PromptLearningConfig
     from promptray.platform.prompt_table import TaskPrompt
 
+log = logging.getLogger(__name__)
 MIN_TEXT_TOKENS = 4
 DEFAULT_POSITIONS = 2048  # a config that names no position limit (rotary models without max_position_embeddings)
 
@@ -124,6 +126,22 @@ def model_limit_problems(cfg: "PromptLearningConfig", model_name: Optional[str] 
     limits = read_model_limits(name)
     return (template_limit_problems(cfg, limits) + existing_task_problems(existing or {}, limits)
             + search_limit_problems(cfg, limits))
+
+
+def check_model_limits_on_driver(cfg: "PromptLearningConfig") -> None:
+    """check_model_limits in a Ray job's driver, before any worker or trial starts; skipped (the workers
+    check it before loading the model) when model.language_model_path is a folder this machine lacks, as on
+    a cluster whose model lives on the worker nodes only."""
+    from pathlib import Path
+
+    from promptray.platform.hub import BUILTIN_MODELS, looks_like_local_path
+
+    name = cfg.model.language_model_path
+    local = bool(name) and name not in BUILTIN_MODELS and looks_like_local_path(name)
+    if local and not Path(name).expanduser().exists():
+        log.info("base model %s is not on this machine: its limits are checked by the workers", name)
+        return
+    check_model_limits(cfg)
 
 
 def check_model_limits(cfg: "PromptLearningConfig", model_name: Optional[str] = None,
