@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from promptray.platform.config import load_config
     from promptray.platform.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, check_files=True)
     result = train(cfg, progress=not args.no_progress)
     print(json.dumps({"table": result.table_uri, "versions": result.versions, "steps": result.steps,
                       "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s, 1),

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
+    errored,
     plot_trials,
     publish_best,
     trial_rows,
@@ -38,14 +39,10 @@ from promptray.jobs.search_report import (
 )
 from promptray.jobs.search_space import param_space, search_groups, split_data
 from promptray.jobs.search_trial import release_placement_group, run_trial, trial_dir, trial_resources
-from promptray.jobs.train import (
-    RESULT_PREFIX,
-    absolutize,
-    connect,
-    missing_data_problems,
-)
+from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
 from promptray.platform.config import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
+from promptray.platform.model_limits import check_model_limits_on_driver
 
 log = logging.getLogger(__name__)
 CRASH_MARKER = ".promptray_search_crashed"
@@ -154,6 +151,8 @@ def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any
         grid = _fit(build_tuner(cfg, group, tasks, data, resume))
         rows += trial_rows(grid, group, tasks, s.metric, s.metric_mode)
     csv_path, _ = write_tables(run_dir, rows)  # also when a group failed: its trials' errors are in there
+    if errored(rows):
+        log.warning("%d of %d trial(s) erred; their errors are in %s", errored(rows), len(rows), csv_path)
     plot = plot_trials(run_dir, rows, list(cfg.model.new_tasks), s.metric)
     best = {g: (tasks, best_row(rows, g, s.metric, s.metric_mode)) for g, tasks in groups.items()}
     versions = publish_best(cfg, best, search_id, run_dir / "trials")
@@ -161,16 +160,18 @@ def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any
             "best": {g: {"trial_id": r["trial_id"], s.metric: r[s.metric],
                          "config": {k.removeprefix("config/"): v for k, v in r.items() if k.startswith("config/")}}
                      for g, (_, r) in best.items()},
-            "trials": len(rows), "run_dir": str(run_dir), "trials_csv": str(csv_path), "plot": str(plot),
+            "trials": len(rows), "trials_errored": errored(rows), "run_dir": str(run_dir),
+            "trials_csv": str(csv_path), "plot": str(plot),
             "tune_dir": str(run_dir / "tune")}
 
 
 def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -> PromptLearningConfig:
-    cfg = absolutize(load_config(path_or_dict, overrides))
-    problems = ([] if cfg.search else ["search: missing section; give search.tasks with total_virtual_tokens "
-                                       "per new task"]) + missing_data_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
+    """The checked config of a search: schema, cross-key, data files, then every template and candidate
+    token count against the base model's limits (its config only), all before any trial runs."""
+    cfg = absolutize(load_config(path_or_dict, overrides, check_files=True))
+    if cfg.search is None:
+        raise ConfigError("search: missing section; give search.tasks with total_virtual_tokens per new task")
+    check_model_limits_on_driver(cfg)
     return cfg
 
 

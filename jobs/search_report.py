@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +26,51 @@ class SearchFailed(PromptrayError):
 
 
 def trial_rows(grid, group: str, tasks: list[str], metric: str, mode: str) -> list[dict[str, Any]]:
-    """One row per trial: its choices, its best value of the metric, how many validations it ran."""
-    rows = []
-    for r in grid:
-        df = r.metrics_dataframe
-        if df is None or metric not in df:
-            rows.append({"group": group, "trial_id": None, "status": "error", "error": str(r.error)[:200]})
-            continue
+    """One row per trial: its id, choices, best value of the metric, validations run, and its error as one
+    plain line (None when it ran without one). A trial that never reported the metric has status 'error'."""
+    return [_row(r, group, metric, mode) for r in grid]
+
+
+def _row(r, group: str, metric: str, mode: str) -> dict[str, Any]:
+    metrics, df = r.metrics or {}, r.metrics_dataframe
+    row = {"group": group, "trial_id": metrics.get("trial_id"), "status": "error",
+           "error": error_line(r.error) if r.error else None}
+    if df is not None and metric in df and not df[metric].dropna().empty:
         values = df[metric].dropna()
-        best = float(values.min() if mode == "min" else values.max())
-        rows.append({"group": group, "trial_id": str(df["trial_id"].iloc[-1]), "status": "ok", metric: best,
-                     "error": str(r.error)[:200] if r.error else None,
-                     "iterations": int(df["training_iteration"].max()), "last_step": int(df["step"].max()),
-                     "total_steps": int(df["total_steps"].max()),
-                     "workers": int(df["workers"].max()) if "workers" in df else 1,
-                     **{f"config/{k}": v for k, v in r.config.items()}})
-    return rows
+        row.update({"trial_id": str(df["trial_id"].iloc[-1]), "status": "ok",
+                    metric: float(values.min() if mode == "min" else values.max()),
+                    "iterations": int(df["training_iteration"].max()), "last_step": int(df["step"].max()),
+                    "total_steps": int(df["total_steps"].max()),
+                    "workers": int(df["workers"].max()) if "workers" in df else 1})
+    return {**row, **{f"config/{k}": v for k, v in (r.config or {}).items()}}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_line(error: BaseException) -> str:
+    """A trial's error as one plain line: the exception raised in the trial (not Ray's wrapper), its type and
+    message (a ConfigError's problems joined by '; '), without terminal colour codes or a traceback."""
+    cause = getattr(error, "cause", None) or error
+    problems = getattr(cause, "problems", None)
+    lines = str(cause).strip().splitlines() or [""]
+    text = "; ".join(problems) if problems else " ".join(lines) if cause is not error else lines[-1]
+    text = " ".join(_ANSI.sub("", text).split())
+    return f"{type(cause).__name__}: {text}"[:500]
+
+
+def errored(rows: list[dict[str, Any]]) -> int:
+    """How many trials ended with an error."""
+    return sum(1 for r in rows if r.get("error"))
 
 
 def best_row(rows: list[dict[str, Any]], group: str, metric: str, mode: str) -> dict[str, Any]:
-    ok = [r for r in rows if r["group"] == group and r["status"] == "ok" and not math.isnan(r[metric])]
+    mine = [r for r in rows if r["group"] == group]
+    ok = [r for r in mine if r["status"] == "ok" and not math.isnan(r[metric])]
     if not ok:
-        raise SearchFailed(f"search group {group!r}: no trial reported {metric}; see the trials' errors in "
-                           "trials.json")
+        first = next((f" (first: {r['error']})" for r in mine if r.get("error")), "")
+        raise SearchFailed(f"search group {group!r}: no trial reported {metric}; {errored(mine)} of {len(mine)} "
+                           f"trial(s) erred{first}; see trials.json")
     return (min if mode == "min" else max)(ok, key=lambda r: r[metric])
 
 

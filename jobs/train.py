@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 from promptray.platform.config import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
+from promptray.platform.model_limits import check_model_limits_on_driver
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,6 @@ def absolutize(cfg: PromptLearningConfig) -> PromptLearningConfig:
     cfg.ray.storage_path = (_absolute(cfg.ray.storage_path) if _local(cfg.ray.storage_path)
                             else cfg.ray.storage_path or str(cfg.run_dir / "checkpoints"))
     return cfg
-
-
-def missing_data_problems(cfg: PromptLearningConfig) -> list[str]:
-    """Local data files that do not exist, all at once, before any worker starts."""
-    d = cfg.model.data
-    return [f"model.data.{key}: file {s!r} does not exist; fix the path (relative paths are read from "
-            f"{os.getcwd()})" for key, files in (("train_ds", d.train_ds), ("validation_ds", d.validation_ds or []))
-            for s in files if isinstance(s, str) and _local(s) and not Path(s).exists()]
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -206,10 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = absolutize(load_config(args.config, args.overrides))
-        problems = missing_data_problems(cfg)
-        if problems:
-            raise ConfigError(problems)
+        cfg = absolutize(load_config(args.config, args.overrides, check_files=True))
+        check_model_limits_on_driver(cfg)  # the base model's config only, before Ray starts
         connect(args.address, cfg, args.num_cpus)
         payload = run_job(cfg, echo=lambda line: print(line, flush=True))
     except PromptrayError as e:

@@ -1,9 +1,10 @@
 """NeMo-style prompt-learning configs: YAML + dotted overrides -> one typed, fully checked config.
 
-The spec's configs work as written (`trainer`, `exp_manager`, `model`, `${name}` interpolation, even
-`trainer: ...`). Keys NeMo has that make no sense here (tensor parallel sizes, pin_memory, ...) are
-accepted and ignored; unknown keys in `model` are errors, so typos do not pass silently. Every problem
-is reported at once, naming the dotted key, the received value and how to fix it.
+The spec's configs and NeMo's megatron_gpt_prompt_learning_config.yaml work as written (`trainer`,
+`exp_manager`, `model`, `${name}` interpolation, even `trainer: ...`). Every key is honoured, or listed in
+nemo_keys.IGNORED_KEYS (no meaning here: removed and logged; an error for values that ask for what this
+engine does not do), or an error with a did-you-mean. Every problem (ranges, cross-key rules and, with
+check_files, missing local data files) is reported at once, naming the dotted key, the value and the fix.
 """
 
 from __future__ import annotations
@@ -20,73 +21,16 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.platform.config_checks import config_problems, normalize_precision  # noqa: F401  (re-exported)
+from promptray.platform.data_files import data_file_problems
 from promptray.platform.errors import ConfigError
+from promptray.platform.nemo_keys import ignored_keys_in, strip_ignored
 from promptray.platform.ray_config import RayConfig
+from promptray.platform.run_config import (CheckpointParams, ExpManagerConfig, OptimConfig,  # noqa: F401
+                                           SchedConfig, Section, TrainerConfig)
 from promptray.platform.search_config import SearchConfig
 from promptray.platform.templates import TaskTemplate, validate_task_templates
 
 log = logging.getLogger(__name__)
-
-# NeMo keys that have no meaning on this engine: accepted, ignored.
-IGNORED_MODEL_KEYS = {"tensor_model_parallel_size", "pipeline_model_parallel_size", "megatron_amp_O2",
-                      "sequence_parallel", "activations_checkpoint_granularity", "activations_checkpoint_method",
-                      "activations_checkpoint_num_layers", "pipeline_model_parallel_split_rank"}
-IGNORED_DATA_KEYS = {"num_workers", "pin_memory", "drop_last", "min_seq_length", "train_cache_data_path",
-                     "validation_cache_data_path", "test_cache_data_path", "load_cache", "test_ds"}
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrainerConfig(BaseModel):
-    """PyTorch Lightning's trainer keys that apply here; the others are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow")
-    accelerator: str = "auto"  # auto | cpu | gpu | cuda (platform/devices.py); one process, one device
-    devices: Union[int, str] = 1
-    num_nodes: int = 1
-    precision: Union[int, str] = "bf16"
-    max_epochs: Optional[int] = 3  # as in NeMo's megatron_gpt_prompt_learning_config.yaml (`trainer: ...`)
-    max_steps: Optional[int] = None
-    val_check_interval: Union[int, float] = 1.0
-    limit_val_batches: Union[int, float] = 1.0
-    log_every_n_steps: int = 10
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
-
-
-class ExpManagerConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    exp_dir: Optional[str] = None
-    explicit_log_dir: Optional[str] = None
-    name: Optional[str] = None
-
-
-class SchedConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")  # monitor, reduce_on_plateau, ... are NeMo's
-    name: str = "CosineAnnealing"
-    warmup_steps: Optional[int] = None
-    warmup_ratio: Optional[float] = None
-    min_lr: float = 0.0
-    constant_steps: int = 0
-
-
-class OptimConfig(Section):
-    name: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    sched: Optional[SchedConfig] = Field(default_factory=SchedConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _known_optimizer(cls, v: str) -> str:
-        if v.lower() not in {"adam", "adamw", "fused_adam", "distributed_fused_adam"}:
-            raise ValueError(f"unknown optimizer {v!r}; use adamw (fused_adam and adam are read as adamw)")
-        return v
-
 
 class PromptTuningConfig(Section):
     new_prompt_init_methods: list[Literal["text", "random", "vocab"]] = Field(default_factory=list)
@@ -112,7 +56,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    seed: int = 1234
+    seed: int = Field(1234, ge=0)
     nemo_path: Optional[str] = None
     prompt_table: Optional[str] = None
     virtual_prompt_style: Literal["prompt-tuning", "p-tuning", "inference"] = "prompt-tuning"
@@ -144,8 +88,7 @@ class StorageConfig(Section):
     endpoint_url: Optional[str] = None  # an S3-compatible server; default: AWS_ENDPOINT_URL, else AWS
 
 
-class PromptLearningConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class PromptLearningConfig(Section):
     name: str = "prompt_learning"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
@@ -205,22 +148,26 @@ class PromptLearningConfig(BaseModel):
 
 # ----------------------------------------------------------------------------- loading
 
-def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None) -> PromptLearningConfig:
-    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything."""
-    raw = _merge(source, overrides or [])
-    raw = _drop_ellipsis(raw)
-    problems = _ignored_and_unknown(raw)
-    invalid: set[str] = set()
+def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None, *,
+                check_files: bool = False) -> PromptLearningConfig:
+    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything.
+
+    Every problem (per key, across keys and, with `check_files`, local data files that do not exist) is
+    raised at once in one ConfigError naming key, value and fix. NeMo keys without meaning here
+    (nemo_keys.IGNORED_KEYS) are removed and logged."""
+    raw = _drop_ellipsis(_merge(source, overrides or []))
+    problems = _strip_nemo_keys(raw)
+    problems += data_file_problems(raw) if check_files else []
+    cfg, invalid = None, set()
     try:
         cfg = PromptLearningConfig.model_validate(raw)
     except ValidationError as e:
-        problems += [_describe(err) for err in e.errors()]
+        problems += _describe_all(e.errors())
         cfg, invalid = _validate_without(raw, e.errors())
-        if cfg is None:
-            raise ConfigError(problems) from None
-    # still run the cross-key checks; skip those that read an invalid key (they would repeat it second-hand)
-    problems += [p for p in config_problems(cfg) if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
-    if problems:
+    if cfg is not None:  # cross-key checks, less those that read an invalid key (they would repeat it)
+        problems += [p for p in config_problems(cfg)
+                     if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
+    if problems or cfg is None:
         raise ConfigError(problems)
     return cfg
 
@@ -280,41 +227,68 @@ def _drop_ellipsis(raw: Any) -> Any:
     return raw
 
 
-def _ignored_and_unknown(raw: dict) -> list[str]:
-    """Strip NeMo keys that do not apply here (logging them); model parallelism other than 1 is an error."""
-    model = raw.get("model")
-    if not isinstance(model, dict):
+def _strip_nemo_keys(raw: dict) -> list[str]:
+    """Remove NeMo keys that have no meaning here (logging them); problems of values they cannot take."""
+    if not isinstance(raw.get("model"), dict):
         return ["model: missing section; a config needs model.language_model_path, model.task_templates, ..."]
-    problems, ignored = [], []
-    for k in [k for k in model if k in IGNORED_MODEL_KEYS]:
-        value = model.pop(k)
-        if k.endswith("parallel_size") and value not in (1, None):
-            problems.append(f"model.{k}: got {value}; model parallelism is not supported, set it to 1")
-        ignored.append(f"model.{k}")
-    data = model.get("data")
-    if isinstance(data, dict):
-        for k in [k for k in data if k in IGNORED_DATA_KEYS]:
-            data.pop(k)
-            ignored.append(f"model.data.{k}")
-    if ignored:
-        log.info("ignoring NeMo keys that do not apply here: %s", ", ".join(ignored))
+    removed, problems = strip_ignored(raw)
+    if removed:
+        log.info("ignoring NeMo keys that have no meaning here (see README, Training): %s", ", ".join(removed))
     return problems
 
 
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+_UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none)$|\[")  # loc parts pydantic adds for a Union
+
+
+def _describe_all(errors: list) -> list[str]:
+    """Pydantic's errors, one per key: a value that fits no member of a Union (e.g. int or float) is one
+    problem under the key's own name."""
+    by_key: dict[tuple, list[dict]] = {}
+    for err in errors:
+        loc = tuple(p for i, p in enumerate(err.get("loc", ())) if i == 0 or not _UNION_TAG.search(str(p)))
+        by_key.setdefault(loc, []).append({**err, "loc": loc})
+    return [_describe(errs[0]) if len(errs) == 1 else _describe_union(errs) for errs in by_key.values()]
+
+
+def _describe_union(errs: list[dict]) -> str:
+    """A value that fits none of a Union's members (their constraint errors say more, when there are some)."""
+    bounded = [e for e in errs if e.get("type") in _BOUNDS or e.get("type") == "value_error"]
+    if bounded:
+        return _describe(bounded[0])
+    value = repr(errs[0].get("input"))
+    kinds = " or ".join(dict.fromkeys(e["type"].removesuffix("_type").removesuffix("_parsing") for e in errs))
+    return f"{'.'.join(map(str, errs[0]['loc']))}: got {value[:80]}; give a value of type {kinds}"
+
+
 def _describe(err: dict) -> str:
+    """One pydantic error as 'dotted.key: problem (got value); fix'."""
     loc = ".".join(str(x) for x in err.get("loc", ()))
     if err.get("type") == "extra_forbidden":
         section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
-        hint = _suggest(key, section)
-        return f"{loc}: unknown key{hint}; remove it or check the spelling"
+        return f"{loc}: unknown key{_suggest(key, section)}; remove it or check the spelling"
     value = repr(err.get("input"))
     value = value if len(value) <= 80 else value[:80] + "..."
-    return f"{loc}: {err['msg']} (got {value})"
+    if err.get("type") in _BOUNDS:
+        name, op = _BOUNDS[err["type"]]
+        return f"{loc}: got {value}; use a value {op} {err.get('ctx', {}).get(name)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg} (got {value})"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {"": PromptLearningConfig, "trainer": TrainerConfig, "exp_manager": ExpManagerConfig,
+            "exp_manager.checkpoint_callback_params": CheckpointParams, "model": ModelConfig,
+            "model.data": DataConfig, "model.optim": OptimConfig, "model.optim.sched": SchedConfig,
+            "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "ray": RayConfig,
+            "storage": StorageConfig, "search": SearchConfig}
 
 
 def _suggest(key: str, section: str) -> str:
-    models = {"model": ModelConfig, "model.data": DataConfig, "model.optim": OptimConfig, "ray": RayConfig,
-              "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "search": SearchConfig}
-    known = list(models[section].model_fields) if section in models else []
+    model = _sections().get(section)
+    known = (list(model.model_fields) if model else []) + ignored_keys_in(section)
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Union
 
 from promptray.platform.devices import accelerator_problem
 from promptray.platform.errors import ConfigError
+from promptray.platform.model_limits import MIN_TEXT_TOKENS, fixed_count_tasks
 from promptray.platform.ray_config import ray_problems
 from promptray.platform.search_config import search_problems
 from promptray.platform.templates import validate_task_templates
@@ -30,7 +31,7 @@ def normalize_precision(value: Union[int, str]) -> str:
 def config_problems(cfg: PromptLearningConfig) -> list[str]:
     """Problems that involve several keys. Tasks vs the restored table are checked when it is opened."""
     problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg) + ray_problems(cfg)
-    problems += search_problems(cfg)
+    problems += _length_problems(cfg) + _optim_problems(cfg) + search_problems(cfg)
     try:
         normalize_precision(cfg.trainer.precision)
     except ValueError:
@@ -103,10 +104,37 @@ def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
         problems.append(f"model.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                         f"micro_batch_size x data-parallel size = {m.micro_batch_size} x "
                         f"{cfg.data_parallel_size}; make it one")
-    if m.virtual_prompt_style != "inference" and not (t.max_steps and t.max_steps > 0) and not t.max_epochs:
-        problems.append("trainer: neither max_steps nor max_epochs is set; set one of them")
-    if isinstance(t.val_check_interval, float) and not 0 < t.val_check_interval <= 1:
-        problems.append(f"trainer.val_check_interval: {t.val_check_interval}; a float is a fraction of an "
-                        "epoch in (0, 1], an int is a number of steps")
+    if m.virtual_prompt_style != "inference" and not t.max_steps and not t.max_epochs:
+        problems.append("trainer: neither max_steps nor max_epochs is set (-1 means unset); set one of them")
+    return problems
+
+
+def _length_problems(cfg: PromptLearningConfig) -> list[str]:
+    """Virtual-token counts (templates, search candidates) against max_seq_length; the base model's own
+    position limit is checked from its config when a run starts (model_limits.py)."""
+    limit, problems = cfg.max_seq_length, []
+    key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
+    counts = [(f"model.task_templates[{i}].total_virtual_tokens (task {t.get('taskname')!r})",
+               [t.get("total_virtual_tokens")]) for i, t in enumerate(cfg.model.task_templates)
+              if t.get("taskname") in fixed_count_tasks(cfg)]
+    counts += [(f"search.tasks.{n}.total_virtual_tokens", s.counts) for n, s in (cfg.search.tasks.items()
+                                                                               if cfg.search else [])]
+    for where, values in counts:
+        over = sorted({c for c in values if isinstance(c, int) and c + MIN_TEXT_TOKENS > limit})
+        if over:
+            problems.append(f"{where}: {over[0] if len(over) == 1 else over} virtual tokens do not fit {key}="
+                            f"{limit}; an example needs its virtual tokens plus at least {MIN_TEXT_TOKENS} text "
+                            f"tokens, so use at most {limit - MIN_TEXT_TOKENS} (or raise {key})")
+    return problems
+
+
+def _optim_problems(cfg: PromptLearningConfig) -> list[str]:
+    o, problems = cfg.model.optim, []
+    if o.sched is not None and o.sched.warmup_steps is not None and o.sched.warmup_ratio is not None:
+        problems.append(f"model.optim.sched: warmup_steps ({o.sched.warmup_steps}) and warmup_ratio "
+                        f"({o.sched.warmup_ratio}) are both set; give only one")
+    if o.sched is not None and o.sched.min_lr > o.lr:
+        problems.append(f"model.optim.sched.min_lr: {o.sched.min_lr} is above model.optim.lr={o.lr}; the schedule "
+                        "decays from lr to min_lr, so give min_lr <= lr")
     return problems
 

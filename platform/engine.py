@@ -19,6 +19,7 @@ from promptray.platform.errors import ConfigError
 from promptray.platform.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.hub import load_base_model
 from promptray.platform.model import PromptLearningModel
+from promptray.platform.model_limits import check_model_limits
 from promptray.platform.prompt_encoder import (PromptBank, PromptEncoder, init_from_text, init_from_vocab,
                                                init_random)
 from promptray.platform.prompt_table import PromptTable, TaskPrompt
@@ -37,9 +38,9 @@ class Engine:
     existing: dict[str, TaskPrompt] = field(default_factory=dict)  # restored, frozen
 
 
-def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint],
+def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint] = None,
                   tokenizer: Optional[TokenizerFingerprint] = None) -> dict[str, TaskPrompt]:
-    """Existing tasks from a table, checked against the base model and its tokenizer."""
+    """Existing tasks from a table, checked against the base model and its tokenizer when they are given."""
     known, uri = table.tasks(), table.uri
     missing = [n for n in names if n not in known]
     if missing:
@@ -107,10 +108,14 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     restored = PromptTable(m.restore_path) if m.restore_path else None  # one client, reused below
     _check_new_tasks(cfg, restored)
     lm_name = m.language_model_path or _base_model_from_table(restored)
+    existing = restore_tasks(restored, m.existing_tasks) if m.existing_tasks else {}
+    check_model_limits(cfg, lm_name, existing)  # from the model's config alone, before its weights load
     lm, tokenizer = load_base_model(lm_name)
     fingerprint = fingerprint_model(lm, lm_name)
-    existing = (restore_tasks(restored, m.existing_tasks, fingerprint, fingerprint_tokenizer(tokenizer))
-                if m.existing_tasks else {})
+    tokenizer_fp = fingerprint_tokenizer(tokenizer)
+    for name, prompt in existing.items():
+        prompt.base_model.check_compatible(fingerprint, what=f"task {name!r}")
+        prompt.encoding.check_tokenizer(tokenizer_fp, what=f"task {name!r}")
     templates = _merge_templates(cfg, existing)
     vocab = lm.get_input_embeddings()  # rows as the model sees them (float32 as loaded)
     bank = build_bank(cfg, templates, existing, tokenizer, vocab)

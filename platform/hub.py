@@ -151,7 +151,8 @@ def ensure_builtin_converted(name: str, cache_dir: str | Path | None = None) -> 
     return target
 
 
-def _looks_like_local_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
+    """Whether a base model name can only be a local path (not a built-in name nor a hub id)."""
     return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
             or not _HUB_ID.match(name))
 
@@ -167,7 +168,7 @@ def resolve_model_path(name_or_path: str, cache_dir: str | Path | None = None) -
                               f"pass a folder saved with save_pretrained, a hub id, or one of {sorted(BUILTIN_MODELS)}",
                               title="invalid base model")
         return local
-    if _looks_like_local_path(name_or_path):
+    if looks_like_local_path(name_or_path):
         raise ConfigError(f"base model path {name_or_path!r} does not exist; pass an existing model folder, "
                           f"a hub id, or one of {sorted(BUILTIN_MODELS)}", title="invalid base model")
     return name_or_path

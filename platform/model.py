@@ -20,6 +20,7 @@ from transformers.cache_utils import DynamicLayer
 
 from promptray.platform.batching import Batch, to_device
 from promptray.platform.devices import model_device
+from promptray.platform.model_limits import max_positions_of
 from promptray.platform.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
 from promptray.platform.prompt_encoder import PromptBank
 
@@ -95,8 +96,7 @@ class PromptLearningModel(nn.Module):
     @property
     def max_positions(self) -> int:
         """Longest sequence the base model takes (its position table); 2048 when the config does not say."""
-        cfg = self.lm.config
-        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
+        return max_positions_of(self.lm.config)
 
     @property
     def hidden_size(self) -> int:

@@ -244,3 +244,12 @@ def read_uri(uri: str, endpoint_url: str | None = None) -> bytes | None:
         raise PromptTableError(f"data URI {uri!r} must be s3://BUCKET/KEY")
     folder, _, name = key.rpartition("/")
     return S3Store(bucket, folder, endpoint_url=endpoint_url).read(name)
+
+
+def uri_exists(uri: str, endpoint_url: str | None = None) -> bool:
+    """Whether the object a full s3://BUCKET/KEY URI names exists (one listing request, no download)."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise PromptTableError(f"data URI {uri!r} must be s3://BUCKET/KEY")
+    folder, _, name = key.rpartition("/")
+    return S3Store(bucket, folder, endpoint_url=endpoint_url)._listed(name)

@@ -41,8 +41,9 @@ class LogRange(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> "LogRange":
-        if self.max < self.min:
-            raise ValueError(f"max {self.max} is below min {self.min}; give min <= max")
+        if self.max <= self.min:
+            raise ValueError(f"max {self.max} is not above min {self.min}; give min < max (for a fixed learning "
+                             "rate drop the range and set model.optim.lr)")
         return self
 
 
@@ -50,7 +51,7 @@ class TaskSpace(_Section):
     """One task's dimensions. `splits`: candidate shares per marker (e.g. [[1, 1], [1, 3]]); each candidate
     becomes integer splits >= 1 that sum to the trial's total. Default: equal shares."""
 
-    total_virtual_tokens: Union[list[int], IntRange]
+    total_virtual_tokens: Union[list[int], IntRange]  # each >= 1 and >= the markers: search_problems
     splits: Optional[list[list[float]]] = None
     lr: Optional[LogRange] = None  # independent (prompt-tuning) searches only; joint ones use search.lr
     init: Optional[list[Literal["text", "random", "vocab"]]] = None
@@ -71,7 +72,7 @@ class SearchConfig(_Section):
     max_concurrent_trials: int = Field(1, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)  # one-worker trials; multi-worker ones: ray.resources_per_worker
     time_budget_s: Optional[float] = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     grace_period: int = Field(1, ge=1)  # validations before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1)
     tokens_to_generate: int = Field(8, ge=1)  # val_accuracy: greedy answer length

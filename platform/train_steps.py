@@ -82,8 +82,11 @@ def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example],
     log.info("training data: %s", stats.summary())
     val = build_examples(d.validation_ds, **kw)[0] if d.validation_ds else []
     if len(train) < cfg.model.micro_batch_size:
+        counts = {t.taskname: t.total_virtual_tokens for t in templates}
         raise ConfigError(f"model.data.train_ds: {len(train)} usable training examples for new tasks "
-                          f"{engine.new_tasks}; need at least micro_batch_size={cfg.model.micro_batch_size}")
+                          f"{engine.new_tasks}; need at least micro_batch_size={cfg.model.micro_batch_size} "
+                          f"({stats.summary()}; examples longer than {max_len} tokens, of which total_virtual_tokens "
+                          f"{counts} are virtual, are dropped unless the template has a truncate_field)")
     return train, val
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from promptray.platform.config import PromptLearningConfig
+from promptray.platform.data_files import remote_data_problems
 from promptray.platform.devices import resolve_device
 from promptray.platform.distributed import Dist, broadcast_parameters, shard_frozen_model
 from promptray.platform.engine import Engine, build_engine
@@ -35,6 +36,9 @@ def prepare_engine(cfg: PromptLearningConfig, engine: Optional[Engine] = None) -
     _check_finetune(cfg)
     if cfg.storage.endpoint_url:
         set_default_endpoint(cfg.storage.endpoint_url)
+    missing = remote_data_problems(cfg.model_dump(mode="json"), cfg.storage.endpoint_url)
+    if missing:  # s3:// data, before the base model loads (local files: load_config(check_files=True))
+        raise ConfigError(missing)
     torch.manual_seed(cfg.model.seed)
     return engine or build_engine(cfg)
 

@@ -27,6 +27,7 @@ class SearchResult(BaseModel):
     metric: str
     best: dict[str, BestTrial]
     trials: int
+    trials_errored: int = 0  # trials that ended with an error (each one's error is in trials.json)
     run_dir: Optional[str] = None
 
     def best_value(self, group: str) -> float:

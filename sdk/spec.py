@@ -44,7 +44,7 @@ class TuningRequest(BaseModel):
     global_batch_size: Optional[int] = Field(None, ge=1)  # default: micro_batch_size x num_workers
     lr: Optional[float] = Field(None, gt=0)  # default: 3e-2 (prompt-tuning) or 3e-3 (p-tuning)
     precision: Union[int, str] = "bf16"
-    seed: int = 1234
+    seed: int = Field(1234, ge=0)
     val_check_interval: Optional[int] = Field(None, ge=1)  # default: once, after the last step
     max_seq_length: Optional[int] = Field(None, ge=8)
 
@@ -153,7 +153,7 @@ def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fie
     except OmegaConfBaseException as e:
         raise JobConfigError(f"config: cannot read it: {str(e).splitlines()[0]}") from None
     try:
-        cfg = load_config(raw)
+        cfg = load_config(raw, check_files=True)
     except ConfigError as e:
         raise JobConfigError(problems + e.problems) from None
     if problems:

@@ -13,19 +13,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 from urllib.parse import urlsplit
 
+from promptray.platform.data_files import data_entries, is_local, local_path
 from promptray.platform.errors import PromptTableError
-from promptray.sdk.errors import DataStagingError, JobConfigError
+from promptray.sdk.errors import DataStagingError
 
 log = logging.getLogger(__name__)
 StageMode = Literal["auto", "always", "never"]
 STAGING_PREFIX = "_staging"
-URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-DATA_KEYS = ("train_ds", "validation_ds")
 
 
 def is_loopback(address: str) -> bool:
@@ -39,27 +37,9 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def _is_local(path: Any) -> bool:
-    return isinstance(path, str) and (path.startswith("file://") or not URI_SCHEME.match(path))
-
-
-def _local_path(path: str, base: Path) -> Path:
-    p = Path(path.removeprefix("file://")).expanduser()
-    return p if p.is_absolute() else base / p
-
-
 def data_files(raw: dict) -> list[tuple[str, int, str]]:
     """(data key, index, path) of every local data file the config names (inline records excluded)."""
-    data = raw.get("model", {}).get("data", {}) or {}
-    return [(key, i, src) for key in DATA_KEYS for i, src in enumerate(data.get(key) or []) if _is_local(src)]
-
-
-def check_data_files(raw: dict, base: Path) -> None:
-    """Every local data file exists; else JobConfigError naming each missing one."""
-    missing = [f"model.data.{key}[{i}]: file {path!r} does not exist (cwd {base}); check the path"
-               for key, i, path in data_files(raw) if not _local_path(path, base).is_file()]
-    if missing:
-        raise JobConfigError(missing)
+    return [(key, i, src) for key, i, src in data_entries(raw) if is_local(src)]
 
 
 def absolutize(raw: dict, base: Path) -> None:
@@ -67,16 +47,16 @@ def absolutize(raw: dict, base: Path) -> None:
     model, em = raw.setdefault("model", {}), raw.get("exp_manager")
     em = raw["exp_manager"] = em if isinstance(em, dict) else {}  # `exp_manager: ...` means the defaults
     for key, i, path in data_files(raw):
-        model["data"][key][i] = str(_local_path(path, base))
+        model["data"][key][i] = str(local_path(path, base))
     for key in ("nemo_path", "prompt_table", "restore_path"):
-        if _is_local(model.get(key)):
-            model[key] = str(_local_path(model[key], base))
+        if is_local(model.get(key)):
+            model[key] = str(local_path(model[key], base))
     lm = model.get("language_model_path")
     if isinstance(lm, str) and not Path(lm).is_absolute() and (base / lm).exists():
         model["language_model_path"] = str(base / lm)
     for key in ("exp_dir", "explicit_log_dir"):
-        if _is_local(em.get(key)):
-            em[key] = str(_local_path(em[key], base))
+        if is_local(em.get(key)):
+            em[key] = str(local_path(em[key], base))
     if not em.get("exp_dir") and not em.get("explicit_log_dir"):
         em["exp_dir"] = str(base / "runs")
 
@@ -95,7 +75,7 @@ def stage_to_table(raw: dict, table: Optional[str], base: Path, address: str,
             f"table {table!r} is not on s3://, so there is no bucket to stage them to. Upload them to s3:// "
             "yourself and list the s3:// URIs, use a table on s3://BUCKET/PREFIX (files are then staged "
             "to BUCKET/PREFIX/_staging/), or pass Client(stage_files='never') if the paths exist on the cluster")
-    return [_stage_one(raw, key, i, _local_path(path, base), table, endpoint_url) for key, i, path in files]
+    return [_stage_one(raw, key, i, local_path(path, base), table, endpoint_url) for key, i, path in files]
 
 
 def _stage_one(raw: dict, key: str, i: int, path: Path, table: str, endpoint_url: Optional[str]) -> str:
@@ -116,13 +96,13 @@ def _stage_one(raw: dict, key: str, i: int, path: Path, table: str, endpoint_url
 
 def prepare_files(raw: dict, table: Optional[str], address: str, mode: StageMode, base: Path,
                   endpoint_url: Optional[str] = None) -> list[str]:
-    """Check and rewrite the config's files for where the job runs; returns the staged URIs (maybe none)."""
-    check_data_files(raw, base)
+    """Rewrite the config's files (checked by build_config) for where the job runs; the staged URIs (maybe
+    none)."""
     remote = mode == "always" or (mode == "auto" and not is_loopback(address))
     staged = stage_to_table(raw, table, base, address, endpoint_url) if remote else []
     if not remote:
         absolutize(raw, base)
-    elif _is_local(raw.get("model", {}).get("language_model_path")) and Path(
+    elif is_local(raw.get("model", {}).get("language_model_path")) and Path(
             raw["model"]["language_model_path"]).exists():
         log.warning("base model %r is a local folder; the remote cluster must have it at the same path",
                     raw["model"]["language_model_path"])

@@ -108,3 +108,37 @@ def test_example_configs_are_valid(name):
     assert cfg.model.language_model_path == "smollm2-135m"
     if name == "sentiment_search.yaml":
         assert cfg.search.tasks["sentiment"].total_virtual_tokens == [5, 20, 50] and cfg.search.lr.max == 0.1
+
+
+def _config_only_model(folder: Path, positions: int) -> Path:
+    """A GPT-2 model folder with its config.json and no weights: checks that need only the config pass,
+    anything that loads the weights fails."""
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=positions).save_pretrained(folder)
+    return folder
+
+
+def test_virtual_tokens_beyond_the_models_positions_are_named_before_its_weights_load(tmp_path, capsys):
+    model = _config_only_model(tmp_path / "m512", 512)
+    cfg = _train_config(tmp_path, model)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["model"]["task_templates"][0].update(total_virtual_tokens=600, virtual_token_splits=[600])
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "(1 problem)" in err, err
+    assert (f"model.task_templates[0].total_virtual_tokens (task 'alpha'): 600 virtual tokens do not fit the base "
+            f"model '{model}', which takes 512 positions (max_position_embeddings); an example needs its virtual "
+            "tokens plus at least 4 text tokens, so use at most 508") in err
+    assert "usable training examples" not in err
+
+
+def test_a_negative_lr_or_clip_is_reported_before_the_model_loads_and_exits_2(tmp_path, capsys):
+    cfg = _train_config(tmp_path, tmp_path / "no-model")  # nothing would load: the config fails first
+    assert main(["train", str(cfg), "model.optim.lr=-1", "trainer.gradient_clip_val=-1.0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "(2 problems)" in err, err
+    assert "  - model.optim.lr: got -1; use a value > 0.0" in err
+    assert "  - trainer.gradient_clip_val: got -1.0; use a value >= 0.0" in err
+    assert not (tmp_path / "runs").exists()

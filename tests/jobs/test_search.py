@@ -248,17 +248,17 @@ def test_sdk_submit_search_checks_the_config_and_its_job_reports_the_best_trial(
     with pytest.raises(JobConfigError, match="empty choice list"):  # checked before anything is submitted
         Client(address="http://127.0.0.1:1").submit_search(raw)
     payload = {"search_id": "s-1", "table": "/t", "versions": {"a": "v1"}, "metric": "val_loss", "trials": 3,
-               "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
+               "trials_errored": 1, "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
     job = SearchJob(_FakeJobs("noise\nPROMPTRAY_RESULT " + json.dumps(payload) + "\n"), "raysubmit_1")
     result = job.result()
     assert result.best["a"].config == {"a.total_virtual_tokens": 24} and result.best_value("a") == 1.5
-    assert result.versions == {"a": "v1"} and result.search_id == "s-1"
+    assert result.versions == {"a": "v1"} and result.search_id == "s-1" and result.trials_errored == 1
 
 
-def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choice(tmp_path):
+def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choice(tmp_path, tiny_gpt2_path):
     from promptray.jobs.search_space import param_space, search_groups, trial_config
 
-    raw = search_config(tmp_path, tmp_path / "model", [2, 4], style=["prompt-tuning", "p-tuning"],
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], style=["prompt-tuning", "p-tuning"],
                         lr={"min": 1e-3, "max": 1e-1})
     raw["model"]["new_tasks"] = ["a", "b"]
     raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "b",
@@ -283,12 +283,85 @@ def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choic
         prepare_search_config(raw)
 
 
-def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path):
+def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path, tiny_gpt2_path):
     from promptray.jobs.search_trial import DRIVER_RESOURCES, trial_resources
 
-    raw = search_config(tmp_path, tmp_path / "model", [2, 4], cpus_per_trial=2)
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], cpus_per_trial=2)
     assert trial_resources(prepare_search_config(raw)) == {"cpu": 2}
     raw["ray"] = {"use_gpu": True}
     assert trial_resources(prepare_search_config(raw)) == {"cpu": 2, "gpu": 1}  # a one-worker trial's own GPU
     raw["ray"]["num_workers"], raw["model"]["micro_batch_size"] = 2, 2
     assert trial_resources(prepare_search_config(raw)) == DRIVER_RESOURCES  # the Train workers reserve theirs
+
+
+def test_candidate_counts_are_checked_against_the_models_positions_before_any_trial(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    model = tmp_path / "m512"  # config.json only: no trial could load it
+    GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=512).save_pretrained(model)
+    raw = search_config(tmp_path, model, [2, 600, 509, 508])
+    with pytest.raises(ConfigError) as e:
+        prepare_search_config(raw)
+    assert e.value.problems == [
+        f"search.tasks.a.total_virtual_tokens: [509, 600] virtual tokens do not fit the base model '{model}', "
+        "which takes 512 positions (max_position_embeddings); an example needs its virtual tokens plus at least "
+        "4 text tokens, so use at most 508"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_search_config_with_four_problems_reports_them_at_once_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = search_config(tmp_path, tmp_path / "no-model", [2])
+    m = raw["model"]
+    m["optim"]["lr"], m["global_batch_size"] = -1, 6
+    m["task_templates"][0]["virtual_token_splits"] = [1]
+    m["data"]["train_ds"] = ["missing.jsonl"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "(4 problems)" in err and "Traceback" not in err, err
+    for key in ("model.data.train_ds[0]: file 'missing.jsonl'", "model.optim.lr: got -1",
+                "virtual_token_splits [1] sum to 1", "model.global_batch_size: 6 is not a multiple"):
+        assert key in err
+
+
+@pytest.mark.ray
+def test_a_trial_that_errs_keeps_its_id_config_and_a_plain_one_line_error(tmp_path, tiny_gpt2_path, ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 12])
+    raw["model"]["data"]["max_seq_length"] = 16  # 12 virtual tokens + the text: every example is over 16
+    payload = run_search(prepare_search_config(raw))
+    assert payload["trials"] == 2 and payload["trials_errored"] == 1
+    assert payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 2
+    trials = {t["config/a.total_virtual_tokens"]: t for t in
+              json.loads((Path(payload["run_dir"]) / "trials.json").read_text())}
+    bad = trials[12]
+    assert bad["status"] == "error" and bad["trial_id"] and bad["trial_id"] != trials[2]["trial_id"]
+    assert bad["error"].startswith("ConfigError: model.data.train_ds: 0 usable training examples for new tasks "
+                                   "['a']; need at least micro_batch_size=4 (a: 0 kept, 0 truncated, 16 dropped; "
+                                   "examples longer than 16 tokens, of which total_virtual_tokens {'a': 12} are "
+                                   "virtual, are dropped unless the template has a truncate_field)"), bad["error"]
+    assert "\n" not in bad["error"] and "\x1b" not in bad["error"] and "Traceback" not in bad["error"]
+    csv_text = (Path(payload["run_dir"]) / "trials.csv").read_text()
+    assert bad["trial_id"] in csv_text and "\x1b" not in csv_text
+
+
+def test_search_ranges_are_checked_with_the_rest_of_the_config(tmp_path):
+    raw = search_config(tmp_path, tmp_path / "no-model", [0, 2, -1], num_samples=0, grace_period=0,
+                        reduction_factor=1, seed=-1, time_budget_s=0, lr={"min": 0.1, "max": 0.1})
+    with pytest.raises(ConfigError) as e:
+        load_config(raw)
+    assert e.value.problems == [
+        "search.lr: max 0.1 is not above min 0.1; give min < max (for a fixed learning rate drop the range and set "
+        "model.optim.lr) (got {'min': 0.1, 'max': 0.1})",
+        "search.num_samples: got 0; use a value >= 1", "search.time_budget_s: got 0; use a value > 0.0",
+        "search.seed: got -1; use a value >= 0", "search.grace_period: got 0; use a value >= 1",
+        "search.reduction_factor: got 1; use a value > 1.0",
+        "search.tasks.a.total_virtual_tokens: counts [0, -1] are below the template's 1 virtual marker(s); every "
+        "marker needs >= 1 token, use counts >= 1"]
+
+
+def test_a_searched_tasks_template_count_is_replaced_by_its_candidates_in_the_limit_checks(tmp_path, tiny_gpt2_path):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4])  # tiny-gpt2 takes 256 positions
+    raw["model"]["task_templates"][0].update(total_virtual_tokens=300, virtual_token_splits=[300])
+    assert prepare_search_config(raw).search.tasks["a"].counts == [2, 4]  # 300 is never trained

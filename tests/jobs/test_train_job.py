@@ -147,10 +147,29 @@ def test_invalid_job_config_lists_every_problem_and_exits_2(tmp_path, capsys):
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "(4 problems)" in err, err
-    for key in ("ray.num_workers", "ray.max_failures", "ray.resources_per_worker", "model.sharding"):
+    assert "Traceback" not in err and "(5 problems)" in err, err  # the missing data file is in the same report
+    for key in ("ray.num_workers", "ray.max_failures", "ray.resources_per_worker", "model.sharding",
+                "model.data.train_ds[0]"):
         assert f"  - {key}:" in err
     path.write_text(yaml.safe_dump(job_config(tmp_path, tmp_path / "no-model")))
     (tmp_path / "job.jsonl").unlink()
     assert main(["--config", str(path)]) == 2  # missing data is found before any worker starts
-    assert "model.data.train_ds: file" in capsys.readouterr().err
+    assert "model.data.train_ds[0]: file" in capsys.readouterr().err
+
+
+def test_the_driver_checks_the_models_limits_when_it_has_the_model_and_leaves_them_to_the_workers_otherwise(
+        tmp_path, tiny_gpt2_path, caplog):
+    import logging
+
+    from promptray.platform.config import load_config
+    from promptray.platform.errors import ConfigError
+    from promptray.platform.model_limits import check_model_limits_on_driver
+
+    raw = job_config(tmp_path, tiny_gpt2_path)  # tiny-gpt2 takes 256 positions
+    raw["model"]["task_templates"][0].update(total_virtual_tokens=300, virtual_token_splits=[300])
+    with pytest.raises(ConfigError, match="300 virtual tokens do not fit the base model .* 256 positions"):
+        check_model_limits_on_driver(load_config(raw))
+    raw["model"]["language_model_path"] = "/models/on/the/workers/only"
+    with caplog.at_level(logging.INFO, logger="promptray.platform.model_limits"):
+        check_model_limits_on_driver(load_config(raw))
+    assert "is not on this machine: its limits are checked by the workers" in caplog.text

@@ -267,7 +267,7 @@ def test_type_errors_do_not_hide_cross_key_problems():
     problems = problems_of(minimal(micro_batch_size="four", global_batch_size=10, existing_tasks=["x"],
                                    p_tuning={"num_layers": 0}))
     assert any(p.startswith("model.micro_batch_size: Input should be a valid integer") for p in problems)
-    assert any(p.startswith("model.p_tuning.num_layers: Input should be greater than or equal to 1")
+    assert any(p == "model.p_tuning.num_layers: got 0; use a value >= 1"
                for p in problems)
     assert any(p.startswith("model.existing_tasks:") and "restore_path is null" in p for p in problems)
     # the batch check would need micro_batch_size, which is invalid: no second-hand complaint about it
@@ -303,14 +303,15 @@ def test_missing_model_section_and_required_keys():
 def test_neither_max_steps_nor_max_epochs():
     raw = minimal()
     raw["trainer"] = {"max_steps": -1, "max_epochs": None}
-    assert problems_of(raw) == ["trainer: neither max_steps nor max_epochs is set; set one of them"]
+    assert problems_of(raw) == ["trainer: neither max_steps nor max_epochs is set (-1 means unset); set one of them"]
 
 
 # ----------------------------------------------------------------------------- NeMo keys
 
 def test_tensor_parallel_two_is_an_error_one_is_ignored(caplog):
     assert problems_of(minimal(tensor_model_parallel_size=2)) == [
-        "model.tensor_model_parallel_size: got 2; model parallelism is not supported, set it to 1"]
+        "model.tensor_model_parallel_size: got 2; model parallelism is not supported (one model replica per worker): "
+        "set it to 1 or leave it out"]
     assert problems_of(minimal(pipeline_model_parallel_size=4))[0].startswith(
         "model.pipeline_model_parallel_size: got 4")
     with caplog.at_level(logging.INFO, logger="promptray.platform.config"):
@@ -386,15 +387,14 @@ def test_style_spelling_and_defaults():
 def test_invalid_common_word_key_does_not_hide_unrelated_problems():
     problems = problems_of(minimal(new_tasks=[], optim={"name": "sgd"}))
     assert len(problems) == 2, problems
-    assert problems[0].startswith("model.optim.name: Value error, unknown optimizer 'sgd'")
+    assert problems[0].startswith("model.optim.name: unknown optimizer 'sgd'")
     assert problems[1].startswith("model.new_tasks: empty; name the tasks to tune")
 
 
 def test_invalid_list_item_removes_the_whole_key_once():
     problems = problems_of(minimal(new_tasks=[["a"], {"b": 1}], data={"train_ds": [3]}))
-    assert sorted(p.split(":")[0] for p in problems) == [
-        "model.data.train_ds.0.dict[any,any]", "model.data.train_ds.0.str",
-        "model.new_tasks.0", "model.new_tasks.1"]
+    assert sorted(p.split(":")[0] for p in problems) == [  # one problem per item, also for a Union's members
+        "model.data.train_ds.0", "model.new_tasks.0", "model.new_tasks.1"]
 
 
 # ----------------------------------------------------------------------------- the `ray` section
@@ -435,3 +435,87 @@ def test_ray_section_problems_are_reported_together():
     problems = problems_of(raw)
     assert [p.split(":")[0] for p in problems] == ["ray.resources_per_worker", "model.sharding"]
     assert "negative amounts {'CPU': -1.0}" in problems[0] and "'ddp'" in problems[1]
+
+
+# ----------------------------------------------------------------------------- ranges (issue 13)
+
+def four_problems(**model) -> dict:
+    """The issue's config with four problems: a negative lr, splits that do not add up, batch arithmetic
+    (10 is no multiple of 4 x 1) and a missing data file."""
+    raw = minimal(global_batch_size=10, optim={"lr": -1}, data={"train_ds": ["no/such/train.jsonl"]}, **model)
+    raw["model"]["task_templates"][0]["virtual_token_splits"] = [3]
+    return raw
+
+
+FOUR_PROBLEMS = [
+    "model.data.train_ds[0]: file 'no/such/train.jsonl' does not exist; fix the path (relative paths are read "
+    "from {cwd})",
+    "model.optim.lr: got -1; use a value > 0.0",
+    "model.task_templates[0] (task 'sentiment'): virtual_token_splits [3] sum to 3 but total_virtual_tokens is 4; "
+    "make them add up",
+    "model.global_batch_size: 10 is not a multiple of micro_batch_size x data-parallel size = 4 x 1; make it one"]
+
+
+def test_four_problems_of_one_config_come_in_one_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_config(four_problems(), check_files=True)
+    assert e.value.problems == [p.format(cwd=tmp_path) for p in FOUR_PROBLEMS]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val: got -1.0; use a value >= 0.0"),
+    ("model.optim.lr=-1", "model.optim.lr: got -1; use a value > 0.0"),
+    ("model.optim.lr=0", "model.optim.lr: got 0; use a value > 0.0"),
+    ("model.optim.betas=[0.9]", "model.optim.betas: give two numbers in [0, 1), e.g. [0.9, 0.999] (got [0.9])"),
+    ("model.optim.betas=[0.9,1.0]", "model.optim.betas: give two numbers in [0, 1), e.g. [0.9, 0.999] "
+                                    "(got [0.9, 1.0])"),
+    ("model.optim.eps=0", "model.optim.eps: got 0; use a value > 0.0"),
+    ("model.optim.weight_decay=-0.1", "model.optim.weight_decay: got -0.1; use a value >= 0.0"),
+    ("model.optim.sched.warmup_steps=-5", "model.optim.sched.warmup_steps: got -5; use a value >= 0"),
+    ("model.optim.sched.warmup_ratio=1.5", "model.optim.sched.warmup_ratio: got 1.5; use a value <= 1.0"),
+    ("model.optim.sched.constant_steps=-1", "model.optim.sched.constant_steps: got -1; use a value >= 0"),
+    ("model.optim.sched.min_lr=-0.1", "model.optim.sched.min_lr: got -0.1; use a value >= 0.0"),
+    ("model.optim.sched.min_lr=0.5", "model.optim.sched.min_lr: 0.5 is above model.optim.lr=0.0001; the schedule "
+                                     "decays from lr to min_lr, so give min_lr <= lr"),
+    ("trainer.max_steps=-2", "trainer.max_steps: use -1 (unset, as NeMo writes it) or a number >= 1 (got -2)"),
+    ("trainer.max_epochs=0", "trainer.max_epochs: use -1 (unset, as NeMo writes it) or a number >= 1 (got 0)"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval: an int is a count >= 1; a float is a fraction "
+                                     "in (0, 1] (got 0)"),
+    ("trainer.val_check_interval=1.5", "trainer.val_check_interval: a float is a fraction of the epoch / of the "
+                                       "batches in (0, 1]; an int is a count >= 1 (got 1.5)"),
+    ("trainer.limit_val_batches=0", "trainer.limit_val_batches: an int is a count >= 1; a float is a fraction "
+                                    "in (0, 1] (got 0)"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps: got 0; use a value >= 1"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: got 0; use a value >= 1"),
+    ("trainer.devices=0", "trainer.devices: use a number of devices >= 1, or -1 / 'auto' (got 0)"),
+    ("trainer.num_nodes=0", "trainer.num_nodes: got 0; use a value >= 1"),
+    ("model.seed=-3", "model.seed: got -3; use a value >= 0"),
+    ("model.micro_batch_size=0", "model.micro_batch_size: got 0; use a value >= 1"),
+    ("model.p_tuning.dropout=1.0", "model.p_tuning.dropout: got 1.0; use a value < 1.0"),
+    ("ray.num_to_keep=0", "ray.num_to_keep: got 0; use a value >= 1"),
+])
+def test_every_numeric_setting_has_its_range(override, expected):
+    assert problems_of(minimal(), [override]) == [expected]
+
+
+def test_no_clipping_and_unset_counts_as_nemo_writes_them():
+    cfg = load_config(minimal(), ["trainer.gradient_clip_val=0", "trainer.max_steps=-1", "trainer.max_epochs=2"])
+    assert cfg.trainer.gradient_clip_val == 0 and cfg.trainer.max_steps is None and cfg.trainer.max_epochs == 2
+    assert load_config(minimal(), ["trainer.gradient_clip_val=null"]).trainer.gradient_clip_val is None
+    both = problems_of(minimal(optim={"sched": {"warmup_steps": 5, "warmup_ratio": 0.1}}))
+    assert both == ["model.optim.sched: warmup_steps (5) and warmup_ratio (0.1) are both set; give only one"]
+
+
+def test_virtual_tokens_must_leave_room_for_text_within_max_seq_length():
+    raw = minimal(data={"train_ds": ["t"], "max_seq_length": 64})
+    raw["model"]["task_templates"][0].update(total_virtual_tokens=61, virtual_token_splits=[61])
+    assert problems_of(raw) == [
+        "model.task_templates[0].total_virtual_tokens (task 'sentiment'): 61 virtual tokens do not fit "
+        "model.data.max_seq_length=64; an example needs its virtual tokens plus at least 4 text tokens, so use "
+        "at most 60 (or raise model.data.max_seq_length)"]
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem_naming_the_types():
+    assert problems_of(minimal(), ["trainer.val_check_interval=often"]) == [
+        "trainer.val_check_interval: got 'often'; give a value of type int or float"]

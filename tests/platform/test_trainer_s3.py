@@ -9,7 +9,7 @@ import torch
 
 from promptray.platform import s3_store
 from promptray.platform.config import load_config
-from promptray.platform.errors import DatasetError
+from promptray.platform.errors import ConfigError, DatasetError
 from promptray.platform.prompt_table import PromptTable
 from promptray.platform.trainer import train
 
@@ -64,8 +64,10 @@ def test_storage_endpoint_option_replaces_the_env(tmp_path, tiny_gpt2_path, s3_e
 
 def test_missing_s3_data_file_is_a_clear_error(tmp_path, tiny_gpt2_path, s3_bucket, s3_data):
     cfg = _config(tmp_path, tiny_gpt2_path, f"s3://{s3_bucket}/t3", f"s3://{s3_bucket}/data/nope.jsonl", "a", 3)
-    with pytest.raises(DatasetError, match="nope.jsonl' does not exist"):
+    with pytest.raises(ConfigError) as e:  # checked when the run starts, before the base model loads
         train(load_config(cfg), progress=False)
+    assert e.value.problems == [f"model.data.train_ds[0]: object 's3://{s3_bucket}/data/nope.jsonl' does not exist; "
+                                "check the bucket and key"]
     cfg["model"]["data"]["train_ds"] = [s3_data["a"], s3_data["b"]]
     with pytest.raises(DatasetError, match=r"unknown taskname 'b'.*may only hold records of model.new_tasks \['a'\]"):
         train(load_config(cfg), progress=False)

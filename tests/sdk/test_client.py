@@ -96,3 +96,25 @@ def test_embedded_cluster_starts_on_first_use_and_stops_at_close():
     with pytest.raises(ClusterUnreachableError):
         RayJobs(address, cluster.token)
     assert JobStatus("STOPPED").is_terminal and not JobStatus("RUNNING").is_terminal
+
+
+def test_submit_tuning_with_a_bad_config_raises_before_any_cluster_is_started_or_contacted(tmp_path, monkeypatch):
+    from promptray.sdk import JobConfigError
+    from sdk_helpers import tuning_config, write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "train.jsonl", 8)
+    client = Client(table=str(tmp_path / "table"))  # an embedded cluster would start on first use
+    with pytest.raises(JobConfigError) as e:
+        client.submit_tuning(config=tuning_config(tmp_path / "model", "t", ["train.jsonl"], [], tmp_path),
+                             overrides={"model.optim.lr": -1})
+    assert e.value.problems == ["model.optim.lr: got -1; use a value > 0.0"]
+    raw = tuning_config(tmp_path / "model", "t", ["missing.jsonl"], [], tmp_path)
+    raw["model"]["optim"]["lr"], raw["model"]["global_batch_size"] = -1, 6
+    raw["model"]["task_templates"] = [{**raw["model"]["task_templates"][0], "virtual_token_splits": [3]}]
+    with pytest.raises(JobConfigError) as e:  # the four problems, at once
+        client.submit_search(config=raw)
+    assert [p.split(":")[0] for p in e.value.problems] == [
+        "model.data.train_ds[0]", "model.optim.lr", "model.task_templates[0] (task 'sentiment')",
+        "model.global_batch_size"]
+    assert client._cluster is None and client._jobs is None and client.address is None  # nothing started

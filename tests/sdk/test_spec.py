@@ -23,7 +23,9 @@ def test_import_sdk_loads_neither_torch_nor_transformers_nor_ray():
     assert out.stdout.strip() == "[]"
 
 
-def test_keyword_arguments_build_a_valid_nemo_config():
+def test_keyword_arguments_build_a_valid_nemo_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "v.jsonl").write_text("")
     raw, cfg = build_config(None, None, dict(base_model="smollm2-135m", tasks=[TaskTemplate(**TEMPLATE)],
                                              train_files=["s3://b/train.jsonl"], validation_files=["v.jsonl"],
                                              style="p_tuning", num_workers=2, max_steps=30, micro_batch_size=2,
@@ -64,10 +66,13 @@ def test_config_problems_are_all_listed_with_key_value_and_fix(tmp_path):
     assert "task 'missing' has no entry in model.task_templates" in text
     assert "model.global_batch_size: 4 is not a multiple" in text
     assert "trainer.precision: got 'fp8'" in text
-    assert str(e.value).startswith("invalid tuning job (5 problems)")
+    assert "model.data.train_ds[0]: file 'a.jsonl' does not exist" in text  # a missing file: the same report
+    assert str(e.value).startswith("invalid tuning job (6 problems)")
 
 
-def test_config_file_overrides_and_table(tmp_path):
+def test_config_file_overrides_and_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jsonl").write_text("")
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "trainer": {"max_steps": 3}, "model": {
         "language_model_path": "m", "nemo_path": "old", "restore_path": "old", "existing_tasks": [],

@@ -40,13 +40,18 @@ def test_loopback_makes_every_relative_path_absolute(tmp_path, monkeypatch):
     assert raw["exp_manager"]["exp_dir"] == str(tmp_path / "runs")
 
 
-def test_missing_local_data_files_are_listed_before_submission(tmp_path):
-    raw = tuning_config("m", "t", ["a.jsonl", "s3://b/ok.jsonl"], ["b.jsonl"], tmp_path)
+def test_missing_local_data_files_are_listed_before_submission(tmp_path, monkeypatch, tiny_gpt2_path):
+    monkeypatch.chdir(tmp_path)
+    client = Client(table=str(tmp_path / "t"))
     with pytest.raises(JobConfigError) as e:
-        prepare_files(raw, "t", "http://127.0.0.1:8265", "auto", tmp_path)
+        client.submit_tuning(tuning_config(tiny_gpt2_path, "t", ["a.jsonl", "s3://b/ok.jsonl"], ["b.jsonl"],
+                                           tmp_path))
     assert e.value.problems == [
-        f"model.data.train_ds[0]: file 'a.jsonl' does not exist (cwd {tmp_path}); check the path",
-        f"model.data.validation_ds[0]: file 'b.jsonl' does not exist (cwd {tmp_path}); check the path"]
+        f"model.data.train_ds[0]: file 'a.jsonl' does not exist; fix the path (relative paths are read from "
+        f"{tmp_path})",
+        f"model.data.validation_ds[0]: file 'b.jsonl' does not exist; fix the path (relative paths are read from "
+        f"{tmp_path})"]
+    assert client._cluster is None and client._jobs is None  # nothing was started or contacted
 
 
 def test_remote_cluster_without_bucket_rejects_local_files(data_dir, tmp_path, monkeypatch, tiny_gpt2_path):
