@@ -76,10 +76,10 @@ def template(name: str) -> dict:
 
 def build_table(uri: str) -> dict[str, str]:
     """Publish the 4 tasks (text-initialised prompts for smollm2-135m) with the platform's table API."""
-    from promptray.platform.fingerprint import fingerprint_model
-    from promptray.platform.hub import load_base_model
-    from promptray.platform.prompt_encoder import init_from_text
-    from promptray.platform.prompt_table import PromptTable, TaskPrompt
+    from promptray.platform.model.fingerprint import fingerprint_model
+    from promptray.platform.model.hub import load_base_model
+    from promptray.platform.model.prompt_encoder import init_from_text
+    from promptray.platform.table.table import PromptTable, TaskPrompt
 
     lm, tok = load_base_model(MODEL)
     fp = fingerprint_model(lm, MODEL)
@@ -159,7 +159,7 @@ def run_http(uri: str, reqs_by_level: dict[int, list[dict]], threads: int, progr
     import requests
     from ray import serve
 
-    from promptray.platform.seaweedfs import free_ports
+    from promptray.platform.ports import free_ports
     from promptray.serve.app import build_app
     from promptray.serve.schemas import ServerSettings
 
@@ -204,7 +204,7 @@ class PromptraySides:
 
     @staticmethod
     def bare(prepared: list) -> list:
-        from promptray.platform.inference import strip_virtual
+        from promptray.platform.generation.inference import strip_virtual
         from promptray.serve.engine import Prepared
 
         return [Prepared(p.task, strip_virtual([p.example])[0], p.params) for p in prepared]
@@ -231,8 +231,8 @@ class PeftSide:
     def __init__(self, uri: str, precision: str):
         from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-        from promptray.platform.hub import load_base_model
-        from promptray.platform.prompt_table import PromptTable
+        from promptray.platform.model.hub import load_base_model
+        from promptray.platform.table.table import PromptTable
 
         table = PromptTable(uri)
         self.models, self.tok = {}, None
@@ -278,7 +278,7 @@ class HfEmbedsSide:
     base models: [padding][100 prompt rows][the input's embeddings] as inputs_embeds, per task, batched."""
 
     def __init__(self, peft: PeftSide, uri: str):
-        from promptray.platform.prompt_table import PromptTable
+        from promptray.platform.table.table import PromptTable
 
         table = PromptTable(uri)
         self.lms = {n: m.get_base_model() for n, m in peft.models.items()}
@@ -350,7 +350,7 @@ def agreement(a: list[str], b: list[str], first_word: bool = False) -> float:
 
 
 def run_offline(uri: str, reqs: list[dict], rounds: int, pair_rounds: int, progress: bool, extra: bool) -> dict:
-    from promptray.platform.inference import strip_virtual
+    from promptray.platform.generation.inference import strip_virtual
 
     pr = PromptraySides(uri)
     prepared = pr.prepare(reqs)
@@ -468,7 +468,7 @@ def run(http_requests: int, offline_requests: int, rounds: int, pair_rounds: int
                              f"'{BASELINE}' = base model in fp32 (PEFT's default, the baseline as in train_speed), "
                              f"'{EXTRA}' = base model cast to bf16",
                 "bare_side": "the same engine and batches with the inputs' virtual tokens removed "
-                             "(platform.inference.strip_virtual): the template's text + the review only; no "
+                             "(platform.generation.inference.strip_virtual): the template's text + the review only; no "
                              "prefix cache applies (nothing cached matches), i.e. the plain prompt pass",
                 "no_prefix_cache_side": f"'{NO_CACHE}': promptray with the prefix cache switched off (each row "
                                         "runs its 100 virtual tokens); informational" if extra else None,

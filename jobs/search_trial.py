@@ -17,15 +17,15 @@ from typing import Any, Callable, Optional
 
 import torch
 from promptray.jobs.search_space import trial_config
-from promptray.platform.config import PromptLearningConfig, load_config
-from promptray.platform.distributed import Dist
-from promptray.platform.engine import Engine
-from promptray.platform.encoding import TaskEncoding
-from promptray.platform.generation import GenerationParams
-from promptray.platform.inference import InferenceEngine, exact_match, predict, prepare
-from promptray.platform.devices import resolve_device
-from promptray.platform.train_loop import StepInfo
-from promptray.platform.trainer import build_loop
+from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.train.distributed import Dist
+from promptray.platform.train.engine import Engine
+from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import InferenceEngine, exact_match, predict, prepare
+from promptray.platform.model.devices import resolve_device
+from promptray.platform.train.loop import StepInfo
+from promptray.platform.train.trainer import build_loop
 
 BEST_PROMPTS = "best_prompts.pt"
 PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)

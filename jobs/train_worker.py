@@ -18,10 +18,10 @@ from typing import Any, Optional
 
 import torch
 
-from promptray.platform.config import PromptLearningConfig
-from promptray.platform.distributed import Dist
-from promptray.platform.train_loop import StepInfo, TrainLoop, TrainResult
-from promptray.platform.trainer import build_loop
+from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.train.distributed import Dist
+from promptray.platform.train.loop import StepInfo, TrainLoop, TrainResult
+from promptray.platform.train.trainer import build_loop
 
 log = logging.getLogger(__name__)
 

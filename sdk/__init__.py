@@ -10,7 +10,7 @@
 Importing it loads neither torch nor Ray; Ray is imported when the client first connects.
 """
 
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.data.templates import TaskTemplate
 from promptray.sdk.client import Client, ClientSettings
 from promptray.sdk.errors import (ClusterAuthError, ClusterError, ClusterStartError, ClusterUnreachableError,
                                   ConfigError, DataStagingError, JobCancelledError, JobConfigError,

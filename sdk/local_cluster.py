@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from promptray.platform.seaweedfs import free_ports
+from promptray.platform.ports import free_ports
 from promptray.sdk.auth import auth_headers, new_token, token_env
 from promptray.sdk.errors import ClusterStartError
 
