@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from promptray.jobs.cli import main
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,10 +18,10 @@ from promptray.jobs.search import (
     prepare_search_config,
     run_search,
 )
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.search_config import apportion
+from promptray.platform.table.table import PromptTable
+from promptray.platform.config.search_config import apportion
 
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from promptray.platform.errors import ConfigError
-from promptray.platform.seaweedfs import free_ports
+from promptray.platform.ports import free_ports
 from promptray.sdk import Client, ClusterAuthError, ClusterStartError, ClusterUnreachableError, JobStatus, LocalCluster
 from promptray.sdk.auth import find_token
 from promptray.sdk.cluster import RayJobs

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.table.table import PromptTable
 from promptray.sdk import (Client, ClusterAuthError, JobCancelledError, JobConfigError, JobFailedError,
                            JobNotFoundError, JobResultError, JobStatus, JobTimeoutError, TaskTemplate)
 from promptray.sdk.local_cluster import find_ray

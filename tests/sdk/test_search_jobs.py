@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.table.table import PromptTable
 from promptray.sdk import Client, JobStatus, SearchJob
 from promptray.sdk.local_cluster import find_ray
 from promptray.sdk.search_job import parse_search_result

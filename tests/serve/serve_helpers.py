@@ -8,7 +8,7 @@ import time
 import requests
 import torch
 
-from promptray.platform.prompt_table import TaskPrompt
+from promptray.platform.table.table import TaskPrompt
 
 API_KEY = "test-key-7f3a"
 TEMPLATES = {

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from promptray.platform.config import ModelConfig, load_config, normalize_precision
+from promptray.platform.config.schema import ModelConfig, load_config, normalize_precision
 from promptray.platform.errors import ConfigError
 
 # The spec's "Example Multi-Task Prompt Tuning Config", verbatim (trainer / exp_manager / optim are `...`).
@@ -314,7 +314,7 @@ def test_tensor_parallel_two_is_an_error_one_is_ignored(caplog):
         "set it to 1 or leave it out"]
     assert problems_of(minimal(pipeline_model_parallel_size=4))[0].startswith(
         "model.pipeline_model_parallel_size: got 4")
-    with caplog.at_level(logging.INFO, logger="promptray.platform.config"):
+    with caplog.at_level(logging.INFO, logger="promptray.platform.config.schema"):
         cfg = load_config(minimal(tensor_model_parallel_size=1, pipeline_model_parallel_size=1))
     assert "tensor_model_parallel_size" not in cfg.model.model_dump()
     assert "model.tensor_model_parallel_size" in caplog.text

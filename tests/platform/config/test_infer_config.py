@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from promptray.platform.errors import ConfigError
-from promptray.platform.infer_config import NO_MEANING, load_infer_config
+from promptray.platform.config.infer import NO_MEANING, load_infer_config
 
-NEMO_YAML = Path(__file__).resolve().parents[1] / "jobs" / "fixtures" / "nemo_inference.yaml"
+NEMO_YAML = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "nemo_inference.yaml"
 BASE = ["virtual_prompt_model_file=t", "data_paths=[a.jsonl]"]
 
 

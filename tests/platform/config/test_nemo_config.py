@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError
-from promptray.platform.nemo_keys import IGNORED_KEYS
+from promptray.platform.config.nemo_keys import IGNORED_KEYS
 
 NEMO_YAML = Path(__file__).parent / "nemo" / "megatron_gpt_prompt_learning_config.yaml"
-README = Path(__file__).parents[2] / "README.md"
+README = Path(__file__).parents[3] / "README.md"
 MODEL = ["model.language_model_path=smollm2-135m"]  # NeMo writes `???` (required)
 
 
@@ -44,7 +44,7 @@ def nemo_dir(tmp_path, monkeypatch) -> Path:
 
 
 def test_nemo_training_config_loads_as_written_and_every_key_has_its_documented_fate(nemo_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="promptray.platform.config"):
+    with caplog.at_level(logging.INFO, logger="promptray.platform.config.schema"):
         cfg = load_config(NEMO_YAML, MODEL, check_files=True)
     written = leaves(yaml.safe_load(NEMO_YAML.read_text()))
     ignored = {k for k in written if k in IGNORED_KEYS or k.startswith("exp_manager.wandb_logger_kwargs.")}

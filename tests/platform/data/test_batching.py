@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from promptray.platform.batching import collate, epoch_batches, length_grouped_batches
-from promptray.platform.dataset import Example
+from promptray.platform.data.batching import collate, epoch_batches, length_grouped_batches
+from promptray.platform.data.dataset import Example
 
 PAD = 7
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from promptray.platform.dataset import Record, Tokenization, build_examples, encode_record, read_records
+from promptray.platform.data.dataset import Record, Tokenization, build_examples, encode_record, read_records
 from promptray.platform.errors import DatasetError
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.data.templates import TaskTemplate
 
 RTE = TaskTemplate(taskname="rte", total_virtual_tokens=9, virtual_token_splits=[3, 3, 3],
                    prompt_template="<|VIRTUAL_PROMPT_0|> Hypothesis: {sentence1}, <|VIRTUAL_PROMPT_1|> Premise: "
@@ -28,7 +28,7 @@ LONG = " ".join(f"word{i}" for i in range(60))
 @pytest.fixture(scope="module")
 def tok(tiny_gpt2_path):
     """The tokenizer of the `tiny_gpt2` fixture (real GPT-2 BPE, pad = eos = bos = 50256), loaded once."""
-    from promptray.platform.hub import load_base_model
+    from promptray.platform.model.hub import load_base_model
 
     _, tokenizer = load_base_model(str(tiny_gpt2_path))
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (50256, 50256, 50256)
@@ -152,7 +152,7 @@ def test_truncate_null_drops_over_long_example_and_warns(tok, caplog):
     records = [{"taskname": "droppy", "sentence": LONG, "label": "positive"},
                {"taskname": "droppy", "sentence": "ok", "label": "positive"},
                {"taskname": "sentiment", "sentence": "fine", "label": "negative"}]
-    with caplog.at_level(logging.WARNING, logger="promptray.platform.dataset"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.data.dataset"):
         examples, stats = build_examples(records, [DROPPY, SENTIMENT], tok, 30)
     assert [(e.taskname, e.origin) for e in examples] == [("droppy", "records[1]"), ("sentiment", "records[2]")]
     assert stats.dropped == {"droppy": 1}
@@ -164,7 +164,7 @@ def test_truncate_null_drops_over_long_example_and_warns(tok, caplog):
 
 
 def test_no_warning_when_nothing_dropped(tok, caplog):
-    with caplog.at_level(logging.WARNING, logger="promptray.platform.dataset"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.data.dataset"):
         build_examples([{"taskname": "droppy", "sentence": "ok", "label": "x"}], [DROPPY], tok, 30)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 

@@ -11,16 +11,16 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from promptray.platform.config import load_config
-from promptray.platform.dataset import build_examples
-from promptray.platform.encoding import (TaskEncoding, TokenizerMismatchError, add_bos_by_task,
+from promptray.platform.config.schema import load_config
+from promptray.platform.data.dataset import build_examples
+from promptray.platform.data.encoding import (TaskEncoding, TokenizerMismatchError, add_bos_by_task,
                                          fingerprint_tokenizer)
-from promptray.platform.fingerprint import fingerprint_model
-from promptray.platform.hub import load_base_model
-from promptray.platform.inference import load_inference_engine, prepare
-from promptray.platform.prompt_codec import TaskPrompt, decode_prompt, encode_prompt
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.trainer import train
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.hub import load_base_model
+from promptray.platform.generation.inference import load_inference_engine, prepare
+from promptray.platform.table.codec import TaskPrompt, decode_prompt, encode_prompt
+from promptray.platform.table.table import PromptTable
+from promptray.platform.train.trainer import train
 
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
 TEMPLATE = {"taskname": "a", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
@@ -106,7 +106,7 @@ def test_trained_with_bos_infer_prepares_bos_first_without_being_told(tmp_path, 
     (expected,), _ = build_examples([record], list(engine.templates.values()), tok, 252, add_bos=True,
                                     inference=True)
     assert ex.input_ids == expected.input_ids and ex.virtual_ids == expected.virtual_ids
-    with caplog.at_level(logging.WARNING, logger="promptray.platform.encoding"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.data.encoding"):
         (plain,) = prepare(engine, [record], 4, add_bos=False)
     assert plain.virtual_ids[:3] == [0, 1, 2] and plain.input_ids == ex.input_ids[1:]
     assert "task 'a' was trained with add_bos=True but add_BOS=False was given" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promptray.platform.errors import ConfigError
-from promptray.platform.templates import (
+from promptray.platform.data.templates import (
     Chunk,
     Field,
     TaskTemplate,

@@ -7,34 +7,15 @@ import math
 import pytest
 import torch
 
-from promptray.platform.batching import collate
-from promptray.platform.dataset import Example, build_examples
-from promptray.platform.generation import (DecodeRow, GenerationParams, decode_rows, decode_steps, generate,
+from promptray.platform.data.batching import collate
+from promptray.platform.data.dataset import Example, build_examples
+from promptray.platform.generation.decode import (DecodeRow, GenerationParams, decode_rows, decode_steps, generate,
                                           process_logits)
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.prompt_encoder import PromptBank
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.model.prompt_encoder import PromptBank
 
-from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
+from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B, generation_setup
 
-RECORDS = [
-    {"taskname": "a", "q": "What colour is the sky?"},
-    {"taskname": "b", "q": "A cat sat on the mat."},
-    {"taskname": "a", "q": "Two plus two, and then some more words to make this prompt longer?"},
-    {"taskname": "b", "q": "Paris."},
-    {"taskname": "a", "q": "Why?"},
-]
-
-
-def setup(lm, tokenizer, std: float = 1.0) -> tuple[PromptLearningModel, list[Example]]:
-    hidden = lm.get_input_embeddings().weight.shape[1]
-    gen = torch.Generator().manual_seed(11)
-    bank = PromptBank(hidden)
-    bank.add_tuned("a", torch.randn(3, hidden, generator=gen) * std)
-    bank.add_frozen("b", torch.randn(5, hidden, generator=gen) * std)
-    exs, _ = build_examples(RECORDS, [TEMPLATE_A, TEMPLATE_B], tokenizer, 128, inference=True)
-    assert len(exs) == len(RECORDS)
-    assert len({len(e) for e in exs}) == len(exs)  # every prompt has its own length
-    return PromptLearningModel(lm, bank), exs
 
 
 def reference_greedy(model: PromptLearningModel, example: Example, n: int, pad_id: int) -> list[int]:
@@ -62,7 +43,7 @@ def truncate_at(tokens: list[int], stop: int) -> list[int]:
 @pytest.mark.parametrize("fixture", MODELS)
 def test_batched_greedy_equals_alone_and_no_cache_reference(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     params = GenerationParams(tokens_to_generate=6, stop_at_eos=False)
     batched = generate(model, exs, params, pad, eos)
@@ -81,7 +62,7 @@ def test_batched_greedy_equals_alone_and_no_cache_reference(fixture, request):
 @pytest.mark.parametrize("fixture", MODELS)
 def test_tokens_to_generate_is_respected(fixture, request, monkeypatch):
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     real_step, calls = model.step, []
 
@@ -103,7 +84,7 @@ def test_tokens_to_generate_is_respected(fixture, request, monkeypatch):
 @pytest.mark.parametrize("fixture", MODELS)
 def test_stop_ids_end_each_row_separately(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
     assert all(eos not in o for o in full)
@@ -128,7 +109,7 @@ def test_stop_ids_end_each_row_separately(fixture, request):
 def test_stop_at_real_eos(fixture, request, monkeypatch):
     """Row 0 is forced to emit EOS as its third token; it stops there, the other rows run on unchanged."""
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
 
@@ -161,7 +142,7 @@ def test_stop_at_real_eos(fixture, request, monkeypatch):
 @pytest.mark.parametrize("fixture", MODELS)
 def test_bf16_generation_runs(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     params = GenerationParams(tokens_to_generate=4, stop_at_eos=False)
     fp32 = generate(model, exs, params, pad, eos)
@@ -179,7 +160,7 @@ def test_bf16_generation_runs(fixture, request):
 @pytest.mark.parametrize("fixture", MODELS)
 def test_sampling_is_reproducible_with_a_seed(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
 
     def sample(seed, **kw):
@@ -284,7 +265,7 @@ def test_repetition_penalty_ignores_placeholders_and_padding(tiny_gpt2, monkeypa
     """Virtual-token placeholders and left padding hold the pad id (= EOS for GPT-2) but are not seen text:
     the penalty must not push EOS down, and a row's output must not depend on its batch."""
     lm, tokenizer = tiny_gpt2
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     assert pad == eos
     if not virtual:  # the zero-shot baseline: the same prompts without virtual tokens
@@ -333,7 +314,7 @@ def _boost_eos(model, monkeypatch, eos: int, steps: int) -> list:
 @pytest.mark.parametrize("fixture", MODELS)
 def test_min_tokens_to_generate_holds_eos_back_until_n_tokens(fixture, request, monkeypatch):
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
     assert all(eos not in o for o in full)
@@ -363,7 +344,7 @@ def test_logprobs_are_the_models_own_distribution_with_top_k(fixture, request):
     """Each generated token's log-probability and its top-k alternatives, from the model's distribution (not
     the processed one: the repetition penalty changes the choice, not the reported numbers)."""
     lm, tokenizer = request.getfixturevalue(fixture)
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     params = GenerationParams(tokens_to_generate=5, stop_at_eos=False, repetition_penalty=1.3, logprobs=3)
     rows = decode_rows(model, exs[:3], [DecodeRow(params, eos) for _ in exs[:3]], pad)
@@ -384,7 +365,7 @@ def test_stop_strings_end_rows_and_usage_counts_every_generated_token(tiny_gpt2)
     """A stop string completed by token j: the text ends before it and the row reports j tokens generated
     (the issue's example: `stop: "wear"` returned `']}'` with completion_tokens 0)."""
     lm, tokenizer = tiny_gpt2
-    model, exs = setup(lm, tokenizer)
+    model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
 
     def decode(ids):

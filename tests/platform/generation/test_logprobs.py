@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptray.platform.dataset import build_examples
-from promptray.platform.inference import answer_logprobs
-from promptray.platform.logprobs import TokenLogprob, openai_logprobs, prompt_logprobs, text_offsets
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.prompt_encoder import PromptBank
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.data.dataset import build_examples
+from promptray.platform.generation.inference import answer_logprobs
+from promptray.platform.generation.logprobs import TokenLogprob, openai_logprobs, prompt_logprobs, text_offsets
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.data.templates import TaskTemplate
 
 from mixed_tasks import MODELS, TEMPLATE_B
 

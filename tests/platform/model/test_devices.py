@@ -8,13 +8,13 @@ import logging
 import pytest
 import torch
 
-from promptray.platform.config import load_config
-from promptray.platform.devices import accelerator_problem, resolve_device
+from promptray.platform.config.schema import load_config
+from promptray.platform.model.devices import accelerator_problem, resolve_device
 from promptray.platform.errors import ConfigError
-from promptray.platform.infer_config import load_infer_config
-from promptray.platform.trainer import train
+from promptray.platform.config.infer import load_infer_config
+from promptray.platform.train.trainer import train
 
-from test_distributed import dp_config
+from train_helpers import dp_config
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def fake_cuda(monkeypatch):
 def test_cpu_is_none_and_gpu_falls_back_with_a_warning(no_cuda, caplog):
     assert resolve_device("cpu") is None and resolve_device("auto") is None
     assert not caplog.records  # auto without a GPU is not worth a warning
-    with caplog.at_level(logging.WARNING, logger="promptray.platform.devices"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.model.devices"):
         assert resolve_device("gpu") is None and resolve_device("CUDA") is None
     assert len(caplog.records) == 2 and "no CUDA GPU" in caplog.records[0].getMessage()
 
@@ -65,7 +65,7 @@ def test_a_gpu_config_trains_on_the_cpu_where_there_is_no_gpu(tmp_path, tiny_gpt
     """NeMo configs say accelerator: gpu; on a CPU-only machine they run as written, with a warning."""
     cfg = dp_config(tmp_path, tiny_gpt2_path, steps=2)
     cfg.trainer.accelerator = "gpu"
-    with caplog.at_level(logging.WARNING, logger="promptray.platform.devices"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.model.devices"):
         result = train(cfg, progress=False)
     assert any("running on the CPU" in r.getMessage() for r in caplog.records)
     assert result.steps == 2 and set(result.versions) == {"a", "b"}

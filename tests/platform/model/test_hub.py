@@ -1,11 +1,11 @@
-"""Resolving and loading base models (promptray.platform.hub)."""
+"""Resolving and loading base models (promptray.platform.model.hub)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from promptray.platform import hub
+from promptray.platform.model import hub
 from promptray.platform.errors import ConfigError
 
 

@@ -5,55 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import promptray.platform.prefix as prefix_mod
-from promptray.platform.batching import collate, to_device
-from promptray.platform.dataset import build_examples
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.prefix import pack_batch, shared_prefixes, split_shared_prefix
-from promptray.platform.prompt_encoder import PromptBank
-from promptray.platform.templates import TaskTemplate
+import promptray.platform.model.prefix as prefix_mod
+from promptray.platform.data.batching import collate, to_device
+from promptray.platform.data.dataset import build_examples
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.model.prefix import pack_batch, shared_prefixes, split_shared_prefix
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.data.templates import TaskTemplate
 
-from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
-
-# answer-only loss, 6 virtual tokens split 4 + 2 around the review: the second marker lies in the remainder
-TEMPLATE_C = TaskTemplate(taskname="c", prompt_template="<|VIRTUAL_PROMPT_0|> Review: {text}<|VIRTUAL_PROMPT_1|> "
-                          "Sentiment:{label}", total_virtual_tokens=6, virtual_token_splits=[4, 2],
-                          answer_only_loss=True, answer_field="label")
-RECORDS = [
-    {"taskname": "a", "q": "What colour is the sky?", "answer": " blue"},
-    {"taskname": "c", "text": "A warm, funny film.", "label": " positive"},
-    {"taskname": "a", "q": "Two plus two?", "answer": " four"},
-    {"taskname": "b", "q": "A cat sat on the mat.", "answer": " mat"},  # full loss, alone: no shared prefix
-    {"taskname": "c", "text": "Dull and far too long; I left early.", "label": " negative"},
-    {"taskname": "a", "q": "Who wrote Hamlet, the play?", "answer": " Shakespeare"},
-    {"taskname": "c", "text": "Fine.", "label": " positive"},
-]
-
-
-def batch_of(tokenizer, records=RECORDS):
-    exs, _ = build_examples(records, [TEMPLATE_A, TEMPLATE_B, TEMPLATE_C], tokenizer, 128)
-    return collate(exs, tokenizer.pad_token_id)
-
-
-def bank_for(hidden: int) -> PromptBank:
-    gen = torch.Generator().manual_seed(3)
-    bank = PromptBank(hidden)
-    for name, n in (("a", 3), ("b", 5), ("c", 6)):
-        bank.add_tuned(name, torch.randn(n, hidden, generator=gen))
-    return bank
-
-
-@pytest.fixture
-def always_split(monkeypatch):
-    monkeypatch.setattr(prefix_mod, "MAX_COST", 10.0)  # share even where a tiny batch would not gain
-
-
-def loss_and_grads(model, batch, share: bool):
-    model.share_prefix = share
-    model.zero_grad(set_to_none=True)
-    loss, n = model.loss(batch)
-    loss.backward()
-    return float(loss.detach()), n, [p.grad.clone() for p in model.trainable_parameters()]
+from mixed_tasks import MODELS, PREFIX_RECORDS, TEMPLATE_A, TEMPLATE_C, bank_for, batch_of, loss_and_grads
 
 
 def test_split_finds_each_tasks_constant_start(tiny_gpt2, always_split):
@@ -83,8 +43,8 @@ def test_layouts_decline_when_nothing_is_gained(tiny_gpt2, monkeypatch):
     assert split_shared_prefix(batch) is None  # the lone full-length row b keeps every remainder long
     monkeypatch.setattr(prefix_mod, "MAX_PACKED", 20)
     assert pack_batch(batch) is None  # too long for one dense mask
-    one_row = batch_of(tokenizer, [r for r in RECORDS if r["taskname"] == "c"][:1])
-    left = collate(build_examples(RECORDS[:3], [TEMPLATE_A, TEMPLATE_C], tokenizer, 128)[0], 50256, side="left")
+    one_row = batch_of(tokenizer, [r for r in PREFIX_RECORDS if r["taskname"] == "c"][:1])
+    left = collate(build_examples(PREFIX_RECORDS[:3], [TEMPLATE_A, TEMPLATE_C], tokenizer, 128)[0], 50256, side="left")
     for b in (one_row, left):  # nothing to share; generation batches (left-padded) are never split
         assert shared_prefixes(b) == {} and pack_batch(b) is None and split_shared_prefix(b) is None
 

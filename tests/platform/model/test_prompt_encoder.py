@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptray.platform.prompt_encoder import (PromptBank, PromptEncoder, init_from_text, init_from_vocab,
+from promptray.platform.model.prompt_encoder import (PromptBank, PromptEncoder, init_from_text, init_from_vocab,
                                                init_random)
 
 MODELS = ["tiny_gpt2", "tiny_llama"]
@@ -248,7 +248,7 @@ def test_duplicate_task_raises():
 
 def test_init_goes_through_a_scaling_embedding_module():
     """Models such as Gemma scale inside the embedding module: init rows must be what the model sees."""
-    from promptray.platform.prompt_encoder import init_from_text, init_from_vocab
+    from promptray.platform.model.prompt_encoder import init_from_text, init_from_vocab
 
     class Scaled(torch.nn.Module):
         def __init__(self):

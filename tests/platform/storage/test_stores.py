@@ -10,10 +10,10 @@ from table_helpers import isolate_aws_env
 
 from promptray.platform.errors import (PromptTableError, StoreAccessDeniedError, StoreNotFoundError,
                                        StoreUnavailableError)
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.seaweedfs import free_ports
-from promptray.platform.s3_store import S3Store, _redact_url
-from promptray.platform.stores import LocalStore, store_for_uri
+from promptray.platform.table.table import PromptTable
+from promptray.platform.ports import free_ports
+from promptray.platform.storage.s3 import S3Store, _redact_url
+from promptray.platform.storage.stores import LocalStore, store_for_uri
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

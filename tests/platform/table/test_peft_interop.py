@@ -1,4 +1,4 @@
-"""PEFT interop (platform/peft_interop.py, peft_import.py): export/import of prompt-tuning adapters, logits parity."""
+"""PEFT interop (platform/table/peft_export.py, peft_import.py): export/import of prompt-tuning adapters, logits parity."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from safetensors.torch import load_file, save_file
 
 peft = pytest.importorskip("peft")
 
-from promptray.platform.batching import collate  # noqa: E402
-from promptray.platform.dataset import build_examples  # noqa: E402
+from promptray.platform.data.batching import collate  # noqa: E402
+from promptray.platform.data.dataset import build_examples  # noqa: E402
 from promptray.platform.errors import BaseModelMismatchError, ConfigError  # noqa: E402
-from promptray.platform.fingerprint import fingerprint_model  # noqa: E402
-from promptray.platform.model import PromptLearningModel  # noqa: E402
-from promptray.platform.peft_import import import_peft_adapter  # noqa: E402
-from promptray.platform.peft_interop import DEFAULT_TEMPLATE, TASK_FILE, export_peft_adapter  # noqa: E402
-from promptray.platform.prompt_encoder import PromptBank  # noqa: E402
-from promptray.platform.prompt_table import PromptTable, TaskPrompt  # noqa: E402
-from promptray.platform.templates import TaskTemplate  # noqa: E402
+from promptray.platform.model.fingerprint import fingerprint_model  # noqa: E402
+from promptray.platform.model.prompt_model import PromptLearningModel  # noqa: E402
+from promptray.platform.table.peft_import import import_peft_adapter  # noqa: E402
+from promptray.platform.table.peft_export import DEFAULT_TEMPLATE, TASK_FILE, export_peft_adapter  # noqa: E402
+from promptray.platform.model.prompt_encoder import PromptBank  # noqa: E402
+from promptray.platform.table.table import PromptTable, TaskPrompt  # noqa: E402
+from promptray.platform.data.templates import TaskTemplate  # noqa: E402
 
 MODELS = [("tiny_gpt2", "tiny_gpt2_path"), ("tiny_llama", "tiny_llama_path")]
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
@@ -245,7 +245,7 @@ def test_import_errors(tiny_gpt2_path, tmp_path):
 def test_export_of_a_task_trained_with_bos_is_refused_and_records_the_encoding(tiny_gpt2, tmp_path):
     """Issue 13 #3: PEFT has no BOS setting (it puts the virtual tokens before every input id), so a task
     trained with add_bos is a layout PEFT cannot express; its encoding travels in promptray_task.json."""
-    from promptray.platform.encoding import TaskEncoding, fingerprint_tokenizer
+    from promptray.platform.data.encoding import TaskEncoding, fingerprint_tokenizer
 
     lm, tok = tiny_gpt2
     table = PromptTable(tmp_path / "table")

@@ -10,8 +10,8 @@ import torch
 from table_helpers import isolate_aws_env, make_prompt
 
 from promptray.platform.errors import StoreUnavailableError
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.seaweedfs import SeaweedFS
+from promptray.platform.table.table import PromptTable
+from promptray.platform.testing.seaweedfs import SeaweedFS
 
 pytestmark = pytest.mark.s3
 WORKERS, TASKS_EACH = 8, 4
@@ -30,7 +30,7 @@ def test_concurrent_publishers_lose_nothing(s3_bucket):
     # fresh processes like "spawn", but forked from one clean server that imported torch once (8 torch
     # imports at once take ~30 s on a busy 2-core machine); no state of this test process is inherited
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "boto3", "promptray.platform.prompt_table", __name__])
+    ctx.set_forkserver_preload(["torch", "boto3", "promptray.platform.table.table", __name__])
     barrier = ctx.Barrier(WORKERS)
     procs = [ctx.Process(target=_publisher, args=(uri, w, barrier)) for w in range(WORKERS)]
     for p in procs:

@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 
 from promptray.platform.errors import BaseModelMismatchError, ConfigError, PromptTableError
-from promptray.platform.fingerprint import BaseModelFingerprint
-from promptray.platform.prompt_table import LocalStore, PromptTable, TaskPrompt, VersionInfo
+from promptray.platform.model.fingerprint import BaseModelFingerprint
+from promptray.platform.table.table import LocalStore, PromptTable, TaskPrompt, VersionInfo
 
 HIDDEN = 16
 

@@ -10,7 +10,7 @@ import torch
 from table_helpers import HIDDEN, make_prompt, overwrite_raw
 
 from promptray.platform.errors import PromptTableError
-from promptray.platform.prompt_table import PromptTable, TableEvent, copy_table
+from promptray.platform.table.table import PromptTable, TableEvent, copy_table
 
 
 def manifest(table: PromptTable) -> dict:
@@ -199,8 +199,8 @@ def test_local_table_copied_to_s3_reads_the_same(tmp_path, s3_bucket):
 
 
 def test_versions_published_by_finds_a_runs_own_versions_only(tmp_path):
-    from promptray.platform.publishing import versions_published_by
-    from promptray.platform.table_manifest import utcnow
+    from promptray.platform.train.publishing import versions_published_by
+    from promptray.platform.table.manifest import utcnow
     from table_helpers import make_prompt
 
     table = PromptTable(tmp_path / "t")

@@ -19,31 +19,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from promptray.platform.config import PromptLearningConfig, load_config
-from promptray.platform.distributed import Dist, average_gradients, shard_frozen_model
-from promptray.platform.trainer import build_loop, train
+from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.train.distributed import Dist, average_gradients, shard_frozen_model
+from promptray.platform.train.trainer import build_loop, train
 
-WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
+from train_helpers import dp_config, full_and_resumed
 
-
-def dp_config(tmp_path: Path, model: Path, style: str = "prompt-tuning", steps: int = 4, **ray) -> PromptLearningConfig:
-    """Two tasks with different prompt lengths and answer lengths; global batch 8 = 2 x 2 workers x 2."""
-    rng = random.Random(0)
-    rows = [{"taskname": t, "text": " ".join(rng.sample(WORDS, rng.randint(2, 6))),
-             "label": " ".join(rng.sample(WORDS, 1 if t == "a" else 3))} for t in ("a", "b") for _ in range(20)]
-    data = tmp_path / "dp.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    templates = [{"taskname": t, "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
-                  "total_virtual_tokens": k, "virtual_token_splits": [k], "answer_only_loss": True,
-                  "answer_field": "label"} for t, k in (("a", 3), ("b", 5))]
-    return load_config({"name": "dp", "trainer": {"max_steps": steps, "val_check_interval": 2, "precision": 32,
-                                                  "log_every_n_steps": 1},
-                        "exp_manager": {"exp_dir": str(tmp_path / "runs")}, "ray": {"num_workers": 2, **ray},
-                        "model": {"language_model_path": str(model), "nemo_path": str(tmp_path / "table"),
-                                  "virtual_prompt_style": style, "new_tasks": ["a", "b"],
-                                  "task_templates": templates, "global_batch_size": 8, "micro_batch_size": 2,
-                                  "data": {"train_ds": [str(data)], "validation_ds": [str(data)]},
-                                  "optim": {"lr": 0.05}}})
 
 
 def _free_port() -> int:
@@ -78,7 +59,7 @@ def _worker(rank: int, world: int, port: int, raw: dict, shardings: list[str], o
 
 
 def _blocks(lm):
-    from promptray.platform.distributed import _largest_module_list
+    from promptray.platform.train.distributed import _largest_module_list
 
     return list(_largest_module_list(lm))
 
@@ -142,30 +123,6 @@ def test_two_workers_replicated_and_fsdp_match_one_process(style, model, tmp_pat
     assert 1 <= two["fsdp"]["max_gathered_blocks"] < 2
     initial = build_loop(cfg).engine.model.bank.export()  # training moved the prompts far beyond the tolerance
     assert all(float((single.prompts[t] - initial[t]).abs().max()) > 1e-2 for t in ("a", "b"))
-
-
-def full_and_resumed(cfg: PromptLearningConfig, device=None):
-    """(an uninterrupted run, a run stopped after step 3 and resumed from its state in a fresh loop, that state)."""
-    full = build_loop(cfg, device=device)
-    full.run()
-    saved = {}
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_3(info):
-        if info.step == 3:
-            saved["state"] = info.loop.state_dict()
-            raise Stop
-
-    cfg.exp_manager.name = "interrupted"
-    with pytest.raises(Stop):
-        build_loop(cfg, device=device).run(on_step=stop_after_3)
-    resumed = build_loop(cfg, device=device)
-    resumed.load_state_dict(saved["state"])
-    assert resumed.state.step == 3 and resumed.state.position == 12  # 3 steps x 4 micro-batches of 2
-    resumed.run()
-    return full, resumed, saved["state"]
 
 
 def test_loop_resumed_from_its_state_finishes_like_an_uninterrupted_one(tmp_path, tiny_gpt2_path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 from promptray.platform.demo import sentiment_config
-from promptray.platform.demo_data import movie_sentiment, write_splits
-from promptray.platform.generation import GenerationParams
-from promptray.platform.inference import load_inference_engine, predict, prepare
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.trainer import train
+from promptray.platform.data.demo_data import movie_sentiment, write_splits
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import load_inference_engine, predict, prepare
+from promptray.platform.table.table import PromptTable
+from promptray.platform.train.trainer import train
 
 pytestmark = pytest.mark.slow
 

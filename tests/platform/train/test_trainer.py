@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 from promptray.platform.errors import BaseModelMismatchError, ConfigError
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.trainer import train
+from promptray.platform.table.table import PromptTable
+from promptray.platform.train.trainer import train
 
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from promptray.platform import s3_store
-from promptray.platform.config import load_config
+from promptray.platform.storage import s3 as s3_store
+from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, DatasetError
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.trainer import train
+from promptray.platform.table.table import PromptTable
+from promptray.platform.train.trainer import train
 
 pytestmark = pytest.mark.s3
 
