@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from promptray.platform.model.devices import accelerator_problem
-from promptray.platform.errors import ConfigError
-from promptray.platform.model.limits import MIN_TEXT_TOKENS, fixed_count_tasks
 from promptray.platform.config.ray_config import ray_problems
+from promptray.platform.config.run import accelerator_problem
 from promptray.platform.config.search_config import search_problems
 from promptray.platform.data.templates import validate_task_templates
+from promptray.platform.errors import ConfigError
 
 if TYPE_CHECKING:
     from promptray.platform.config.schema import ModelConfig, PromptLearningConfig
+
+
+# An example holds its virtual tokens and at least this many text tokens (template words, answer, EOS);
+# model/limits.py checks counts against the model with it.
+MIN_TEXT_TOKENS = 4
 
 
 def normalize_precision(value: Union[int, str]) -> str:
@@ -138,3 +142,8 @@ def _optim_problems(cfg: PromptLearningConfig) -> list[str]:
                         "decays from lr to min_lr, so give min_lr <= lr")
     return problems
 
+
+def fixed_count_tasks(cfg: PromptLearningConfig) -> list[str]:
+    """New tasks whose template's count is the one trained (not replaced by search candidates)."""
+    searched = set(cfg.search.tasks) if cfg.search else set()
+    return [t for t in cfg.model.new_tasks if t not in searched]

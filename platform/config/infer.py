@@ -26,10 +26,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from promptray.platform.config.run import accelerator_problem
 from promptray.platform.config.schema import normalize_precision
-from promptray.platform.model.devices import accelerator_problem, resolve_device
 from promptray.platform.errors import ConfigError
 from promptray.platform.generation.sampling import MAX_LOGPROBS, GenerationParams
+from promptray.platform.model.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +250,13 @@ def _describe(err: dict) -> str:
 
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     """Predict every record of `data_paths`; write `output_file` (and NeMo's `pred_file_path` when set)."""
-    from promptray.platform.generation.inference import (load_inference_engine, predict_rows, prepare, write_pred_file,
-                                              write_predictions)
+    from promptray.platform.generation.inference import (
+        load_inference_engine,
+        predict_rows,
+        prepare,
+        write_pred_file,
+        write_predictions,
+    )
     from promptray.platform.storage.s3 import set_default_endpoint
 
     if cfg.s3_endpoint_url:

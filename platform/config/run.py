@@ -8,8 +8,18 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
 NONNEG_OR_UNSET = "-1 (unset, as NeMo writes it) or a number >= 1"
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def accelerator_problem(value: object, field: str = "trainer.accelerator") -> Optional[str]:
+    """A message naming the field, the value and the fix when `value` is not an accepted accelerator."""
+    if isinstance(value, str) and value.lower() in ACCELERATORS:
+        return None
+    return (f"{field}: got {value!r}; use one of {', '.join(ACCELERATORS)} (promptray runs on the CPU or one "
+            "CUDA GPU per process; Ray Train jobs take GPUs with ray.use_gpu)")
 
 
 class Section(BaseModel):
@@ -39,7 +49,7 @@ def _fraction_or_count(v: Union[int, float]) -> Union[int, float]:
 class TrainerConfig(Section):
     """PyTorch Lightning's trainer keys that apply here (NeMo's others: nemo_keys.IGNORED_KEYS)."""
 
-    accelerator: str = "auto"  # auto | cpu | gpu | cuda (platform/model/devices.py); one process, one device
+    accelerator: str = "auto"  # one of ACCELERATORS (model/devices.py maps it to a device); one process, one device
     devices: Union[int, str] = 1  # >= 1, or -1 / "auto" (read as 1)
     num_nodes: int = Field(1, ge=1)
     precision: Union[int, str] = "bf16"

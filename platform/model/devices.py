@@ -19,18 +19,7 @@ if TYPE_CHECKING:  # torch is imported where a device is chosen: config checks (
 
 log = logging.getLogger(__name__)
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-
-
-def accelerator_problem(value: object, field: str = "trainer.accelerator") -> Optional[str]:
-    """A message naming the field, the value and the fix when `value` is not an accepted accelerator."""
-    if isinstance(value, str) and value.lower() in ACCELERATORS:
-        return None
-    return (f"{field}: got {value!r}; use one of {', '.join(ACCELERATORS)} (promptray runs on the CPU or one "
-            "CUDA GPU per process; Ray Train jobs take GPUs with ray.use_gpu)")
-
-
-def resolve_device(accelerator: str = "auto") -> Optional["torch.device"]:
+def resolve_device(accelerator: str = "auto") -> Optional[torch.device]:
     """The CUDA device to compute on, or None for the CPU (the engine's default: tensors stay where made)."""
     import torch
 
@@ -45,7 +34,7 @@ def resolve_device(accelerator: str = "auto") -> Optional["torch.device"]:
     return None
 
 
-def model_device(module: "torch.nn.Module") -> "torch.device":
+def model_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter (CPU for a module without parameters)."""
     import torch
 

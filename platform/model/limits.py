@@ -9,9 +9,11 @@ config check covers without the model).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from promptray.platform.config.checks import MIN_TEXT_TOKENS, fixed_count_tasks
 from promptray.platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
     from promptray.platform.table.table import TaskPrompt
 
 log = logging.getLogger(__name__)
-MIN_TEXT_TOKENS = 4
 DEFAULT_POSITIONS = 2048  # a config that names no position limit (rotary models without max_position_embeddings)
 
 
@@ -58,8 +59,8 @@ def read_model_limits(name_or_path: str) -> ModelLimits:
         raise ConfigError(f"model.language_model_path: cannot read the config of {name_or_path!r} ({first}); "
                           "pass a Hugging Face model folder or id, or the built-in smollm2-135m",
                           title="cannot load base model") from None
-    return ModelLimits(str(name_or_path), max_positions_of(config), _first(config, ("hidden_size", "n_embd", "d_model")),
-                       _first(config, ("vocab_size",)))
+    return ModelLimits(str(name_or_path), max_positions_of(config),
+                       _first(config, ("hidden_size", "n_embd", "d_model")), _first(config, ("vocab_size",)))
 
 
 def count_problems(key: str, counts: Iterable[int], limits: ModelLimits) -> list[str]:
@@ -74,7 +75,7 @@ def count_problems(key: str, counts: Iterable[int], limits: ModelLimits) -> list
             f"plus at least {MIN_TEXT_TOKENS} text tokens, so use at most {room}"]
 
 
-def template_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> list[str]:
+def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> list[str]:
     """Each new task's total_virtual_tokens against the model (model.task_templates[i] names it); a task a
     search tunes is checked by its candidates instead."""
     problems = []
@@ -85,13 +86,7 @@ def template_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) ->
     return problems
 
 
-def fixed_count_tasks(cfg: "PromptLearningConfig") -> list[str]:
-    """New tasks whose template's count is the one trained (not replaced by search candidates)."""
-    searched = set(cfg.search.tasks) if cfg.search else set()
-    return [t for t in cfg.model.new_tasks if t not in searched]
-
-
-def existing_task_problems(existing: dict[str, "TaskPrompt"], limits: ModelLimits) -> list[str]:
+def existing_task_problems(existing: dict[str, TaskPrompt], limits: ModelLimits) -> list[str]:
     """Restored (frozen) tasks against the model: their width and vocabulary (from the table's fingerprint)
     and their virtual-token counts. The full fingerprint is compared once the weights are loaded."""
     problems = []
@@ -108,7 +103,7 @@ def existing_task_problems(existing: dict[str, "TaskPrompt"], limits: ModelLimit
     return problems
 
 
-def search_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> list[str]:
+def search_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> list[str]:
     """Every search candidate count against the model (search.tasks.<task>.total_virtual_tokens)."""
     if cfg.search is None:
         return []
@@ -116,8 +111,8 @@ def search_limit_problems(cfg: "PromptLearningConfig", limits: ModelLimits) -> l
             for p in count_problems(f"search.tasks.{name}.total_virtual_tokens", space.counts, limits)]
 
 
-def model_limit_problems(cfg: "PromptLearningConfig", model_name: Optional[str] = None,
-                         existing: Optional[dict[str, "TaskPrompt"]] = None) -> list[str]:
+def model_limit_problems(cfg: PromptLearningConfig, model_name: Optional[str] = None,
+                         existing: Optional[dict[str, TaskPrompt]] = None) -> list[str]:
     """New tasks' templates, restored tasks and search candidates of `cfg` against its base model
     (model_name, default model.language_model_path); [] when no model is named."""
     name = model_name or cfg.model.language_model_path
@@ -128,7 +123,7 @@ def model_limit_problems(cfg: "PromptLearningConfig", model_name: Optional[str] 
             + search_limit_problems(cfg, limits))
 
 
-def check_model_limits_on_driver(cfg: "PromptLearningConfig") -> None:
+def check_model_limits_on_driver(cfg: PromptLearningConfig) -> None:
     """check_model_limits in a Ray job's driver, before any worker or trial starts; skipped (the workers
     check it before loading the model) when model.language_model_path is a folder this machine lacks, as on
     a cluster whose model lives on the worker nodes only."""
@@ -144,8 +139,8 @@ def check_model_limits_on_driver(cfg: "PromptLearningConfig") -> None:
     check_model_limits(cfg)
 
 
-def check_model_limits(cfg: "PromptLearningConfig", model_name: Optional[str] = None,
-                       existing: Optional[dict[str, "TaskPrompt"]] = None) -> None:
+def check_model_limits(cfg: PromptLearningConfig, model_name: Optional[str] = None,
+                       existing: Optional[dict[str, TaskPrompt]] = None) -> None:
     """Raise ConfigError listing every count or restored prompt that does not fit the base model."""
     problems = model_limit_problems(cfg, model_name, existing)
     if problems:

@@ -8,10 +8,11 @@ import logging
 import pytest
 import torch
 
-from promptray.platform.config.schema import load_config
-from promptray.platform.model.devices import accelerator_problem, resolve_device
-from promptray.platform.errors import ConfigError
 from promptray.platform.config.infer import load_infer_config
+from promptray.platform.config.run import accelerator_problem
+from promptray.platform.config.schema import load_config
+from promptray.platform.errors import ConfigError
+from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.trainer import train
 
 from train_helpers import dp_config
