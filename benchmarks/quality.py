@@ -30,10 +30,23 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from benchmarks.common import (
+    BATCH,
+    INIT_TEXT,
+    MODEL,
+    N_VIRTUAL,
+    RESULTS,
+    SEED,
+    machine,
+    peft_batch,
+    peft_model,
+    peft_train_step,
+    read_jsonl,
+    sentiment_splits,
+    table,
+    write_result,
+)
 from promptray.platform.model.hub import load_base_model
-
-from benchmarks.common import (BATCH, INIT_TEXT, MODEL, N_VIRTUAL, RESULTS, SEED, machine, peft_batch, peft_model,
-                               peft_train_step, read_jsonl, sentiment_splits, table, write_result)
 
 TOKENS_TO_GENERATE = 4
 EVAL_BATCH = 16
@@ -213,11 +226,11 @@ def evaluate_hf(model, tok, records: list[dict], labels: list[str], n_virtual: i
 
 def train_peft(work: Path, splits: dict, steps: int, progress: bool, seed: int = SEED):
     """PEFT prompt tuning: same examples in the same order, same optimizer and schedule, no selection."""
-    from promptray.platform.data.batching import epoch_batches
     from promptray.platform.config.schema import load_config
+    from promptray.platform.data.batching import epoch_batches
     from promptray.platform.data.dataset import build_examples
-    from promptray.platform.demo import SENTIMENT, sentiment_config
     from promptray.platform.data.templates import validate_task_templates
+    from promptray.platform.demo import SENTIMENT, sentiment_config
     from promptray.platform.train.trainer import lr_lambda
 
     raw = sentiment_config(work / f"peft_seed{seed}", splits, steps, MODEL)
@@ -283,12 +296,12 @@ def metrics(records: list[dict], preds: list[str], gen_ok: list[bool], ranked: l
 
 def base_engine(precision: str):
     """An inference engine with the sentiment template and no prompts (for the zero-shot baseline)."""
-    from promptray.platform.demo import SENTIMENT
-    from promptray.platform.model.fingerprint import fingerprint_model
-    from promptray.platform.generation.inference import InferenceEngine
-    from promptray.platform.model.prompt_model import PromptLearningModel
-    from promptray.platform.model.prompt_encoder import PromptBank
     from promptray.platform.data.templates import validate_task_templates
+    from promptray.platform.demo import SENTIMENT
+    from promptray.platform.generation.inference import InferenceEngine
+    from promptray.platform.model.fingerprint import fingerprint_model
+    from promptray.platform.model.prompt_encoder import PromptBank
+    from promptray.platform.model.prompt_model import PromptLearningModel
 
     lm, tok = load_base_model(MODEL)
     model = PromptLearningModel(lm, PromptBank(lm.get_input_embeddings().weight.shape[1]), precision).eval()
@@ -299,8 +312,8 @@ def base_engine(precision: str):
 def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool, seed: int = SEED,
         cross_eval: bool = False, out: str = "quality", selection: bool = True, accelerator: str = "cpu",
         train_attention: Optional[str] = None, ranking: bool = True) -> dict:
-    from promptray.platform.model.devices import resolve_device
     from promptray.platform.generation.inference import load_inference_engine
+    from promptray.platform.model.devices import resolve_device
 
     device = resolve_device(accelerator)
 

@@ -28,7 +28,8 @@ one process, then extra alternating rounds of promptray and the bare side (cheap
 token ids are prepared beforehand (the same ids on every side). Targets: (b) >= 5x PEFT, (c) at most 10%
 slower than the bare base model; both judged at every batch size.
 
-    python -m benchmarks.serve_bench [--quick] [--http-requests 64] [--offline-requests 32] [--rounds 1] [--pair-rounds 6]
+    python -m benchmarks.serve_bench [--quick] [--http-requests 64] [--offline-requests 32] [--rounds 1] \
+        [--pair-rounds 6]
 
 Results: benchmarks/results/serve_bench.json.
 """
@@ -148,7 +149,8 @@ def http_level(base: str, reqs: list[dict], concurrency: int, progress: bool) ->
             "prompt_tokens_per_s_incl_virtual": round(sum(prompt_tokens) / wall, 1),
             "latency_s": {"p50": round(percentile(latency, 50), 4), "p99": round(percentile(latency, 99), 4),
                           "mean": round(statistics.fmean(latency), 4), "max": round(max(latency), 4)},
-            "server_batches": batches, "mean_rows_per_batch": round((after["rows"] - before["rows"]) / max(1, batches), 2),
+            "server_batches": batches,
+            "mean_rows_per_batch": round((after["rows"] - before["rows"]) / max(1, batches), 2),
             "mixed_task_batches": after["mixed_task_batches"] - before["mixed_task_batches"],
             "texts": texts}
 
@@ -267,7 +269,8 @@ class PeftSide:
                                      pad_token_id=self.pad, eos_token_id=self.eos)
                 assert T < out.shape[1] <= T + MAX_TOKENS, out.shape
                 new = out[:, T:]  # PEFT returns the prompt's ids + the new ones  (b, <= MAX_TOKENS)
-                for j, (i, text) in enumerate(zip(idx[s:s + batch], self.tok.batch_decode(new, skip_special_tokens=True))):
+                texts_new = self.tok.batch_decode(new, skip_special_tokens=True)
+                for j, (i, text) in enumerate(zip(idx[s:s + batch], texts_new)):
                     texts[i] = text
                     n_tokens += int(_count_new(new[j], self.eos, self.pad))
         return texts, n_tokens
@@ -302,7 +305,8 @@ class HfEmbedsSide:
                     mask[j, L - n:] = 1
                 new = lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=MAX_TOKENS,
                                   do_sample=False, pad_token_id=self.pad, eos_token_id=self.eos)  # (b, <= 4)
-                for j, (i, text) in enumerate(zip(idx[s:s + batch], self.tok.batch_decode(new, skip_special_tokens=True))):
+                texts_new = self.tok.batch_decode(new, skip_special_tokens=True)
+                for j, (i, text) in enumerate(zip(idx[s:s + batch], texts_new)):
                     texts[i] = text
                     n_tokens += int(_count_new(new[j], self.eos, self.pad))
         return texts, n_tokens
@@ -489,8 +493,10 @@ def run(http_requests: int, offline_requests: int, rounds: int, pair_rounds: int
             "results": {"http": http, "offline": offline},
             "targets": {
                 "promptray_vs_peft": {"target_min_speedup": SPEEDUP_TARGET, "speedups": speed,
-                                      "met_vs_peft_fp32": all(v["vs_peft_fp32"] >= SPEEDUP_TARGET for v in speed.values()),
-                                      "met_vs_peft_bf16": all(v["vs_peft_bf16"] >= SPEEDUP_TARGET for v in speed.values())},
+                                      "met_vs_peft_fp32": all(v["vs_peft_fp32"] >= SPEEDUP_TARGET
+                                                              for v in speed.values()),
+                                      "met_vs_peft_bf16": all(v["vs_peft_bf16"] >= SPEEDUP_TARGET
+                                                              for v in speed.values())},
                 "overhead_vs_bare_base_model": {"target_max_slowdown": OVERHEAD_TARGET, "slowdowns": slow,
                                                 "met": all(v <= OVERHEAD_TARGET for v in slow.values())},
             },
@@ -515,12 +521,14 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     n_http, n_off, rounds, pairs = (32, 16, 1, 2) if a.quick else (a.http_requests, a.offline_requests, a.rounds,
                                                                    a.pair_rounds)
-    result = run(n_http, n_off, rounds, pairs, a.threads, extra=not a.no_extra, work_dir=a.work_dir, skip_http=a.no_http)
+    result = run(n_http, n_off, rounds, pairs, a.threads, extra=not a.no_extra, work_dir=a.work_dir,
+                 skip_http=a.no_http)
     result["settings"]["quick"] = a.quick
     path = write_result("serve_bench", result)
     if result["results"]["http"]:
         rows = [[c, v["requests"], v["requests_per_s"], v["generated_tokens_per_s"], v["latency_s"]["p50"],
-                 v["latency_s"]["p99"], v["mean_rows_per_batch"]] for c, v in result["results"]["http"]["levels"].items()]
+                 v["latency_s"]["p99"], v["mean_rows_per_batch"]]
+                for c, v in result["results"]["http"]["levels"].items()]
         print(table(rows, ["HTTP", "requests", "req/s", "gen tok/s", "p50 s", "p99 s", "rows/batch"]))
     for b in LEVELS:
         off = result["results"]["offline"][f"batch_{b}"]

@@ -27,8 +27,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import (BATCH, MODEL, N_VIRTUAL, machine, peft_batch, peft_model, peft_tokens,
-                               peft_train_step, sentiment_splits, table, write_result)
+from benchmarks.common import (
+    BATCH,
+    MODEL,
+    N_VIRTUAL,
+    machine,
+    peft_batch,
+    peft_model,
+    peft_tokens,
+    peft_train_step,
+    sentiment_splits,
+    table,
+    write_result,
+)
 
 SIDES = ("promptray bf16", "promptray fp32", "peft fp32", "peft bf16", "promptray bf16 unshared",
          "promptray bf16 math attention")
@@ -122,7 +133,7 @@ def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None =
             sides[MATH] = PromptraySide(work, splits, "bf16", total, train_attention="math")
         n_train = len(sides["promptray fp32"].train_ex)
 
-        for name, side in sides.items():  # warm-up, not timed (the same batches for every side)
+        for side in sides.values():  # warm-up, not timed (the same batches for every side)
             for _ in range(warmup):
                 side.step()
         times = {n: [] for n in sides}

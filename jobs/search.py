@@ -25,8 +25,9 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from promptray.jobs.search_report import (
     SearchFailed,

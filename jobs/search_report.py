@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from promptray.jobs.search_space import trial_config
 from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
 from promptray.platform.config.schema import PromptLearningConfig, load_config

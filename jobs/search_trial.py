@@ -12,18 +12,20 @@ own resources (`ray.resources_per_worker`, Ray's default 1 CPU each) and report 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
+
 from promptray.jobs.search_space import trial_config
 from promptray.platform.config.schema import PromptLearningConfig, load_config
-from promptray.platform.train.distributed import Dist
-from promptray.platform.train.engine import Engine
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import InferenceEngine, exact_match, predict, prepare
 from promptray.platform.model.devices import resolve_device
+from promptray.platform.train.distributed import Dist
+from promptray.platform.train.engine import Engine
 from promptray.platform.train.loop import StepInfo
 from promptray.platform.train.trainer import build_loop
 

@@ -105,8 +105,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.table.peft_export import export_peft_adapter
     from promptray.platform.storage.s3 import set_default_endpoint
+    from promptray.platform.table.peft_export import export_peft_adapter
 
     set_default_endpoint(args.endpoint_url)
 
@@ -116,8 +116,8 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
 
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.table.peft_import import import_peft_adapter
     from promptray.platform.storage.s3 import set_default_endpoint
+    from promptray.platform.table.peft_import import import_peft_adapter
 
     set_default_endpoint(args.endpoint_url)
 

@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError

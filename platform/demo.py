@@ -13,8 +13,8 @@ from pathlib import Path
 from promptray.platform.config.schema import load_config
 from promptray.platform.data.demo_data import movie_sentiment, trec_questions, write_splits
 from promptray.platform.generation.decode import GenerationParams
-from promptray.platform.model.devices import resolve_device
 from promptray.platform.generation.inference import exact_match, load_inference_engine, predict, prepare, strip_virtual
+from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.trainer import train
 
 SENTIMENT = {"taskname": "sentiment", "prompt_template": "<|VIRTUAL_PROMPT_0|> Review: {sentence}\nSentiment: {label}",

@@ -9,16 +9,17 @@ problem (of the keyword arguments and of the config) is reported at once in a Jo
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.platform.config.schema import PromptLearningConfig, load_config
-from promptray.platform.errors import ConfigError
 from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.errors import ConfigError
 from promptray.sdk.errors import JobConfigError
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]

@@ -3,14 +3,15 @@ per-row parameters, each seeded request with its own generator, text reported as
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Optional
 
 import torch
 
 from promptray.platform.data.dataset import Example
 from promptray.platform.generation.decode import DecodeRow, Prefill, RowEvent, decode_steps
-from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.generation.sampling import GenerationParams
+from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.serve.schemas import SamplingParams
 
 

@@ -16,8 +16,9 @@ quantized caches) fall back to the plain prompt pass (`generation.prefill_plain`
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example, Tokenization, encode_chunks
+from promptray.platform.data.templates import TaskTemplate, constant_start, render_parts
 from promptray.platform.generation.decode import prefill_plain
 from promptray.platform.model.prompt_model import PromptLearningModel
-from promptray.platform.data.templates import TaskTemplate, constant_start, render_parts
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class TaskPrefix:
 
 def prefix_tokens(template: TaskTemplate, tokenizer, add_bos: bool = False) -> tuple[list[int], list[int]]:
     """(input_ids, virtual_ids) of the constant start of a task's inference prompts: everything before the
-    first data field (after a BOS with `add_bos`). A trailing text token is left out: the tokenizer may merge it with the field's text."""
+    first data field (after a BOS with `add_bos`). A trailing text token is left out: the tokenizer may merge it
+    with the field's text."""
     chunks = render_parts(constant_start(template.parts), {}, template.target_field, inference=True)
     ids, vids, _ = encode_chunks(chunks, Tokenization.of(tokenizer), False, add_bos, False)
     if chunks and chunks[-1].kind != "virtual" and ids:

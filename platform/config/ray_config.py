@@ -38,7 +38,7 @@ class RayConfig(BaseModel):
         return v
 
 
-def ray_problems(cfg: "PromptLearningConfig") -> list[str]:
+def ray_problems(cfg: PromptLearningConfig) -> list[str]:
     """Problems of the ray section together with the keys it interacts with."""
     r, m, problems = cfg.ray, cfg.model, []
     nemo = cfg.nemo_parallel_size

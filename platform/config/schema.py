@@ -21,14 +21,20 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.platform.config.checks import config_problems, normalize_precision  # noqa: F401  (re-exported)
-from promptray.platform.data.data_files import data_file_problems
-from promptray.platform.errors import ConfigError
 from promptray.platform.config.nemo_keys import ignored_keys_in, strip_ignored
 from promptray.platform.config.ray_config import RayConfig
-from promptray.platform.config.run import (CheckpointParams, ExpManagerConfig, OptimConfig,  # noqa: F401
-                                           SchedConfig, Section, TrainerConfig)
+from promptray.platform.config.run import (  # noqa: F401
+    CheckpointParams,
+    ExpManagerConfig,
+    OptimConfig,
+    SchedConfig,
+    Section,
+    TrainerConfig,
+)
 from promptray.platform.config.search_config import SearchConfig
+from promptray.platform.data.data_files import data_file_problems
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
+from promptray.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

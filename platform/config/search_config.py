@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
-from promptray.platform.data.templates import Virtual, parse_template
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from promptray.platform.data.templates import Virtual, parse_template
 
 if TYPE_CHECKING:
     from promptray.platform.config.schema import PromptLearningConfig
@@ -29,7 +30,7 @@ class IntRange(_Section):
     step: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if self.max < self.min:
             raise ValueError(f"max {self.max} is below min {self.min}; give min <= max")
         return self
@@ -40,7 +41,7 @@ class LogRange(_Section):
     max: float = Field(gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "LogRange":
+    def _ordered(self) -> LogRange:
         if self.max <= self.min:
             raise ValueError(f"max {self.max} is not above min {self.min}; give min < max (for a fixed learning "
                              "rate drop the range and set model.optim.lr)")
@@ -108,7 +109,7 @@ def marker_count(template: dict) -> int:
     return sum(isinstance(p, Virtual) for p in parts)
 
 
-def search_problems(cfg: "PromptLearningConfig") -> list[str]:
+def search_problems(cfg: PromptLearningConfig) -> list[str]:
     """Problems of the search space with the model section; none when there is no `search:`."""
     s = cfg.search
     if s is None:
@@ -171,7 +172,7 @@ def _config_init_text(name: str, m) -> Optional[str]:
     return texts[i] if 0 <= i < len(texts) else None
 
 
-def _run_problems(cfg: "PromptLearningConfig") -> list[str]:
+def _run_problems(cfg: PromptLearningConfig) -> list[str]:
     s, problems = cfg.search, []
     if cfg.ray.max_failures != 0:
         problems.append(f"ray.max_failures: {cfg.ray.max_failures}; search trials are not restarted (a failed "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import torch
 

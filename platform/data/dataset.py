@@ -11,12 +11,13 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
-from promptray.platform.errors import DatasetError
 from promptray.platform.data.templates import Chunk, TaskTemplate
+from promptray.platform.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Tokenization:
     bos_id: Optional[int]
 
     @classmethod
-    def of(cls, tokenizer) -> "Tokenization":
+    def of(cls, tokenizer) -> Tokenization:
         return cls(tokenizer, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
 
     def encode(self, text: str) -> list[int]:

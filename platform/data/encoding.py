@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 from promptray.platform.errors import BaseModelMismatchError
 
@@ -51,10 +52,10 @@ class TokenizerFingerprint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TokenizerFingerprint":
+    def from_dict(cls, d: dict) -> TokenizerFingerprint:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
-    def mismatches(self, other: "TokenizerFingerprint") -> list[str]:
+    def mismatches(self, other: TokenizerFingerprint) -> list[str]:
         """Differences that change token ids (name and class alone do not count)."""
         fields = ("vocab_size", "bos_token_id", "eos_token_id", "sha256")
         return [f"{f}: trained with {getattr(self, f)!r}, loaded {getattr(other, f)!r}"
@@ -91,7 +92,7 @@ class TaskEncoding:
     tokenizer: Optional[TokenizerFingerprint] = None  # None: unknown (published before it was recorded)
 
     @classmethod
-    def of(cls, tokenizer, *, add_bos: bool, add_eos: bool) -> "TaskEncoding":
+    def of(cls, tokenizer, *, add_bos: bool, add_eos: bool) -> TaskEncoding:
         """The encoding of a training run with `tokenizer` and `model.data.add_bos` / `add_eos`."""
         return cls(bool(add_bos), bool(add_eos), fingerprint_tokenizer(tokenizer))
 
@@ -100,7 +101,7 @@ class TaskEncoding:
                 "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None}
 
     @classmethod
-    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "TaskEncoding":
+    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> TaskEncoding:
         """Inverse of to_dict; None or missing keys read as the defaults (objects published before them)."""
         d = d or {}
         tok = d.get("tokenizer")

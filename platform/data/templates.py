@@ -9,8 +9,9 @@ rows of the task's prompt matrix (marker k gets rows ``sum(splits[:k]) .. sum(sp
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -166,7 +167,7 @@ def _split_problems(t: TaskTemplate, markers: list[int]) -> list[str]:
         problems.append(f"total_virtual_tokens must be >= 1, got {t.total_virtual_tokens}")
     if markers != list(range(len(markers))):
         problems.append(f"virtual markers must be numbered 0..k-1 in order of appearance, got "
-                        f"{['<|VIRTUAL_PROMPT_%d|>' % m for m in markers]}")
+                        f"{[f'<|VIRTUAL_PROMPT_{m}|>' for m in markers]}")
     if not markers:
         problems.append("prompt_template has no <|VIRTUAL_PROMPT_0|> marker; add one where the "
                         "virtual tokens go (usually at the start)")

@@ -13,16 +13,17 @@ their cache rows) or lets finished ones go (index-select the cache rows) needs o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example
 from promptray.platform.generation.logprobs import Decode, TokenLogprob, text_offsets, token_logprobs
-from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.generation.sampling import GenerationParams, choose_tokens, process_logits
+from promptray.platform.model.prompt_model import PromptLearningModel
 
 __all__ = ["GenerationParams", "process_logits", "RowEvent", "DecodeRow", "DecodeBatch", "generate",
            "decode_rows", "decode_steps", "Prefill", "prefill_plain", "seen_tokens"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -19,15 +20,15 @@ from tqdm.auto import tqdm
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example, Source, build_examples
 from promptray.platform.data.encoding import TaskEncoding, add_bos_by_task, fingerprint_tokenizer, warn_bos_overrides
-from promptray.platform.errors import ConfigError, DatasetError
-from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
-from promptray.platform.generation.decode import DecodeRow, GenerationParams, decode_rows
-from promptray.platform.model.hub import load_base_model
-from promptray.platform.generation.logprobs import openai_logprobs
-from promptray.platform.model.prompt_model import PromptLearningModel
-from promptray.platform.model.prompt_encoder import PromptBank
-from promptray.platform.table.table import PromptTable
 from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.generation.decode import DecodeRow, GenerationParams, decode_rows
+from promptray.platform.generation.logprobs import openai_logprobs
+from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
+from promptray.platform.model.hub import load_base_model
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.table.table import PromptTable
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ same whatever the sampling settings (vLLM's default, NeMo's `compute_logprob`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -73,7 +74,7 @@ def openai_logprobs(entries: Sequence[Optional[TokenLogprob]], ids: Sequence[int
     offsets = text_offsets(ids, decode) + [len(full)]
     tokens = [full[offsets[j]:offsets[j + 1]] for j in range(len(ids))]
     tops = []
-    for j, e in enumerate(entries):
+    for e in entries:
         if e is None:
             tops.append(None)
             continue

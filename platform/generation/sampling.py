@@ -6,8 +6,9 @@ Parameter names follow NeMo's inference section (`tokens_to_generate`, `min_toke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 

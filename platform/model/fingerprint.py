@@ -24,16 +24,16 @@ class BaseModelFingerprint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BaseModelFingerprint":
+    def from_dict(cls, d: dict) -> BaseModelFingerprint:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
-    def mismatches(self, other: "BaseModelFingerprint") -> list[str]:
+    def mismatches(self, other: BaseModelFingerprint) -> list[str]:
         """Differences that make prompts of `self` unusable on `other` (the name alone does not count)."""
         fields = ("architecture", "hidden_size", "vocab_size", "embedding_sha256")
         return [f"{f}: prompts have {getattr(self, f)!r}, model has {getattr(other, f)!r}"
                 for f in fields if getattr(self, f) != getattr(other, f)]
 
-    def check_compatible(self, other: "BaseModelFingerprint", what: str = "prompt") -> None:
+    def check_compatible(self, other: BaseModelFingerprint, what: str = "prompt") -> None:
         problems = self.mismatches(other)
         if problems:
             raise BaseModelMismatchError(

@@ -14,9 +14,10 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from promptray.platform.errors import ConfigError
 
@@ -96,7 +97,7 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def load_gguf(gguf_path: Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def load_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (and de-quantize) a GGUF model with transformers (~20 s for smollm2-135m)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -174,15 +175,15 @@ def resolve_model_path(name_or_path: str, cache_dir: str | Path | None = None) -
     return name_or_path
 
 
-def _token_id(tokenizer: "PreTrainedTokenizerBase", token: str) -> int | None:
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
     tid = tokenizer.convert_tokens_to_ids(token)
     if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
         return None
     return int(tid)
 
 
-def configure_tokenizer(tokenizer: "PreTrainedTokenizerBase",
-                        special_tokens: dict[str, str] | None = None) -> "PreTrainedTokenizerBase":
+def configure_tokenizer(tokenizer: PreTrainedTokenizerBase,
+                        special_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerBase:
     """Set bos/eos/pad explicitly; never leaves them None.
 
     `special_tokens` (bos/eos/pad) wins when given. Otherwise the tokenizer's own bos/eos are kept; a missing
@@ -206,7 +207,7 @@ def configure_tokenizer(tokenizer: "PreTrainedTokenizerBase",
     return tokenizer
 
 
-def _sync_model_tokens(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> None:
+def _sync_model_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Make the model's config and generation config agree with the tokenizer's bos/eos/pad ids."""
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
@@ -217,7 +218,7 @@ def _sync_model_tokens(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizer
 
 
 def load_base_model(name_or_path: str, *, cache_dir: str | Path | None = None
-                    ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer in float32, eval mode, with explicit bos/eos/pad ids.
 
     Accepts a built-in name (`smollm2-135m`), a local model folder or a Hugging Face hub id.

@@ -58,7 +58,7 @@ class PromptLearningModel(nn.Module):
         self.fast_paths = ["split"] if _sliding(lm.config) else ["packed", "split"]  # tried in this order
         self._verified: set[str] = set()  # compute each task's constant prompt start once per batch (prefix.py)
 
-    def train(self, mode: bool = True) -> "PromptLearningModel":
+    def train(self, mode: bool = True) -> PromptLearningModel:
         super().train(mode)
         if not self.lm_finetune:
             self.lm.eval()  # the frozen LM never uses dropout
@@ -196,7 +196,8 @@ class PromptLearningModel(nn.Module):
         with self.autocast():
             rows, offsets = self.bank.lookup(p.tasknames)  # (S, H), (M,)
             emb = self._place_virtual(p.input_ids, p.virtual_ids, rows, offsets[None, :])  # (1, M, H)
-            bias = torch.zeros(p.allowed.shape, dtype=emb.dtype, device=emb.device).masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
+            bias = torch.zeros(p.allowed.shape, dtype=emb.dtype, device=emb.device)
+            bias = bias.masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
             logits = self._target_logits(emb, bias[None, None], p.position_ids, p.targets)  # (N, V)
         return F.cross_entropy(logits, p.labels, reduction="sum"), int(p.labels.numel())
 

@@ -13,8 +13,14 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from promptray.platform.errors import (PromptTableError, StoreAccessDeniedError, StoreError,
-                                       StoreNotFoundError, StoreUnavailableError, TableConflictError)
+from promptray.platform.errors import (
+    PromptTableError,
+    StoreAccessDeniedError,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+    TableConflictError,
+)
 from promptray.platform.storage.stores import MANIFEST_KEY, StoredObject, check_key
 
 S3_CONNECT_TIMEOUT_S = 3  # an unreachable endpoint fails in seconds, not minutes

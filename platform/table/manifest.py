@@ -38,7 +38,7 @@ class VersionInfo:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VersionInfo":
+    def from_dict(cls, d: dict) -> VersionInfo:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 

@@ -30,10 +30,10 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import save_file
 
+from promptray.platform.data.templates import TaskTemplate, Text, Virtual, parse_template
 from promptray.platform.errors import ConfigError
 from promptray.platform.model.fingerprint import embedding_sha256
 from promptray.platform.table.table import PromptTable, TaskPrompt
-from promptray.platform.data.templates import TaskTemplate, Text, Virtual, parse_template
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -32,14 +32,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from promptray.platform.data.encoding import TaskEncoding, TokenizerFingerprint, fingerprint_tokenizer
+from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 from promptray.platform.errors import BaseModelMismatchError, ConfigError
 from promptray.platform.model.fingerprint import BaseModelFingerprint, embedding_sha256, fingerprint_model
-from promptray.platform.table.peft_export import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_PICKLE,
-                                             DEFAULT_ANSWER_FIELD, DEFAULT_TEMPLATE, IMPORTABLE_PEFT_TYPES,
-                                             TASK_FILE, TASK_FILE_FORMAT, WEIGHT_KEY, TableLike, as_table,
-                                             peft_layout_problems)
+from promptray.platform.table.peft_export import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    ADAPTER_WEIGHTS_PICKLE,
+    DEFAULT_ANSWER_FIELD,
+    DEFAULT_TEMPLATE,
+    IMPORTABLE_PEFT_TYPES,
+    TASK_FILE,
+    TASK_FILE_FORMAT,
+    WEIGHT_KEY,
+    TableLike,
+    as_table,
+    peft_layout_problems,
+)
 from promptray.platform.table.table import TaskPrompt
-from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 
 
 def _fail(problem: str) -> ConfigError:

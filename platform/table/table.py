@@ -16,17 +16,25 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
-from promptray.platform.table import manifest as tm
 from promptray.platform.data.encoding import TokenizerFingerprint
 from promptray.platform.errors import PromptTableError, TableConflictError
 from promptray.platform.model.fingerprint import BaseModelFingerprint
-from promptray.platform.table.codec import (META_FIELDS, OBJECT_FORMAT, STYLES, TASKNAME_RE,  # noqa: F401
-                                             TaskPrompt, decode_prompt, encode_prompt, validate_prompts)
-from promptray.platform.storage.stores import (MANIFEST_KEY, LocalStore, Store, StoredObject,  # noqa: F401
-                                       sha256_hex, store_for_uri)
+from promptray.platform.storage.stores import MANIFEST_KEY, LocalStore, Store, StoredObject, sha256_hex, store_for_uri  # noqa: F401
+from promptray.platform.table import manifest as tm
+from promptray.platform.table.codec import (  # noqa: F401
+    META_FIELDS,
+    OBJECT_FORMAT,
+    STYLES,
+    TASKNAME_RE,
+    TaskPrompt,
+    decode_prompt,
+    encode_prompt,
+    validate_prompts,
+)
 from promptray.platform.table.manifest import TABLE_FORMAT, TableEvent, VersionInfo  # noqa: F401
 
 MAX_PUBLISH_TRIES = 20  # manifest compare-and-swap attempts of one change

@@ -76,7 +76,7 @@ class SeaweedFS:
         ports = (f"-{k}={v}" for k, v in self.ports.items())
         return [self.weed, "mini", f"-dir={self.data_dir}", *FIXED_FLAGS, *ports]
 
-    def start(self, timeout: float = 60.0) -> "SeaweedFS":
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
         """Start on free ports (or, after kill/stop, restart on the same data folder and ports) and wait
         until S3 answers. A first start that fails (a port taken meanwhile) is retried on other ports."""
         restart = bool(self.ports)
@@ -155,7 +155,7 @@ class SeaweedFS:
             if path.stem.rsplit("-", 1)[-1] in ports:
                 path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "SeaweedFS":
+    def __enter__(self) -> SeaweedFS:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -10,8 +10,9 @@ Every helper is a no-op in a single process, so the same training loop runs with
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.distributed as dist

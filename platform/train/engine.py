@@ -15,15 +15,20 @@ import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.encoding import TokenizerFingerprint, fingerprint_tokenizer
+from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 from promptray.platform.errors import ConfigError
 from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.model.hub import load_base_model
-from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.model.limits import check_model_limits
-from promptray.platform.model.prompt_encoder import (PromptBank, PromptEncoder, init_from_text, init_from_vocab,
-                                               init_random)
+from promptray.platform.model.prompt_encoder import (
+    PromptBank,
+    PromptEncoder,
+    init_from_text,
+    init_from_vocab,
+    init_random,
+)
+from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.table.table import PromptTable, TaskPrompt
-from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 
 log = logging.getLogger(__name__)
 

@@ -10,21 +10,31 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.errors import PromptrayError
 from promptray.platform.train.distributed import Dist, all_reduce_sums
 from promptray.platform.train.engine import Engine
-from promptray.platform.errors import PromptrayError
 from promptray.platform.train.metrics import MetricsWriter, plot_learning_curve
 from promptray.platform.train.publishing import publish_prompts, write_summary
-from promptray.platform.train.steps import (load_data, lr_lambda, make_optimizer, micro_batches, total_steps,
-                                            train_step, val_batches, val_interval, validation_loss)
+from promptray.platform.train.steps import (
+    load_data,
+    lr_lambda,
+    make_optimizer,
+    micro_batches,
+    total_steps,
+    train_step,
+    val_batches,
+    val_interval,
+    validation_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +75,7 @@ class StepInfo:
     step: int
     total_steps: int
     record: Optional[dict[str, Any]]
-    loop: "TrainLoop"
+    loop: TrainLoop
 
 
 class CheckpointMismatchError(PromptrayError):

@@ -11,8 +11,8 @@ import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.encoding import TaskEncoding
-from promptray.platform.train.engine import Engine
 from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.train.engine import Engine
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 
-from promptray.platform.data.batching import Batch, collate, epoch_batches, to_device
 from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.data.batching import Batch, collate, epoch_batches, to_device
 from promptray.platform.data.dataset import Example, build_examples
+from promptray.platform.errors import ConfigError
 from promptray.platform.train.distributed import Dist, all_reduce_sums, average_gradients
 from promptray.platform.train.engine import Engine
-from promptray.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,24 @@ import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.data_files import remote_data_problems
+from promptray.platform.errors import ConfigError
 from promptray.platform.model.devices import resolve_device
+from promptray.platform.storage.s3 import set_default_endpoint
 from promptray.platform.train.distributed import Dist, broadcast_parameters, shard_frozen_model
 from promptray.platform.train.engine import Engine, build_engine
-from promptray.platform.errors import ConfigError
-from promptray.platform.train.publishing import publish_prompts, write_summary  # noqa: F401  (re-exported)
-from promptray.platform.storage.s3 import set_default_endpoint
 from promptray.platform.train.loop import LoopState, StepInfo, TrainLoop, TrainResult  # noqa: F401
-from promptray.platform.train.steps import (load_data, lr_lambda, make_optimizer, micro_batches,  # noqa: F401
-                                            total_steps, train_step, val_batches, val_interval, validation_loss)
+from promptray.platform.train.publishing import publish_prompts, write_summary  # noqa: F401  (re-exported)
+from promptray.platform.train.steps import (  # noqa: F401
+    load_data,
+    lr_lambda,
+    make_optimizer,
+    micro_batches,
+    total_steps,
+    train_step,
+    val_batches,
+    val_interval,
+    validation_loss,
+)
 
 log = logging.getLogger(__name__)
 

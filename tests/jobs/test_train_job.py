@@ -57,8 +57,9 @@ def assert_table_matches(table_uri: str, versions: dict, reference: dict[str, to
 
 
 def parse_lines(stdout: str) -> tuple[list[dict], list[dict]]:
-    metrics = [json.loads(line[len(METRICS_PREFIX):]) for line in stdout.splitlines() if line.startswith(METRICS_PREFIX)]
-    results = [json.loads(line[len(RESULT_PREFIX):]) for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    lines = stdout.splitlines()
+    metrics = [json.loads(line[len(METRICS_PREFIX):]) for line in lines if line.startswith(METRICS_PREFIX)]
+    results = [json.loads(line[len(RESULT_PREFIX):]) for line in lines if line.startswith(RESULT_PREFIX)]
     return metrics, results
 
 

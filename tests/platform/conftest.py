@@ -10,6 +10,7 @@ import pytest
 
 import promptray.platform.model.prefix as prefix_mod
 from promptray.platform.testing.seaweedfs import SeaweedFS, find_weed
+
 from table_helpers import isolate_aws_env
 
 

@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
+from promptray.platform.config.infer import load_infer_config, run_inference
 from promptray.platform.data.batching import to_device
 from promptray.platform.generation.decode import GenerationParams, generate
-from promptray.platform.config.infer import load_infer_config, run_inference
 from promptray.platform.generation.inference import answer_logprobs
 from promptray.platform.model.prompt_model import PromptLearningModel
-from promptray.serve.prefix_cache import PrefixCache
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import build_loop, train
+from promptray.serve.prefix_cache import PrefixCache
 
 from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B, bank_for, batch_of, generation_setup, loss_and_grads
 from train_helpers import dp_config, full_and_resumed

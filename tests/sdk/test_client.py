@@ -100,6 +100,7 @@ def test_embedded_cluster_starts_on_first_use_and_stops_at_close():
 
 def test_submit_tuning_with_a_bad_config_raises_before_any_cluster_is_started_or_contacted(tmp_path, monkeypatch):
     from promptray.sdk import JobConfigError
+
     from sdk_helpers import tuning_config, write_jsonl
 
     monkeypatch.chdir(tmp_path)

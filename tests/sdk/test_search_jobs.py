@@ -15,6 +15,7 @@ from promptray.platform.table.table import PromptTable
 from promptray.sdk import Client, JobStatus, SearchJob
 from promptray.sdk.local_cluster import find_ray
 from promptray.sdk.search_job import parse_search_result
+
 from sdk_helpers import tuning_config
 
 pytestmark = [pytest.mark.ray_cluster, pytest.mark.s3]

@@ -12,6 +12,7 @@ from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.sdk import JobConfigError, TaskTemplate, TuningRequest
 from promptray.sdk.spec import build_config
+
 from sdk_helpers import TEMPLATE
 
 

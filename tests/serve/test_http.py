@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 import pytest
+import requests
 
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import load_inference_engine, predict, prepare

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from promptray.platform.data.dataset import build_examples
+from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.generation.decode import GenerationParams, generate
+from promptray.platform.model.prompt_encoder import PromptBank
 from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.serve.prefix_cache import PrefixCache, prefix_tokens, shared_length
-from promptray.platform.model.prompt_encoder import PromptBank
-from promptray.platform.data.templates import TaskTemplate
 
 TEMPLATES = [
     TaskTemplate(taskname="short", prompt_template="<|VIRTUAL_PROMPT_0|> Review: {text} Sentiment:{label}",

@@ -58,7 +58,7 @@ model:
     pin_memory: True
 
   optim: ...
-"""
+"""  # noqa: E501  (the spec's config, verbatim)
 
 # The spec's "Example Multi-Task P-Tuning Config and Command After Prompt-Tuning", verbatim.
 SPEC_P_TUNING = """\
@@ -117,7 +117,7 @@ model:
     pin_memory: True
 
   optim: ...
-"""
+"""  # noqa: E501  (the spec's config, verbatim)
 
 
 def minimal(**model) -> dict:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from promptray.platform.errors import ConfigError
 from promptray.platform.config.infer import NO_MEANING, load_infer_config
+from promptray.platform.errors import ConfigError
 
 NEMO_YAML = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "nemo_inference.yaml"
 BASE = ["virtual_prompt_model_file=t", "data_paths=[a.jsonl]"]

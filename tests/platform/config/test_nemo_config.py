@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from promptray.platform.config.nemo_keys import IGNORED_KEYS
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError
-from promptray.platform.config.nemo_keys import IGNORED_KEYS
 
 NEMO_YAML = Path(__file__).parent / "nemo" / "megatron_gpt_prompt_learning_config.yaml"
 README = Path(__file__).parents[3] / "README.md"

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from promptray.platform.data.dataset import Record, Tokenization, build_examples, encode_record, read_records
-from promptray.platform.errors import DatasetError
 from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.errors import DatasetError
 
 RTE = TaskTemplate(taskname="rte", total_virtual_tokens=9, virtual_token_splits=[3, 3, 3],
                    prompt_template="<|VIRTUAL_PROMPT_0|> Hypothesis: {sentence1}, <|VIRTUAL_PROMPT_1|> Premise: "
@@ -293,7 +293,8 @@ def test_inference_accepts_missing_answer_and_keeps_reference(tok, tmp_path):
 def test_inference_missing_field_renders_empty_and_is_scored_after_answer_issue13(tok):
     """Issue 13 #6: a record without `question` is prompted up to "Answer:" (NeMo's rule), not cut at "Question:"."""
     squad = TaskTemplate(taskname="squad", total_virtual_tokens=5, virtual_token_splits=[5],
-                         prompt_template="<|VIRTUAL_PROMPT_0|> Context: {context} Question: {question} Answer: {answer}")
+                         prompt_template="<|VIRTUAL_PROMPT_0|> Context: {context} Question: {question} "
+                                         "Answer: {answer}")
     (ex,), _ = build_examples([{"taskname": "squad", "context": "c", "answer": "a"}], [squad], tok, 64, inference=True)
     assert ex.input_ids == [50256] * 5 + enc(tok, " Context: c Question:  Answer:")
     assert ex.reference == "a"

@@ -13,11 +13,15 @@ from safetensors.torch import save as st_save
 
 from promptray.platform.config.schema import load_config
 from promptray.platform.data.dataset import build_examples
-from promptray.platform.data.encoding import (TaskEncoding, TokenizerMismatchError, add_bos_by_task,
-                                         fingerprint_tokenizer)
+from promptray.platform.data.encoding import (
+    TaskEncoding,
+    TokenizerMismatchError,
+    add_bos_by_task,
+    fingerprint_tokenizer,
+)
+from promptray.platform.generation.inference import load_inference_engine, prepare
 from promptray.platform.model.fingerprint import fingerprint_model
 from promptray.platform.model.hub import load_base_model
-from promptray.platform.generation.inference import load_inference_engine, prepare
 from promptray.platform.table.codec import TaskPrompt, decode_prompt, encode_prompt
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import train

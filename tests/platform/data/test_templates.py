@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from promptray.platform.errors import ConfigError
 from promptray.platform.data.templates import (
     Chunk,
     Field,
@@ -15,6 +14,7 @@ from promptray.platform.data.templates import (
     template_problems,
     validate_task_templates,
 )
+from promptray.platform.errors import ConfigError
 
 RTE_TEMPLATE = ("<|VIRTUAL_PROMPT_0|> Hypothesis: {sentence1}, <|VIRTUAL_PROMPT_1|> Premise: {sentence2} "
                 "<|VIRTUAL_PROMPT_2|> Answer: {label}")
@@ -317,4 +317,4 @@ def test_no_marker_and_bad_split_values():
 def test_parts_of_invalid_template_raise_config_error():
     t = TaskTemplate(**tmpl(prompt_template="<|VIRTUAL_PROMPT_0|> {1x} {label}"))
     with pytest.raises(ConfigError, match=r"task 'task'.*malformed field '\{1x\}'"):
-        t.parts
+        _ = t.parts

@@ -8,14 +8,18 @@ import pytest
 import torch
 
 from promptray.platform.data.batching import collate
-from promptray.platform.data.dataset import Example, build_examples
-from promptray.platform.generation.decode import (DecodeRow, GenerationParams, decode_rows, decode_steps, generate,
-                                          process_logits)
+from promptray.platform.data.dataset import Example
+from promptray.platform.generation.decode import (
+    DecodeRow,
+    GenerationParams,
+    decode_rows,
+    decode_steps,
+    generate,
+    process_logits,
+)
 from promptray.platform.model.prompt_model import PromptLearningModel
-from promptray.platform.model.prompt_encoder import PromptBank
 
-from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B, generation_setup
-
+from mixed_tasks import MODELS, generation_setup
 
 
 def reference_greedy(model: PromptLearningModel, example: Example, n: int, pad_id: int) -> list[int]:

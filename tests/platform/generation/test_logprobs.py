@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from promptray.platform.data.dataset import build_examples
+from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.generation.inference import answer_logprobs
 from promptray.platform.generation.logprobs import TokenLogprob, openai_logprobs, prompt_logprobs, text_offsets
-from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.model.prompt_encoder import PromptBank
-from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.model.prompt_model import PromptLearningModel
 
 from mixed_tasks import MODELS, TEMPLATE_B
 

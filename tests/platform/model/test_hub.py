@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptray.platform.model import hub
 from promptray.platform.errors import ConfigError
+from promptray.platform.model import hub
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from promptray.platform.config.schema import load_config
-from promptray.platform.train.engine import build_engine
 from promptray.platform.errors import ConfigError
 from promptray.platform.model.fingerprint import BaseModelFingerprint
 from promptray.platform.model.hub import default_cache_dir
 from promptray.platform.model.limits import read_model_limits
 from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.train.engine import build_engine
 
 TEMPLATE = {"taskname": "new", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
             "total_virtual_tokens": 600, "virtual_token_splits": [600]}

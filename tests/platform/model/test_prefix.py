@@ -8,10 +8,8 @@ import torch
 import promptray.platform.model.prefix as prefix_mod
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import build_examples
-from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.model.prefix import pack_batch, shared_prefixes, split_shared_prefix
-from promptray.platform.model.prompt_encoder import PromptBank
-from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.model.prompt_model import PromptLearningModel
 
 from mixed_tasks import MODELS, PREFIX_RECORDS, TEMPLATE_A, TEMPLATE_C, bank_for, batch_of, loss_and_grads
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptray.platform.model.prompt_encoder import (PromptBank, PromptEncoder, init_from_text, init_from_vocab,
-                                               init_random)
+from promptray.platform.model.prompt_encoder import (
+    PromptBank,
+    PromptEncoder,
+    init_from_text,
+    init_from_vocab,
+    init_random,
+)
 
 MODELS = ["tiny_gpt2", "tiny_llama"]
 H = 16

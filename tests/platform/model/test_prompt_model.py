@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from promptray.platform.data.batching import collate
 from promptray.platform.data.dataset import Example, build_examples
-from promptray.platform.model.prompt_model import PromptLearningModel
-from promptray.platform.model.prompt_encoder import PromptBank, PromptEncoder, init_random
 from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.model.prompt_encoder import PromptBank, PromptEncoder, init_random
+from promptray.platform.model.prompt_model import PromptLearningModel
 
 from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 import time
 
 import pytest
-from table_helpers import isolate_aws_env
 
-from promptray.platform.errors import (PromptTableError, StoreAccessDeniedError, StoreNotFoundError,
-                                       StoreUnavailableError)
-from promptray.platform.table.table import PromptTable
+from promptray.platform.errors import (
+    PromptTableError,
+    StoreAccessDeniedError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+)
 from promptray.platform.ports import free_ports
 from promptray.platform.storage.s3 import S3Store, _redact_url
 from promptray.platform.storage.stores import LocalStore, store_for_uri
+from promptray.platform.table.table import PromptTable
+
+from table_helpers import isolate_aws_env
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

@@ -1,4 +1,5 @@
-"""PEFT interop (platform/table/peft_export.py, peft_import.py): export/import of prompt-tuning adapters, logits parity."""
+"""PEFT interop (platform/table/peft_export.py, peft_import.py): export/import of prompt-tuning adapters, logits
+parity."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ peft = pytest.importorskip("peft")
 
 from promptray.platform.data.batching import collate  # noqa: E402
 from promptray.platform.data.dataset import build_examples  # noqa: E402
+from promptray.platform.data.templates import TaskTemplate  # noqa: E402
 from promptray.platform.errors import BaseModelMismatchError, ConfigError  # noqa: E402
 from promptray.platform.model.fingerprint import fingerprint_model  # noqa: E402
-from promptray.platform.model.prompt_model import PromptLearningModel  # noqa: E402
-from promptray.platform.table.peft_import import import_peft_adapter  # noqa: E402
-from promptray.platform.table.peft_export import DEFAULT_TEMPLATE, TASK_FILE, export_peft_adapter  # noqa: E402
 from promptray.platform.model.prompt_encoder import PromptBank  # noqa: E402
+from promptray.platform.model.prompt_model import PromptLearningModel  # noqa: E402
+from promptray.platform.table.peft_export import DEFAULT_TEMPLATE, TASK_FILE, export_peft_adapter  # noqa: E402
+from promptray.platform.table.peft_import import import_peft_adapter  # noqa: E402
 from promptray.platform.table.table import PromptTable, TaskPrompt  # noqa: E402
-from promptray.platform.data.templates import TaskTemplate  # noqa: E402
 
 MODELS = [("tiny_gpt2", "tiny_gpt2_path"), ("tiny_llama", "tiny_llama_path")]
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
@@ -167,8 +168,8 @@ def test_import_peft_p_tuning_adapter(tiny_gpt2, tiny_gpt2_path, tmp_path):
     reloaded = peft.PeftModel.from_pretrained(lm, str(tmp_path / "adapter")).eval()  # inference mode
 
     table = PromptTable(tmp_path / "table")
-    import_peft_adapter(tmp_path / "adapter", tmp_path / "table", "pt", prompt_template="<|VIRTUAL_PROMPT_0|>Q: {q}\nA:{a}",
-                        answer_field="a")
+    import_peft_adapter(tmp_path / "adapter", tmp_path / "table", "pt",
+                        prompt_template="<|VIRTUAL_PROMPT_0|>Q: {q}\nA:{a}", answer_field="a")
     prompt = table.get("pt")
     assert torch.equal(prompt.embeddings, reloaded.prompt_encoder["default"].embedding.weight.detach())
     assert prompt.source["peft_type"] == "P_TUNING"

@@ -7,11 +7,12 @@ import multiprocessing as mp
 
 import pytest
 import torch
-from table_helpers import isolate_aws_env, make_prompt
 
 from promptray.platform.errors import StoreUnavailableError
 from promptray.platform.table.table import PromptTable
 from promptray.platform.testing.seaweedfs import SeaweedFS
+
+from table_helpers import isolate_aws_env, make_prompt
 
 pytestmark = pytest.mark.s3
 WORKERS, TASKS_EACH = 8, 4

@@ -75,7 +75,7 @@ def test_versions_increment_and_history_is_oldest_first(tmp_path):
     table = PromptTable(tmp_path)
     prompts = [make_prompt("t", 2 + i, seed=10 + i) for i in range(3)]
     vids = [table.publish([p])["t"] for p in prompts]
-    for seq, (vid, p) in enumerate(zip(vids, prompts), start=1):
+    for seq, vid in enumerate(vids, start=1):
         data = (tmp_path / "objects" / "t" / f"{vid}.safetensors").read_bytes()
         assert vid == f"v{seq:06d}-{hashlib.sha256(data).hexdigest()[:8]}"
     history = table.history("t")

@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
-from table_helpers import HIDDEN, make_prompt, overwrite_raw
 
 from promptray.platform.errors import PromptTableError
 from promptray.platform.table.table import PromptTable, TableEvent, copy_table
+
+from table_helpers import HIDDEN, make_prompt, overwrite_raw
 
 
 def manifest(table: PromptTable) -> dict:
@@ -199,8 +200,9 @@ def test_local_table_copied_to_s3_reads_the_same(tmp_path, s3_bucket):
 
 
 def test_versions_published_by_finds_a_runs_own_versions_only(tmp_path):
-    from promptray.platform.train.publishing import versions_published_by
     from promptray.platform.table.manifest import utcnow
+    from promptray.platform.train.publishing import versions_published_by
+
     from table_helpers import make_prompt
 
     table = PromptTable(tmp_path / "t")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import random
 import socket
 from pathlib import Path
 
@@ -19,12 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.train.distributed import Dist, average_gradients, shard_frozen_model
 from promptray.platform.train.trainer import build_loop, train
 
 from train_helpers import dp_config, full_and_resumed
-
 
 
 def _free_port() -> int:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from promptray.platform.config.schema import load_config
-from promptray.platform.demo import sentiment_config
 from promptray.platform.data.demo_data import movie_sentiment, write_splits
+from promptray.platform.demo import sentiment_config
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import load_inference_engine, predict, prepare
 from promptray.platform.table.table import PromptTable

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from promptray.platform.storage import s3 as s3_store
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.storage import s3 as s3_store
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import train
 
