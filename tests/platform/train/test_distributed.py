@@ -10,7 +10,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.ports import free_ports
 from promptray.platform.train.distributed import Dist, average_gradients, shard_frozen_model
 from promptray.platform.train.trainer import build_loop, train
 
 from train_helpers import dp_config, full_and_resumed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, raw: dict, shardings: list[str], out: str) -> None:
@@ -93,7 +87,7 @@ def _local_fraction(lm) -> float:
 
 def run_two_workers(cfg: PromptLearningConfig, shardings: list[str], tmp_path: Path) -> dict:
     out = tmp_path / "dp_results.pt"
-    mp.start_processes(_worker, args=(2, _free_port(), cfg.model_dump(), shardings, str(out)), nprocs=2,
+    mp.start_processes(_worker, args=(2, free_ports(1)[0], cfg.model_dump(), shardings, str(out)), nprocs=2,
                        start_method="spawn")
     return torch.load(out, weights_only=False)
 
