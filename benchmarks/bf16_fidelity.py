@@ -36,10 +36,10 @@ VARIANTS = [("fp32", "sdpa", "plain"), ("bf16", "eager", "plain"), ("bf16", "sdp
 
 def step_model(precision: str, attention: str, layout: str):
     """The engine's PromptLearningModel with the sentiment prompt, set to one attention kernel and layout."""
-    import promptray.platform.prefix as prefix_mod
-    from promptray.platform.hub import load_base_model
-    from promptray.platform.model import PromptLearningModel
-    from promptray.platform.prompt_encoder import PromptBank, init_from_text
+    import promptray.platform.model.prefix as prefix_mod
+    from promptray.platform.model.hub import load_base_model
+    from promptray.platform.model.prompt_encoder import PromptBank, init_from_text
+    from promptray.platform.model.prompt_model import PromptLearningModel
 
     lm, tok = load_base_model(MODEL)
     bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
@@ -69,10 +69,10 @@ def residual32(model) -> None:
 
 
 def batches(tok, n: int, size: int = 8):
-    from promptray.platform.batching import collate
-    from promptray.platform.dataset import build_examples
+    from promptray.platform.data.batching import collate
+    from promptray.platform.data.dataset import build_examples
+    from promptray.platform.data.templates import validate_task_templates
     from promptray.platform.demo import SENTIMENT
-    from promptray.platform.templates import validate_task_templates
 
     with tempfile.TemporaryDirectory() as tmp:
         records = read_jsonl(sentiment_splits(Path(tmp))["validation"])[:n * size]

@@ -13,8 +13,9 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -89,7 +90,7 @@ def table(rows: list[list], header: list[str]) -> str:
 
 def sentiment_splits(out_dir: Path, n_test: int = 400) -> dict[str, Path]:
     """The demo's fixed split (n_val=200, n_test=400) written as .jsonl; tests may be cut afterwards."""
-    from promptray.platform.demo_data import movie_sentiment, write_splits
+    from promptray.platform.data.demo_data import movie_sentiment, write_splits
 
     return write_splits("sentiment", movie_sentiment(), out_dir, n_val=200, n_test=n_test)
 
@@ -104,7 +105,7 @@ def peft_model(precision: str = "fp32"):
     """(PEFT prompt-tuning model on a fresh smollm2-135m, tokenizer, prompt-tuning config)."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-    from promptray.platform.hub import load_base_model, resolve_model_path
+    from promptray.platform.model.hub import load_base_model, resolve_model_path
 
     lm, tok = load_base_model(MODEL)
     if precision == "bf16":

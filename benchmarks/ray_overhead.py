@@ -5,7 +5,7 @@ Same config on every side: the demo's sentiment prompt tuning on smollm2-135m (b
 PROMPTRAY_METRICS line per record), validation once at the end on 2 batches.
 
 Sides:
-- engine: `promptray.platform.trainer.train` in this process (torch uses all cores), run first and again
+- engine: `promptray.platform.train.trainer.train` in this process (torch uses all cores), run first and again
   last; the baseline is the mean of the two (the machine's load can change in between);
 - ray job, CPU:2: `python -m promptray.jobs.train` submitted with the SDK to a local `ray start --head`
   cluster (2 CPUs, started by this script and stopped by PID), 1 worker with `ray.resources_per_worker:
@@ -48,8 +48,8 @@ def job_config(work: Path, splits: dict, steps: int) -> dict:
 
 
 def run_engine(raw: dict, work: Path, name: str) -> dict:
-    from promptray.platform.config import load_config
-    from promptray.platform.trainer import train
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.train.trainer import train
 
     raw = copy.deepcopy(raw)
     raw["model"]["nemo_path"] = str(work / f"{name}_table")

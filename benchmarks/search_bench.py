@@ -27,13 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from promptray.platform.config import load_config
-from promptray.platform.demo import accuracy, sentiment_config
-from promptray.platform.generation import GenerationParams
-from promptray.platform.inference import load_inference_engine, prepare
-from promptray.platform.trainer import train
-
 from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, table, write_result
+from promptray.platform.config.schema import load_config
+from promptray.platform.demo import accuracy, sentiment_config
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import load_inference_engine, prepare
+from promptray.platform.train.trainer import train
 
 LR = {"min": 3e-3, "max": 1e-1}
 

@@ -28,7 +28,8 @@ one process, then extra alternating rounds of promptray and the bare side (cheap
 token ids are prepared beforehand (the same ids on every side). Targets: (b) >= 5x PEFT, (c) at most 10%
 slower than the bare base model; both judged at every batch size.
 
-    python -m benchmarks.serve_bench [--quick] [--http-requests 64] [--offline-requests 32] [--rounds 1] [--pair-rounds 6]
+    python -m benchmarks.serve_bench [--quick] [--http-requests 64] [--offline-requests 32] [--rounds 1] \
+        [--pair-rounds 6]
 
 Results: benchmarks/results/serve_bench.json.
 """
@@ -76,10 +77,10 @@ def template(name: str) -> dict:
 
 def build_table(uri: str) -> dict[str, str]:
     """Publish the 4 tasks (text-initialised prompts for smollm2-135m) with the platform's table API."""
-    from promptray.platform.fingerprint import fingerprint_model
-    from promptray.platform.hub import load_base_model
-    from promptray.platform.prompt_encoder import init_from_text
-    from promptray.platform.prompt_table import PromptTable, TaskPrompt
+    from promptray.platform.model.fingerprint import fingerprint_model
+    from promptray.platform.model.hub import load_base_model
+    from promptray.platform.model.prompt_encoder import init_from_text
+    from promptray.platform.table.table import PromptTable, TaskPrompt
 
     lm, tok = load_base_model(MODEL)
     fp = fingerprint_model(lm, MODEL)
@@ -148,7 +149,8 @@ def http_level(base: str, reqs: list[dict], concurrency: int, progress: bool) ->
             "prompt_tokens_per_s_incl_virtual": round(sum(prompt_tokens) / wall, 1),
             "latency_s": {"p50": round(percentile(latency, 50), 4), "p99": round(percentile(latency, 99), 4),
                           "mean": round(statistics.fmean(latency), 4), "max": round(max(latency), 4)},
-            "server_batches": batches, "mean_rows_per_batch": round((after["rows"] - before["rows"]) / max(1, batches), 2),
+            "server_batches": batches,
+            "mean_rows_per_batch": round((after["rows"] - before["rows"]) / max(1, batches), 2),
             "mixed_task_batches": after["mixed_task_batches"] - before["mixed_task_batches"],
             "texts": texts}
 
@@ -159,7 +161,7 @@ def run_http(uri: str, reqs_by_level: dict[int, list[dict]], threads: int, progr
     import requests
     from ray import serve
 
-    from promptray.platform.seaweedfs import free_ports
+    from promptray.platform.ports import free_ports
     from promptray.serve.app import build_app
     from promptray.serve.schemas import ServerSettings
 
@@ -204,7 +206,7 @@ class PromptraySides:
 
     @staticmethod
     def bare(prepared: list) -> list:
-        from promptray.platform.inference import strip_virtual
+        from promptray.platform.generation.inference import strip_virtual
         from promptray.serve.engine import Prepared
 
         return [Prepared(p.task, strip_virtual([p.example])[0], p.params) for p in prepared]
@@ -231,8 +233,8 @@ class PeftSide:
     def __init__(self, uri: str, precision: str):
         from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-        from promptray.platform.hub import load_base_model
-        from promptray.platform.prompt_table import PromptTable
+        from promptray.platform.model.hub import load_base_model
+        from promptray.platform.table.table import PromptTable
 
         table = PromptTable(uri)
         self.models, self.tok = {}, None
@@ -267,7 +269,8 @@ class PeftSide:
                                      pad_token_id=self.pad, eos_token_id=self.eos)
                 assert T < out.shape[1] <= T + MAX_TOKENS, out.shape
                 new = out[:, T:]  # PEFT returns the prompt's ids + the new ones  (b, <= MAX_TOKENS)
-                for j, (i, text) in enumerate(zip(idx[s:s + batch], self.tok.batch_decode(new, skip_special_tokens=True))):
+                texts_new = self.tok.batch_decode(new, skip_special_tokens=True)
+                for j, (i, text) in enumerate(zip(idx[s:s + batch], texts_new)):
                     texts[i] = text
                     n_tokens += int(_count_new(new[j], self.eos, self.pad))
         return texts, n_tokens
@@ -278,7 +281,7 @@ class HfEmbedsSide:
     base models: [padding][100 prompt rows][the input's embeddings] as inputs_embeds, per task, batched."""
 
     def __init__(self, peft: PeftSide, uri: str):
-        from promptray.platform.prompt_table import PromptTable
+        from promptray.platform.table.table import PromptTable
 
         table = PromptTable(uri)
         self.lms = {n: m.get_base_model() for n, m in peft.models.items()}
@@ -302,7 +305,8 @@ class HfEmbedsSide:
                     mask[j, L - n:] = 1
                 new = lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=MAX_TOKENS,
                                   do_sample=False, pad_token_id=self.pad, eos_token_id=self.eos)  # (b, <= 4)
-                for j, (i, text) in enumerate(zip(idx[s:s + batch], self.tok.batch_decode(new, skip_special_tokens=True))):
+                texts_new = self.tok.batch_decode(new, skip_special_tokens=True)
+                for j, (i, text) in enumerate(zip(idx[s:s + batch], texts_new)):
                     texts[i] = text
                     n_tokens += int(_count_new(new[j], self.eos, self.pad))
         return texts, n_tokens
@@ -350,7 +354,7 @@ def agreement(a: list[str], b: list[str], first_word: bool = False) -> float:
 
 
 def run_offline(uri: str, reqs: list[dict], rounds: int, pair_rounds: int, progress: bool, extra: bool) -> dict:
-    from promptray.platform.inference import strip_virtual
+    from promptray.platform.generation.inference import strip_virtual
 
     pr = PromptraySides(uri)
     prepared = pr.prepare(reqs)
@@ -468,7 +472,7 @@ def run(http_requests: int, offline_requests: int, rounds: int, pair_rounds: int
                              f"'{BASELINE}' = base model in fp32 (PEFT's default, the baseline as in train_speed), "
                              f"'{EXTRA}' = base model cast to bf16",
                 "bare_side": "the same engine and batches with the inputs' virtual tokens removed "
-                             "(platform.inference.strip_virtual): the template's text + the review only; no "
+                             "(platform.generation.inference.strip_virtual): the template's text + the review only; no "
                              "prefix cache applies (nothing cached matches), i.e. the plain prompt pass",
                 "no_prefix_cache_side": f"'{NO_CACHE}': promptray with the prefix cache switched off (each row "
                                         "runs its 100 virtual tokens); informational" if extra else None,
@@ -489,8 +493,10 @@ def run(http_requests: int, offline_requests: int, rounds: int, pair_rounds: int
             "results": {"http": http, "offline": offline},
             "targets": {
                 "promptray_vs_peft": {"target_min_speedup": SPEEDUP_TARGET, "speedups": speed,
-                                      "met_vs_peft_fp32": all(v["vs_peft_fp32"] >= SPEEDUP_TARGET for v in speed.values()),
-                                      "met_vs_peft_bf16": all(v["vs_peft_bf16"] >= SPEEDUP_TARGET for v in speed.values())},
+                                      "met_vs_peft_fp32": all(v["vs_peft_fp32"] >= SPEEDUP_TARGET
+                                                              for v in speed.values()),
+                                      "met_vs_peft_bf16": all(v["vs_peft_bf16"] >= SPEEDUP_TARGET
+                                                              for v in speed.values())},
                 "overhead_vs_bare_base_model": {"target_max_slowdown": OVERHEAD_TARGET, "slowdowns": slow,
                                                 "met": all(v <= OVERHEAD_TARGET for v in slow.values())},
             },
@@ -515,12 +521,14 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     n_http, n_off, rounds, pairs = (32, 16, 1, 2) if a.quick else (a.http_requests, a.offline_requests, a.rounds,
                                                                    a.pair_rounds)
-    result = run(n_http, n_off, rounds, pairs, a.threads, extra=not a.no_extra, work_dir=a.work_dir, skip_http=a.no_http)
+    result = run(n_http, n_off, rounds, pairs, a.threads, extra=not a.no_extra, work_dir=a.work_dir,
+                 skip_http=a.no_http)
     result["settings"]["quick"] = a.quick
     path = write_result("serve_bench", result)
     if result["results"]["http"]:
         rows = [[c, v["requests"], v["requests_per_s"], v["generated_tokens_per_s"], v["latency_s"]["p50"],
-                 v["latency_s"]["p99"], v["mean_rows_per_batch"]] for c, v in result["results"]["http"]["levels"].items()]
+                 v["latency_s"]["p99"], v["mean_rows_per_batch"]]
+                for c, v in result["results"]["http"]["levels"].items()]
         print(table(rows, ["HTTP", "requests", "req/s", "gen tok/s", "p50 s", "p99 s", "rows/batch"]))
     for b in LEVELS:
         off = result["results"]["offline"][f"batch_{b}"]

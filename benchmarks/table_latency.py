@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import cpu_model, write_result
-from promptray.platform.fingerprint import BaseModelFingerprint
-from promptray.platform.prompt_table import PromptTable, TaskPrompt
-from promptray.platform.seaweedfs import SeaweedFS
+from promptray.platform.model.fingerprint import BaseModelFingerprint
+from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.testing.seaweedfs import SeaweedFS
 
 N_VIRTUAL, HIDDEN = 100, 576
 BASE = BaseModelFingerprint(name="smollm2-135m", architecture="LlamaForCausalLM", hidden_size=HIDDEN,

@@ -62,7 +62,7 @@ def median_ms(f, n: int) -> float:
 
 
 def overheads(side: PromptraySide, n: int = 20) -> dict:
-    from promptray.platform.batching import collate
+    from promptray.platform.data.batching import collate
 
     m = side.engine.model
     ex = side.train_ex[:8]

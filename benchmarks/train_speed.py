@@ -27,8 +27,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import (BATCH, MODEL, N_VIRTUAL, machine, peft_batch, peft_model, peft_tokens,
-                               peft_train_step, sentiment_splits, table, write_result)
+from benchmarks.common import (
+    BATCH,
+    MODEL,
+    N_VIRTUAL,
+    machine,
+    peft_batch,
+    peft_model,
+    peft_tokens,
+    peft_train_step,
+    sentiment_splits,
+    table,
+    write_result,
+)
 
 SIDES = ("promptray bf16", "promptray fp32", "peft fp32", "peft bf16", "promptray bf16 unshared",
          "promptray bf16 math attention")
@@ -43,10 +54,10 @@ class PromptraySide:
 
     def __init__(self, work: Path, splits: dict, precision: str, steps: int, share_prefix: bool = True,
                  train_attention: str | None = None):
-        from promptray.platform.config import load_config
+        from promptray.platform.config.schema import load_config
         from promptray.platform.demo import sentiment_config
-        from promptray.platform.engine import build_engine
-        from promptray.platform.trainer import load_data, make_optimizer, micro_batches
+        from promptray.platform.train.engine import build_engine
+        from promptray.platform.train.trainer import load_data, make_optimizer, micro_batches
 
         raw = sentiment_config(work / f"{precision}-{share_prefix}-{train_attention}", splits, steps, MODEL)
         raw["trainer"]["precision"] = "bf16" if precision == "bf16" else 32
@@ -62,7 +73,7 @@ class PromptraySide:
         self.engine.model.train()
 
     def step(self) -> tuple[float, int]:
-        from promptray.platform.trainer import train_step
+        from promptray.platform.train.trainer import train_step
 
         loss, tokens, _ = train_step(self.engine, self.stream, self.cfg.accumulation, self.optimizer,
                                      self.cfg.trainer.gradient_clip_val)
@@ -73,8 +84,8 @@ class PeftSide:
     """PEFT prompt tuning on the same examples (virtual positions removed: PEFT prepends its own)."""
 
     def __init__(self, ref: PromptraySide, precision: str = "fp32"):
-        from promptray.platform.batching import epoch_batches
-        from promptray.platform.inference import strip_virtual
+        from promptray.platform.data.batching import epoch_batches
+        from promptray.platform.generation.inference import strip_virtual
 
         cfg = ref.cfg
         torch.manual_seed(cfg.model.seed)
@@ -122,7 +133,7 @@ def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None =
             sides[MATH] = PromptraySide(work, splits, "bf16", total, train_attention="math")
         n_train = len(sides["promptray fp32"].train_ex)
 
-        for name, side in sides.items():  # warm-up, not timed (the same batches for every side)
+        for side in sides.values():  # warm-up, not timed (the same batches for every side)
             for _ in range(warmup):
                 side.step()
         times = {n: [] for n in sides}
@@ -170,7 +181,7 @@ def run(steps: int = 15, warmup: int = 2, block: int = 5, work_dir: str | None =
                                                  "backend (bf16 inputs, float32 attention) instead of eager "
                                                  "attention; not part of the target") if extra else None,
                          "promptray_step": "bf16 frozen model with eager attention on the CPU, each task's "
-                                           "constant prompt start run once per batch (platform/prefix.py), "
+                                           "constant prompt start run once per batch (platform/model/prefix.py), "
                                            "logits only where a target is, trailing input columns no target "
                                            "needs dropped"},
             "machine": {**mach, "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()]},

@@ -26,8 +26,8 @@ from promptray.platform.errors import PromptrayError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from promptray.platform.config import load_config
-    from promptray.platform.trainer import train
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.train.trainer import train
 
     cfg = load_config(args.config, args.overrides, check_files=True)
     result = train(cfg, progress=not args.no_progress)
@@ -38,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from promptray.platform.infer_config import load_infer_config, run_inference
+    from promptray.platform.config.infer import load_infer_config, run_inference
 
     cfg = load_infer_config(args.config, args.overrides)
     summary = run_inference(cfg, progress=not args.no_progress)
@@ -55,7 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from promptray.platform.demo_data import movie_sentiment, trec_questions, write_splits
+    from promptray.platform.data.demo_data import movie_sentiment, trec_questions, write_splits
 
     files = [*write_splits("sentiment", movie_sentiment(), args.out, n_val=200, n_test=400).values(),
              *write_splits("questions", trec_questions(), args.out, n_val=200, n_test=400).values()]

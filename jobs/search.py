@@ -25,8 +25,9 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from promptray.jobs.search_report import (
     SearchFailed,
@@ -40,9 +41,9 @@ from promptray.jobs.search_report import (
 from promptray.jobs.search_space import param_space, search_groups, split_data
 from promptray.jobs.search_trial import release_placement_group, run_trial, trial_dir, trial_resources
 from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
-from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
-from promptray.platform.model_limits import check_model_limits_on_driver
+from promptray.platform.model.limits import check_model_limits_on_driver
 
 log = logging.getLogger(__name__)
 CRASH_MARKER = ".promptray_search_crashed"

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from promptray.jobs.search_space import trial_config
 from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
-from promptray.platform.config import PromptLearningConfig, load_config
-from promptray.platform.encoding import TaskEncoding
+from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import PromptrayError
-from promptray.platform.prompt_table import PromptTable, TaskPrompt
-from promptray.platform.publishing import _same_table
-from promptray.platform.trainer import prepare_engine
+from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.train.publishing import _same_table
+from promptray.platform.train.trainer import prepare_engine
 
 
 class SearchFailed(PromptrayError):

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from promptray.platform.config import PromptLearningConfig
-from promptray.platform.dataset import read_records
-from promptray.platform.search_config import SearchConfig, apportion, marker_count
+from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.config.search_config import SearchConfig, apportion, marker_count
+from promptray.platform.data.dataset import read_records
 
 
 def search_groups(cfg: PromptLearningConfig) -> dict[str, list[str]]:

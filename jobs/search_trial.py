@@ -12,20 +12,22 @@ own resources (`ray.resources_per_worker`, Ray's default 1 CPU each) and report 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
+
 from promptray.jobs.search_space import trial_config
-from promptray.platform.config import PromptLearningConfig, load_config
-from promptray.platform.distributed import Dist
-from promptray.platform.engine import Engine
-from promptray.platform.encoding import TaskEncoding
-from promptray.platform.generation import GenerationParams
-from promptray.platform.inference import InferenceEngine, exact_match, predict, prepare
-from promptray.platform.devices import resolve_device
-from promptray.platform.train_loop import StepInfo
-from promptray.platform.trainer import build_loop
+from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import InferenceEngine, exact_match, predict, prepare
+from promptray.platform.model.devices import resolve_device
+from promptray.platform.train.distributed import Dist
+from promptray.platform.train.engine import Engine
+from promptray.platform.train.loop import StepInfo
+from promptray.platform.train.trainer import build_loop
 
 BEST_PROMPTS = "best_prompts.pt"
 PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)

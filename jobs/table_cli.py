@@ -31,7 +31,7 @@ def _print(args: argparse.Namespace, data: Any, rows: list[list[str]] | None = N
 
 def _table(args: argparse.Namespace):
     from promptray.platform.errors import PromptTableError
-    from promptray.platform.prompt_table import PromptTable
+    from promptray.platform.table.table import PromptTable
 
     table = PromptTable(args.uri, endpoint_url=args.endpoint_url)
     if not table.exists():
@@ -105,8 +105,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.peft_interop import export_peft_adapter
-    from promptray.platform.s3_store import set_default_endpoint
+    from promptray.platform.storage.s3 import set_default_endpoint
+    from promptray.platform.table.peft_export import export_peft_adapter
 
     set_default_endpoint(args.endpoint_url)
 
@@ -116,8 +116,8 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
 
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.peft_import import import_peft_adapter
-    from promptray.platform.s3_store import set_default_endpoint
+    from promptray.platform.storage.s3 import set_default_endpoint
+    from promptray.platform.table.peft_import import import_peft_adapter
 
     set_default_endpoint(args.endpoint_url)
 

@@ -25,12 +25,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
-from promptray.platform.model_limits import check_model_limits_on_driver
+from promptray.platform.model.limits import check_model_limits_on_driver
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def build_trainer(cfg: PromptLearningConfig, metrics_queue=None):
     from ray.train.torch import TorchTrainer
 
     from promptray.jobs.train_worker import worker_loop
-    from promptray.platform.table_manifest import utcnow
+    from promptray.platform.table.manifest import utcnow
 
     r = cfg.ray
     if cfg.trainer.accelerator.lower() in ("gpu", "cuda") and not r.use_gpu:

@@ -18,16 +18,16 @@ from typing import Any, Optional
 
 import torch
 
-from promptray.platform.config import PromptLearningConfig
-from promptray.platform.distributed import Dist
-from promptray.platform.train_loop import StepInfo, TrainLoop, TrainResult
-from promptray.platform.trainer import build_loop
+from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.train.distributed import Dist
+from promptray.platform.train.loop import StepInfo, TrainLoop, TrainResult
+from promptray.platform.train.trainer import build_loop
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-RESULT_KEY = "promptray_result"
-FAULT_DELAY_S = 5.0  # > 2 x Ray Train's 2 s worker poll interval  # the metric that carries the final result (a JSON string) to the driver
+RESULT_KEY = "promptray_result"  # the metric that carries the final result (a JSON string) to the driver
+FAULT_DELAY_S = 5.0  # > 2 x Ray Train's 2 s worker poll interval
 
 
 def metrics_line(record: dict[str, Any], total_steps: int) -> dict[str, Any]:

@@ -10,12 +10,12 @@ import json
 import time
 from pathlib import Path
 
-from promptray.platform.config import load_config
-from promptray.platform.demo_data import movie_sentiment, trec_questions, write_splits
-from promptray.platform.generation import GenerationParams
-from promptray.platform.devices import resolve_device
-from promptray.platform.inference import exact_match, load_inference_engine, predict, prepare, strip_virtual
-from promptray.platform.trainer import train
+from promptray.platform.config.schema import load_config
+from promptray.platform.data.demo_data import movie_sentiment, trec_questions, write_splits
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import exact_match, load_inference_engine, predict, prepare, strip_virtual
+from promptray.platform.model.devices import resolve_device
+from promptray.platform.train.trainer import train
 
 SENTIMENT = {"taskname": "sentiment", "prompt_template": "<|VIRTUAL_PROMPT_0|> Review: {sentence}\nSentiment: {label}",
              "total_virtual_tokens": 20, "virtual_token_splits": [20], "truncate_field": "sentence",

@@ -10,12 +10,23 @@
 Importing it loads neither torch nor Ray; Ray is imported when the client first connects.
 """
 
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.data.templates import TaskTemplate
 from promptray.sdk.client import Client, ClientSettings
-from promptray.sdk.errors import (ClusterAuthError, ClusterError, ClusterStartError, ClusterUnreachableError,
-                                  ConfigError, DataStagingError, JobCancelledError, JobConfigError,
-                                  JobFailedError, JobNotFoundError, JobResultError, JobTimeoutError,
-                                  PromptrayError)
+from promptray.sdk.errors import (
+                                  ClusterAuthError,
+                                  ClusterError,
+                                  ClusterStartError,
+                                  ClusterUnreachableError,
+                                  ConfigError,
+                                  DataStagingError,
+                                  JobCancelledError,
+                                  JobConfigError,
+                                  JobFailedError,
+                                  JobNotFoundError,
+                                  JobResultError,
+                                  JobTimeoutError,
+                                  PromptrayError,
+)
 from promptray.sdk.job import TuningJob
 from promptray.sdk.local_cluster import LocalCluster
 from promptray.sdk.models import JobStatus, JobSummary, MetricsRecord, TuningResult

@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from promptray.platform.errors import ConfigError
 from promptray.sdk.auth import find_token
 from promptray.sdk.cluster import RayJobs
+from promptray.sdk.errors import JobConfigError
 from promptray.sdk.job import TuningJob
 from promptray.sdk.local_cluster import LocalCluster
-from promptray.sdk.errors import JobConfigError
 from promptray.sdk.models import JobSummary
 from promptray.sdk.search_job import SearchJob
 from promptray.sdk.spec import Overrides, build_config
@@ -119,7 +119,7 @@ class Client:
             cluster, self._cluster = self._cluster, None
             cluster.stop()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:

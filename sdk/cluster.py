@@ -8,7 +8,8 @@ ClusterAuthError that name the address and say what to do. Ray is imported on fi
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from promptray.sdk.auth import auth_headers, describe_auth_failure
 from promptray.sdk.errors import ClusterAuthError, ClusterError, ClusterUnreachableError, JobNotFoundError

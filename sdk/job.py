@@ -8,12 +8,20 @@ Status, logs and the stop request come from Ray; metrics and the result are read
 from __future__ import annotations
 
 import time
-from typing import Iterator, Literal, Optional, Union, overload
+from collections.abc import Iterator
+from typing import Literal, Optional, Union, overload
 
 from promptray.sdk.cluster import RayJobs
 from promptray.sdk.errors import JobCancelledError, JobFailedError, JobResultError, JobTimeoutError
-from promptray.sdk.models import (JobStatus, JobSummary, MetricsRecord, TuningResult, log_tail, parse_metrics,
-                                  parse_result)
+from promptray.sdk.models import (
+    JobStatus,
+    JobSummary,
+    MetricsRecord,
+    TuningResult,
+    log_tail,
+    parse_metrics,
+    parse_result,
+)
 
 POLL_S = 1.0
 

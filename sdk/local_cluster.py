@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from promptray.platform.seaweedfs import free_ports
+from promptray.platform.ports import free_ports
 from promptray.sdk.auth import auth_headers, new_token, token_env
 from promptray.sdk.errors import ClusterStartError
 
@@ -94,7 +94,7 @@ class LocalCluster:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return {**env, **self.extra_env, **token_env(self.token_path)}
 
-    def start(self, timeout: float = 90.0, attempts: int = 2) -> "LocalCluster":
+    def start(self, timeout: float = 90.0, attempts: int = 2) -> LocalCluster:
         """Start the cluster and wait until its dashboard answers; a start that fails (a port taken in the
         meantime) is retried on other ports. Raises ClusterStartError with the end of `ray start`'s output."""
         failure = ""
@@ -174,7 +174,7 @@ class LocalCluster:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.pgid = None
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from promptray.sdk.errors import JobResultError
 from promptray.sdk.job import TuningJob
 from promptray.sdk.models import RESULT_MARKER, _marked_json, log_tail
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class BestTrial(BaseModel):

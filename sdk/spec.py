@@ -2,23 +2,24 @@
 
 Either a NeMo-style config (YAML path or dict, as `promptray train` takes) or the keyword arguments of the
 common case (`TuningRequest`), then the table, then `overrides` (a {dotted.key: value} dict or a list of
-"dotted.key=value" strings). The result is checked with `promptray.platform.config.load_config`; every
+"dotted.key=value" strings). The result is checked with `promptray.platform.config.schema.load_config`; every
 problem (of the keyword arguments and of the config) is reported at once in a JobConfigError.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from promptray.platform.config import PromptLearningConfig, load_config
+from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.errors import ConfigError
-from promptray.platform.templates import TaskTemplate
 from promptray.sdk.errors import JobConfigError
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]

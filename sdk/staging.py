@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Optional
 from urllib.parse import urlsplit
 
-from promptray.platform.data_files import data_entries, is_local, local_path
+from promptray.platform.data.data_files import data_entries, is_local, local_path
 from promptray.platform.errors import PromptTableError
 from promptray.sdk.errors import DataStagingError
 
@@ -79,7 +79,7 @@ def stage_to_table(raw: dict, table: Optional[str], base: Path, address: str,
 
 
 def _stage_one(raw: dict, key: str, i: int, path: Path, table: str, endpoint_url: Optional[str]) -> str:
-    from promptray.platform.stores import store_for_uri
+    from promptray.platform.storage.stores import store_for_uri
 
     data = path.read_bytes()
     object_key = f"{STAGING_PREFIX}/{hashlib.sha256(data).hexdigest()[:16]}/{path.name}"

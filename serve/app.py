@@ -26,7 +26,8 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Optional
 
 import torch
 from fastapi import Depends
@@ -38,8 +39,15 @@ from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import Prepared, ServeEngine, input_fields
 from promptray.serve.errors import InputFieldError, ServerNotReadyError, UnknownTaskError
 from promptray.serve.http import make_api
-from promptray.serve.schemas import (Completion, CompletionRequest, GenerateRequest, GenerateResponse,
-                                     ServerSettings, TaskInfo, Usage)
+from promptray.serve.schemas import (
+    Completion,
+    CompletionRequest,
+    GenerateRequest,
+    GenerateResponse,
+    ServerSettings,
+    TaskInfo,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 api = make_api(title="promptray", description="Soft-prompt serving: every task of a prompt table on one base model")

@@ -31,7 +31,7 @@ class ApiKeys:
         return f"ApiKeys({len(self._keys)} key(s))"
 
     @classmethod
-    def load(cls, env_var: Optional[str], path: Optional[str]) -> "ApiKeys":
+    def load(cls, env_var: Optional[str], path: Optional[str]) -> ApiKeys:
         keys = [k.strip() for k in os.environ.get(env_var or "", "").split(",")]
         if path:
             keys += [line.strip() for line in Path(path).read_text().splitlines()

@@ -1,16 +1,17 @@
-"""Serving's use of the decode core (platform/generation.py): a request's `SamplingParams` as the core's
+"""Serving's use of the decode core (platform/generation/decode.py): a request's `SamplingParams` as the core's
 per-row parameters, each seeded request with its own generator, text reported as it grows."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Optional
 
 import torch
 
-from promptray.platform.dataset import Example
-from promptray.platform.generation import DecodeRow, Prefill, RowEvent, decode_steps
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.sampling import GenerationParams
+from promptray.platform.data.dataset import Example
+from promptray.platform.generation.decode import DecodeRow, Prefill, RowEvent, decode_steps
+from promptray.platform.generation.sampling import GenerationParams
+from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.serve.schemas import SamplingParams
 
 

@@ -7,27 +7,28 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 
-from promptray.platform.dataset import Example, Record, Tokenization, encode_record
+from promptray.platform.data.dataset import Example, Record, Tokenization, encode_record
+from promptray.platform.data.encoding import fingerprint_tokenizer
 from promptray.platform.errors import BaseModelMismatchError
-from promptray.platform.devices import resolve_device
-from promptray.platform.encoding import fingerprint_tokenizer
-from promptray.platform.fingerprint import fingerprint_model
-from promptray.platform.generation import RowEvent
-from promptray.platform.hub import load_base_model
-from promptray.platform.inference import text_ids
-from promptray.platform.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.prefix_cache import PrefixCache
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.table_manifest import VersionInfo
+from promptray.platform.generation.decode import RowEvent
+from promptray.platform.generation.inference import text_ids
+from promptray.platform.generation.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
+from promptray.platform.model.devices import resolve_device
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.hub import load_base_model
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.table.manifest import VersionInfo
+from promptray.platform.table.table import PromptTable
 from promptray.serve.decoding import stream_decode
 from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError, UnknownTaskError
+from promptray.serve.prefix_cache import PrefixCache
 from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank, task_key
 from promptray.serve.schemas import SamplingParams, ServerSettings, TaskInfo
 

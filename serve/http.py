@@ -19,8 +19,13 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
-from promptray.serve.errors import (InternalError, InvalidJsonError, RequestValidationFailed, RouteNotFoundError,
-                                    ServeError)
+from promptray.serve.errors import (
+    InternalError,
+    InvalidJsonError,
+    RequestValidationFailed,
+    RouteNotFoundError,
+    ServeError,
+)
 
 log = logging.getLogger(__name__)
 BODY_METHODS = ("POST", "PUT", "PATCH")

@@ -16,14 +16,14 @@ from typing import Optional
 
 import torch
 
-from promptray.platform.encoding import TaskEncoding, TokenizerFingerprint
+from promptray.platform.data.encoding import TaskEncoding, TokenizerFingerprint
+from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.errors import BaseModelMismatchError, PromptTableError
-from promptray.platform.fingerprint import BaseModelFingerprint
-from promptray.platform.prefix_cache import PrefixCache
-from promptray.platform.prompt_encoder import PromptBank
-from promptray.platform.prompt_table import PromptTable, VersionInfo
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.model.fingerprint import BaseModelFingerprint
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.table.table import PromptTable, VersionInfo
 from promptray.serve.errors import TaskModelMismatchError, UnknownTaskError, UnknownVersionError
+from promptray.serve.prefix_cache import PrefixCache
 
 
 class ServingBank(PromptBank):

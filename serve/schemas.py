@@ -49,7 +49,7 @@ class SamplingParams(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SamplingParams":
+    def _consistent(self) -> SamplingParams:
         problems = []
         if self.min_tokens > self.max_tokens:
             problems.append(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
@@ -81,7 +81,7 @@ class GenerateRequest(SamplingParams):
     inputs: Optional[list[TaskInput]] = Field(None, min_length=1, max_length=256)
 
     @model_validator(mode="after")
-    def _one_form(self) -> "GenerateRequest":
+    def _one_form(self) -> GenerateRequest:
         if (self.inputs is None) == (self.taskname is None):
             raise ValueError("give either taskname (+ fields, version) for one input, or inputs: [...] for many")
         if self.inputs is not None and (self.fields is not None or self.version is not None):

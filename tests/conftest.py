@@ -69,14 +69,14 @@ def tiny_llama_path(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_gpt2(tiny_gpt2_path):
-    from promptray.platform.hub import load_base_model
+    from promptray.platform.model.hub import load_base_model
 
     return load_base_model(str(tiny_gpt2_path))
 
 
 @pytest.fixture
 def tiny_llama(tiny_llama_path):
-    from promptray.platform.hub import load_base_model
+    from promptray.platform.model.hub import load_base_model
 
     return load_base_model(str(tiny_llama_path))
 
@@ -84,7 +84,7 @@ def tiny_llama(tiny_llama_path):
 @pytest.fixture(scope="session")
 def smollm2():
     """The built-in base model (converted once into the default cache, `$PROMPTRAY_CACHE`); for slow tests."""
-    from promptray.platform.hub import load_base_model
+    from promptray.platform.model.hub import load_base_model
 
     return load_base_model("smollm2-135m")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 MANIFESTS = sorted((INFRA / "kuberay").glob("*.yaml"))

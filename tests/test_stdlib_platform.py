@@ -20,4 +20,4 @@ def test_stdlib_platform_is_not_shadowed_from_repo_root():
 
 
 def test_promptray_platform_hub_imports_from_repo_root():
-    assert _run("import promptray.platform.hub as h; print(sorted(h.BUILTIN_MODELS))") == "['smollm2-135m']"
+    assert _run("import promptray.platform.model.hub as h; print(sorted(h.BUILTIN_MODELS))") == "['smollm2-135m']"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from promptray.jobs.cli import main
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,8 @@ def _train_config(tmp_path: Path, model: Path) -> Path:
     templates = [{"taskname": "alpha", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
                   "total_virtual_tokens": 3, "virtual_token_splits": [3], "answer_only_loss": True,
                   "answer_field": "label"},
-                 {"taskname": "beta", "prompt_template": "<|VIRTUAL_PROMPT_0|> Q: {text}<|VIRTUAL_PROMPT_1|> A: {label}",
+                 {"taskname": "beta",
+                  "prompt_template": "<|VIRTUAL_PROMPT_0|> Q: {text}<|VIRTUAL_PROMPT_1|> A: {label}",
                   "total_virtual_tokens": 6, "virtual_token_splits": [4, 2], "answer_only_loss": True,
                   "answer_field": "label"}]
     cfg = {"name": "cli", "trainer": {"max_steps": 2, "precision": 32},

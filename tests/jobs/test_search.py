@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from promptray.jobs.search import (
     SearchInterrupted,
     main,
     prepare_search_config,
     run_search,
 )
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
+from promptray.platform.config.search_config import apportion
 from promptray.platform.errors import ConfigError
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.search_config import apportion
+from promptray.platform.table.table import PromptTable
 
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
 
@@ -248,7 +249,8 @@ def test_sdk_submit_search_checks_the_config_and_its_job_reports_the_best_trial(
     with pytest.raises(JobConfigError, match="empty choice list"):  # checked before anything is submitted
         Client(address="http://127.0.0.1:1").submit_search(raw)
     payload = {"search_id": "s-1", "table": "/t", "versions": {"a": "v1"}, "metric": "val_loss", "trials": 3,
-               "trials_errored": 1, "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
+               "trials_errored": 1,
+               "best": {"a": {"trial_id": "x_00000", "val_loss": 1.5, "config": {"a.total_virtual_tokens": 24}}}}
     job = SearchJob(_FakeJobs("noise\nPROMPTRAY_RESULT " + json.dumps(payload) + "\n"), "raysubmit_1")
     result = job.result()
     assert result.best["a"].config == {"a.total_virtual_tokens": 24} and result.best_value("a") == 1.5

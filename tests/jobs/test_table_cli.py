@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from promptray.jobs.cli import main
-from promptray.platform.fingerprint import fingerprint_model
-from promptray.platform.prompt_table import PromptTable, TaskPrompt
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.table.table import PromptTable, TaskPrompt
 
 
 def _template(name: str, n: int) -> dict:

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from promptray.jobs.train import METRICS_PREFIX, RESULT_PREFIX, absolutize, main, run_job
-from promptray.platform.config import load_config
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.trainer import train
+from promptray.platform.config.schema import load_config
+from promptray.platform.table.table import PromptTable
+from promptray.platform.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
@@ -57,8 +57,9 @@ def assert_table_matches(table_uri: str, versions: dict, reference: dict[str, to
 
 
 def parse_lines(stdout: str) -> tuple[list[dict], list[dict]]:
-    metrics = [json.loads(line[len(METRICS_PREFIX):]) for line in stdout.splitlines() if line.startswith(METRICS_PREFIX)]
-    results = [json.loads(line[len(RESULT_PREFIX):]) for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    lines = stdout.splitlines()
+    metrics = [json.loads(line[len(METRICS_PREFIX):]) for line in lines if line.startswith(METRICS_PREFIX)]
+    results = [json.loads(line[len(RESULT_PREFIX):]) for line in lines if line.startswith(RESULT_PREFIX)]
     return metrics, results
 
 
@@ -161,15 +162,15 @@ def test_the_driver_checks_the_models_limits_when_it_has_the_model_and_leaves_th
         tmp_path, tiny_gpt2_path, caplog):
     import logging
 
-    from promptray.platform.config import load_config
+    from promptray.platform.config.schema import load_config
     from promptray.platform.errors import ConfigError
-    from promptray.platform.model_limits import check_model_limits_on_driver
+    from promptray.platform.model.limits import check_model_limits_on_driver
 
     raw = job_config(tmp_path, tiny_gpt2_path)  # tiny-gpt2 takes 256 positions
     raw["model"]["task_templates"][0].update(total_virtual_tokens=300, virtual_token_splits=[300])
     with pytest.raises(ConfigError, match="300 virtual tokens do not fit the base model .* 256 positions"):
         check_model_limits_on_driver(load_config(raw))
     raw["model"]["language_model_path"] = "/models/on/the/workers/only"
-    with caplog.at_level(logging.INFO, logger="promptray.platform.model_limits"):
+    with caplog.at_level(logging.INFO, logger="promptray.platform.model.limits"):
         check_model_limits_on_driver(load_config(raw))
     assert "is not on this machine: its limits are checked by the workers" in caplog.text

@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from promptray.platform.seaweedfs import SeaweedFS, find_weed
+import promptray.platform.model.prefix as prefix_mod
+from promptray.platform.testing.seaweedfs import SeaweedFS, find_weed
+
 from table_helpers import isolate_aws_env
 
 
@@ -43,3 +45,9 @@ def table_uri(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "table")
     return f"s3://{request.getfixturevalue('s3_bucket')}/tables/main"
+
+
+@pytest.fixture
+def always_split(monkeypatch):
+    """Shared-prefix layouts taken whenever they are possible (the model and CUDA tests)."""
+    monkeypatch.setattr(prefix_mod, "MAX_COST", 10.0)  # share even where a tiny batch would not gain

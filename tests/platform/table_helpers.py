@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from promptray.platform.fingerprint import BaseModelFingerprint
-from promptray.platform.prompt_table import PromptTable, TaskPrompt
-from promptray.platform.seaweedfs import SeaweedFS
+from promptray.platform.model.fingerprint import BaseModelFingerprint
+from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.testing.seaweedfs import SeaweedFS
 
 HIDDEN = 16
 # variables that could point boto3 at a real account or profile; tests use the server's env only

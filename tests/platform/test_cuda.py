@@ -10,19 +10,17 @@ import json
 import pytest
 import torch
 
-from promptray.platform.batching import to_device
-from promptray.platform.generation import GenerationParams, generate
-from promptray.platform.infer_config import load_infer_config, run_inference
-from promptray.platform.inference import answer_logprobs
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.prefix_cache import PrefixCache
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.trainer import build_loop, train
+from promptray.platform.config.infer import load_infer_config, run_inference
+from promptray.platform.data.batching import to_device
+from promptray.platform.generation.decode import GenerationParams, generate
+from promptray.platform.generation.inference import answer_logprobs
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.table.table import PromptTable
+from promptray.platform.train.trainer import build_loop, train
+from promptray.serve.prefix_cache import PrefixCache
 
-from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B
-from test_distributed import dp_config, full_and_resumed
-from test_generation import setup as generation_setup
-from test_prefix import always_split, bank_for, batch_of, loss_and_grads  # noqa: F401  (a fixture)
+from mixed_tasks import MODELS, TEMPLATE_A, TEMPLATE_B, bank_for, batch_of, generation_setup, loss_and_grads
+from train_helpers import dp_config, full_and_resumed
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")

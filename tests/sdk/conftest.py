@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from promptray.platform.seaweedfs import SeaweedFS, find_weed
+from promptray.platform.testing.seaweedfs import SeaweedFS, find_weed
+
 from sdk_helpers import write_jsonl
 
 # only the S3 server's endpoint and credentials reach boto3 (no profile files, no instance metadata)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from promptray.platform.errors import ConfigError
-from promptray.platform.seaweedfs import free_ports
+from promptray.platform.ports import free_ports
 from promptray.sdk import Client, ClusterAuthError, ClusterStartError, ClusterUnreachableError, JobStatus, LocalCluster
 from promptray.sdk.auth import find_token
 from promptray.sdk.cluster import RayJobs
@@ -100,6 +100,7 @@ def test_embedded_cluster_starts_on_first_use_and_stops_at_close():
 
 def test_submit_tuning_with_a_bad_config_raises_before_any_cluster_is_started_or_contacted(tmp_path, monkeypatch):
     from promptray.sdk import JobConfigError
+
     from sdk_helpers import tuning_config, write_jsonl
 
     monkeypatch.chdir(tmp_path)

@@ -11,11 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.prompt_table import PromptTable
-from promptray.sdk import (Client, ClusterAuthError, JobCancelledError, JobConfigError, JobFailedError,
-                           JobNotFoundError, JobResultError, JobStatus, JobTimeoutError, TaskTemplate)
+from promptray.platform.table.table import PromptTable
+from promptray.sdk import (
+    Client,
+    ClusterAuthError,
+    JobCancelledError,
+    JobConfigError,
+    JobFailedError,
+    JobNotFoundError,
+    JobResultError,
+    JobStatus,
+    JobTimeoutError,
+    TaskTemplate,
+)
 from promptray.sdk.local_cluster import find_ray
 from promptray.sdk.models import parse_metrics, parse_result
+
 from sdk_helpers import TEMPLATE, tuning_config
 
 pytestmark = [pytest.mark.ray_cluster, pytest.mark.s3]

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.table.table import PromptTable
 from promptray.sdk import Client, JobStatus, SearchJob
 from promptray.sdk.local_cluster import find_ray
 from promptray.sdk.search_job import parse_search_result
+
 from sdk_helpers import tuning_config
 
 pytestmark = [pytest.mark.ray_cluster, pytest.mark.s3]

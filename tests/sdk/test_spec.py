@@ -8,10 +8,11 @@ import sys
 import pytest
 import yaml
 
-from promptray.platform.config import load_config
+from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.sdk import JobConfigError, TaskTemplate, TuningRequest
 from promptray.sdk.spec import build_config
+
 from sdk_helpers import TEMPLATE
 
 

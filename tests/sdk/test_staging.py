@@ -8,9 +8,10 @@ import hashlib
 
 import pytest
 
-from promptray.platform.s3_store import read_uri
+from promptray.platform.storage.s3 import read_uri
 from promptray.sdk import Client, DataStagingError, JobConfigError
 from promptray.sdk.staging import is_loopback, prepare_files
+
 from sdk_helpers import tuning_config
 
 REMOTE = "http://203.0.113.7:8265"  # TEST-NET-3: never contacted, the checks happen before any connection

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from promptray.platform.fingerprint import fingerprint_model
-from promptray.platform.hub import load_base_model
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.hub import load_base_model
+from promptray.platform.table.table import PromptTable
 
 from serve_helpers import API_KEY, TEMPLATES, free_port, make_prompt, wait_ready
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import requests
 import torch
 
-from promptray.platform.prompt_table import TaskPrompt
+from promptray.platform.ports import free_ports
+from promptray.platform.table.table import TaskPrompt
 
 API_KEY = "test-key-7f3a"
 TEMPLATES = {
@@ -47,9 +47,8 @@ def run(engine, items, params) -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """One free loopback port (promptray's one port helper)."""
+    return free_ports(1)[0]
 
 
 def wait_ready(url: str, timeout: float = 120) -> None:

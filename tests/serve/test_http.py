@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 import pytest
+import requests
 
-from promptray.platform.generation import GenerationParams
-from promptray.platform.inference import load_inference_engine, predict, prepare
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import load_inference_engine, predict, prepare
+from promptray.platform.table.table import PromptTable
 
 from serve_helpers import API_KEY, make_prompt
 
@@ -32,7 +32,7 @@ INPUTS = [
 
 
 def offline(table_uri: str, model: str, inputs: list[dict], tasks=None) -> tuple[list[str], list[int]]:
-    """Greedy texts and prompt lengths of platform.inference (no Serve, no prefix cache)."""
+    """Greedy texts and prompt lengths of platform.generation.inference (no Serve, no prefix cache)."""
     engine = load_inference_engine(table_uri, model, tasks=tasks)
     examples = prepare(engine, [{"taskname": x["taskname"], **x["fields"]} for x in inputs], N)
     return predict(engine, examples, GenerationParams(tokens_to_generate=N)), [len(e) for e in examples]

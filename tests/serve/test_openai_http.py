@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.table.table import PromptTable
 
 from serve_helpers import API_KEY, TEMPLATES, free_port, make_prompt
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptray.platform.dataset import build_examples
-from promptray.platform.generation import GenerationParams, generate
-from promptray.platform.model import PromptLearningModel
-from promptray.platform.prefix_cache import PrefixCache, prefix_tokens, shared_length
-from promptray.platform.prompt_encoder import PromptBank
-from promptray.platform.templates import TaskTemplate
+from promptray.platform.data.dataset import build_examples
+from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.generation.decode import GenerationParams, generate
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.serve.prefix_cache import PrefixCache, prefix_tokens, shared_length
 
 TEMPLATES = [
     TaskTemplate(taskname="short", prompt_template="<|VIRTUAL_PROMPT_0|> Review: {text} Sentiment:{label}",
@@ -66,7 +66,7 @@ def test_greedy_with_prefix_cache_equals_without(fixture, request):
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 def test_prefill_logits_match_the_plain_pass(fixture, request):
-    from promptray.platform.generation import prefill_plain
+    from promptray.platform.generation.decode import prefill_plain
 
     lm, tok = request.getfixturevalue(fixture)
     model, cache, exs = setup(lm, tok)

@@ -11,10 +11,10 @@ import uuid
 import pytest
 import requests
 
-from promptray.platform.generation import GenerationParams
-from promptray.platform.inference import load_inference_engine, predict, prepare
-from promptray.platform.prompt_table import PromptTable
-from promptray.platform.seaweedfs import SeaweedFS, find_weed
+from promptray.platform.generation.decode import GenerationParams
+from promptray.platform.generation.inference import load_inference_engine, predict, prepare
+from promptray.platform.table.table import PromptTable
+from promptray.platform.testing.seaweedfs import SeaweedFS, find_weed
 
 from serve_helpers import free_port, make_prompt, wait_ready
 
@@ -84,7 +84,7 @@ def s3_app(ray_local, s3_server, s3_table, tiny_gpt2_path):
 
 
 def offline(table_uri: str, model: str, x: dict, version_of: str | None = None) -> str:
-    """Greedy text of platform.inference for one input (the table's current version of the task)."""
+    """Greedy text of platform.generation.inference for one input (the table's current version of the task)."""
     engine = load_inference_engine(table_uri, model, tasks=[x["taskname"]])
     if version_of is not None:
         assert engine.versions[x["taskname"]] == version_of

@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from promptray.platform.errors import BaseModelMismatchError
-from promptray.platform.prompt_table import PromptTable
+from promptray.platform.table.table import PromptTable
 from promptray.serve.engine import ServeEngine
 from promptray.serve.errors import TaskModelMismatchError, UnknownTaskError
 from promptray.serve.schemas import SamplingParams, ServerSettings

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from promptray.jobs.cli import build_parser
-from promptray.platform.generation import GenerationParams
+from promptray.platform.generation.decode import GenerationParams
 from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import ServeEngine
 from promptray.serve.schemas import SamplingParams, ServerSettings
@@ -125,8 +125,8 @@ def test_body_limit_stops_reading_an_endless_chunked_body_and_passes_small_ones_
 
 def _train_with_bos(tmp_path, model_path) -> str:
     """A table with task "a" trained (2 steps) with model.data.add_bos=true."""
-    from promptray.platform.config import load_config
-    from promptray.platform.trainer import train
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.train.trainer import train
 
     words = "apple river stone cloud green tiger music paper candle window garden silver".split()
     rows = [{"taskname": "a", "text": " ".join(words[i % 12:i % 12 + 3]), "label": "yes"} for i in range(16)]
@@ -145,7 +145,7 @@ def _train_with_bos(tmp_path, model_path) -> str:
 
 def test_task_trained_with_bos_is_served_with_bos_issue13(tmp_path, tiny_gpt2_path):
     """Issue 13 #3: serving answered as if no BOS had been used. Right: the with-BOS predictions of infer."""
-    from promptray.platform.inference import load_inference_engine, predict, prepare
+    from promptray.platform.generation.inference import load_inference_engine, predict, prepare
 
     uri = _train_with_bos(tmp_path, tiny_gpt2_path)
     serve = ServeEngine(ServerSettings(table=uri, model=str(tiny_gpt2_path), precision="fp32"))

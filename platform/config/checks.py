@@ -1,0 +1,149 @@
+"""Checks of a whole prompt-learning config that involve several keys (each problem names the key, the value
+and the fix), and NeMo / Lightning precision names. `schema.load_config` runs them after the per-key checks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Union
+
+from promptray.platform.config.ray_config import ray_problems
+from promptray.platform.config.run import accelerator_problem
+from promptray.platform.config.search_config import search_problems
+from promptray.platform.data.templates import validate_task_templates
+from promptray.platform.errors import ConfigError
+
+if TYPE_CHECKING:
+    from promptray.platform.config.schema import ModelConfig, PromptLearningConfig
+
+
+# An example holds its virtual tokens and at least this many text tokens (template words, answer, EOS);
+# model/limits.py checks counts against the model with it.
+MIN_TEXT_TOKENS = 4
+
+
+def normalize_precision(value: Union[int, str]) -> str:
+    """NeMo / Lightning precision names -> 'bf16' or 'fp32' (fp16 maps to bf16 on CPU)."""
+    v = str(value).lower()
+    if v in {"16", "16-mixed", "bf16", "bf16-mixed", "bf16-true", "fp16", "half"}:
+        return "bf16"
+    if v in {"32", "32-true", "fp32", "float32"}:
+        return "fp32"
+    raise ValueError(f"unknown precision {value!r}")
+
+
+# ----------------------------------------------------------------------------- cross-field checks
+
+def config_problems(cfg: PromptLearningConfig) -> list[str]:
+    """Problems that involve several keys. Tasks vs the restored table are checked when it is opened."""
+    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg) + ray_problems(cfg)
+    problems += _length_problems(cfg) + _optim_problems(cfg) + search_problems(cfg)
+    try:
+        normalize_precision(cfg.trainer.precision)
+    except ValueError:
+        problems.append(f"trainer.precision: got {cfg.trainer.precision!r}; use bf16, 16 (read as bf16) or 32")
+    problems += [p for p in [accelerator_problem(cfg.trainer.accelerator)] if p]
+    return problems
+
+
+def _template_problems(cfg: PromptLearningConfig) -> list[str]:
+    try:
+        validate_task_templates(cfg.model.task_templates)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def _task_list_problems(cfg: PromptLearningConfig) -> list[str]:
+    m, problems = cfg.model, []
+    names = [t.get("taskname") for t in m.task_templates]
+    training = m.virtual_prompt_style != "inference"
+    if training and not m.new_tasks:
+        problems.append("model.new_tasks: empty; name the tasks to tune (each needs a task template)")
+    for t in m.new_tasks:
+        if t not in names:
+            problems.append(f"model.new_tasks: task {t!r} has no entry in model.task_templates "
+                            f"(templates: {names}); add its template")
+        if t in m.existing_tasks:
+            problems.append(f"model.new_tasks: task {t!r} is also in model.existing_tasks; a task is either "
+                            "new (tuned now) or existing (frozen)")
+    if len(set(m.new_tasks)) != len(m.new_tasks):
+        problems.append(f"model.new_tasks: {m.new_tasks} lists a task twice")
+    if m.existing_tasks and not m.restore_path:
+        problems.append(f"model.existing_tasks: {m.existing_tasks} given but model.restore_path is null; set "
+                        "restore_path to the prompt table that holds them, or empty existing_tasks")
+    if training and not m.language_model_path and not m.restore_path:
+        problems.append("model.language_model_path: not set; give a Hugging Face model directory or id, "
+                        "or the built-in name smollm2-135m")
+    if training and not cfg.table_uri:
+        problems.append("model.nemo_path: not set; name where the prompt table is saved "
+                        "(model.nemo_path or model.prompt_table)")
+    if m.nemo_path and m.prompt_table and m.nemo_path != m.prompt_table:
+        problems.append(f"model.prompt_table ({m.prompt_table!r}) and model.nemo_path ({m.nemo_path!r}) "
+                        "disagree; set only one")
+    if training and not m.data.train_ds:
+        problems.append("model.data.train_ds: empty; list .json/.jsonl training files")
+    if training and m.virtual_prompt_style == "prompt-tuning":
+        problems += _init_problems(m)
+    return problems
+
+
+def _init_problems(m: ModelConfig) -> list[str]:
+    pt, n, problems = m.prompt_tuning, len(m.new_tasks), []
+    if pt.new_prompt_init_methods and len(pt.new_prompt_init_methods) != n:
+        problems.append(f"model.prompt_tuning.new_prompt_init_methods: {pt.new_prompt_init_methods} has "
+                        f"{len(pt.new_prompt_init_methods)} entries for {n} new task(s) {m.new_tasks}; "
+                        "give one per new task")
+    for i, method in enumerate(pt.new_prompt_init_methods):
+        text = pt.new_prompt_init_text[i] if i < len(pt.new_prompt_init_text) else None
+        if method == "text" and not text:
+            problems.append(f"model.prompt_tuning.new_prompt_init_text[{i}]: task "
+                            f"{m.new_tasks[i] if i < n else i!r} uses init method 'text' but has no text; "
+                            "give the init text or use 'random'")
+    return problems
+
+
+def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
+    m, t, problems = cfg.model, cfg.trainer, []
+    step = m.micro_batch_size * cfg.data_parallel_size
+    if cfg.global_batch_size % step:
+        problems.append(f"model.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                        f"micro_batch_size x data-parallel size = {m.micro_batch_size} x "
+                        f"{cfg.data_parallel_size}; make it one")
+    if m.virtual_prompt_style != "inference" and not t.max_steps and not t.max_epochs:
+        problems.append("trainer: neither max_steps nor max_epochs is set (-1 means unset); set one of them")
+    return problems
+
+
+def _length_problems(cfg: PromptLearningConfig) -> list[str]:
+    """Virtual-token counts (templates, search candidates) against max_seq_length; the base model's own
+    position limit is checked from its config when a run starts (model/limits.py)."""
+    limit, problems = cfg.max_seq_length, []
+    key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
+    counts = [(f"model.task_templates[{i}].total_virtual_tokens (task {t.get('taskname')!r})",
+               [t.get("total_virtual_tokens")]) for i, t in enumerate(cfg.model.task_templates)
+              if t.get("taskname") in fixed_count_tasks(cfg)]
+    counts += [(f"search.tasks.{n}.total_virtual_tokens", s.counts) for n, s in (cfg.search.tasks.items()
+                                                                               if cfg.search else [])]
+    for where, values in counts:
+        over = sorted({c for c in values if isinstance(c, int) and c + MIN_TEXT_TOKENS > limit})
+        if over:
+            problems.append(f"{where}: {over[0] if len(over) == 1 else over} virtual tokens do not fit {key}="
+                            f"{limit}; an example needs its virtual tokens plus at least {MIN_TEXT_TOKENS} text "
+                            f"tokens, so use at most {limit - MIN_TEXT_TOKENS} (or raise {key})")
+    return problems
+
+
+def _optim_problems(cfg: PromptLearningConfig) -> list[str]:
+    o, problems = cfg.model.optim, []
+    if o.sched is not None and o.sched.warmup_steps is not None and o.sched.warmup_ratio is not None:
+        problems.append(f"model.optim.sched: warmup_steps ({o.sched.warmup_steps}) and warmup_ratio "
+                        f"({o.sched.warmup_ratio}) are both set; give only one")
+    if o.sched is not None and o.sched.min_lr > o.lr:
+        problems.append(f"model.optim.sched.min_lr: {o.sched.min_lr} is above model.optim.lr={o.lr}; the schedule "
+                        "decays from lr to min_lr, so give min_lr <= lr")
+    return problems
+
+
+def fixed_count_tasks(cfg: PromptLearningConfig) -> list[str]:
+    """New tasks whose template's count is the one trained (not replaced by search candidates)."""
+    searched = set(cfg.search.tasks) if cfg.search else set()
+    return [t for t in cfg.model.new_tasks if t not in searched]

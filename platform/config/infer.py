@@ -1,0 +1,275 @@
+"""`promptray infer` settings: NeMo's `megatron_gpt_prompt_learning_inference.yaml` runs as written.
+
+    virtual_prompt_model_file=TABLE   (or prompt_table=TABLE)      the prompt table (a path or file:// URI)
+    gpt_model_file=MODEL              (or language_model_path=...)  default: the model the prompts were trained on
+    data_paths=[a.jsonl,b.jsonl]      records of any tasks in the table, mixed
+    pred_file_path=preds.txt          NeMo's output: one line per record, the prompt then the generated text
+    output_file=predictions.jsonl     ours: JSON lines with the record, prediction, version, logprobs, correct
+    inference.greedy / tokens_to_generate / min_tokens_to_generate / temperature / top_k / top_p /
+        repetition_penalty / add_BOS / compute_logprob / batch_size, and ours: seed, top_logprobs
+    batch_size=8 (= inference.batch_size)  precision=bf16|fp32 (= trainer.precision)
+    accelerator=auto|cpu|gpu (= trainer.accelerator)
+
+NeMo keys with no meaning here (one process, one device, no loggers or data-loader workers) are accepted
+and ignored: `NO_MEANING`. Model-parallel sizes must be 1. Any other key is an error with a did-you-mean;
+every problem of a config is reported at once (`ConfigError`, exit status 2 from the CLI).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from promptray.platform.config.run import accelerator_problem
+from promptray.platform.config.schema import normalize_precision
+from promptray.platform.errors import ConfigError
+from promptray.platform.generation.sampling import MAX_LOGPROBS, GenerationParams
+from promptray.platform.model.devices import resolve_device
+
+log = logging.getLogger(__name__)
+
+NO_MEANING = ("trainer.devices", "trainer.num_nodes", "trainer.logger", "num_workers",
+              "pipeline_model_parallel_split_rank")  # accepted, ignored (README: Inference)
+MODEL_PARALLEL = ("tensor_model_parallel_size", "pipeline_model_parallel_size")  # accepted when 1
+DEFAULT_BATCH_SIZE = 8
+
+
+class InferenceParams(BaseModel):
+    """NeMo's `inference` section (plus `seed` and `top_logprobs`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    greedy: bool = True
+    tokens_to_generate: int = Field(30, ge=1)
+    min_tokens_to_generate: int = Field(0, ge=0, description="EOS does not end a row before this many tokens")
+    temperature: float = Field(1.0, ge=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    add_BOS: Optional[bool] = None  # None: as the task was trained
+    seed: Optional[int] = None
+    batch_size: Optional[int] = Field(None, ge=1)  # NeMo's place for it; same as the top-level batch_size
+    compute_logprob: bool = False  # each generated token's log-probability, in output_file
+    top_logprobs: int = Field(0, ge=0, le=MAX_LOGPROBS)  # with compute_logprob: the k most likely per token
+    all_probs: bool = False  # refused when true (see _cross_problems)
+
+
+class InferTrainer(BaseModel):
+    """NeMo's `trainer` section of the inference file: accelerator and precision are honoured."""
+
+    model_config = ConfigDict(extra="forbid")
+    accelerator: Optional[str] = None
+    precision: Optional[Union[int, str]] = None
+    devices: Any = None  # no meaning here
+    num_nodes: Any = None  # no meaning here
+    logger: Any = None  # no meaning here
+
+
+class InferConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    virtual_prompt_model_file: Optional[str] = None
+    prompt_table: Optional[str] = None
+    gpt_model_file: Optional[str] = None
+    language_model_path: Optional[str] = None
+    data_paths: list[str] = Field(default_factory=list)
+    tasks: Optional[list[str]] = None
+    inference: InferenceParams = Field(default_factory=InferenceParams)
+    trainer: InferTrainer = Field(default_factory=InferTrainer)
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    pipeline_model_parallel_split_rank: Any = None  # no meaning here
+    num_workers: Any = None  # no meaning here
+    batch_size: Optional[int] = Field(None, ge=1)
+    precision: Optional[Union[int, str]] = None  # default bf16 (also read from trainer.precision)
+    accelerator: Optional[str] = None  # default auto (also read from trainer.accelerator)
+    output_file: str = "predictions.jsonl"
+    pred_file_path: Optional[str] = None
+    s3_endpoint_url: Optional[str] = None  # S3-compatible server for s3:// tables and data (default: AWS chain)
+
+    @property
+    def table(self) -> Optional[str]:
+        return self.prompt_table or self.virtual_prompt_model_file
+
+    @property
+    def base_model(self) -> Optional[str]:
+        return self.language_model_path or self.gpt_model_file
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return self.batch_size or self.inference.batch_size or DEFAULT_BATCH_SIZE
+
+    @property
+    def resolved_precision(self) -> str:
+        return normalize_precision(_first(self.precision, self.trainer.precision, "bf16"))
+
+    @property
+    def resolved_accelerator(self) -> str:
+        return _first(self.accelerator, self.trainer.accelerator, "auto")
+
+    def generation(self) -> GenerationParams:
+        i = self.inference
+        return GenerationParams(tokens_to_generate=i.tokens_to_generate, greedy=i.greedy,
+                                temperature=i.temperature, top_k=i.top_k, top_p=i.top_p,
+                                repetition_penalty=i.repetition_penalty, seed=i.seed,
+                                min_tokens_to_generate=i.min_tokens_to_generate,
+                                logprobs=i.top_logprobs if i.compute_logprob else None)
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
+    """The checked settings of a YAML file (NeMo's or ours) with KEY=VALUE overrides; raises ConfigError
+    with every problem (schema ranges, unknown keys, conflicting or unsupported values) at once."""
+    raw, missing = _read(path, overrides)
+    problems = [f"{k}: the file leaves it to be given (???); set {k}=VALUE" for k in missing] + _cross_problems(raw)
+    try:
+        cfg = InferConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([_describe(err) for err in e.errors()] + problems) from None
+    if problems:
+        raise ConfigError(problems)
+    cfg.batch_size, cfg.precision = cfg.resolved_batch_size, cfg.resolved_precision
+    cfg.accelerator = cfg.resolved_accelerator
+    ignored = [k for k in NO_MEANING if _get(raw, k) is not None]
+    if ignored:
+        log.info("ignoring NeMo keys that have no meaning here: %s", ", ".join(ignored))
+    return cfg
+
+
+def _read(path: Optional[str], overrides: list[str]) -> tuple[dict, list[str]]:
+    """The merged settings, and the dotted keys NeMo's `???` (a value the user must give) left unset; the
+    table and data keys among them are reported by `_cross_problems`."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError([f"argument {o!r} is not KEY=VALUE" for o in bad])
+    try:
+        base = OmegaConf.load(path) if path else OmegaConf.create({})
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+        raw: Any = OmegaConf.to_container(merged, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot read inference settings: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"inference settings: expected a mapping of keys, got {type(raw).__name__}")
+    missing: list[str] = []
+    raw = _drop_missing(raw, "", missing)
+    return raw, [k for k in missing if k not in ("virtual_prompt_model_file", "prompt_table", "data_paths")]
+
+
+def _drop_missing(raw: dict, prefix: str, missing: list[str]) -> dict:
+    out = {}
+    for k, v in raw.items():
+        if v == "???":
+            missing.append(prefix + str(k))
+        else:
+            out[k] = _drop_missing(v, f"{prefix}{k}.", missing) if isinstance(v, dict) else v
+    return out
+
+
+def _get(raw: dict, dotted: str):
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _cross_problems(raw: dict) -> list[str]:
+    """Problems of keys taken together, found on the raw settings (so they come with the schema's)."""
+    problems = []
+    if not (raw.get("prompt_table") or raw.get("virtual_prompt_model_file")):
+        problems.append("virtual_prompt_model_file: not set; name the prompt table (a path or file:// URI)")
+    if not raw.get("data_paths"):
+        problems.append("data_paths: empty; list .json/.jsonl files, e.g. data_paths=[a.jsonl,b.jsonl]")
+    for key in MODEL_PARALLEL:
+        if raw.get(key) not in (None, 1):
+            problems.append(f"{key}: got {raw[key]!r}; model parallelism is not supported, set it to 1")
+    problems += _same("batch_size", raw.get("batch_size"), "inference.batch_size", _get(raw, "inference.batch_size"))
+    problems += _precision_problems(raw) + _accelerator_problems(raw) + _inference_problems(raw)
+    return problems
+
+
+def _same(key_a: str, a, key_b: str, b, norm=lambda v: v) -> list[str]:
+    try:
+        differ = a is not None and b is not None and norm(a) != norm(b)
+    except ValueError:
+        return []  # a bad value is reported on its own
+    return [f"{key_a} ({a!r}) and {key_b} ({b!r}) disagree; give one of them"] if differ else []
+
+
+def _precision_problems(raw: dict) -> list[str]:
+    values = {"precision": raw.get("precision"), "trainer.precision": _get(raw, "trainer.precision")}
+    problems = []
+    for key, value in values.items():
+        try:
+            value is None or normalize_precision(value)
+        except ValueError:
+            problems.append(f"{key}: got {value!r}; use 16/bf16 or 32/fp32")
+    return problems + _same("precision", values["precision"], "trainer.precision", values["trainer.precision"],
+                            normalize_precision)
+
+
+def _accelerator_problems(raw: dict) -> list[str]:
+    top, trainer = raw.get("accelerator"), _get(raw, "trainer.accelerator")
+    problems = [p for v in (top, trainer) if v is not None
+                for p in [accelerator_problem(v, "accelerator (or trainer.accelerator)")] if p]
+    return problems + _same("accelerator", top, "trainer.accelerator", trainer, lambda v: str(v).lower())
+
+
+def _inference_problems(raw: dict) -> list[str]:
+    inf = raw.get("inference") if isinstance(raw.get("inference"), dict) else {}
+    problems = []
+    if inf.get("all_probs") is True:
+        problems.append("inference.all_probs: true is not supported (the full vocabulary distribution of every "
+                        "generated token); use inference.compute_logprob=true with inference.top_logprobs=K "
+                        f"(K <= {MAX_LOGPROBS}) for each token's log-probability and its K most likely alternatives")
+    if inf.get("top_logprobs") and not inf.get("compute_logprob"):
+        problems.append("inference.top_logprobs: set, but inference.compute_logprob is not true; set both")
+    low, high = inf.get("min_tokens_to_generate"), inf.get("tokens_to_generate", 30)
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        problems.append(f"inference.min_tokens_to_generate: got {low}, more than inference.tokens_to_generate "
+                        f"({high}); lower it or raise tokens_to_generate")
+    return problems
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    if err.get("type") != "extra_forbidden":
+        return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+    section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
+    models = {"": InferConfig, "inference": InferenceParams, "trainer": InferTrainer}
+    close = difflib.get_close_matches(key, list(models.get(section, InferConfig).model_fields), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{loc}: unknown key{hint}; remove it or check the spelling"
+
+
+def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
+    """Predict every record of `data_paths`; write `output_file` (and NeMo's `pred_file_path` when set)."""
+    from promptray.platform.generation.inference import (
+        load_inference_engine,
+        predict_rows,
+        prepare,
+        write_pred_file,
+        write_predictions,
+    )
+    from promptray.platform.storage.s3 import set_default_endpoint
+
+    if cfg.s3_endpoint_url:
+        set_default_endpoint(cfg.s3_endpoint_url)
+    engine = load_inference_engine(cfg.table, cfg.base_model, cfg.tasks, cfg.resolved_precision,
+                                   resolve_device(cfg.resolved_accelerator))
+    params = cfg.generation()
+    examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS)
+    generated = predict_rows(engine, examples, params, cfg.resolved_batch_size, progress=progress)
+    scores = write_predictions(Path(cfg.output_file), examples, [g.text for g in generated], engine.versions,
+                               logprobs=[g.logprobs for g in generated] if params.logprobs is not None else None)
+    summary = {"output_file": cfg.output_file}
+    if cfg.pred_file_path:
+        write_pred_file(Path(cfg.pred_file_path), engine, examples, generated)
+        summary["pred_file_path"] = cfg.pred_file_path
+    return {**summary, "records": len(examples), "versions": engine.versions, "accuracy": scores}

@@ -1,0 +1,300 @@
+"""NeMo-style prompt-learning configs: YAML + dotted overrides -> one typed, fully checked config.
+
+The spec's configs and NeMo's megatron_gpt_prompt_learning_config.yaml work as written (`trainer`,
+`exp_manager`, `model`, `${name}` interpolation, even `trainer: ...`). Every key is honoured, or listed in
+nemo_keys.IGNORED_KEYS (no meaning here: removed and logged; an error for values that ask for what this
+engine does not do), or an error with a did-you-mean. Every problem (ranges, cross-key rules and, with
+check_files, missing local data files) is reported at once, naming the dotted key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promptray.platform.config.checks import config_problems, normalize_precision  # noqa: F401  (re-exported)
+from promptray.platform.config.nemo_keys import ignored_keys_in, strip_ignored
+from promptray.platform.config.ray_config import RayConfig
+from promptray.platform.config.run import (  # noqa: F401
+    CheckpointParams,
+    ExpManagerConfig,
+    OptimConfig,
+    SchedConfig,
+    Section,
+    TrainerConfig,
+)
+from promptray.platform.config.search_config import SearchConfig
+from promptray.platform.data.data_files import data_file_problems
+from promptray.platform.data.templates import TaskTemplate, validate_task_templates
+from promptray.platform.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+class PromptTuningConfig(Section):
+    new_prompt_init_methods: list[Literal["text", "random", "vocab"]] = Field(default_factory=list)
+    new_prompt_init_text: list[Optional[str]] = Field(default_factory=list)
+
+
+class PTuningConfig(Section):
+    encoder_type: Literal["lstm", "mlp"] = "lstm"
+    num_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    encoder_hidden: Optional[int] = Field(None, ge=2)
+
+
+class DataConfig(Section):
+    model_config = ConfigDict(extra="forbid")
+    train_ds: list[Union[str, dict]] = Field(default_factory=list)
+    validation_ds: Optional[list[Union[str, dict]]] = None
+    add_eos: bool = True
+    add_bos: bool = False
+    shuffle: bool = True
+    group_by_length: bool = True
+    max_seq_length: Optional[int] = Field(None, ge=8)
+
+
+class ModelConfig(Section):
+    seed: int = Field(1234, ge=0)
+    nemo_path: Optional[str] = None
+    prompt_table: Optional[str] = None
+    virtual_prompt_style: Literal["prompt-tuning", "p-tuning", "inference"] = "prompt-tuning"
+    encoder_seq_length: int = Field(2048, ge=8)
+    global_batch_size: Optional[int] = Field(None, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1)
+    restore_path: Optional[str] = None
+    language_model_path: Optional[str] = None
+    existing_tasks: list[str] = Field(default_factory=list)
+    new_tasks: list[str] = Field(default_factory=list)
+    task_templates: list[dict[str, Any]] = Field(default_factory=list)
+    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    p_tuning: PTuningConfig = Field(default_factory=PTuningConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    lm_finetune: bool = False
+    sharding: Literal["none", "fsdp"] = "none"  # fsdp: shard the frozen base model across Ray workers
+
+    @field_validator("virtual_prompt_style", mode="before")
+    @classmethod
+    def _style(cls, v: Any) -> Any:
+        return v.replace("_", "-") if isinstance(v, str) else v
+
+
+class StorageConfig(Section):
+    """Where s3:// URIs (prompt tables, data files) go; credentials always come from the AWS chain."""
+
+    endpoint_url: Optional[str] = None  # an S3-compatible server; default: AWS_ENDPOINT_URL, else AWS
+
+
+class PromptLearningConfig(Section):
+    name: str = "prompt_learning"
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    search: Optional[SearchConfig] = None  # read by promptray.jobs.search only
+    model: ModelConfig
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def templates(self) -> list[TaskTemplate]:
+        return validate_task_templates(self.model.task_templates)
+
+    @property
+    def table_uri(self) -> Optional[str]:
+        return self.model.prompt_table or self.model.nemo_path
+
+    @property
+    def precision(self) -> str:
+        return normalize_precision(self.trainer.precision)
+
+    @property
+    def nemo_parallel_size(self) -> int:
+        """NeMo's data-parallel size: trainer.devices x trainer.num_nodes ("auto" and -1 count as 1)."""
+        devices = self.trainer.devices if isinstance(self.trainer.devices, int) else 1
+        return max(1, devices) * max(1, self.trainer.num_nodes)
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Number of data-parallel workers: ray.num_workers when set, else trainer.devices x num_nodes."""
+        return self.ray.num_workers or self.nemo_parallel_size
+
+    def accumulation_for(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of `world` workers (NeMo's rule)."""
+        return max(1, self.global_batch_size // (self.model.micro_batch_size * world))
+
+    @property
+    def global_batch_size(self) -> int:
+        m = self.model
+        return m.global_batch_size or m.batch_size or m.micro_batch_size * self.trainer.accumulate_grad_batches
+
+    @property
+    def accumulation(self) -> int:
+        return self.global_batch_size // (self.model.micro_batch_size * self.data_parallel_size)
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.data.max_seq_length or self.model.encoder_seq_length
+
+    @property
+    def run_dir(self) -> Path:
+        em = self.exp_manager
+        if em.explicit_log_dir:
+            return Path(em.explicit_log_dir)
+        return Path(em.exp_dir or "runs") / (em.name or self.name)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None, *,
+                check_files: bool = False) -> PromptLearningConfig:
+    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything.
+
+    Every problem (per key, across keys and, with `check_files`, local data files that do not exist) is
+    raised at once in one ConfigError naming key, value and fix. NeMo keys without meaning here
+    (nemo_keys.IGNORED_KEYS) are removed and logged."""
+    raw = _drop_ellipsis(_merge(source, overrides or []))
+    problems = _strip_nemo_keys(raw)
+    problems += data_file_problems(raw) if check_files else []
+    cfg, invalid = None, set()
+    try:
+        cfg = PromptLearningConfig.model_validate(raw)
+    except ValidationError as e:
+        problems += _describe_all(e.errors())
+        cfg, invalid = _validate_without(raw, e.errors())
+    if cfg is not None:  # cross-key checks, less those that read an invalid key (they would repeat it)
+        problems += [p for p in config_problems(cfg)
+                     if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
+    if problems or cfg is None:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _merge(source: Union[str, Path, dict], overrides: list[str]) -> dict:
+    try:
+        if isinstance(source, dict):
+            conf = OmegaConf.create(source)
+        else:
+            if not Path(source).is_file():
+                raise ConfigError(f"config file {str(source)!r} does not exist")
+            conf = OmegaConf.load(source)
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError([f"override {o!r} is not KEY=VALUE (e.g. model.new_tasks=[squad])" for o in bad])
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot read config {source if not isinstance(source, dict) else '(dict)'}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def _validate_without(raw: dict, errors: list) -> tuple[Optional[PromptLearningConfig], set[str]]:
+    """Validate `raw` with every key that has an error removed (defaults stand in for them), so the cross-key
+    checks can still run. Returns (config or None, how problems name the removed keys whose values were invalid)."""
+    raw, paths, invalid = copy.deepcopy(raw), [], set()
+    for err in errors:
+        path, node = [], raw
+        for part in err.get("loc", ()):
+            if not isinstance(node, dict):
+                break
+            if part not in node:
+                path = []
+                break
+            path.append(part)
+            node = node[part]
+        if path:
+            paths.append(path)
+            if err.get("type") != "extra_forbidden":  # a distinctive key name, else its dotted path
+                invalid.add(path[-1] if "_" in path[-1] else ".".join(path))
+    for path in paths:
+        parent = raw
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    try:
+        return PromptLearningConfig.model_validate(raw), invalid
+    except ValidationError:
+        return None, invalid
+
+
+def _drop_ellipsis(raw: Any) -> Any:
+    """`trainer: ...` in the spec's examples means "the defaults"."""
+    if isinstance(raw, dict):
+        return {k: _drop_ellipsis(v) for k, v in raw.items() if not (v == "..." and k != "prompt_template")}
+    return raw
+
+
+def _strip_nemo_keys(raw: dict) -> list[str]:
+    """Remove NeMo keys that have no meaning here (logging them); problems of values they cannot take."""
+    if not isinstance(raw.get("model"), dict):
+        return ["model: missing section; a config needs model.language_model_path, model.task_templates, ..."]
+    removed, problems = strip_ignored(raw)
+    if removed:
+        log.info("ignoring NeMo keys that have no meaning here (see README, Training): %s", ", ".join(removed))
+    return problems
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+_UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none)$|\[")  # loc parts pydantic adds for a Union
+
+
+def _describe_all(errors: list) -> list[str]:
+    """Pydantic's errors, one per key: a value that fits no member of a Union (e.g. int or float) is one
+    problem under the key's own name."""
+    by_key: dict[tuple, list[dict]] = {}
+    for err in errors:
+        loc = tuple(p for i, p in enumerate(err.get("loc", ())) if i == 0 or not _UNION_TAG.search(str(p)))
+        by_key.setdefault(loc, []).append({**err, "loc": loc})
+    return [_describe(errs[0]) if len(errs) == 1 else _describe_union(errs) for errs in by_key.values()]
+
+
+def _describe_union(errs: list[dict]) -> str:
+    """A value that fits none of a Union's members (their constraint errors say more, when there are some)."""
+    bounded = [e for e in errs if e.get("type") in _BOUNDS or e.get("type") == "value_error"]
+    if bounded:
+        return _describe(bounded[0])
+    value = repr(errs[0].get("input"))
+    kinds = " or ".join(dict.fromkeys(e["type"].removesuffix("_type").removesuffix("_parsing") for e in errs))
+    return f"{'.'.join(map(str, errs[0]['loc']))}: got {value[:80]}; give a value of type {kinds}"
+
+
+def _describe(err: dict) -> str:
+    """One pydantic error as 'dotted.key: problem (got value); fix'."""
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
+        return f"{loc}: unknown key{_suggest(key, section)}; remove it or check the spelling"
+    value = repr(err.get("input"))
+    value = value if len(value) <= 80 else value[:80] + "..."
+    if err.get("type") in _BOUNDS:
+        name, op = _BOUNDS[err["type"]]
+        return f"{loc}: got {value}; use a value {op} {err.get('ctx', {}).get(name)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg} (got {value})"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {"": PromptLearningConfig, "trainer": TrainerConfig, "exp_manager": ExpManagerConfig,
+            "exp_manager.checkpoint_callback_params": CheckpointParams, "model": ModelConfig,
+            "model.data": DataConfig, "model.optim": OptimConfig, "model.optim.sched": SchedConfig,
+            "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "ray": RayConfig,
+            "storage": StorageConfig, "search": SearchConfig}
+
+
+def _suggest(key: str, section: str) -> str:
+    model = _sections().get(section)
+    known = (list(model.model_fields) if model else []) + ignored_keys_in(section)
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

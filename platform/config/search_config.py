@@ -1,0 +1,192 @@
+"""The `search:` section of a config: what `python -m promptray.jobs.search` tries with Ray Tune.
+
+Plain values only (no Ray, no torch): per task the virtual-token counts (a list or a {min, max, step} range),
+the shares of tokens per marker for multi-marker templates, the learning rate (log-uniform) and the init
+methods; the styles; the objective; ASHA and budget settings. `search_problems` reports every problem of the
+space together with the rest of the config before any trial starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from promptray.platform.data.templates import Virtual, parse_template
+
+if TYPE_CHECKING:
+    from promptray.platform.config.schema import PromptLearningConfig
+
+Style = Literal["prompt-tuning", "p-tuning"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IntRange(_Section):
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.max < self.min:
+            raise ValueError(f"max {self.max} is below min {self.min}; give min <= max")
+        return self
+
+
+class LogRange(_Section):
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogRange:
+        if self.max <= self.min:
+            raise ValueError(f"max {self.max} is not above min {self.min}; give min < max (for a fixed learning "
+                             "rate drop the range and set model.optim.lr)")
+        return self
+
+
+class TaskSpace(_Section):
+    """One task's dimensions. `splits`: candidate shares per marker (e.g. [[1, 1], [1, 3]]); each candidate
+    becomes integer splits >= 1 that sum to the trial's total. Default: equal shares."""
+
+    total_virtual_tokens: Union[list[int], IntRange]  # each >= 1 and >= the markers: search_problems
+    splits: Optional[list[list[float]]] = None
+    lr: Optional[LogRange] = None  # independent (prompt-tuning) searches only; joint ones use search.lr
+    init: Optional[list[Literal["text", "random", "vocab"]]] = None
+    init_text: Optional[str] = None  # for init 'text' (default: model.prompt_tuning.new_prompt_init_text)
+
+    @property
+    def counts(self) -> list[int]:
+        t = self.total_virtual_tokens
+        return list(t) if isinstance(t, list) else list(range(t.min, t.max + 1, t.step))
+
+
+class SearchConfig(_Section):
+    tasks: dict[str, TaskSpace]
+    style: Optional[list[Style]] = None  # default: model.virtual_prompt_style
+    lr: Optional[LogRange] = None  # default: model.optim.lr (fixed)
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    num_samples: int = Field(1, ge=1)  # samples of the other dimensions per token-count grid point
+    max_concurrent_trials: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)  # one-worker trials; multi-worker ones: ray.resources_per_worker
+    time_budget_s: Optional[float] = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    grace_period: int = Field(1, ge=1)  # validations before ASHA may stop a trial
+    reduction_factor: float = Field(2.0, gt=1)
+    tokens_to_generate: int = Field(8, ge=1)  # val_accuracy: greedy answer length
+    stop_after_trials: Optional[int] = Field(None, ge=1)  # testing: the driver "crashes" after this many
+
+    @property
+    def metric_mode(self) -> str:
+        return "min" if self.metric == "val_loss" else "max"
+
+    def styles(self, default: str) -> list[str]:
+        return list(self.style) if self.style else [default]
+
+    def joint(self, default_style: str) -> bool:
+        """Tasks share a p-tuning encoder when any candidate style is p-tuning: then they are searched together."""
+        return "p-tuning" in self.styles(default_style)
+
+
+def apportion(total: int, shares: list[float]) -> list[int]:
+    """Integer splits >= 1 summing to `total`, proportional to `shares` (largest remainder). Needs
+    total >= len(shares) and positive shares (see `search_problems`)."""
+    n, weight = len(shares), sum(shares)
+    exact = [total * s / weight for s in shares]
+    out = [max(1, int(x)) for x in exact]
+    while sum(out) < total:  # the largest remainders get one more
+        out[max(range(n), key=lambda i: exact[i] - out[i])] += 1
+    while sum(out) > total:  # the 1-floors overshot: take from the most over-served split above 1
+        out[max((i for i in range(n) if out[i] > 1), key=lambda i: out[i] - exact[i])] -= 1
+    return out
+
+
+def marker_count(template: dict) -> int:
+    parts, _ = parse_template(str(template.get("prompt_template", "")))
+    return sum(isinstance(p, Virtual) for p in parts)
+
+
+def search_problems(cfg: PromptLearningConfig) -> list[str]:
+    """Problems of the search space with the model section; none when there is no `search:`."""
+    s = cfg.search
+    if s is None:
+        return []
+    m, problems = cfg.model, []
+    templates = {t.get("taskname"): t for t in m.task_templates}
+    for name in m.new_tasks:
+        if name not in s.tasks:
+            problems.append(f"search.tasks: new task {name!r} has no entry; add one (e.g. "
+                            f"{name}: {{total_virtual_tokens: [8, 16]}})")
+    for name, space in s.tasks.items():
+        where = f"search.tasks.{name}"
+        if name not in m.new_tasks:
+            problems.append(f"{where}: {name!r} is not in model.new_tasks {m.new_tasks}; search new tasks only")
+            continue
+        problems += _task_problems(where, space, marker_count(templates.get(name, {})), s.joint(
+            m.virtual_prompt_style), name, m)
+    problems += _run_problems(cfg)
+    return problems
+
+
+def _task_problems(where: str, space: TaskSpace, markers: int, joint: bool, name: str, m) -> list[str]:
+    problems, counts = [], space.counts
+    if not counts:
+        problems.append(f"{where}.total_virtual_tokens: empty choice list; give at least one count")
+    low = [c for c in counts if c < max(1, markers)]
+    if low:
+        problems.append(f"{where}.total_virtual_tokens: counts {low} are below the template's {markers} "
+                        f"virtual marker(s); every marker needs >= 1 token, use counts >= {max(1, markers)}")
+    problems += _split_problems(where, space.splits, markers)
+    if space.init is not None and not space.init:
+        problems.append(f"{where}.init: empty choice list; give init methods (text, random, vocab) or drop it")
+    if "text" in (space.init or []) and not (space.init_text or _config_init_text(name, m)):
+        problems.append(f"{where}.init: 'text' needs {where}.init_text (or model.prompt_tuning.new_prompt_init_text)")
+    if space.lr is not None and joint:
+        problems.append(f"{where}.lr: tasks are searched jointly (a p-tuning style shares one encoder and one "
+                        "optimizer); give the learning rate range as search.lr instead")
+    return problems
+
+
+def _split_problems(where: str, splits: Optional[list[list[float]]], markers: int) -> list[str]:
+    if splits is None:
+        return []
+    if not splits:
+        return [f"{where}.splits: empty choice list; give share candidates (one share per marker) or drop it"]
+    problems = []
+    for i, shares in enumerate(splits):
+        if len(shares) != markers:
+            problems.append(f"{where}.splits[{i}]: {shares} has {len(shares)} share(s) but the template has "
+                            f"{markers} virtual marker(s); give one share per marker")
+        if any(x <= 0 for x in shares):
+            problems.append(f"{where}.splits[{i}]: {shares} has shares <= 0, so its splits cannot all be >= 1 "
+                            "and sum to the total; use positive shares")
+    return problems
+
+
+def _config_init_text(name: str, m) -> Optional[str]:
+    texts = m.prompt_tuning.new_prompt_init_text
+    i = m.new_tasks.index(name) if name in m.new_tasks else -1
+    return texts[i] if 0 <= i < len(texts) else None
+
+
+def _run_problems(cfg: PromptLearningConfig) -> list[str]:
+    s, problems = cfg.search, []
+    if cfg.ray.max_failures != 0:
+        problems.append(f"ray.max_failures: {cfg.ray.max_failures}; search trials are not restarted (a failed "
+                        "trial is recorded as an error in trials.json and the search goes on); set it to 0")
+    if cfg.ray.fail_at_step is not None:
+        problems.append(f"ray.fail_at_step: {cfg.ray.fail_at_step}; fault injection is for the train job, "
+                        "search trials do not use it; drop it")
+    if not cfg.model.data.validation_ds:
+        problems.append("model.data.validation_ds: empty; a search ranks trials by a validation metric, so give "
+                        "validation files")
+    if cfg.model.lm_finetune:
+        problems.append("model.lm_finetune: true; a search tunes prompts only, turn lm_finetune off")
+    if s.metric == "val_accuracy" and any(not t.get("answer_field") for t in cfg.model.task_templates
+                                          if t.get("taskname") in cfg.model.new_tasks):
+        problems.append("search.metric: val_accuracy needs answer_field in every new task's template; "
+                        "set it, or use metric: val_loss")
+    return problems

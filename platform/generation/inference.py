@@ -1,0 +1,211 @@
+"""Multi-task inference from a prompt table: load the base model once, every task's prompt, mixed batches.
+
+Mirrors NeMo's `megatron_gpt_prompt_learning_eval.py`: data files may mix any tasks of the table (any
+virtual-token counts); the target field, when present, is never fed to the model and is kept as the
+reference, so the same files give predictions and accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from promptray.platform.data.batching import collate, to_device
+from promptray.platform.data.dataset import Example, Source, build_examples
+from promptray.platform.data.encoding import TaskEncoding, add_bos_by_task, fingerprint_tokenizer, warn_bos_overrides
+from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.generation.decode import DecodeRow, GenerationParams, decode_rows
+from promptray.platform.generation.logprobs import openai_logprobs
+from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
+from promptray.platform.model.hub import load_base_model
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.model.prompt_model import PromptLearningModel
+from promptray.platform.table.table import PromptTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceEngine:
+    model: PromptLearningModel
+    tokenizer: object
+    templates: dict[str, TaskTemplate]
+    versions: dict[str, Optional[str]]
+    fingerprint: BaseModelFingerprint
+    encodings: dict[str, TaskEncoding] = field(default_factory=dict)  # as trained; absent: the defaults
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
+                          precision: str = "fp32", device: Optional[torch.device] = None) -> InferenceEngine:
+    """The base model (default: the one the table's prompts were trained on) with the table's tasks, on
+    `device` (None: the CPU). Raises BaseModelMismatchError (encoding.TokenizerMismatchError for the
+    tokenizer) when a task was trained on another model or tokenizer."""
+    table = PromptTable(table_uri)
+    names = tasks or table.tasks()
+    if not names:
+        raise ConfigError(f"the prompt table at {table_uri!r} has no tasks; train some first")
+    name = base_model or table.get(names[0]).base_model.name
+    lm, tokenizer = load_base_model(name)
+    fingerprint = fingerprint_model(lm, name)
+    prompts = table.get_many(names, base_model=fingerprint, tokenizer=fingerprint_tokenizer(tokenizer))
+    return engine_from_prompts(lm, tokenizer, fingerprint, prompts, precision, device)
+
+
+def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompts: dict, precision: str = "fp32",
+                        device: Optional[torch.device] = None) -> InferenceEngine:
+    bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
+    for name, p in prompts.items():
+        bank.add_frozen(name, p.embeddings)
+    model = PromptLearningModel(lm, bank, precision).eval()
+    if device is not None:
+        model.to(device)  # the prompts (the bank's buffers) move with it
+    templates = {n: TaskTemplate.model_validate(p.template) for n, p in prompts.items()}
+    return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint,
+                           {n: p.encoding for n, p in prompts.items()})
+
+
+def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
+            add_bos: Optional[bool] = None) -> list[Example]:
+    """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
+
+    `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
+    `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
+    log.warning naming each task of `sources` trained otherwise."""
+    limit = engine.model.max_positions - tokens_to_generate
+    bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
+    examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
+                                     add_eos=False, add_bos=bos, inference=True)
+    warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
+    dropped = sum(stats.dropped.values())
+    if dropped:
+        raise DatasetError(f"{dropped} record(s) do not fit the model's {engine.model.max_positions} positions "
+                           f"with {tokens_to_generate} tokens to generate (per task: {dict(stats.dropped)}); set "
+                           "truncate_field in the task template or shorten the inputs")
+    return examples
+
+
+@dataclass
+class Generated:
+    """One example's generation: its text, token ids (EOS / stop id left out), and, when asked, the
+    log-probabilities of those tokens as OpenAI's legacy `logprobs` object (platform/generation/logprobs.py)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: Optional[dict] = None
+
+
+def predict_rows(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams,
+                 batch_size: int = 8, progress: bool = False) -> list[Generated]:
+    """Each example's generation (input order kept); batches mix tasks, grouped by length to cut padding.
+    Sampling draws from one generator seeded with `params.seed` per batch."""
+    tok, device = engine.tokenizer, engine.model.device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    out: list[Optional[Generated]] = [None] * len(examples)
+    for s in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress, unit="batch"):
+        idx = order[s:s + batch_size]
+        gen = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
+        rows = [DecodeRow(params, tok.eos_token_id, generator=gen) for _ in idx]
+        for i, row in zip(idx, decode_rows(engine.model, [examples[i] for i in idx], rows, tok.pad_token_id)):
+            out[i] = _generated(row, engine.decode)
+    return out  # type: ignore[return-value]
+
+
+def _generated(row: DecodeRow, decode) -> Generated:
+    ids = row.output_ids
+    logprobs = openai_logprobs(row.trace[:len(ids)], ids, decode) if row.params.logprobs is not None else None
+    return Generated(decode(ids), ids, logprobs)
+
+
+def predict(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
+            progress: bool = False) -> list[str]:
+    """Generated text per example (see `predict_rows`)."""
+    return [g.text for g in predict_rows(engine, examples, params, batch_size, progress)]
+
+
+def text_ids(example: Example) -> list[int]:
+    """The prompt's real token ids: virtual-token placeholders left out (they are not text)."""
+    return [t for t, v in zip(example.input_ids, example.virtual_ids) if v < 0]
+
+
+def write_pred_file(path: Path, engine: InferenceEngine, examples: Sequence[Example],
+                    generated: Sequence[Generated]) -> None:
+    """NeMo's `pred_file_path`: one line per record, the prompt (virtual tokens left out) followed by the
+    generated text, decoded together, stripped, newlines replaced by spaces (as NeMo's
+    megatron_gpt_prompt_learning_eval.py writes its decoded sentences)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for e, g in zip(examples, generated):
+            f.write(engine.decode(text_ids(e) + g.token_ids).strip().replace("\n", " ") + "\n")
+
+
+def normalize_answer(text: str) -> str:
+    """The first line of a generation, trimmed of whitespace and surrounding punctuation, lower-cased."""
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "").strip().strip(".,;:!?\"'").strip().lower()
+
+
+def exact_match(prediction: str, reference: Optional[str]) -> Optional[bool]:
+    """Normalized exact match (see `normalize_answer`); None without a reference."""
+    if reference is None:
+        return None
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def strip_virtual(examples: Sequence[Example]) -> list[Example]:
+    """The same examples without virtual tokens: the zero-shot baseline of a template."""
+    out = []
+    for e in examples:
+        keep = [i for i, v in enumerate(e.virtual_ids) if v < 0]
+        out.append(Example(e.taskname, [e.input_ids[i] for i in keep], [-1] * len(keep),
+                           [e.loss_mask[i] for i in keep], e.origin, e.reference, e.record))
+    return out
+
+
+@torch.no_grad()
+def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad_id: int,
+                    batch_size: int = 16) -> list[float]:
+    """Sum of log-probabilities of each example's target tokens (loss_mask) given the rest."""
+    model.eval()
+    out: list[float] = []
+    for s in range(0, len(examples), batch_size):
+        batch = to_device(collate(examples[s:s + batch_size], pad_id), model.device)
+        with model.autocast():
+            emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
+            logits = model.lm(inputs_embeds=emb, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).logits[:, :-1].float()  # (B, T-1, V)
+        logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+        out += (logp * batch.loss_mask[:, 1:]).sum(-1).tolist()
+    return out
+
+
+def write_predictions(path: Path, examples: Sequence[Example], predictions: Sequence[str],
+                      versions: dict[str, Optional[str]], *, logprobs: Optional[Sequence[dict]] = None) -> dict:
+    """JSON lines: the input record, the prediction, the task version, `logprobs` when given (OpenAI's
+    legacy shape: `{"tokens": [str], "token_logprobs": [float], "top_logprobs": [{str: float}],
+    "text_offset": [int]}`, one entry per generated token of the prediction), and exact match when known.
+    Returns accuracy per task (for records that carry a reference)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_task: dict[str, list[bool]] = {}
+    with path.open("w") as f:
+        for i, (e, pred) in enumerate(zip(examples, predictions)):
+            match = exact_match(pred, e.reference)
+            if match is not None:
+                per_task.setdefault(e.taskname, []).append(match)
+            row = {**e.record, "prediction": pred, "task_version": versions.get(e.taskname)}
+            if logprobs is not None:
+                row["logprobs"] = logprobs[i]
+            f.write(json.dumps({**row, **({"correct": match} if match is not None else {})}) + "\n")
+    return {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in per_task.items()}

@@ -1,0 +1,303 @@
+"""The frozen causal LM with virtual embeddings substituted into its input embeddings.
+
+Works with any Hugging Face causal LM (GPT-2, Llama, ...): virtual positions are filled from the
+`PromptBank`, real positions from the LM's own embedding table. The frozen LM may run in bf16 while
+prompt parameters stay float32; logits are computed only at positions that carry loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.cache_utils import DynamicLayer
+
+from promptray.platform.data.batching import Batch, to_device
+from promptray.platform.model.devices import model_device
+from promptray.platform.model.limits import max_positions_of
+from promptray.platform.model.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
+from promptray.platform.model.prompt_encoder import PromptBank
+
+log = logging.getLogger(__name__)
+Precision = Literal["fp32", "bf16"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+TRAIN_ATTENTION = ("eager", "math", "sdpa")
+
+
+class PromptLearningModel(nn.Module):
+    def __init__(self, lm: nn.Module, bank: PromptBank, precision: Precision = "fp32", lm_finetune: bool = False):
+        super().__init__()
+        self.lm = lm
+        self.bank = bank
+        self.precision = precision
+        self.lm_finetune = lm_finetune
+        for p in lm.parameters():
+            p.requires_grad_(lm_finetune)
+        # A frozen LM runs in the compute dtype itself; a fine-tuned one keeps fp32 weights under autocast.
+        # (training attention, inference attention) when they differ: eager trains faster on the CPU in bf16
+        self._attention = _attention_per_mode(lm, precision) if not lm_finetune else None
+        self._math_sdpa = False  # bf16 training on the CPU through SDPA's math backend (set_train_attention)
+        if not lm_finetune:
+            lm.to(DTYPES[precision])
+        lm.eval()
+        backbone = getattr(lm, "base_model", lm)
+        # heads that do more than lm_head(hidden): soft-capping (Gemma 2), scaling (Cohere, Granite, Falcon-H1)
+        scaled = any(getattr(lm.config, k, None) for k in ("final_logit_softcapping", "logit_scale",
+                                                           "logits_scaling", "lm_head_multiplier"))
+        self._backbone = None if backbone is lm or scaled else backbone  # None: use full forward
+        self._cache_kw: Optional[str] = None
+        self.share_prefix = True  # compute each task's constant prompt start once per batch (prefix.py)
+        self.fast_paths = ["split"] if _sliding(lm.config) else ["packed", "split"]  # tried in this order
+        self._verified: set[str] = set()  # compute each task's constant prompt start once per batch (prefix.py)
+
+    def train(self, mode: bool = True) -> PromptLearningModel:
+        super().train(mode)
+        if not self.lm_finetune:
+            self.lm.eval()  # the frozen LM never uses dropout
+        if self._attention is not None:  # the training choice applies on the CPU; a GPU uses SDPA throughout
+            want = self._attention[0 if mode and self.device.type == "cpu" else 1]
+            if self.lm.config._attn_implementation != want:
+                self.lm.set_attn_implementation(want)
+        return self
+
+    def set_train_attention(self, kind: str) -> None:
+        """How a bf16 frozen model attends while training on the CPU (inference always uses SDPA):
+        "eager" (HF eager attention: bf16 scores), "math" (SDPA's math backend, which computes bf16 inputs in
+        float32) or "sdpa" (SDPA as dispatched: the CPU flash kernel, float32 accumulators, slow backward).
+        No effect on a GPU, in fp32, for a fine-tuned model or one without SDPA."""
+        if kind not in TRAIN_ATTENTION:
+            raise ValueError(f"train attention {kind!r}: use one of {TRAIN_ATTENTION}")
+        if self._attention is None:
+            return
+        self._attention = ("eager", "sdpa") if kind == "eager" else ("sdpa", "sdpa")
+        self._math_sdpa = kind == "math"
+        self.train(self.training)
+
+    def _train_kernels(self):
+        """The SDPA backend of this forward (the math one while training with set_train_attention("math"))."""
+        if self._math_sdpa and self.training and self.device.type == "cpu":
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
+
+    def _dropout(self, on: bool) -> None:
+        """Dropout (p-tuning encoder; the LM when fine-tuned) on or off, attention kernels untouched."""
+        nn.Module.train(self, on)
+        if not self.lm_finetune:
+            self.lm.eval()
+
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence the base model takes (its position table); 2048 when the config does not say."""
+        return max_positions_of(self.lm.config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.get_input_embeddings().weight.shape[1]
+
+    def autocast(self):
+        if self.lm_finetune and self.precision == "bf16":
+            return torch.autocast(next(self.lm.parameters()).device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def embed(self, input_ids: torch.Tensor, virtual_ids: torch.Tensor, tasknames: list[str]) -> torch.Tensor:
+        """(B, T, H) input embeddings with each task's virtual rows at its virtual positions."""
+        if not bool((virtual_ids >= 0).any()):
+            return self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        rows, offsets = self.bank.lookup(tasknames)  # (S, H), (B,)
+        return self._place_virtual(input_ids, virtual_ids, rows, offsets[:, None])
+
+    def _place_virtual(self, input_ids: torch.Tensor, virtual_ids: torch.Tensor, rows: torch.Tensor,
+                       offsets: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token embeddings with rows[offset + virtual id] at virtual positions (offsets (B|1, 1|T))."""
+        emb = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        is_virtual = virtual_ids >= 0  # (B, T)
+        idx = (offsets.to(virtual_ids.device) + virtual_ids).clamp(min=0)  # (B, T)
+        virt = rows[idx].to(emb.dtype)  # (B, T, H)
+        return torch.where(is_virtual.unsqueeze(-1), virt, emb)
+
+    def _hidden(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                past=None, use_cache: bool = False):
+        out = self._backbone(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=use_cache, **self._cache_arg(past))
+        return out[0], (_cache_of(out) if use_cache else None)  # (B, T, H)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_output_embeddings()(hidden).float()  # (..., V)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """The loss (below); called as `model(batch)` so that an FSDP-sharded model runs its hooks."""
+        return self.loss(batch)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """(sum of token cross-entropies, number of target tokens). Token t predicts token t+1.
+
+        Each task's shared prompt start is computed once per batch when that saves work (prefix.py): a
+        packed single row, or prefixes then remainders. Each layout is checked once against the plain
+        forward on its first batch and switched off, with a warning, if the model does not honour it."""
+        with self._train_kernels():
+            for kind in self.fast_paths if self.share_prefix else ():
+                host = to_device(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
+                layout = to_device(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
+                                   batch.input_ids.device)
+                out = self._loss_layout(kind, layout) if layout is not None else None
+                if out is not None:
+                    return out if kind in self._verified else self._verify(kind, layout, out, batch)
+            return self._loss_plain(batch)
+
+    def _loss_layout(self, kind: str, layout) -> Optional[tuple[torch.Tensor, int]]:
+        try:
+            return self._loss_packed(layout) if kind == "packed" else self._loss_shared(layout)
+        except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # a model that cannot take the layout
+            log.warning("shared-prefix %s batches switched off for this model: %s", kind, exc)
+            self.fast_paths = [k for k in self.fast_paths if k != kind]
+            return None
+
+    def _verify(self, kind: str, layout, out: tuple[torch.Tensor, int], batch: Batch) -> tuple[torch.Tensor, int]:
+        """Compare a layout's loss with the plain forward's on this batch; keep the layout only if they agree.
+        Both run again without dropout and without touching the RNG, so the check neither fails because of
+        p-tuning dropout nor shifts the random stream (a resumed run stays equal to an uninterrupted one)."""
+        was_training = self.training
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                self._dropout(False)
+                fast, ref = self._loss_layout(kind, layout), self._loss_plain(batch)
+        finally:
+            self._dropout(was_training)
+        tol = 2e-2 if self.precision == "bf16" else 1e-4
+        agree = fast is not None and fast[1] == ref[1] and \
+            abs(float(fast[0]) - float(ref[0])) <= tol * max(1.0, abs(float(ref[0])))
+        if agree:
+            self._verified.add(kind)
+            return out
+        log.warning("shared-prefix %s batches switched off: loss %s differs from the plain forward's %.6g",
+                    kind, "n/a" if fast is None else f"{float(fast[0]):.6g}", float(ref[0]))
+        self.fast_paths = [k for k in self.fast_paths if k != kind]
+        return self.loss(batch)
+
+    def _loss_plain(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        L = _columns_needed(batch.loss_mask)
+        targets = batch.loss_mask[:, 1:L + 1]  # (B, L): column c of the inputs predicts token c + 1
+        labels = batch.input_ids[:, 1:L + 1][targets]  # (N,)
+        with self.autocast():
+            emb = self.embed(batch.input_ids[:, :L], batch.virtual_ids[:, :L], batch.tasknames)  # (B, L, H)
+            logits = self._target_logits(emb, batch.attention_mask[:, :L], batch.position_ids[:, :L], targets)
+        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+
+    def _loss_packed(self, p: PackedBatch) -> tuple[torch.Tensor, int]:
+        """The loss over one packed row: a block mask keeps each row to its task's prefix and itself."""
+        with self.autocast():
+            rows, offsets = self.bank.lookup(p.tasknames)  # (S, H), (M,)
+            emb = self._place_virtual(p.input_ids, p.virtual_ids, rows, offsets[None, :])  # (1, M, H)
+            bias = torch.zeros(p.allowed.shape, dtype=emb.dtype, device=emb.device)
+            bias = bias.masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
+            logits = self._target_logits(emb, bias[None, None], p.position_ids, p.targets)  # (N, V)
+        return F.cross_entropy(logits, p.labels, reduction="sum"), int(p.labels.numel())
+
+    def _target_logits(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       targets: torch.Tensor, past=None) -> torch.Tensor:
+        """(N, V) logits at the input positions that predict a target (targets: (B, L) bool, like emb)."""
+        if self._backbone is not None:
+            hidden, _ = self._hidden(emb, attention_mask, position_ids, past)  # (B, L, H)
+            return self._logits(hidden[targets])  # (N, V): only where loss is taken
+        out = self.lm(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=past is not None, **self._cache_arg(past))
+        return out.logits[targets].float()  # (N, V)
+
+    def _loss_shared(self, s: PrefixSplit) -> Optional[tuple[torch.Tensor, int]]:
+        """The loss with each task's prefix run once (K rows) and its KV cache gathered to the B rows;
+        None (and sharing switched off) for models whose cache is not a plain growing KV cache."""
+        L, P = _columns_needed(s.loss_mask), s.cache_mask.shape[1]
+        targets = s.loss_mask[:, 1:L + 1]  # (B, L)
+        labels = s.input_ids[:, 1:L + 1][targets]  # (N,)
+        with self.autocast():
+            prefix_emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
+            prefix_pos = (s.prefix_mask.cumsum(-1) - 1).clamp(min=0)  # (K, P)
+            _, past = self.step(prefix_emb, s.prefix_mask, prefix_pos)  # cache: (K, heads, P, d) per layer
+            if not all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None])):
+                self.fast_paths = [k for k in self.fast_paths if k != "split"]  # sliding, linear, quantized
+                return None
+            past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per task
+            emb = self.embed(s.input_ids[:, :L], s.virtual_ids[:, :L], s.tasknames)  # (B, L, H)
+            logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
+        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+
+    def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+             past=None) -> tuple[torch.Tensor, object]:
+        """One decoding step over `emb` (B, t, H): (logits of the last position (B, V), KV cache)."""
+        with self.autocast():
+            if self._backbone is not None:
+                hidden, past = self._hidden(emb, attention_mask, position_ids, past, use_cache=True)
+                return self._logits(hidden[:, -1]), past
+            out = self.lm(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=True, **self._cache_arg(past))
+            return out.logits[:, -1].float(), _cache_of(out)
+
+    def _cache_arg(self, past) -> dict:
+        """The KV-cache keyword: `cache` (transformers >= 5.2x), `past_key_values` before."""
+        if past is None:
+            return {}
+        if self._cache_kw is None:
+            self._cache_kw = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        return {self._cache_kw: past}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(input_ids)  # (B, t, H)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the base model is; batches made on the CPU are moved here (generation, scoring)."""
+        return model_device(self.lm)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.lm.get_input_embeddings().weight.dtype
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _cache_of(out):
+    """The KV cache a forward returned (`cache` in newer transformers, `past_key_values` in older)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _columns_needed(loss_mask: torch.Tensor) -> int:
+    """How many leading input columns some target needs: through the one before the last target.
+    (The last token of an answer-only row, its EOS, is a target but never an input.)"""
+    cols = loss_mask[:, 1:].any(0).nonzero()  # (n, 1)
+    return int(cols[-1]) + 1 if len(cols) else 1
+
+
+def _attention_per_mode(lm: nn.Module, precision: Precision) -> Optional[tuple[str, str]]:
+    """bf16 on the CPU: ("eager", "sdpa"), eager attention for training and SDPA for inference. Eager trains
+    faster (SDPA's CPU flash-attention backward took ~22% of a step, benchmarks/results/train_profile.json);
+    SDPA decodes faster, and both are equally close to fp32 (benchmarks/README.md). None elsewhere."""
+    on_cpu = next(lm.parameters()).device.type == "cpu"
+    if precision != "bf16" or not on_cpu or getattr(lm.config, "_attn_implementation", None) != "sdpa":
+        return None
+    try:
+        lm.set_attn_implementation("eager")
+        lm.set_attn_implementation("sdpa")
+    except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
+        return None
+    return ("eager", "sdpa")
+
+
+def _sliding(config) -> bool:
+    """Whether some layer attends only to a window (a custom packed mask would override that window)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return "sliding_attention" in layer_types
+    return bool(getattr(config, "sliding_window", None))

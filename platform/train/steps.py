@@ -1,0 +1,160 @@
+"""The pieces of a training run: schedule, step counts, data streams, one optimizer step, validation.
+
+global_batch_size = micro_batch_size x data-parallel size x accumulation steps. Each optimizer step
+averages the token loss of each micro-batch over the accumulation steps (as NeMo does). With several
+workers, the micro-batch order does not depend on the number of workers: global micro-batch i goes to
+worker i % world, so a step sees the same examples on 1 worker or on N, and the gradients (averaged
+over the workers) are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Optional
+
+import torch
+
+from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.data.batching import Batch, collate, epoch_batches, to_device
+from promptray.platform.data.dataset import Example, build_examples
+from promptray.platform.errors import ConfigError
+from promptray.platform.train.distributed import Dist, all_reduce_sums, average_gradients
+from promptray.platform.train.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def lr_lambda(cfg: PromptLearningConfig, total_steps: int):
+    """Linear warmup, optional constant phase, cosine decay to min_lr (NeMo's CosineAnnealing)."""
+    sched, lr = cfg.model.optim.sched, cfg.model.optim.lr
+    if sched is None or sched.name.lower() in {"constant", "none"}:
+        return lambda step: 1.0
+    warmup = sched.warmup_steps if sched.warmup_steps is not None else int((sched.warmup_ratio or 0) * total_steps)
+    floor = sched.min_lr / lr if lr else 0.0
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        decay = max(1, total_steps - warmup - sched.constant_steps)
+        progress = min(1.0, max(0, step - warmup - sched.constant_steps) / decay)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def total_steps(cfg: PromptLearningConfig, num_examples: int) -> int:
+    t = cfg.trainer
+    if t.max_steps and t.max_steps > 0:
+        return t.max_steps
+    return max(1, t.max_epochs * (num_examples // cfg.global_batch_size))
+
+
+def val_interval(cfg: PromptLearningConfig, num_examples: int, steps: int) -> int:
+    v = cfg.trainer.val_check_interval
+    if isinstance(v, int):
+        return max(1, v)  # a number of steps
+    per_epoch = max(1, num_examples // cfg.global_batch_size)
+    return max(1, min(steps, int(per_epoch * float(v))))
+
+
+def val_batches(cfg: PromptLearningConfig, num_val: int) -> int:
+    """limit_val_batches: an int is a number of batches, a float a fraction of them (Lightning's rule)."""
+    limit, available = cfg.trainer.limit_val_batches, math.ceil(num_val / cfg.model.micro_batch_size)
+    return min(available, limit) if isinstance(limit, int) else max(1, math.ceil(available * limit))
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example], list[Example]]:
+    templates = [engine.templates[n] for n in engine.new_tasks]
+    d = cfg.model.data
+    max_len = min(cfg.max_seq_length, engine.model.max_positions)
+    if max_len < cfg.max_seq_length:
+        log.info("max_seq_length %d exceeds the base model's %d positions; using %d", cfg.max_seq_length,
+                 engine.model.max_positions, max_len)
+    hint = (f" (training data may only hold records of model.new_tasks {engine.new_tasks}; existing tasks are "
+            "frozen)")
+    kw = dict(templates=templates, tokenizer=engine.tokenizer, max_seq_length=max_len,
+              add_eos=d.add_eos, add_bos=d.add_bos, unknown_hint=hint)
+    train, stats = build_examples(d.train_ds, **kw)
+    log.info("training data: %s", stats.summary())
+    val = build_examples(d.validation_ds, **kw)[0] if d.validation_ds else []
+    if len(train) < cfg.model.micro_batch_size:
+        counts = {t.taskname: t.total_virtual_tokens for t in templates}
+        raise ConfigError(f"model.data.train_ds: {len(train)} usable training examples for new tasks "
+                          f"{engine.new_tasks}; need at least micro_batch_size={cfg.model.micro_batch_size} "
+                          f"({stats.summary()}; examples longer than {max_len} tokens, of which total_virtual_tokens "
+                          f"{counts} are virtual, are dropped unless the template has a truncate_field)")
+    return train, val
+
+
+def micro_batches(train: list[Example], cfg: PromptLearningConfig, pad_id: int, rank: int = 0,
+                  world: int = 1, start: int = 0) -> Iterator[tuple[int, Batch]]:
+    """Endless (epoch, micro-batch) stream of this worker's micro-batches.
+
+    The global stream (micro_batch_size examples each, order fixed by the seed) is the same for any number
+    of workers; global micro-batch i goes to worker i % world, so each optimizer step's world x
+    accumulation micro-batches are split evenly. `start` skips the first global micro-batches (resuming)."""
+    stream = epoch_batches([len(e) for e in train], cfg.model.micro_batch_size, cfg.model.seed,
+                           cfg.model.data.shuffle, cfg.model.data.group_by_length)
+    for i, (epoch, idx) in enumerate(stream):
+        if i >= start and i % world == rank:
+            yield epoch, collate([train[j] for j in idx], pad_id)
+
+
+@torch.no_grad()
+def validation_loss(engine: Engine, val: list[Example], batch_size: int, pad_id: int,
+                    limit: Optional[int] = None, group: Dist = Dist(), device: Optional[torch.device] = None
+                    ) -> float:
+    """Mean token loss over the validation set (the first `limit` batches, shortest examples first).
+
+    With several workers, batch i is evaluated by worker i % world and the sums are all-reduced; a worker
+    without a batch in the last round runs batch 0 and ignores it (a sharded model needs every worker in
+    every forward)."""
+    model = engine.model
+    model.eval()
+    ordered = sorted(val, key=len)
+    starts = list(range(0, len(ordered), batch_size))[:limit]
+    total, count = 0.0, 0
+    for r in range(math.ceil(len(starts) / group.world)):
+        i = r * group.world + group.rank
+        s = starts[i] if i < len(starts) else starts[0]
+        loss_sum, n = model(to_device(collate(ordered[s:s + batch_size], pad_id), device))
+        if i < len(starts):
+            total, count = total + float(loss_sum), count + n
+    model.train()
+    total, count = all_reduce_sums([total, count], group)
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------- loop
+
+def train_step(engine: Engine, stream: Iterator[tuple[int, Batch]], accumulation: int,
+               optimizer: torch.optim.Optimizer, clip: Optional[float], group: Dist = Dist(),
+               device: Optional[torch.device] = None) -> tuple[float, int, int]:
+    """One optimizer step over `accumulation` micro-batches: (mean loss, tokens seen, epoch) of this worker.
+    With several workers the trainable parameters' gradients are averaged before clipping and stepping."""
+    params = engine.model.trainable_parameters()
+    loss_total, tokens, epoch = 0.0, 0, 0
+    for _ in range(accumulation):
+        epoch, batch = next(stream)
+        loss_sum, n = engine.model(to_device(batch, device))  # forward = loss (an FSDP root)
+        loss = loss_sum / max(n, 1) / accumulation
+        loss.backward()
+        loss_total += float(loss.detach())
+        tokens += batch.num_tokens
+    average_gradients(params, group)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_total, tokens, epoch
+
+
+def make_optimizer(cfg: PromptLearningConfig, engine: Engine) -> torch.optim.Optimizer:
+    o = cfg.model.optim
+    return torch.optim.AdamW(engine.model.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                             weight_decay=o.weight_decay)

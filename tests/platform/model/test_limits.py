@@ -1,0 +1,63 @@
+"""The base model's limits, read from its config alone, against the virtual-token counts of a run and the
+prompts it restores: each problem names the key, the number asked for and the model's number, before any
+weights load (the models here are config.json folders without weights, so loading them would fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptray.platform.config.schema import load_config
+from promptray.platform.errors import ConfigError
+from promptray.platform.model.fingerprint import BaseModelFingerprint
+from promptray.platform.model.hub import default_cache_dir
+from promptray.platform.model.limits import read_model_limits
+from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.train.engine import build_engine
+
+TEMPLATE = {"taskname": "new", "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+            "total_virtual_tokens": 600, "virtual_token_splits": [600]}
+
+
+def config_only_model(folder: Path, positions: int, width: int) -> Path:
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_head=2, n_embd=width, n_positions=positions, vocab_size=100).save_pretrained(folder)
+    return folder
+
+
+def test_limits_come_from_the_config_alone(tmp_path):
+    limits = read_model_limits(str(config_only_model(tmp_path / "m", 512, 8)))
+    assert (limits.max_positions, limits.hidden_size, limits.vocab_size) == (512, 8, 100)
+    if not (default_cache_dir() / "models" / "smollm2-135m" / "config.json").is_file():
+        pytest.skip("the built-in smollm2-135m is not converted in this cache")
+    smol = read_model_limits("smollm2-135m")
+    assert (smol.max_positions, smol.hidden_size, smol.vocab_size) == (8192, 576, 49152)
+
+
+def test_counts_and_restored_prompts_that_do_not_fit_are_named_before_the_weights_load(tmp_path):
+    model = config_only_model(tmp_path / "m512", 512, 8)
+    table = str(tmp_path / "table")
+    trained_on = BaseModelFingerprint("other-model", "GPT2LMHeadModel", 32, 50257, "0" * 64)
+    PromptTable(table).publish([TaskPrompt("old", torch.zeros(510, 32), {**TEMPLATE, "taskname": "old",
+                                                                          "total_virtual_tokens": 510,
+                                                                          "virtual_token_splits": [510]},
+                                           "prompt-tuning", trained_on)])
+    cfg = load_config({"trainer": {"max_steps": 1}, "model": {
+        "language_model_path": str(model), "restore_path": table, "nemo_path": table, "existing_tasks": ["old"],
+        "new_tasks": ["new"], "task_templates": [TEMPLATE], "data": {"train_ds": ["unused.jsonl"]}}})
+    with pytest.raises(ConfigError) as e:
+        build_engine(cfg)
+    assert e.value.problems == [
+        f"model.task_templates[0].total_virtual_tokens (task 'new'): 600 virtual tokens do not fit the base model "
+        f"'{model}', which takes 512 positions (max_position_embeddings); an example needs its virtual tokens plus "
+        "at least 4 text tokens, so use at most 508",
+        f"model.existing_tasks: task 'old' was trained on base model 'other-model' with hidden size 32, but "
+        f"'{model}' has hidden size 8; set model.language_model_path to the model it was trained on",
+        f"model.existing_tasks: task 'old' was trained on base model 'other-model' with vocabulary size 50257, but "
+        f"'{model}' has vocabulary size 100; set model.language_model_path to the model it was trained on",
+        f"model.existing_tasks: task 'old' total_virtual_tokens: 510 virtual tokens do not fit the base model "
+        f"'{model}', which takes 512 positions (max_position_embeddings); an example needs its virtual tokens "
+        "plus at least 4 text tokens, so use at most 508"]

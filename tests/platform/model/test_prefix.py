@@ -1,0 +1,147 @@
+"""Shared-prefix batches: each task's constant prompt start runs once, with the full batch's loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import promptray.platform.model.prefix as prefix_mod
+from promptray.platform.data.batching import collate, to_device
+from promptray.platform.data.dataset import build_examples
+from promptray.platform.model.prefix import pack_batch, shared_prefixes, split_shared_prefix
+from promptray.platform.model.prompt_model import PromptLearningModel
+
+from mixed_tasks import MODELS, PREFIX_RECORDS, TEMPLATE_A, TEMPLATE_C, bank_for, batch_of, loss_and_grads
+
+
+def test_split_finds_each_tasks_constant_start(tiny_gpt2, always_split):
+    _, tokenizer = tiny_gpt2
+    batch = batch_of(tokenizer)
+    split = split_shared_prefix(batch)
+    assert split.prefix_tasks == ["a", "c"]  # b appears once; nothing to share
+    expected = [3 + len(tokenizer.encode(" Question:")), 4 + len(tokenizer.encode(" Review:"))]
+    assert split.prefix_mask.sum(-1).tolist() == expected
+    assert split.row_group.tolist() == [0, 1, 0, 0, 1, 0, 1]
+    assert split.cache_mask.sum(-1).tolist() == [expected[0], expected[1], expected[0], 0, expected[1],
+                                                 expected[0], expected[1]]
+    # every row's remainder + its share of the prefix is the row itself, tokens, positions and targets alike
+    lengths = batch.attention_mask.sum(-1)
+    for i in range(len(batch)):
+        p, n = int(split.cache_mask[i].sum()), int(lengths[i])
+        assert split.input_ids[i, :n - p].tolist() == batch.input_ids[i, p:n].tolist()
+        assert split.position_ids[i, :n - p].tolist() == list(range(p, n))
+        assert split.loss_mask[i].sum() == batch.loss_mask[i].sum()
+    # the prefix rows hold the task's virtual rows 0.. then the literal text
+    assert split.prefix_virtual[1, :6].tolist() == [0, 1, 2, 3, -1, -1]
+
+
+def test_layouts_decline_when_nothing_is_gained(tiny_gpt2, monkeypatch):
+    _, tokenizer = tiny_gpt2
+    batch = batch_of(tokenizer)
+    assert split_shared_prefix(batch) is None  # the lone full-length row b keeps every remainder long
+    monkeypatch.setattr(prefix_mod, "MAX_PACKED", 20)
+    assert pack_batch(batch) is None  # too long for one dense mask
+    one_row = batch_of(tokenizer, [r for r in PREFIX_RECORDS if r["taskname"] == "c"][:1])
+    left = collate(build_examples(PREFIX_RECORDS[:3], [TEMPLATE_A, TEMPLATE_C], tokenizer, 128)[0], 50256, side="left")
+    for b in (one_row, left):  # nothing to share; generation batches (left-padded) are never split
+        assert shared_prefixes(b) == {} and pack_batch(b) is None and split_shared_prefix(b) is None
+
+
+def test_pack_puts_each_prefix_once_and_keeps_rows_apart(tiny_gpt2):
+    _, tokenizer = tiny_gpt2
+    batch = batch_of(tokenizer)
+    packed = pack_batch(batch)
+    shared = shared_prefixes(batch)
+    assert shared == {"a": 3 + len(tokenizer.encode(" Question:")), "c": 4 + len(tokenizer.encode(" Review:"))}
+    # each row runs from its task's prefix end through the column that predicts its last target (its EOS
+    # is a target, never an input); row b (alone) runs from column 0
+    ends = [int(m[1:].nonzero()[-1]) + 1 for m in batch.loss_mask]
+    starts = [shared.get(n, 0) for n in batch.tasknames]
+    M = sum(shared.values()) + sum(e - s for s, e in zip(starts, ends))
+    assert packed.input_ids.shape == (1, M) and packed.allowed.shape == (M, M)
+    assert int(packed.targets.sum()) == len(packed.labels) == int(batch.loss_mask[:, 1:].sum())
+    assert sorted(packed.labels.tolist()) == sorted(batch.input_ids[:, 1:][batch.loss_mask[:, 1:]].tolist())
+    # row 1 (task c) starts after the two prefixes and row 0: it sees c's prefix and itself, causally
+    first = shared["a"] + shared["c"] + (ends[0] - starts[0])
+    view = packed.allowed[first + 2]
+    assert view.nonzero().flatten().tolist() == (list(range(shared["a"], shared["a"] + shared["c"]))
+                                                 + [first, first + 1, first + 2])
+    assert packed.position_ids[0, first:first + 3].tolist() == [shared["c"], shared["c"] + 1, shared["c"] + 2]
+    assert packed.tasknames[first] == "c" and packed.tasknames[0] == "a"
+
+
+@pytest.mark.parametrize("kind", ["packed", "split"])
+@pytest.mark.parametrize("fixture", MODELS)
+def test_layouts_give_the_full_batch_loss_and_gradients(fixture, kind, request, always_split):
+    lm, tokenizer = request.getfixturevalue(fixture)
+    model = PromptLearningModel(lm, bank_for(lm.get_input_embeddings().weight.shape[1]))
+    model.fast_paths = [kind]
+    batch = batch_of(tokenizer)
+    shared, n, g_shared = loss_and_grads(model, batch, share=True)
+    assert model.fast_paths == [kind] and model._verified == {kind}  # the layout ran and agreed
+    full, n_full, g_full = loss_and_grads(model, batch, share=False)
+    assert n == n_full == int(batch.loss_mask[:, 1:].sum())
+    assert shared == pytest.approx(full, rel=1e-6)
+    for a, b in zip(g_shared, g_full):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert all(float(g.abs().sum()) > 0 for g in g_shared)  # every task's prompt got a gradient
+
+    model._backbone = None  # the full-forward path (models that scale their logits) takes the layout too
+    shared_full_path, _, _ = loss_and_grads(model, batch, share=True)
+    assert shared_full_path == pytest.approx(full, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["packed", "split"])
+def test_layouts_in_bf16_match_within_bf16_rounding(tiny_llama, kind, always_split):
+    lm, tokenizer = tiny_llama
+    model = PromptLearningModel(lm, bank_for(32), precision="bf16")
+    model.fast_paths = [kind]
+    batch = batch_of(tokenizer)
+    shared, _, g_shared = loss_and_grads(model, batch, share=True)
+    assert model._verified == {kind}
+    full, _, g_full = loss_and_grads(model, batch, share=False)
+    assert shared == pytest.approx(full, rel=2e-2)
+    for a, b in zip(g_shared, g_full):
+        assert float((a - b).norm() / b.norm()) < 5e-2
+
+
+def test_a_layout_the_model_does_not_honour_is_switched_off(tiny_gpt2, monkeypatch, caplog):
+    lm, tokenizer = tiny_gpt2
+    model = PromptLearningModel(lm, bank_for(32))
+    real = PromptLearningModel._loss_packed
+    monkeypatch.setattr(PromptLearningModel, "_loss_packed",
+                        lambda self, p: (real(self, p)[0] * 1.5, real(self, p)[1]))  # a model ignoring the mask
+    batch = batch_of(tokenizer)
+    value, _, _ = loss_and_grads(model, batch, share=True)
+    assert model.fast_paths == ["split"] and "packed" not in model._verified
+    assert "switched off" in caplog.text
+    plain, _, _ = loss_and_grads(model, batch, share=False)
+    assert value == pytest.approx(plain, rel=1e-6)  # the batch still got its true loss
+
+
+def test_sliding_window_models_fall_back_to_the_full_forward(tmp_path, tiny_llama, always_split):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny_llama
+    torch.manual_seed(0)
+    lm = MistralForCausalLM(MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, intermediate_size=64, vocab_size=len(tokenizer),
+                                          sliding_window=4, max_position_embeddings=256))
+    model = PromptLearningModel(lm, bank_for(32))
+    assert model.fast_paths == ["split"]  # a packed mask would override the window
+    batch = batch_of(tokenizer)
+    shared, _, _ = loss_and_grads(model, batch, share=True)
+    assert model.fast_paths == []  # its cache drops old positions: the split is switched off on the first batch
+    full, _, _ = loss_and_grads(model, batch, share=False)
+    assert shared == full
+
+
+def test_layouts_are_planned_on_the_cpu_and_moved_to_the_batchs_device(tiny_gpt2, always_split):
+    _, tokenizer = tiny_gpt2
+    for obj in (batch_of(tokenizer), pack_batch(batch_of(tokenizer)), split_shared_prefix(batch_of(tokenizer))):
+        moved = to_device(obj, torch.device("meta"))  # stands in for an accelerator here
+        tensors = {k: v for k, v in vars(moved).items() if isinstance(v, torch.Tensor)}
+        assert tensors and all(v.is_meta and v.shape == getattr(obj, k).shape for k, v in tensors.items())
+        assert moved.tasknames == obj.tasknames  # what is not a tensor stays as it was
+        assert to_device(obj, torch.device("cpu")) is obj and to_device(obj, None) is obj  # no copy
+    assert to_device(None, torch.device("meta")) is None
