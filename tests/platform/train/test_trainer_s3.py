@@ -9,7 +9,6 @@ import torch
 
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, DatasetError
-from promptray.platform.storage import s3 as s3_store
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import train
 
@@ -55,7 +54,6 @@ def test_train_to_s3_then_restore_from_s3(tmp_path, tiny_gpt2_path, s3_bucket, s
 def test_storage_endpoint_option_replaces_the_env(tmp_path, tiny_gpt2_path, s3_env, s3_bucket, s3_data,
                                                   monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    monkeypatch.setattr(s3_store, "_default_endpoint", None)  # restored after the test
     cfg = _config(tmp_path, tiny_gpt2_path, f"s3://{s3_bucket}/t2", s3_data["a"], "a", 3)
     cfg["storage"] = {"endpoint_url": s3_env.endpoint}
     train(load_config(cfg), progress=False)
