@@ -125,4 +125,4 @@ def publish_best(cfg: PromptLearningConfig, best: dict[str, tuple[list[str], dic
     if not (cfg.model.restore_path and _same_table(cfg.model.restore_path, cfg.table_uri)):
         out += [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
                            p.created_at, encoding=p.encoding) for p in engine.existing.values()]
-    return PromptTable(cfg.table_uri).publish(out)
+    return PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url).publish(out)

@@ -88,7 +88,8 @@ def split_data(cfg: PromptLearningConfig, tasks: list[str], out: Path) -> dict[s
     d, files = cfg.model.data, {}
     out.mkdir(parents=True, exist_ok=True)
     for key, sources in (("train_ds", d.train_ds), ("validation_ds", d.validation_ds or [])):
-        rows = [r.data for r in read_records(sources) if r.data.get("taskname") in tasks]
+        records = read_records(sources, endpoint_url=cfg.storage.endpoint_url)
+        rows = [r.data for r in records if r.data.get("taskname") in tasks]
         path = out / f"{'-'.join(tasks)}.{key}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files[key] = [str(path)]

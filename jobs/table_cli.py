@@ -105,23 +105,21 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.storage.s3 import set_default_endpoint
     from promptray.platform.table.peft_export import export_peft_adapter
+    from promptray.platform.table.table import PromptTable
 
-    set_default_endpoint(args.endpoint_url)
-
-    out = export_peft_adapter(args.uri, args.task, args.out_dir, args.base_model, args.version, force=args.force)
+    table = PromptTable(args.uri, endpoint_url=args.endpoint_url)
+    out = export_peft_adapter(table, args.task, args.out_dir, args.base_model, args.version, force=args.force)
     print(f"wrote a PEFT prompt-tuning adapter to {out}")
     return 0
 
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
-    from promptray.platform.storage.s3 import set_default_endpoint
     from promptray.platform.table.peft_import import import_peft_adapter
+    from promptray.platform.table.table import PromptTable
 
-    set_default_endpoint(args.endpoint_url)
-
-    version = import_peft_adapter(args.adapter_dir, args.uri, args.task, prompt_template=args.template,
+    table = PromptTable(args.uri, endpoint_url=args.endpoint_url)
+    version = import_peft_adapter(args.adapter_dir, table, args.task, prompt_template=args.template,
                                   base_model=args.base_model, answer_field=args.answer_field)
     print(f"imported {args.adapter_dir} as task {args.task!r} version {version}")
     return 0

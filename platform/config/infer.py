@@ -257,14 +257,12 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
         write_pred_file,
         write_predictions,
     )
-    from promptray.platform.storage.s3 import set_default_endpoint
 
-    if cfg.s3_endpoint_url:
-        set_default_endpoint(cfg.s3_endpoint_url)
     engine = load_inference_engine(cfg.table, cfg.base_model, cfg.tasks, cfg.resolved_precision,
-                                   resolve_device(cfg.resolved_accelerator))
+                                   resolve_device(cfg.resolved_accelerator), endpoint_url=cfg.s3_endpoint_url)
     params = cfg.generation()
-    examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS)
+    examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS,
+                       endpoint_url=cfg.s3_endpoint_url)
     generated = predict_rows(engine, examples, params, cfg.resolved_batch_size, progress=progress)
     scores = write_predictions(Path(cfg.output_file), examples, [g.text for g in generated], engine.versions,
                                logprobs=[g.logprobs for g in generated] if params.logprobs is not None else None)

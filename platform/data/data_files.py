@@ -54,4 +54,4 @@ def remote_data_problems(raw: dict, endpoint_url: Optional[str] = None) -> list[
     from promptray.platform.storage.s3 import uri_exists  # boto3 only when S3 is used
 
     return [f"model.data.{key}[{i}]: object {entry!r} does not exist; check the bucket and key"
-            for key, i, entry in remote if not uri_exists(entry, endpoint_url)]
+            for key, i, entry in remote if not uri_exists(entry, endpoint_url=endpoint_url)]

@@ -59,8 +59,9 @@ class DatasetStats:
 
 # ----------------------------------------------------------------------------- reading records
 
-def read_records(sources: Iterable[Source]) -> list[Record]:
-    """Records from dicts and .json / .jsonl files, in order. Bad JSON names the file and line."""
+def read_records(sources: Iterable[Source], *, endpoint_url: Optional[str] = None) -> list[Record]:
+    """Records from dicts and .json / .jsonl files (local, file:// or s3://BUCKET/KEY), in order. Bad JSON names
+    the file and line. `endpoint_url`: the S3-compatible server of s3:// files (None: boto3's own lookup)."""
     if isinstance(sources, (str, os.PathLike, dict)):
         sources = [sources]
     records: list[Record] = []
@@ -68,17 +69,17 @@ def read_records(sources: Iterable[Source]) -> list[Record]:
         if isinstance(src, dict):
             records.append(Record(src, f"records[{i}]"))
         else:
-            records += _parse_file(*_read_text(src))
+            records += _parse_file(*_read_text(src, endpoint_url))
     return records
 
 
-def _read_text(src: Union[str, os.PathLike]) -> tuple[str, str]:
+def _read_text(src: Union[str, os.PathLike], endpoint_url: Optional[str]) -> tuple[str, str]:
     """(name, text) of a local data file or an s3://bucket/key object."""
     name = os.fspath(src)
     if name.startswith("s3://"):
         from promptray.platform.storage.s3 import read_uri  # boto3 only when S3 is used
 
-        data = read_uri(name)
+        data = read_uri(name, endpoint_url=endpoint_url)
         if data is None:
             raise DatasetError(f"data file {name!r} does not exist; check the bucket and key")
         return name, data.decode("utf-8-sig")
@@ -208,11 +209,12 @@ def encode_record(template: TaskTemplate, record: Record, tok: Tokenization, max
 
 def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tokenizer, max_seq_length: int,
                    add_eos: bool = True, add_bos: Union[bool, Mapping[str, bool]] = False, inference: bool = False,
-                   unknown_hint: str = "") -> tuple[list[Example], DatasetStats]:
+                   unknown_hint: str = "", *, endpoint_url: Optional[str] = None) -> tuple[list[Example], DatasetStats]:
     """Read, check and encode records. Over-long examples that cannot be truncated are dropped and counted.
-    `add_bos`: one value for every task, or taskname -> value (tasks of a mixed batch may differ)."""
+    `add_bos`: one value for every task, or taskname -> value (tasks of a mixed batch may differ).
+    `endpoint_url`: the S3-compatible server of s3:// sources (see `read_records`)."""
     by_name = {t.taskname: t for t in templates}
-    records = read_records(sources)
+    records = read_records(sources, endpoint_url=endpoint_url)
     check_records(records, by_name, inference, unknown_hint)
     tok, stats, examples = Tokenization.of(tokenizer), DatasetStats(), []
     for r in records:

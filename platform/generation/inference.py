@@ -47,11 +47,13 @@ class InferenceEngine:
 
 
 def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
-                          precision: str = "fp32", device: Optional[torch.device] = None) -> InferenceEngine:
+                          precision: str = "fp32", device: Optional[torch.device] = None, *,
+                          endpoint_url: Optional[str] = None) -> InferenceEngine:
     """The base model (default: the one the table's prompts were trained on) with the table's tasks, on
     `device` (None: the CPU). Raises BaseModelMismatchError (encoding.TokenizerMismatchError for the
-    tokenizer) when a task was trained on another model or tokenizer."""
-    table = PromptTable(table_uri)
+    tokenizer) when a task was trained on another model or tokenizer. `endpoint_url`: the S3-compatible
+    server of an s3:// table (None: boto3's own lookup)."""
+    table = PromptTable(table_uri, endpoint_url=endpoint_url)
     names = tasks or table.tasks()
     if not names:
         raise ConfigError(f"the prompt table at {table_uri!r} has no tasks; train some first")
@@ -76,16 +78,17 @@ def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompt
 
 
 def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
-            add_bos: Optional[bool] = None) -> list[Example]:
+            add_bos: Optional[bool] = None, *, endpoint_url: Optional[str] = None) -> list[Example]:
     """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
 
     `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
     `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
-    log.warning naming each task of `sources` trained otherwise."""
+    log.warning naming each task of `sources` trained otherwise. `endpoint_url`: the S3-compatible server of
+    s3:// sources (None: boto3's own lookup)."""
     limit = engine.model.max_positions - tokens_to_generate
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
-                                     add_eos=False, add_bos=bos, inference=True)
+                                     add_eos=False, add_bos=bos, inference=True, endpoint_url=endpoint_url)
     warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
     dropped = sum(stats.dropped.values())
     if dropped:

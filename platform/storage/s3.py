@@ -1,4 +1,4 @@
-"""The S3 backend of a prompt table's store (`stores.Store`): objects under s3://BUCKET/PREFIX, the manifest
+"""The S3 backend of a prompt table's store (`base.Store`): objects under s3://BUCKET/PREFIX, the manifest
 replaced by a conditional PutObject (If-Match on its ETag, If-None-Match: * for the first one).
 
 Errors are mapped to `StoreError` subclasses that name the bucket and endpoint and never credentials;
@@ -21,7 +21,7 @@ from promptray.platform.errors import (
     StoreUnavailableError,
     TableConflictError,
 )
-from promptray.platform.storage.stores import MANIFEST_KEY, StoredObject, check_key
+from promptray.platform.storage.base import MANIFEST_KEY, StoredObject, check_key
 
 S3_CONNECT_TIMEOUT_S = 3  # an unreachable endpoint fails in seconds, not minutes
 S3_READ_TIMEOUT_S = 30
@@ -44,16 +44,6 @@ def _redact_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-_default_endpoint: str | None = None
-
-
-def set_default_endpoint(url: str | None) -> None:
-    """Endpoint for S3 clients made without an explicit one (the `storage.endpoint_url` config option);
-    it wins over AWS_ENDPOINT_URL. None restores boto3's own lookup."""
-    global _default_endpoint
-    _default_endpoint = url or None
-
-
 def make_s3_client(endpoint_url: str | None = None):
     """A boto3 S3 client from the standard AWS chain (env, profile, instance role). The endpoint is
     `endpoint_url`, else whatever boto3 reads itself (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the
@@ -65,7 +55,6 @@ def make_s3_client(endpoint_url: str | None = None):
         from botocore.exceptions import BotoCoreError
     except ImportError:
         raise PromptTableError("s3:// prompt tables need boto3: pip install 'promptray[s3]'") from None
-    endpoint_url = endpoint_url or _default_endpoint
     custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
                     retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
@@ -225,25 +214,20 @@ class S3Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         root = f"{self.prefix}/" if self.prefix else ""
-        out, token = [], None
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix)
         try:
-            while True:
-                page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=root + prefix,
-                                                   **({"ContinuationToken": token} if token else {}))
-                out += [StoredObject(key=o["Key"][len(root):], size=int(o["Size"]),
-                                     modified=o["LastModified"].timestamp()) for o in page.get("Contents", [])]
-                token = page.get("NextContinuationToken")
-                if not page.get("IsTruncated") or not token:
-                    return sorted(out, key=lambda o: o.key)
+            out = [StoredObject(key=o["Key"][len(root):], size=int(o["Size"]), modified=o["LastModified"].timestamp())
+                   for page in pages for o in page.get("Contents", [])]
         except (BotoCoreError, ClientError) as e:
             err = self._error(e, "list_objects_v2", prefix)
-        raise err
+            raise err from None
+        return sorted(out, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key, Key=self._key(key))
 
 
-def read_uri(uri: str, endpoint_url: str | None = None) -> bytes | None:
+def read_uri(uri: str, *, endpoint_url: str | None = None) -> bytes | None:
     """Bytes of one object named by a full s3://BUCKET/KEY URI (data files); None when it does not exist."""
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket or not key:
@@ -252,7 +236,7 @@ def read_uri(uri: str, endpoint_url: str | None = None) -> bytes | None:
     return S3Store(bucket, folder, endpoint_url=endpoint_url).read(name)
 
 
-def uri_exists(uri: str, endpoint_url: str | None = None) -> bool:
+def uri_exists(uri: str, *, endpoint_url: str | None = None) -> bool:
     """Whether the object a full s3://BUCKET/KEY URI names exists (one listing request, no download)."""
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket or not key:

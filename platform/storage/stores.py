@@ -1,55 +1,22 @@
-"""Where a prompt table lives: a local folder (a plain path or file://PATH) or an S3 prefix (s3://BUCKET/PREFIX).
+"""Where a prompt table lives: a local folder (a plain path or file://PATH, `LocalStore`) or an S3 prefix
+(s3://BUCKET/PREFIX, `s3.S3Store`); `store_for_uri` picks one.
 
 A store holds immutable objects (created once, never overwritten) and one mutable manifest that is only
-ever replaced by a compare-and-swap on its etag: `rename` under a lock on a local disk, a conditional
-PutObject (If-Match on the etag, If-None-Match: * for the first one) on S3. The S3 backend is
-`s3.S3Store`.
+ever replaced by a compare-and-swap on its etag (`base.Store`): `rename` under a lock on a local disk, a
+conditional PutObject (If-Match on the etag, If-None-Match: * for the first one) on S3.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from promptray.platform.errors import PromptTableError
-
-MANIFEST_KEY = "manifest.json"
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """One object of a store, as listed."""
-    key: str  # relative to the table's root
-    size: int
-    modified: float  # POSIX seconds
-
-
-class Store(Protocol):
-    """What a prompt table needs from its storage."""
-    def location(self) -> str: ...
-    def read(self, key: str) -> bytes | None: ...  # None when the key is absent
-    def write_immutable(self, key: str, data: bytes) -> bool: ...  # True: created; False: same bytes were there
-    def read_manifest(self) -> tuple[bytes | None, str | None]: ...  # (bytes, etag)
-    def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool: ...  # False: conflict
-    def list_objects(self, prefix: str) -> list[StoredObject]: ...
-    def delete(self, key: str) -> None: ...
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def check_key(key: str, where: str) -> str:
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise PromptTableError(f"invalid object key {key!r} in prompt table {where}")
-    return key
+from promptray.platform.storage.base import MANIFEST_KEY, Store, StoredObject, check_key, sha256_hex
+from promptray.platform.storage.s3 import S3Store  # boto3 itself is imported only when a client is made
 
 
 def _atomic_write(path: Path, data: bytes, exclusive: bool = False) -> bool:
@@ -140,15 +107,14 @@ class LocalStore:
         self._path(key).unlink(missing_ok=True)
 
 
-def store_for_uri(uri: str | os.PathLike, endpoint_url: str | None = None) -> Store:
-    """Store of a plain path, a file:// URI or an s3://BUCKET/PREFIX URI (`endpoint_url`: S3 only)."""
+def store_for_uri(uri: str | os.PathLike, *, endpoint_url: str | None = None) -> Store:
+    """Store of a plain path, a file:// URI or an s3://BUCKET/PREFIX URI. `endpoint_url` (S3 only): the
+    S3-compatible server to use; None: whatever boto3 finds itself (AWS_ENDPOINT_URL, the profile), else AWS."""
     s = os.fspath(uri)
     if s.startswith("s3://"):
         bucket, _, prefix = s[len("s3://"):].partition("/")
         if not bucket:
             raise PromptTableError(f"prompt table URI {s!r} names no bucket; use s3://BUCKET/PREFIX")
-        from promptray.platform.storage.s3 import S3Store  # boto3 only when S3 is used
-
         return S3Store(bucket, prefix, endpoint_url=endpoint_url)
     if s.startswith("file://"):
         s = s[len("file://"):]

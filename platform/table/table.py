@@ -2,11 +2,13 @@
 
 Addressed by URI: a plain path or file://PATH (local folder) or s3://BUCKET/PREFIX (`storage/stores.py`). Layout,
 the same on both: `manifest.json` (current version of each task, history, event log, generation; see
-`manifest.py`) and immutable `objects/<taskname>/<version>.safetensors` (tensor "embeddings" + JSON
-metadata "promptray"). Every change (publish, rollback, delete) writes its objects first, then
-compare-and-swaps the manifest on its etag and retries on conflict, so readers see all of a change or
-none of it and concurrent writers never lose each other's tasks. Objects are checked against the
-manifest's sha256 on read. No pickle anywhere.
+`manifest.py`) and immutable objects (tensor "embeddings" + JSON metadata "promptray") under content-addressed
+keys `objects/<taskname>/<sha256>.safetensors` (tables written before: `objects/<taskname>/<version>.safetensors`;
+the manifest records each version's key, so both read). A publish uploads each object once, before anything
+else; every change (publish, rollback, delete) then compare-and-swaps the manifest on its etag and, on a
+conflict, re-reads it and retries the swap alone, so readers see all of a change or none of it and concurrent
+writers never lose each other's tasks. Objects are checked against the manifest's sha256 on read. No pickle
+anywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import TypeVar
 from promptray.platform.data.encoding import TokenizerFingerprint
 from promptray.platform.errors import PromptTableError, TableConflictError
 from promptray.platform.model.fingerprint import BaseModelFingerprint
-from promptray.platform.storage.stores import MANIFEST_KEY, LocalStore, Store, StoredObject, sha256_hex, store_for_uri  # noqa: F401
+from promptray.platform.storage.base import MANIFEST_KEY, Store, StoredObject, sha256_hex  # noqa: F401
+from promptray.platform.storage.stores import LocalStore, store_for_uri  # noqa: F401
 from promptray.platform.table import manifest as tm
 from promptray.platform.table.codec import (  # noqa: F401
     META_FIELDS,
@@ -43,14 +46,19 @@ HOW_TO_CREATE = "train a task with model.prompt_table=<path> (or model.nemo_path
 T = TypeVar("T")
 
 
-def _plan(manifest: dict, objects: dict[str, tuple[TaskPrompt, bytes]]) -> list[VersionInfo]:
-    """VersionInfo of each object as the next version of its task in `manifest`."""
+def object_key(taskname: str, data: bytes) -> str:
+    """The content-addressed key of a version's object: the same bytes always get the same key."""
+    return f"objects/{taskname}/{sha256_hex(data)}.safetensors"
+
+
+def _plan(manifest: dict, objects: dict[str, tuple[TaskPrompt, bytes]], keys: dict[str, str]) -> list[VersionInfo]:
+    """VersionInfo of each object as the next version of its task in `manifest`, stored under `keys[taskname]`.
+    The version id `v<number>-<sha8>` depends on `manifest`; the object key does not."""
     infos = []
     for name, (p, data) in objects.items():
         sha = sha256_hex(data)
         vid = f"v{tm.next_version_number(manifest, name):06d}-{sha[:8]}"
-        infos.append(VersionInfo(taskname=name, version=vid, sha256=sha, style=p.style,
-                                 object_key=f"objects/{name}/{vid}.safetensors",
+        infos.append(VersionInfo(taskname=name, version=vid, sha256=sha, style=p.style, object_key=keys[name],
                                  num_virtual_tokens=p.num_virtual_tokens, created_at=p.created_at))
     return infos
 
@@ -70,7 +78,7 @@ class PromptTable:
     `endpoint_url` (s3:// only) overrides the endpoint boto3 finds itself (AWS_ENDPOINT_URL, profile).
     """
 
-    def __init__(self, uri: str | os.PathLike, store: Store | None = None, endpoint_url: str | None = None):
+    def __init__(self, uri: str | os.PathLike, store: Store | None = None, *, endpoint_url: str | None = None):
         self.uri = os.fspath(uri)
         self.store: Store = store if store is not None else store_for_uri(uri, endpoint_url=endpoint_url)
 
@@ -180,33 +188,39 @@ class PromptTable:
         infos = [self._info(manifest, name, None) for name in tasknames]
         return {info.taskname: self._read(info, base_model, tokenizer) for info in infos}
 
-    def _upload(self, infos: list[VersionInfo], objects: dict, created: dict[str, str]) -> list[VersionInfo]:
-        """Write the objects of `infos`; `created` maps planned keys to the keys written by this publish."""
-        def put(info: VersionInfo) -> VersionInfo:
-            key, data = info.object_key, objects[info.taskname][1]
-            if key not in created:
-                if not self.store.write_immutable(key, data):
-                    # the same bytes were left by an earlier failed publish; write a fresh object so its
-                    # age protects it from gc until the manifest refers to it
-                    alt = f"objects/{info.taskname}/{info.version}-{uuid.uuid4().hex[:8]}.safetensors"
-                    self.store.write_immutable(alt, data)
-                    key = alt
-                created[info.object_key] = key
-            return dataclasses.replace(info, object_key=created[info.object_key])
-        return _parallel(self.store, put, infos)
+    def _upload(self, objects: dict[str, tuple[TaskPrompt, bytes]]) -> dict[str, str]:
+        """Write each object once, under its content-addressed key; returns taskname -> key written.
+        An object the manifest already refers to is not written again."""
+        manifest = self._load()[0] or tm.empty()
+        referenced = tm.referenced_keys(manifest)
+
+        def put(name: str) -> tuple[str, str]:
+            data = objects[name][1]
+            key = object_key(name, data)
+            if key not in referenced and not self.store.write_immutable(key, data):
+                # the same bytes were left by an earlier publish that did not land (or one landing now): write
+                # a fresh copy so its age protects it from gc until the manifest refers to it
+                key = f"objects/{name}/{sha256_hex(data)}-{uuid.uuid4().hex[:8]}.safetensors"
+                self.store.write_immutable(key, data)
+            return name, key
+        return dict(_parallel(self.store, put, list(objects)))
 
     def publish(self, prompts: Iterable[TaskPrompt]) -> dict[str, str]:
-        """Publish new versions of tasks, all or nothing; returns taskname -> new version id."""
+        """Publish new versions of tasks, all or nothing; returns taskname -> new version id.
+
+        Each object is uploaded once, before the manifest's compare-and-swap; a conflict re-plans the version
+        ids against the new manifest and swaps again without uploading anything. A publish that fails leaves
+        its objects unreferenced, for `gc`."""
         prompts = list(prompts)
         validate_prompts(prompts)
         now = tm.utcnow()
         prompts = [dataclasses.replace(p, created_at=p.created_at or now, version=None) for p in prompts]
         objects = {p.taskname: (p, encode_prompt(p)) for p in prompts}
-        created: dict[str, str] = {}
+        keys = self._upload(objects)
         planned: list[VersionInfo] = []
 
         def change(manifest: dict) -> dict:
-            planned[:] = self._upload(_plan(manifest, objects), objects, created)
+            planned[:] = _plan(manifest, objects, keys)
             return tm.with_published(manifest, planned)
 
         self._update(change, create=True)

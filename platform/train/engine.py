@@ -110,7 +110,8 @@ def build_bank(cfg: PromptLearningConfig, templates: dict[str, TaskTemplate], ex
 def build_engine(cfg: PromptLearningConfig) -> Engine:
     """Load the base model, restore existing tasks, create new prompts; nothing trains yet."""
     m = cfg.model
-    restored = PromptTable(m.restore_path) if m.restore_path else None  # one client, reused below
+    # one client, reused below
+    restored = PromptTable(m.restore_path, endpoint_url=cfg.storage.endpoint_url) if m.restore_path else None
     _check_new_tasks(cfg, restored)
     lm_name = m.language_model_path or _base_model_from_table(restored)
     existing = restore_tasks(restored, m.existing_tasks) if m.existing_tasks else {}

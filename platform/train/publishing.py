@@ -24,7 +24,7 @@ def publish_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str
     `run` ({"id": ..., "started_at": ISO time}) names a job run that may be restarted after it published
     (a Ray Train worker group replaced between publishing and reporting): the run id goes into each
     version's source, and a run that already published returns those versions instead of a second set."""
-    table = PromptTable(cfg.table_uri)
+    table = PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url)
     same_table = bool(cfg.model.restore_path) and _same_table(cfg.model.restore_path, cfg.table_uri)
     if run is not None:
         done = versions_published_by(table, engine.new_tasks, run, [] if same_table else list(engine.existing))

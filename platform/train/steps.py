@@ -78,7 +78,8 @@ def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example],
     hint = (f" (training data may only hold records of model.new_tasks {engine.new_tasks}; existing tasks are "
             "frozen)")
     kw = dict(templates=templates, tokenizer=engine.tokenizer, max_seq_length=max_len,
-              add_eos=d.add_eos, add_bos=d.add_bos, unknown_hint=hint)
+              add_eos=d.add_eos, add_bos=d.add_bos, unknown_hint=hint,
+              endpoint_url=cfg.storage.endpoint_url)
     train, stats = build_examples(d.train_ds, **kw)
     log.info("training data: %s", stats.summary())
     val = build_examples(d.validation_ds, **kw)[0] if d.validation_ds else []

@@ -20,7 +20,6 @@ from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.data_files import remote_data_problems
 from promptray.platform.errors import ConfigError
 from promptray.platform.model.devices import resolve_device
-from promptray.platform.storage.s3 import set_default_endpoint
 from promptray.platform.train.distributed import Dist, broadcast_parameters, shard_frozen_model
 from promptray.platform.train.engine import Engine, build_engine
 from promptray.platform.train.loop import LoopState, StepInfo, TrainLoop, TrainResult  # noqa: F401
@@ -41,10 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def prepare_engine(cfg: PromptLearningConfig, engine: Optional[Engine] = None) -> Engine:
-    """Checks, the S3 endpoint, the seed, then the engine (built from the config unless given)."""
+    """Checks (s3:// data files exist at `storage.endpoint_url`), the seed, then the engine (built from the config
+    unless given)."""
     _check_finetune(cfg)
-    if cfg.storage.endpoint_url:
-        set_default_endpoint(cfg.storage.endpoint_url)
     missing = remote_data_problems(cfg.model_dump(mode="json"), cfg.storage.endpoint_url)
     if missing:  # s3:// data, before the base model loads (local files: load_config(check_files=True))
         raise ConfigError(missing)

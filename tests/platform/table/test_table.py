@@ -63,8 +63,10 @@ def test_on_disk_layout(tmp_path):
     assert manifest["format"] == "promptray-table/1" and manifest["generation"] == 1
     assert manifest["history"] == {"qa": [vid]} and manifest["tasks"]["qa"]["version"] == vid
     assert manifest["versions"]["qa"][vid] == manifest["tasks"]["qa"]
-    path = root / "objects" / "qa" / f"{vid}.safetensors"
-    assert manifest["tasks"]["qa"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = manifest["tasks"]["qa"]["sha256"]
+    path = root / "objects" / "qa" / f"{sha}.safetensors"  # content-addressed
+    assert manifest["tasks"]["qa"]["object_key"] == f"objects/qa/{sha}.safetensors"
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest() and vid == f"v000001-{sha[:8]}"
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["promptray"])
         assert list(f.keys()) == ["embeddings"] and f.get_tensor("embeddings").shape == (4, HIDDEN)
@@ -75,8 +77,8 @@ def test_versions_increment_and_history_is_oldest_first(tmp_path):
     table = PromptTable(tmp_path)
     prompts = [make_prompt("t", 2 + i, seed=10 + i) for i in range(3)]
     vids = [table.publish([p])["t"] for p in prompts]
-    for seq, vid in enumerate(vids, start=1):
-        data = (tmp_path / "objects" / "t" / f"{vid}.safetensors").read_bytes()
+    for seq, (vid, info) in enumerate(zip(vids, table.history("t")), start=1):
+        data = (tmp_path / info.object_key).read_bytes()
         assert vid == f"v{seq:06d}-{hashlib.sha256(data).hexdigest()[:8]}"
     history = table.history("t")
     assert [h.version for h in history] == vids and [h.num_virtual_tokens for h in history] == [2, 3, 4]
@@ -143,7 +145,8 @@ def test_concurrent_publishers_lose_nothing(tmp_path):
 def test_corrupted_object_is_detected(tmp_path):
     table = PromptTable(tmp_path)
     vids = table.publish([make_prompt("good", 2, seed=1), make_prompt("bad", 2, seed=2)])
-    path = tmp_path / "objects" / "bad" / f"{vids['bad']}.safetensors"
+    path = tmp_path / table.history("bad")[0].object_key
+    assert table.history("bad")[0].version == vids["bad"]
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))

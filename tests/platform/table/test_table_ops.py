@@ -139,7 +139,7 @@ def test_republish_of_identical_bytes_gets_a_fresh_object(table_uri, monkeypatch
     (orphan,) = [o.key for o in table.store.list_objects("objects/")]
     vid = table.publish([prompt])["a"]
     info = table.describe()[0]
-    assert orphan == f"objects/a/{vid}.safetensors" != info.object_key
+    assert orphan == f"objects/a/{info.sha256}.safetensors" != info.object_key and info.version == vid
     assert table.gc(grace_seconds=0) == [orphan] and torch.equal(table.get("a").embeddings, prompt.embeddings)
 
 

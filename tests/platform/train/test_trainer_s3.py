@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from promptray.platform.config.infer import load_infer_config, run_inference
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, DatasetError
-from promptray.platform.storage import s3 as s3_store
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import train
 
@@ -55,11 +55,19 @@ def test_train_to_s3_then_restore_from_s3(tmp_path, tiny_gpt2_path, s3_bucket, s
 def test_storage_endpoint_option_replaces_the_env(tmp_path, tiny_gpt2_path, s3_env, s3_bucket, s3_data,
                                                   monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    monkeypatch.setattr(s3_store, "_default_endpoint", None)  # restored after the test
     cfg = _config(tmp_path, tiny_gpt2_path, f"s3://{s3_bucket}/t2", s3_data["a"], "a", 3)
     cfg["storage"] = {"endpoint_url": s3_env.endpoint}
     train(load_config(cfg), progress=False)
     assert PromptTable(f"s3://{s3_bucket}/t2", endpoint_url=s3_env.endpoint).tasks() == ["a"]
+    # `promptray infer` reads the same table and an s3:// data file through its own option, nothing global
+    infer = load_infer_config(None, [f"prompt_table=s3://{s3_bucket}/t2", f"data_paths=[{s3_data['a']}]",
+                                     "precision=fp32", "inference.tokens_to_generate=2", "trainer.accelerator=cpu",
+                                     f"output_file={tmp_path / 'pred.jsonl'}", f"s3_endpoint_url={s3_env.endpoint}"])
+    summary = run_inference(infer, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert summary["records"] == len(rows) == 8 and {r["taskname"] for r in rows} == {"a"}
+    table = PromptTable(f"s3://{s3_bucket}/t2", endpoint_url=s3_env.endpoint)
+    assert summary["versions"] == {"a": table.get("a").version}
 
 
 def test_missing_s3_data_file_is_a_clear_error(tmp_path, tiny_gpt2_path, s3_bucket, s3_data):

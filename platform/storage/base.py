@@ -1,0 +1,47 @@
+"""What every store of a prompt table is: the `Store` protocol, the listing entry and the key rules shared by
+the local (`stores.py`) and S3 (`s3.py`) backends. Both import from here; nothing here imports them.
+
+A store holds immutable objects (created once, never overwritten) and one mutable manifest that is only
+ever replaced by a compare-and-swap on its etag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from promptray.platform.errors import PromptTableError
+
+MANIFEST_KEY = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a store, as listed."""
+    key: str  # relative to the table's root
+    size: int
+    modified: float  # POSIX seconds
+
+
+class Store(Protocol):
+    """What a prompt table needs from its storage."""
+    def location(self) -> str: ...
+    def read(self, key: str) -> bytes | None: ...  # None when the key is absent
+    def write_immutable(self, key: str, data: bytes) -> bool: ...  # True: created; False: same bytes were there
+    def read_manifest(self) -> tuple[bytes | None, str | None]: ...  # (bytes, etag)
+    def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool: ...  # False: conflict
+    def list_objects(self, prefix: str) -> list[StoredObject]: ...
+    def delete(self, key: str) -> None: ...
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_key(key: str, where: str) -> str:
+    """`key` when it is a relative key of plain path segments; else PromptTableError naming `where`."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise PromptTableError(f"invalid object key {key!r} in prompt table {where}")
+    return key
