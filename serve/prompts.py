@@ -38,6 +38,10 @@ class ServingBank(PromptBank):
             raise ValueError(f"prompt {key!r} has hidden size {embeddings.shape[-1]}, model has {self.hidden}")
         self._prompts[key] = embeddings.detach().to(self.device, torch.float32).clone()  # (n, H), the model's device
 
+    def add_frozen(self, name: str, embeddings: torch.Tensor) -> None:
+        """As `put`: how `loading.frozen_prompt_model` fills a bank."""
+        self.put(name, embeddings)
+
     def drop(self, key: str) -> None:
         self._prompts.pop(key, None)
 

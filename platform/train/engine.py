@@ -14,9 +14,10 @@ from typing import Optional
 import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
-from promptray.platform.data.encoding import TokenizerFingerprint, fingerprint_tokenizer
+from promptray.platform.data.encoding import TaskEncoding, TokenizerFingerprint, fingerprint_tokenizer
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 from promptray.platform.errors import ConfigError
+from promptray.platform.generation.loading import PromptModel, check_prompts, read_prompts, trained_base_model
 from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.model.hub import load_base_model
 from promptray.platform.model.limits import check_model_limits
@@ -41,6 +42,13 @@ class Engine:
     templates: dict[str, TaskTemplate]  # every task the model knows (existing + new)
     new_tasks: list[str]
     existing: dict[str, TaskPrompt] = field(default_factory=dict)  # restored, frozen
+
+    def new_tasks_model(self, encoding: TaskEncoding) -> PromptModel:
+        """The new tasks as a `PromptModel` sharing this model (not copied), each formatted with `encoding`
+        (how this run trains them): what search trials evaluate between training steps."""
+        return PromptModel(self.model, self.tokenizer, {n: self.templates[n] for n in self.new_tasks},
+                           {n: None for n in self.new_tasks}, self.fingerprint,
+                           {n: encoding for n in self.new_tasks})
 
 
 def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint] = None,
@@ -112,15 +120,12 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     m = cfg.model
     restored = PromptTable(m.restore_path) if m.restore_path else None  # one client, reused below
     _check_new_tasks(cfg, restored)
-    lm_name = m.language_model_path or _base_model_from_table(restored)
     existing = restore_tasks(restored, m.existing_tasks) if m.existing_tasks else {}
+    lm_name = m.language_model_path or _base_model_from_table(restored, existing)
     check_model_limits(cfg, lm_name, existing)  # from the model's config alone, before its weights load
     lm, tokenizer = load_base_model(lm_name)
     fingerprint = fingerprint_model(lm, lm_name)
-    tokenizer_fp = fingerprint_tokenizer(tokenizer)
-    for name, prompt in existing.items():
-        prompt.base_model.check_compatible(fingerprint, what=f"task {name!r}")
-        prompt.encoding.check_tokenizer(tokenizer_fp, what=f"task {name!r}")
+    check_prompts(existing, fingerprint, fingerprint_tokenizer(tokenizer))  # as every loader checks them
     templates = _merge_templates(cfg, existing)
     vocab = lm.get_input_embeddings()  # rows as the model sees them (float32 as loaded)
     bank = build_bank(cfg, templates, existing, tokenizer, vocab)
@@ -130,11 +135,10 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     return Engine(model, tokenizer, fingerprint, templates, list(m.new_tasks), existing)
 
 
-def _base_model_from_table(table: Optional[PromptTable]) -> str:
-    """The base model a restored table was trained on (used when language_model_path is not given)."""
-    tasks = table.tasks() if table is not None else []
-    if not tasks:
-        where = f"the table at {table.uri!r} has" if table is not None else "there is no restore_path with"
-        raise ConfigError(f"model.language_model_path is not set and {where} no tasks to "
-                          "take the base model from; set language_model_path")
-    return table.get(tasks[0]).base_model.name
+def _base_model_from_table(table: Optional[PromptTable], existing: dict[str, TaskPrompt]) -> str:
+    """The base model a restored table was trained on (used when language_model_path is not given): that of
+    the existing tasks, else of all the table's tasks (loading.trained_base_model's errors)."""
+    if table is None:
+        raise ConfigError("model.language_model_path is not set and there is no restore_path with tasks to take "
+                          "the base model from; set language_model_path")
+    return trained_base_model(existing or read_prompts(table, table.tasks()), table.uri, "model.language_model_path")
