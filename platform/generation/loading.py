@@ -89,6 +89,11 @@ def frozen_prompt_model(lm: torch.nn.Module, prompts: Mapping[str, TaskPrompt], 
     return model
 
 
+def read_prompts(table: PromptTable, names: Sequence[str]) -> dict[str, TaskPrompt]:
+    """The current prompts of `names`, unchecked (no read at all for none: the table may not exist yet)."""
+    return table.get_many(names) if names else {}
+
+
 def load_prompt_model(table: PromptTable | str, base_model: Optional[str] = None,
                       tasks: Optional[Sequence[str]] = None, precision: str = "fp32",
                       device: Optional[torch.device] = None, *, bank: type[PromptBank] = PromptBank,
@@ -116,7 +121,3 @@ def load_prompt_model(table: PromptTable | str, base_model: Optional[str] = None
                        {n: p.version for n, p in prompts.items()}, fingerprint,
                        {n: p.encoding for n, p in prompts.items()}, tokenizer_fp)
 
-
-def read_prompts(table: PromptTable, names: Sequence[str]) -> dict[str, TaskPrompt]:
-    """The current prompts of `names`, unchecked (no read at all for none: the table may not exist yet)."""
-    return table.get_many(names) if names else {}

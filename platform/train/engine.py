@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
-from promptray.platform.data.encoding import TaskEncoding, TokenizerFingerprint, fingerprint_tokenizer
+from promptray.platform.data.encoding import TaskEncoding, fingerprint_tokenizer
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 from promptray.platform.errors import ConfigError
 from promptray.platform.generation.loading import PromptModel, check_prompts, read_prompts, trained_base_model
@@ -51,15 +51,14 @@ class Engine:
                            {n: encoding for n in self.new_tasks})
 
 
-def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint] = None,
-                  tokenizer: Optional[TokenizerFingerprint] = None) -> dict[str, TaskPrompt]:
-    """Existing tasks from a table, checked against the base model and its tokenizer when they are given."""
+def restore_tasks(table: PromptTable, names: list[str]) -> dict[str, TaskPrompt]:
+    """Existing tasks from a table, not yet checked (`loading.check_prompts` does, once the model is loaded)."""
     known, uri = table.tasks(), table.uri
     missing = [n for n in names if n not in known]
     if missing:
         raise ConfigError(f"model.existing_tasks: {missing} not in the prompt table at {uri!r} "
                           f"(it has {known}); fix existing_tasks or restore_path")
-    return table.get_many(names, base_model=fingerprint, tokenizer=tokenizer)
+    return table.get_many(names)
 
 
 def _check_new_tasks(cfg: PromptLearningConfig, table: Optional[PromptTable]) -> None:
