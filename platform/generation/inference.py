@@ -40,7 +40,7 @@ def load_inference_engine(table_uri: str, base_model: Optional[str] = None, task
     return load_prompt_model(table_uri, base_model, tasks or None, precision, device)
 
 
-def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
+def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: int,
             add_bos: Optional[bool] = None) -> list[Example]:
     """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
 
@@ -70,7 +70,7 @@ class Generated:
     logprobs: Optional[dict] = None
 
 
-def predict_rows(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams,
+def predict_rows(engine: PromptModel, examples: Sequence[Example], params: GenerationParams,
                  batch_size: int = 8, progress: bool = False) -> list[Generated]:
     """Each example's generation (input order kept); batches mix tasks, grouped by length to cut padding.
     Sampling draws from one generator seeded with `params.seed` per batch."""
@@ -92,7 +92,7 @@ def _generated(row: DecodeRow, decode) -> Generated:
     return Generated(decode(ids), ids, logprobs)
 
 
-def predict(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
+def predict(engine: PromptModel, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
             progress: bool = False) -> list[str]:
     """Generated text per example (see `predict_rows`)."""
     return [g.text for g in predict_rows(engine, examples, params, batch_size, progress)]
@@ -103,7 +103,7 @@ def text_ids(example: Example) -> list[int]:
     return [t for t, v in zip(example.input_ids, example.virtual_ids) if v < 0]
 
 
-def write_pred_file(path: Path, engine: InferenceEngine, examples: Sequence[Example],
+def write_pred_file(path: Path, engine: PromptModel, examples: Sequence[Example],
                     generated: Sequence[Generated]) -> None:
     """NeMo's `pred_file_path`: one line per record, the prompt (virtual tokens left out) followed by the
     generated text, decoded together, stripped, newlines replaced by spaces (as NeMo's
