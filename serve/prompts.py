@@ -119,7 +119,7 @@ class PromptStore:
             try:
                 prompt = self.table.get(taskname, version, base_model=self.fingerprint, tokenizer=self.tokenizer)
             except BaseModelMismatchError as e:  # the server's model or tokenizer is not the task's: not a 404
-                self.unservable[key] = f"task {taskname!r} version {version!r} cannot be served by this server: {e}"
+                self.unservable[key] = f"{e} (It cannot be served by this server.)"  # e names task and version
                 raise TaskModelMismatchError(self.unservable[key], taskname=taskname, version=version) from None
             except PromptTableError as e:
                 raise UnknownVersionError(str(e), taskname=taskname, version=version) from None
