@@ -298,15 +298,13 @@ def base_engine(precision: str):
     """An inference engine with the sentiment template and no prompts (for the zero-shot baseline)."""
     from promptray.platform.data.templates import validate_task_templates
     from promptray.platform.demo import SENTIMENT
-    from promptray.platform.generation.inference import InferenceEngine
+    from promptray.platform.generation.loading import PromptModel, frozen_prompt_model
     from promptray.platform.model.fingerprint import fingerprint_model
-    from promptray.platform.model.prompt_encoder import PromptBank
-    from promptray.platform.model.prompt_model import PromptLearningModel
 
     lm, tok = load_base_model(MODEL)
-    model = PromptLearningModel(lm, PromptBank(lm.get_input_embeddings().weight.shape[1]), precision).eval()
+    model = frozen_prompt_model(lm, {}, precision)
     template = validate_task_templates([SENTIMENT])[0]
-    return InferenceEngine(model, tok, {"sentiment": template}, {}, fingerprint_model(lm, MODEL))
+    return PromptModel(model, tok, {"sentiment": template}, {}, fingerprint_model(lm, MODEL))
 
 
 def run(steps: int, n_test: int, variants: list[str], work: Path, progress: bool, quick: bool, seed: int = SEED,

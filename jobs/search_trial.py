@@ -22,7 +22,7 @@ from promptray.jobs.search_space import trial_config
 from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.generation.decode import GenerationParams
-from promptray.platform.generation.inference import InferenceEngine, exact_match, predict, prepare
+from promptray.platform.generation.inference import exact_match, predict, prepare
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.distributed import Dist
 from promptray.platform.train.engine import Engine
@@ -169,8 +169,7 @@ class _Reporter:
         e = self.engine
         d = self.cfg.model.data
         trained = TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)  # what this trial trains with
-        ie = InferenceEngine(e.model, e.tokenizer, {n: e.templates[n] for n in e.new_tasks}, {}, e.fingerprint,
-                             {n: trained for n in e.new_tasks})
+        ie = e.new_tasks_model(trained)
         if self.examples is None:
             self.examples = prepare(ie, d.validation_ds, self.tokens,  # formatted as trained
                                     endpoint_url=self.cfg.storage.endpoint_url)

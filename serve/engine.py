@@ -15,19 +15,16 @@ from typing import Optional
 import torch
 
 from promptray.platform.data.dataset import Example, Record, Tokenization, encode_record
-from promptray.platform.data.encoding import fingerprint_tokenizer
 from promptray.platform.errors import BaseModelMismatchError
 from promptray.platform.generation.decode import RowEvent
 from promptray.platform.generation.inference import text_ids
+from promptray.platform.generation.loading import load_prompt_model
 from promptray.platform.generation.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
 from promptray.platform.model.devices import resolve_device
-from promptray.platform.model.fingerprint import fingerprint_model
-from promptray.platform.model.hub import load_base_model
-from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.table.manifest import VersionInfo
 from promptray.platform.table.table import PromptTable
 from promptray.serve.decoding import stream_decode
-from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError, UnknownTaskError
+from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError
 from promptray.serve.prefix_cache import PrefixCache
 from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank, task_key
 from promptray.serve.schemas import SamplingParams, ServerSettings, TaskInfo
@@ -78,18 +75,13 @@ class ServeEngine:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         table = PromptTable(settings.table)
-        name = settings.model or self._default_model(table)
-        lm, self.tokenizer = load_base_model(name)
-        fingerprint = fingerprint_model(lm, name)
-        self.bank = ServingBank(lm.get_input_embeddings().weight.shape[1])
-        self.model = PromptLearningModel(lm, self.bank, resolve_precision(settings.precision)).eval()
-        device = resolve_device(settings.accelerator)
-        if device is not None:
-            self.model.to(device)  # the bank too: prompts loaded later are put on its device
+        loaded = load_prompt_model(table, settings.model, [], resolve_precision(settings.precision),
+                                   resolve_device(settings.accelerator), bank=ServingBank, setting="model (--model)")
+        self.model, self.tokenizer, self.bank = loaded.model, loaded.tokenizer, loaded.model.bank
         self.prefixes = PrefixCache(self.model, self.tokenizer, enabled=settings.prefix_cache)
-        self.prompts = PromptStore(table, fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
-                                   settings.refresh_s, tokenizer=fingerprint_tokenizer(self.tokenizer))
-        self.model_name = name
+        self.prompts = PromptStore(table, loaded.fingerprint, self.bank, self.prefixes, settings.prompt_cache_bytes,
+                                   settings.refresh_s, tokenizer=loaded.tokenizer_fingerprint)
+        self.model_name = loaded.fingerprint.name
         self.check_servable()
 
     def check_servable(self) -> None:
@@ -110,13 +102,6 @@ class ServeEngine:
                     f"base model {self.model_name!r}: {problems[0]}")
         for p in problems:
             log.warning("%s", p)
-
-    @staticmethod
-    def _default_model(table: PromptTable) -> str:
-        tasks = table.tasks()
-        if not tasks:
-            raise UnknownTaskError(f"prompt table {table.uri!r} has no tasks; name the base model with --model")
-        return table.get(tasks[0]).base_model.name
 
     def _servable(self) -> list[tuple[str, VersionInfo, LoadedTask]]:
         """(name, current version info, loaded task) of every current task this base model can serve."""

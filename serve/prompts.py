@@ -38,6 +38,10 @@ class ServingBank(PromptBank):
             raise ValueError(f"prompt {key!r} has hidden size {embeddings.shape[-1]}, model has {self.hidden}")
         self._prompts[key] = embeddings.detach().to(self.device, torch.float32).clone()  # (n, H), the model's device
 
+    def add_frozen(self, name: str, embeddings: torch.Tensor) -> None:
+        """As `put`: how `loading.frozen_prompt_model` fills a bank."""
+        self.put(name, embeddings)
+
     def drop(self, key: str) -> None:
         self._prompts.pop(key, None)
 
@@ -115,7 +119,7 @@ class PromptStore:
             try:
                 prompt = self.table.get(taskname, version, base_model=self.fingerprint, tokenizer=self.tokenizer)
             except BaseModelMismatchError as e:  # the server's model or tokenizer is not the task's: not a 404
-                self.unservable[key] = f"task {taskname!r} version {version!r} cannot be served by this server: {e}"
+                self.unservable[key] = f"{e} (It cannot be served by this server.)"  # e names task and version
                 raise TaskModelMismatchError(self.unservable[key], taskname=taskname, version=version) from None
             except PromptTableError as e:
                 raise UnknownVersionError(str(e), taskname=taskname, version=version) from None

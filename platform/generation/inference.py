@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -19,65 +19,32 @@ from tqdm.auto import tqdm
 
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example, Source, build_examples
-from promptray.platform.data.encoding import TaskEncoding, add_bos_by_task, fingerprint_tokenizer, warn_bos_overrides
-from promptray.platform.data.templates import TaskTemplate
-from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.data.encoding import add_bos_by_task, warn_bos_overrides
+from promptray.platform.errors import DatasetError
 from promptray.platform.generation.decode import DecodeRow, GenerationParams, decode_rows
+from promptray.platform.generation.loading import PromptModel, load_prompt_model
 from promptray.platform.generation.logprobs import openai_logprobs
-from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
-from promptray.platform.model.hub import load_base_model
-from promptray.platform.model.prompt_encoder import PromptBank
 from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.table.table import PromptTable
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class InferenceEngine:
-    model: PromptLearningModel
-    tokenizer: object
-    templates: dict[str, TaskTemplate]
-    versions: dict[str, Optional[str]]
-    fingerprint: BaseModelFingerprint
-    encodings: dict[str, TaskEncoding] = field(default_factory=dict)  # as trained; absent: the defaults
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+InferenceEngine = PromptModel  # what offline inference runs on: the one loaded-model type (loading.py)
 
 
 def load_inference_engine(table_uri: str, base_model: Optional[str] = None, tasks: Optional[list[str]] = None,
                           precision: str = "fp32", device: Optional[torch.device] = None, *,
-                          endpoint_url: Optional[str] = None) -> InferenceEngine:
-    """The base model (default: the one the table's prompts were trained on) with the table's tasks, on
-    `device` (None: the CPU). Raises BaseModelMismatchError (encoding.TokenizerMismatchError for the
-    tokenizer) when a task was trained on another model or tokenizer. `endpoint_url`: the S3-compatible
-    server of an s3:// table (None: boto3's own lookup)."""
+                          endpoint_url: Optional[str] = None) -> PromptModel:
+    """`promptray infer`'s model: `load_prompt_model` with `tasks` None or empty meaning every task of the
+    table (errors as there: ConfigError for an empty table, BaseModelMismatchError /
+    TokenizerMismatchError for a task trained on another model or tokenizer). `endpoint_url`: the
+    S3-compatible server of an s3:// table (None: boto3's own lookup)."""
     table = PromptTable(table_uri, endpoint_url=endpoint_url)
-    names = tasks or table.tasks()
-    if not names:
-        raise ConfigError(f"the prompt table at {table_uri!r} has no tasks; train some first")
-    name = base_model or table.get(names[0]).base_model.name
-    lm, tokenizer = load_base_model(name)
-    fingerprint = fingerprint_model(lm, name)
-    prompts = table.get_many(names, base_model=fingerprint, tokenizer=fingerprint_tokenizer(tokenizer))
-    return engine_from_prompts(lm, tokenizer, fingerprint, prompts, precision, device)
+    return load_prompt_model(table, base_model, tasks or None, precision, device)
 
 
-def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompts: dict, precision: str = "fp32",
-                        device: Optional[torch.device] = None) -> InferenceEngine:
-    bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
-    for name, p in prompts.items():
-        bank.add_frozen(name, p.embeddings)
-    model = PromptLearningModel(lm, bank, precision).eval()
-    if device is not None:
-        model.to(device)  # the prompts (the bank's buffers) move with it
-    templates = {n: TaskTemplate.model_validate(p.template) for n, p in prompts.items()}
-    return InferenceEngine(model, tokenizer, templates, {n: p.version for n, p in prompts.items()}, fingerprint,
-                           {n: p.encoding for n, p in prompts.items()})
-
-
-def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
+def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: int,
             add_bos: Optional[bool] = None, *, endpoint_url: Optional[str] = None) -> list[Example]:
     """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
 
@@ -108,7 +75,7 @@ class Generated:
     logprobs: Optional[dict] = None
 
 
-def predict_rows(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams,
+def predict_rows(engine: PromptModel, examples: Sequence[Example], params: GenerationParams,
                  batch_size: int = 8, progress: bool = False) -> list[Generated]:
     """Each example's generation (input order kept); batches mix tasks, grouped by length to cut padding.
     Sampling draws from one generator seeded with `params.seed` per batch."""
@@ -130,7 +97,7 @@ def _generated(row: DecodeRow, decode) -> Generated:
     return Generated(decode(ids), ids, logprobs)
 
 
-def predict(engine: InferenceEngine, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
+def predict(engine: PromptModel, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
             progress: bool = False) -> list[str]:
     """Generated text per example (see `predict_rows`)."""
     return [g.text for g in predict_rows(engine, examples, params, batch_size, progress)]
@@ -141,7 +108,7 @@ def text_ids(example: Example) -> list[int]:
     return [t for t, v in zip(example.input_ids, example.virtual_ids) if v < 0]
 
 
-def write_pred_file(path: Path, engine: InferenceEngine, examples: Sequence[Example],
+def write_pred_file(path: Path, engine: PromptModel, examples: Sequence[Example],
                     generated: Sequence[Generated]) -> None:
     """NeMo's `pred_file_path`: one line per record, the prompt (virtual tokens left out) followed by the
     generated text, decoded together, stripped, newlines replaced by spaces (as NeMo's

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.data.encoding import TaskEncoding, TokenizerFingerprint
 from promptray.platform.errors import ConfigError, PromptTableError
 from promptray.platform.model.fingerprint import BaseModelFingerprint
 
@@ -44,6 +44,20 @@ class TaskPrompt:
     @property
     def num_virtual_tokens(self) -> int:
         return int(self.embeddings.shape[0])
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `task 'x' version 'v…'` (`task 'x'` before it is published)."""
+        return f"task {self.taskname!r}" + (f" version {self.version!r}" if self.version else "")
+
+    def check_against(self, base_model: BaseModelFingerprint | None,
+                      tokenizer: TokenizerFingerprint | None = None) -> None:
+        """Raise BaseModelMismatchError when it was trained on another base model than `base_model`, or
+        encoding.TokenizerMismatchError (a subclass) when with another tokenizer than `tokenizer`; what is
+        None (or was not recorded at training) is not checked. Every loader checks prompts through this."""
+        if base_model is not None:
+            self.base_model.check_compatible(base_model, what=self.label)
+        self.encoding.check_tokenizer(tokenizer, what=self.label)
 
 
 def _tensor_problems(p: TaskPrompt, where: str) -> list[str]:

@@ -169,9 +169,7 @@ class PromptTable:
     def _read(self, info: VersionInfo, base_model: BaseModelFingerprint | None,
               tokenizer: TokenizerFingerprint | None = None) -> TaskPrompt:
         prompt = decode_prompt(self._fetch(info), version=info.version)
-        if base_model is not None:
-            prompt.base_model.check_compatible(base_model, what=f"task {info.taskname!r}")
-        prompt.encoding.check_tokenizer(tokenizer, what=f"task {info.taskname!r} version {info.version!r}")
+        prompt.check_against(base_model, tokenizer)
         return prompt
 
     def get(self, taskname: str, version: str | None = None, base_model: BaseModelFingerprint | None = None,

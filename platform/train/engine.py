@@ -14,9 +14,10 @@ from typing import Optional
 import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
-from promptray.platform.data.encoding import TokenizerFingerprint, fingerprint_tokenizer
+from promptray.platform.data.encoding import TaskEncoding, fingerprint_tokenizer
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 from promptray.platform.errors import ConfigError
+from promptray.platform.generation.loading import PromptModel, check_prompts, read_prompts, trained_base_model
 from promptray.platform.model.fingerprint import BaseModelFingerprint, fingerprint_model
 from promptray.platform.model.hub import load_base_model
 from promptray.platform.model.limits import check_model_limits
@@ -42,16 +43,22 @@ class Engine:
     new_tasks: list[str]
     existing: dict[str, TaskPrompt] = field(default_factory=dict)  # restored, frozen
 
+    def new_tasks_model(self, encoding: TaskEncoding) -> PromptModel:
+        """The new tasks as a `PromptModel` sharing this model (not copied), each formatted with `encoding`
+        (how this run trains them): what search trials evaluate between training steps."""
+        return PromptModel(self.model, self.tokenizer, {n: self.templates[n] for n in self.new_tasks},
+                           {n: None for n in self.new_tasks}, self.fingerprint,
+                           {n: encoding for n in self.new_tasks})
 
-def restore_tasks(table: PromptTable, names: list[str], fingerprint: Optional[BaseModelFingerprint] = None,
-                  tokenizer: Optional[TokenizerFingerprint] = None) -> dict[str, TaskPrompt]:
-    """Existing tasks from a table, checked against the base model and its tokenizer when they are given."""
+
+def restore_tasks(table: PromptTable, names: list[str]) -> dict[str, TaskPrompt]:
+    """Existing tasks from a table, not yet checked (`loading.check_prompts` does, once the model is loaded)."""
     known, uri = table.tasks(), table.uri
     missing = [n for n in names if n not in known]
     if missing:
         raise ConfigError(f"model.existing_tasks: {missing} not in the prompt table at {uri!r} "
                           f"(it has {known}); fix existing_tasks or restore_path")
-    return table.get_many(names, base_model=fingerprint, tokenizer=tokenizer)
+    return table.get_many(names)
 
 
 def _check_new_tasks(cfg: PromptLearningConfig, table: Optional[PromptTable]) -> None:
@@ -113,15 +120,12 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     # one client, reused below
     restored = PromptTable(m.restore_path, endpoint_url=cfg.storage.endpoint_url) if m.restore_path else None
     _check_new_tasks(cfg, restored)
-    lm_name = m.language_model_path or _base_model_from_table(restored)
     existing = restore_tasks(restored, m.existing_tasks) if m.existing_tasks else {}
+    lm_name = m.language_model_path or _base_model_from_table(restored, existing)
     check_model_limits(cfg, lm_name, existing)  # from the model's config alone, before its weights load
     lm, tokenizer = load_base_model(lm_name)
     fingerprint = fingerprint_model(lm, lm_name)
-    tokenizer_fp = fingerprint_tokenizer(tokenizer)
-    for name, prompt in existing.items():
-        prompt.base_model.check_compatible(fingerprint, what=f"task {name!r}")
-        prompt.encoding.check_tokenizer(tokenizer_fp, what=f"task {name!r}")
+    check_prompts(existing, fingerprint, fingerprint_tokenizer(tokenizer))  # as every loader checks them
     templates = _merge_templates(cfg, existing)
     vocab = lm.get_input_embeddings()  # rows as the model sees them (float32 as loaded)
     bank = build_bank(cfg, templates, existing, tokenizer, vocab)
@@ -131,11 +135,10 @@ def build_engine(cfg: PromptLearningConfig) -> Engine:
     return Engine(model, tokenizer, fingerprint, templates, list(m.new_tasks), existing)
 
 
-def _base_model_from_table(table: Optional[PromptTable]) -> str:
-    """The base model a restored table was trained on (used when language_model_path is not given)."""
-    tasks = table.tasks() if table is not None else []
-    if not tasks:
-        where = f"the table at {table.uri!r} has" if table is not None else "there is no restore_path with"
-        raise ConfigError(f"model.language_model_path is not set and {where} no tasks to "
-                          "take the base model from; set language_model_path")
-    return table.get(tasks[0]).base_model.name
+def _base_model_from_table(table: Optional[PromptTable], existing: dict[str, TaskPrompt]) -> str:
+    """The base model a restored table was trained on (used when language_model_path is not given): that of
+    the existing tasks, else of all the table's tasks (loading.trained_base_model's errors)."""
+    if table is None:
+        raise ConfigError("model.language_model_path is not set and there is no restore_path with tasks to take "
+                          "the base model from; set language_model_path")
+    return trained_base_model(existing or read_prompts(table, table.tasks()), table.uri, "model.language_model_path")

@@ -11,8 +11,12 @@ import torch
 from safetensors import safe_open
 
 from promptray.platform.config.schema import load_config
+from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import BaseModelMismatchError, ConfigError
-from promptray.platform.table.table import PromptTable
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.hub import load_base_model
+from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.train.engine import build_engine
 from promptray.platform.train.trainer import train
 
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
@@ -231,8 +235,40 @@ def test_restoring_against_another_base_model_fails_clearly(tmp_path, tiny_gpt2_
     train(_toy_config(tmp_path, tiny_gpt2_path, {"a": 4}, steps=2), progress=False)
     cfg = _toy_config(tmp_path, tiny_llama_path, {"b": 4}, steps=2, restore_path=str(tmp_path / "table"),
                       existing_tasks=["a"])
-    with pytest.raises(BaseModelMismatchError, match="task 'a' was trained on base model"):
+    # the message shape of every loader (table, infer, serve, search): task, version, both models, the difference
+    with pytest.raises(BaseModelMismatchError, match=r"^task 'a' version 'v000001-\w+' was trained on base model "
+                                                     r".*tiny-gpt2.* but is being loaded against .*tiny-llama"):
         train(cfg, progress=False)
+
+
+def _publish_on(table: PromptTable, tasks: dict[str, Path]) -> None:
+    """One 4-token prompt per task, published as trained on the given model folder (its real fingerprints)."""
+    prompts = []
+    for name, path in tasks.items():
+        lm, tok = load_base_model(str(path))
+        template = {"taskname": name, "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+                    "total_virtual_tokens": 4, "virtual_token_splits": [4], "answer_field": "label"}
+        prompts.append(TaskPrompt(taskname=name, embeddings=torch.randn(4, 32), template=template,
+                                  style="prompt-tuning", base_model=fingerprint_model(lm, str(path)),
+                                  encoding=TaskEncoding.of(tok, add_bos=False, add_eos=True)))
+    table.publish(prompts)
+
+
+def test_restore_without_language_model_path_loads_the_existing_tasks_base_model(tmp_path, tiny_gpt2_path,
+                                                                                 tiny_llama_path):
+    table = PromptTable(tmp_path / "old")
+    _publish_on(table, {"g": tiny_gpt2_path, "l": tiny_llama_path})
+    restore = {"language_model_path": None, "restore_path": table.uri}
+    engine = build_engine(_toy_config(tmp_path, tiny_gpt2_path, {"c": 4}, existing_tasks=["l"], **restore))
+    assert engine.fingerprint.name == str(tiny_llama_path) and engine.fingerprint.architecture == "LlamaForCausalLM"
+    assert engine.model.bank.frozen_names == ["l"] and engine.model.bank.tuned_names == ["c"]
+    two = (f"model.language_model_path is not set and the tasks of the prompt table at {table.uri!r} were trained "
+           f"on 2 different base models: {str(tiny_gpt2_path)!r} ('g'); {str(tiny_llama_path)!r} ('l'); set "
+           "model.language_model_path to the one to load")
+    for existing in (["g", "l"], []):  # the existing tasks, else every task of the table
+        with pytest.raises(BaseModelMismatchError) as err:
+            build_engine(_toy_config(tmp_path, tiny_gpt2_path, {"c": 4}, existing_tasks=existing, **restore))
+        assert str(err.value).startswith(two)
 
 
 def test_best_prompts_by_validation_loss_are_published(tmp_path, tiny_gpt2_path):
