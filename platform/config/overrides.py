@@ -31,7 +31,7 @@ def parse_overrides(overrides: Overrides) -> tuple[list[tuple[str, Any]], list[s
     for item in [overrides] if isinstance(overrides, str) else overrides:
         key, eq, text = str(item).partition("=")
         if not eq or not key.strip():
-            problems.append(f"override {item!r} is not KEY=VALUE (e.g. model.new_tasks=[squad])")
+            problems.append(f"override {item!r} is not KEY=VALUE (e.g. trainer.max_steps=100)")
             continue
         try:
             value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
