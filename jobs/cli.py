@@ -76,7 +76,7 @@ def _import_serving():
 
         from promptray.serve.app import build_app
     except ModuleNotFoundError as e:
-        raise missing_extra(e, "serving (Ray Serve and FastAPI)") from None
+        raise missing_extra(e, "serving needs Ray Serve and FastAPI") from None
     return ray, serve, build_app
 
 

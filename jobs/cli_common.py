@@ -19,22 +19,22 @@ class MissingDependencyError(PromptrayError):
     """An optional dependency of a command is not installed; the message says what to install."""
 
 
-def missing_extra(error: ModuleNotFoundError, purpose: str) -> MissingDependencyError:
-    """The one-line error for a module of the `ray` extra that is not installed; any other missing module is
-    a real bug and `error` itself is raised again (its traceback kept)."""
+def missing_extra(error: ModuleNotFoundError, needs: str) -> MissingDependencyError:
+    """The one-line error ("{needs}, and 'ray' is not installed: pip install 'promptray[ray]'") for a module
+    of the `ray` extra that is not installed; any other missing module is a real bug and `error` itself is
+    raised again (its traceback kept)."""
     if (error.name or "").split(".")[0] not in RAY_EXTRA:
         raise error
-    return MissingDependencyError(f"{purpose} needs the 'ray' extra, and {error.name!r} is not installed: "
-                                  "pip install 'promptray[ray]'")
+    return MissingDependencyError(f"{needs}, and {error.name!r} is not installed: pip install 'promptray[ray]'")
 
 
-def require_ray(purpose: str) -> None:
+def require_ray(needs: str) -> None:
     """Import Ray (Train and Tune), or raise MissingDependencyError saying what to install."""
     try:
         for module in ("ray", "ray.train", "ray.tune"):
             importlib.import_module(module)
     except ModuleNotFoundError as e:
-        raise missing_extra(e, purpose) from None
+        raise missing_extra(e, needs) from None
 
 
 def parse_anywhere(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from promptray.jobs.cli_common import parse_anywhere, require_ray
+from promptray.jobs.cli_common import MissingDependencyError, parse_anywhere, require_ray
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
@@ -197,12 +197,12 @@ def main(argv: Optional[list[str]] = None, echo: Callable[[str], None] = print) 
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = prepare_search_config(args.config, args.overrides)
-        require_ray("python -m promptray.jobs.search (a Ray Tune search)")
+        require_ray("a search needs Ray Tune")
         connect(args.address, cfg, args.num_cpus)
         payload = run_search(cfg, resume=args.resume)
     except PromptrayError as e:
         print(f"promptray.jobs.search: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        return 2 if isinstance(e, (ConfigError, MissingDependencyError)) else 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -204,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = absolutize(load_config(args.config, args.overrides, check_files=True))
         check_model_limits_on_driver(cfg)  # the base model's config only, before Ray starts
-        require_ray("python -m promptray.jobs.train (a Ray Train job)")
+        require_ray("a training job needs Ray Train")
         connect(args.address, cfg, args.num_cpus)
         payload = run_job(cfg, echo=lambda line: print(line, flush=True))
     except PromptrayError as e:

@@ -44,7 +44,7 @@ class TuningRequest(BaseModel):
     max_steps: Int = Field(100, ge=1, le=MAX_STEPS)
     micro_batch_size: Int = Field(4, ge=1, le=MAX_COUNT)
     global_batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # default: micro_batch_size x num_workers
-    lr: Optional[Float] = Field(None, gt=0, le=MAX_LR)  # default: 3e-2 (prompt-tuning) or 3e-3 (p-tuning)
+    lr: Optional[Float] = Field(None, gt=0.0, le=MAX_LR)  # default: 3e-2 (prompt-tuning) or 3e-3 (p-tuning)
     precision: Union[int, str] = "bf16"
     seed: Int = Field(1234, ge=0, le=2**32 - 1)
     val_check_interval: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)  # default: once, after the last step

@@ -61,7 +61,7 @@ class TrainerConfig(Section):
     limit_val_batches: Union[StrictInt, Float] = 1.0
     log_every_n_steps: Int = Field(10, ge=1, le=MAX_STEPS)
     accumulate_grad_batches: Int = Field(1, ge=1, le=MAX_COUNT)
-    gradient_clip_val: Optional[Float] = Field(1.0, ge=0)  # 0 or null: no clipping (Lightning's rule)
+    gradient_clip_val: Optional[Float] = Field(1.0, ge=0.0)  # 0 or null: no clipping (Lightning's rule)
 
     @field_validator("max_epochs", "max_steps")
     @classmethod
@@ -98,7 +98,7 @@ SCHEDULES = {"cosineannealing", "constant", "none"}  # lower-cased names (train/
 class SchedConfig(Section):
     name: str = "CosineAnnealing"  # or constant / none
     warmup_steps: Optional[Int] = Field(None, ge=0, le=MAX_STEPS)
-    warmup_ratio: Optional[Float] = Field(None, ge=0, le=1)
+    warmup_ratio: Optional[Float] = Field(None, ge=0.0, le=1.0)
     min_lr: Float = Field(0.0, ge=0, le=MAX_LR)
     constant_steps: Int = Field(0, ge=0, le=MAX_STEPS)
 

@@ -112,7 +112,7 @@ class SearchConfig(_Section):
     num_samples: Int = Field(1, ge=1, le=MAX_COUNT)  # samples of the other dimensions per token-count grid point
     max_concurrent_trials: Int = Field(1, ge=1, le=MAX_COUNT)
     cpus_per_trial: Float = Field(1.0, gt=0, le=MAX_COUNT)  # 1-worker trials; else ray.resources_per_worker
-    time_budget_s: Optional[Float] = Field(None, gt=0)
+    time_budget_s: Optional[Float] = Field(None, gt=0.0)
     seed: Int = Field(0, ge=0, le=2**32 - 1)
     grace_period: Int = Field(1, ge=1, le=MAX_STEPS)  # validations before ASHA may stop a trial
     reduction_factor: Float = Field(2.0, gt=1, le=MAX_COUNT)

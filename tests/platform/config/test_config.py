@@ -464,7 +464,7 @@ def test_four_problems_of_one_config_come_in_one_report(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val: got -1.0; use a value >= 0"),
+    ("trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val: got -1.0; use a value >= 0.0"),
     ("model.optim.lr=-1", "model.optim.lr: got -1; use a value > 0.0"),
     ("model.optim.lr=0", "model.optim.lr: got 0; use a value > 0.0"),
     ("model.optim.betas=[0.9]", "model.optim.betas: give two numbers in [0, 1), e.g. [0.9, 0.999] (got [0.9])"),
@@ -473,7 +473,7 @@ def test_four_problems_of_one_config_come_in_one_report(tmp_path, monkeypatch):
     ("model.optim.eps=0", "model.optim.eps: got 0; use a value > 0.0"),
     ("model.optim.weight_decay=-0.1", "model.optim.weight_decay: got -0.1; use a value >= 0.0"),
     ("model.optim.sched.warmup_steps=-5", "model.optim.sched.warmup_steps: got -5; use a value >= 0"),
-    ("model.optim.sched.warmup_ratio=1.5", "model.optim.sched.warmup_ratio: got 1.5; use a value <= 1"),
+    ("model.optim.sched.warmup_ratio=1.5", "model.optim.sched.warmup_ratio: got 1.5; use a value <= 1.0"),
     ("model.optim.sched.constant_steps=-1", "model.optim.sched.constant_steps: got -1; use a value >= 0"),
     ("model.optim.sched.min_lr=-0.1", "model.optim.sched.min_lr: got -0.1; use a value >= 0.0"),
     ("model.optim.sched.min_lr=0.5", "model.optim.sched.min_lr: 0.5 is above model.optim.lr=0.0001; the schedule "
