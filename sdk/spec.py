@@ -86,7 +86,7 @@ def describe_request_error(err: dict) -> str:
     value = value if len(value) <= 80 else value[:80] + "..."
     if err.get("type") == "missing":
         return f"{loc}: required keyword argument is missing; pass {loc}=..."
-    return f"{loc}: {err['msg']} (got {value})"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')} (got {value})"
 
 
 # keyword arguments without a default, and the config keys they set (a missing / invalid one stands in empty)
