@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from typing import Optional
 
 from promptray.platform.errors import PromptrayError
@@ -48,3 +49,14 @@ def parse_anywhere(parser: argparse.ArgumentParser, argv: Optional[list[str]] = 
     if extra:
         args.overrides = list(args.overrides or []) + extra
     return args
+
+
+def seconds(text: str) -> float:
+    """argparse type of a duration in seconds: a finite number >= 0 (not -5, nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"got {text}; give a finite number of seconds >= 0")
+    return value

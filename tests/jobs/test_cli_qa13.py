@@ -89,3 +89,17 @@ def test_the_jobs_without_ray_say_what_to_install(job, needs, tmp_path, monkeypa
     name = "train" if job is train_job else "search"
     assert err == (f"promptray.jobs.{name}: error: {needs}, and 'ray' is not installed: "
                    "pip install 'promptray[ray]'")
+
+
+# ----------------------------------------------------------------------------- F12: table gc grace
+
+@pytest.mark.parametrize("value, message", [("-5", "got -5; give a finite number of seconds >= 0"),
+                                            ("nan", "got nan; give a finite number of seconds >= 0"),
+                                            ("inf", "got inf; give a finite number of seconds >= 0"),
+                                            ("soon", "'soon' is not a number of seconds")])
+def test_table_gc_grace_must_be_finite_and_not_negative(value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["table", "gc", str(tmp_path / "table"), "--grace-seconds", value])
+    assert e.value.code == 2
+    assert f"argument --grace-seconds: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "table").exists()
