@@ -103,3 +103,26 @@ def test_table_gc_grace_must_be_finite_and_not_negative(value, message, tmp_path
     assert e.value.code == 2
     assert f"argument --grace-seconds: {message}" in capsys.readouterr().err
     assert not (tmp_path / "table").exists()
+
+
+# ----------------------------------------------------------------------------- F13: NeMo inference variants
+
+def test_nemo_inference_variant_with_global_batch_size_and_max_seq_length(tmp_path, tiny_gpt2_path, capsys):
+    import json
+
+    assert main(["train", str(_train_config(tmp_path, tiny_gpt2_path)), "--no-progress"]) == 0
+    capsys.readouterr()
+    data = tmp_path / "infer.jsonl"
+    data.write_text("".join(json.dumps({"taskname": "alpha", "text": f"item {i}", "label": "yes"}) + "\n"
+                            for i in range(3)))
+    nemo = Path(__file__).resolve().parent / "fixtures" / "nemo_inference.yaml"
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(nemo.read_text().replace("  batch_size: 2\n", "") + "global_batch_size: 16\n")
+    args = ["infer", "--config", str(variant), f"virtual_prompt_model_file={tmp_path / 'table'}",
+            f"data_paths=[{data}]", f"pred_file_path={tmp_path / 'p.txt'}", f"output_file={tmp_path / 'o.jsonl'}",
+            "--no-progress"]
+    assert main(args + ["max_seq_length=64"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 3
+    assert main(args + ["max_seq_length=8"]) == 2  # 4 tokens to generate leave 4 for a 3 + 4 token prompt
+    err = capsys.readouterr().err
+    assert "3 record(s) do not fit max_seq_length=8 with 4 tokens to generate" in err, err
