@@ -162,9 +162,11 @@ class PromptLearningConfig(Section):
 
 def load_config(source: Union[str, Path, dict], overrides: Overrides = None, *,
                 check_files: bool = False) -> PromptLearningConfig:
-    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything.
+    """Read YAML (or a dict), apply dotted overrides (["model.new_tasks=[squad]"] or {key: value}; rules in
+    overrides.py), check everything; a precision Lightning reads as fp16 is logged as run in bf16.
 
-    Every problem (per key, across keys and, with `check_files`, local data files that do not exist) is
+    Every problem (overrides that cannot be applied, per key, across keys and, with `check_files`, local data
+    files that do not exist) is
     raised at once in one ConfigError naming key, value and fix. NeMo keys without meaning here
     (nemo_keys.IGNORED_KEYS) are removed and logged."""
     raw, problems = _merge(source, overrides)
