@@ -22,6 +22,7 @@ import time
 from typing import Optional
 
 from promptray.jobs import table_cli
+from promptray.jobs.cli_common import MissingDependencyError, missing_extra, parse_anywhere  # noqa: F401
 from promptray.platform.errors import PromptrayError
 
 
@@ -63,10 +64,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-class MissingDependencyError(PromptrayError):
-    """An optional dependency of a command is not installed; the message says what to install."""
-
-
 class ServerStartError(PromptrayError):
     """The server started but cannot serve (its replica said why)."""
 
@@ -79,10 +76,7 @@ def _import_serving():
 
         from promptray.serve.app import build_app
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in ("ray", "fastapi", "fastapi_offline", "starlette"):
-            raise  # not a missing extra: a real bug, keep its traceback
-        raise MissingDependencyError(f"serving needs Ray Serve and FastAPI, and {e.name!r} is not installed: "
-                                     "pip install 'promptray[ray]'") from None
+        raise missing_extra(e, "serving needs Ray Serve and FastAPI") from None
     return ray, serve, build_app
 
 
@@ -138,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="prompt-tune / p-tune from a NeMo-style YAML config")
     t.add_argument("config", help="YAML config (NeMo's prompt-learning format)")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.new_tasks=[squad]")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.new_tasks=[squad] (before or "
+                   "after the flags)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
     i = sub.add_parser("infer", help="multi-task inference from a prompt table (mirrors NeMo's eval script)")
@@ -166,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `promptray table ls | head` ends quietly
-    args = build_parser().parse_args(argv)
+    args = parse_anywhere(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from promptray.jobs.cli_common import MissingDependencyError, parse_anywhere, require_ray
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m promptray.jobs.search",
                                 description="Search prompt-learning settings per task with Ray Tune.")
     p.add_argument("--config", required=True, help="YAML config with a `search:` section")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. search.num_samples=4")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. search.num_samples=4 (before or after the "
+                   "flags)")
     p.add_argument("--resume", action="store_true", help="require an interrupted search in the run dir "
                    "(it is resumed automatically when present)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
@@ -190,16 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, echo: Callable[[str], None] = print) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_anywhere(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = prepare_search_config(args.config, args.overrides)
+        require_ray("a search needs Ray Tune")
         connect(args.address, cfg, args.num_cpus)
         payload = run_search(cfg, resume=args.resume)
     except PromptrayError as e:
         print(f"promptray.jobs.search: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        return 2 if isinstance(e, (ConfigError, MissingDependencyError)) else 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

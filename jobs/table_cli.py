@@ -18,6 +18,8 @@ import json
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+from promptray.jobs.cli_common import seconds
+
 
 def _print(args: argparse.Namespace, data: Any, rows: list[list[str]] | None = None,
            header: list[str] | None = None) -> None:
@@ -146,7 +148,7 @@ def register(sub) -> None:
     add("rm", cmd_rm, "remove a task (kept in history)", "uri", "task")
     gc = add("gc", cmd_gc, "delete unreferenced objects", "uri")
     gc.add_argument("--dry-run", action="store_true")
-    gc.add_argument("--grace-seconds", type=float, default=3600.0,
+    gc.add_argument("--grace-seconds", type=seconds, default=3600.0,
                     help="only objects older than this are collected (in-flight publishes are safe)")
     ex = add("export-peft", cmd_export_peft, "export a task as a PEFT adapter", "uri", "task", "out_dir")
     ex.add_argument("--version")

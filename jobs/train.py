@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from promptray.jobs.cli_common import parse_anywhere, require_ray
 from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.platform.model.limits import check_model_limits_on_driver
@@ -188,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m promptray.jobs.train",
                                 description="Prompt-tune / p-tune from a NeMo-style config as a Ray Train job.")
     p.add_argument("--config", required=True, help="YAML config (NeMo's prompt-learning format + `ray:`)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.optim.lr=0.01 ray.num_workers=2")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.optim.lr=0.01 ray.num_workers=2 "
+                   "(before or after the flags)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: this machine's)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -196,12 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_anywhere(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = absolutize(load_config(args.config, args.overrides, check_files=True))
         check_model_limits_on_driver(cfg)  # the base model's config only, before Ray starts
+        require_ray("a training job needs Ray Train")
         connect(args.address, cfg, args.num_cpus)
         payload = run_job(cfg, echo=lambda line: print(line, flush=True))
     except PromptrayError as e:

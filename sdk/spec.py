@@ -9,7 +9,7 @@ problem (of the keyword arguments and of the config) is reported at once in a Jo
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -17,12 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from promptray.platform.config.overrides import Overrides, apply_overrides
 from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
 from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.errors import ConfigError
 from promptray.sdk.errors import JobConfigError
 
-Overrides = Union[Mapping[str, Any], Sequence[str], None]
 DEFAULT_LR = {"prompt-tuning": 3e-2, "p-tuning": 3e-3}  # the demo's learning rates
 
 
@@ -36,18 +37,18 @@ class TuningRequest(BaseModel):
     validation_files: list[str] = Field(default_factory=list)
     style: Literal["prompt-tuning", "p-tuning"] = "prompt-tuning"
     name: str = Field("tuning", min_length=1)
-    num_workers: int = Field(1, ge=1)
+    num_workers: Int = Field(1, ge=1, le=MAX_COUNT)
     use_gpu: bool = False
-    resources_per_worker: Optional[dict[str, float]] = None  # e.g. {"CPU": 2}; Ray's default is 1 CPU
-    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint
-    max_steps: int = Field(100, ge=1)
-    micro_batch_size: int = Field(4, ge=1)
-    global_batch_size: Optional[int] = Field(None, ge=1)  # default: micro_batch_size x num_workers
-    lr: Optional[float] = Field(None, gt=0)  # default: 3e-2 (prompt-tuning) or 3e-3 (p-tuning)
+    resources_per_worker: Optional[dict[str, Float]] = None  # e.g. {"CPU": 2}; Ray's default is 1 CPU
+    max_failures: Int = Field(0, ge=-1, le=MAX_COUNT)  # worker-group restarts from the last checkpoint
+    max_steps: Int = Field(100, ge=1, le=MAX_STEPS)
+    micro_batch_size: Int = Field(4, ge=1, le=MAX_COUNT)
+    global_batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # default: micro_batch_size x num_workers
+    lr: Optional[Float] = Field(None, gt=0.0, le=MAX_LR)  # default: 3e-2 (prompt-tuning) or 3e-3 (p-tuning)
     precision: Union[int, str] = "bf16"
-    seed: int = Field(1234, ge=0)
-    val_check_interval: Optional[int] = Field(None, ge=1)  # default: once, after the last step
-    max_seq_length: Optional[int] = Field(None, ge=8)
+    seed: Int = Field(1234, ge=0, le=2**32 - 1)
+    val_check_interval: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)  # default: once, after the last step
+    max_seq_length: Optional[Int] = Field(None, ge=8, le=MAX_COUNT)
 
     @field_validator("style", mode="before")
     @classmethod
@@ -65,8 +66,8 @@ class TuningRequest(BaseModel):
             data["max_seq_length"] = self.max_seq_length
         model = {"seed": self.seed, "virtual_prompt_style": self.style, "micro_batch_size": self.micro_batch_size,
                  "global_batch_size": self.global_batch_size or self.micro_batch_size * self.num_workers,
-                 "language_model_path": self.base_model, "new_tasks": [t.taskname for t in self.tasks],
-                 "task_templates": [t.model_dump() for t in self.tasks], "data": data,
+                 "language_model_path": self.base_model, "new_tasks": [_task(t).get("taskname") for t in self.tasks],
+                 "task_templates": [_task(t) for t in self.tasks], "data": data,
                  "optim": {"name": "adamw", "lr": self.lr or DEFAULT_LR[self.style]}}
         ray = {"num_workers": self.num_workers, "use_gpu": self.use_gpu, "max_failures": self.max_failures,
                "resources_per_worker": self.resources_per_worker}
@@ -85,32 +86,50 @@ def describe_request_error(err: dict) -> str:
     value = value if len(value) <= 80 else value[:80] + "..."
     if err.get("type") == "missing":
         return f"{loc}: required keyword argument is missing; pass {loc}=..."
-    return f"{loc}: {err['msg']} (got {value})"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')} (got {value})"
 
 
-def request_config(fields: dict[str, Any]) -> tuple[Optional[dict], list[str]]:
-    """(config dict, []) from keyword arguments, or (None, every problem)."""
+# keyword arguments without a default, and the config keys they set (a missing / invalid one stands in empty)
+REQUIRED_KEYS = {"base_model": "language_model_path", "tasks": "new_tasks", "train_files": "train_ds"}
+
+
+def _task(t: Any) -> dict:
+    return t.model_dump() if isinstance(t, TaskTemplate) else dict(t) if isinstance(t, Mapping) else {}
+
+
+def request_config(fields: dict[str, Any]) -> tuple[dict, list[str], list[str]]:
+    """(config dict, problems of the keyword arguments, config keys whose stand-ins are not the user's).
+
+    Invalid arguments are reported and replaced by their defaults (required ones by empty values), so the
+    config they stand for can still be checked: every problem comes out in one report."""
     try:
-        return TuningRequest.model_validate(fields).to_config(), []
+        return TuningRequest.model_validate(fields).to_config(), [], []
     except ValidationError as e:
-        return None, [describe_request_error(err) for err in e.errors()]
+        problems = [describe_request_error(err) for err in e.errors()]
+        bad = {str(err["loc"][0]) for err in e.errors() if err.get("loc")}
+    kept = {k: v for k, v in fields.items() if k in TuningRequest.model_fields and k not in bad}
+    stand_ins = {k: None if k == "base_model" else [] for k in REQUIRED_KEYS if k not in kept}
+    request = TuningRequest.model_construct(**stand_ins, **kept)
+    return request.to_config(), problems, [REQUIRED_KEYS[k] for k in stand_ins]
 
 
-def _base(config: Union[str, Path, dict, None], fields: dict[str, Any]) -> tuple[Optional[DictConfig], list[str]]:
+def _base(config: Union[str, Path, dict, None], fields: dict[str, Any]) -> tuple[Optional[DictConfig], list[str],
+                                                                                   list[str]]:
+    """The base config, the problems found so far, and config keys whose problems are already reported."""
     if config is not None and fields:
         return None, [f"config: given together with keyword arguments {sorted(fields)}; pass either config= "
-                      "(a YAML path or dict) or the keyword arguments, and put changes in overrides="]
+                      "(a YAML path or dict) or the keyword arguments, and put changes in overrides="], []
     if config is None:
         if not fields:
             return None, ["config: missing; pass config= (a YAML path or dict) or the keyword arguments "
-                          "base_model=, tasks=, train_files=, ..."]
-        raw, problems = request_config(fields)
-        return (OmegaConf.create(raw) if raw else None), problems
+                          "base_model=, tasks=, train_files=, ..."], []
+        raw, problems, reported = request_config(fields)
+        return OmegaConf.create(raw), problems, reported
     if isinstance(config, dict):
-        return OmegaConf.create(config), []
+        return OmegaConf.create(config), [], []
     if not Path(config).is_file():
-        return None, [f"config: file {str(config)!r} does not exist (cwd {Path.cwd()}); check the path"]
-    return OmegaConf.load(config), []
+        return None, [f"config: file {str(config)!r} does not exist (cwd {Path.cwd()}); check the path"], []
+    return OmegaConf.load(config), [], []
 
 
 def set_table(conf: DictConfig, table: str) -> None:
@@ -125,38 +144,24 @@ def set_table(conf: DictConfig, table: str) -> None:
         model["restore_path"] = table
 
 
-def apply_overrides(conf: DictConfig, overrides: Overrides) -> DictConfig:
-    """Dict overrides keep their Python types; string overrides are parsed as `promptray train` parses them."""
-    if not overrides:
-        return conf
-    if isinstance(overrides, Mapping):
-        for key, value in overrides.items():
-            OmegaConf.update(conf, str(key), value, merge=True, force_add=True)
-        return conf
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    bad = [o for o in overrides if "=" not in str(o)]
-    if bad:
-        raise JobConfigError([f"overrides: {o!r} is not KEY=VALUE (e.g. model.optim.lr=0.01)" for o in bad])
-    return OmegaConf.merge(conf, OmegaConf.from_dotlist([str(o) for o in overrides]))
-
-
 def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fields: dict[str, Any],
                  table: Optional[str]) -> tuple[dict[str, Any], PromptLearningConfig]:
-    """The job's resolved config dict and its checked form; raises JobConfigError listing every problem."""
+    """The job's resolved config dict and its checked form; raises JobConfigError listing every problem
+    (keyword arguments, overrides, the config's keys and cross-key rules, local data files) at once."""
     try:
-        conf, problems = _base(config, fields)
+        conf, problems, reported = _base(config, fields)
         if conf is None:
             raise JobConfigError(problems)
         if table:
             set_table(conf, table)
-        raw = OmegaConf.to_container(apply_overrides(conf, overrides), resolve=True)
+        problems += apply_overrides(conf, overrides)
+        raw = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as e:
         raise JobConfigError(f"config: cannot read it: {str(e).splitlines()[0]}") from None
     try:
         cfg = load_config(raw, check_files=True)
     except ConfigError as e:
-        raise JobConfigError(problems + e.problems) from None
+        raise JobConfigError(problems + [p for p in e.problems if not any(k in p for k in reported)]) from None
     if problems:
         raise JobConfigError(problems)
     return raw, cfg

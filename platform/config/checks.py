@@ -3,7 +3,7 @@ and the fix), and NeMo / Lightning precision names. `schema.load_config` runs th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from promptray.platform.config.ray_config import ray_problems
 from promptray.platform.config.run import accelerator_problem
@@ -20,14 +20,26 @@ if TYPE_CHECKING:
 MIN_TEXT_TOKENS = 4
 
 
+FP16_NAMES = frozenset({"16", "16-mixed", "fp16", "half"})  # Lightning / NeMo fp16 names, run as bf16 here
+
+
 def normalize_precision(value: Union[int, str]) -> str:
-    """NeMo / Lightning precision names -> 'bf16' or 'fp32' (fp16 maps to bf16 on CPU)."""
+    """NeMo / Lightning precision names -> 'bf16' or 'fp32'. This engine has no fp16 path: Lightning's fp16
+    names (FP16_NAMES: 16, 16-mixed, fp16, half) run as bf16 (`precision_warning` says so at load)."""
     v = str(value).lower()
-    if v in {"16", "16-mixed", "bf16", "bf16-mixed", "bf16-true", "fp16", "half"}:
+    if v in FP16_NAMES | {"bf16", "bf16-mixed", "bf16-true"}:
         return "bf16"
     if v in {"32", "32-true", "fp32", "float32"}:
         return "fp32"
     raise ValueError(f"unknown precision {value!r}")
+
+
+def precision_warning(key: str, value: Union[int, str, None]) -> Optional[str]:
+    """The warning for a precision that Lightning reads as fp16 (run as bf16 here), else None."""
+    if value is None or str(value).lower() not in FP16_NAMES:
+        return None
+    return (f"{key}: {value!r} is fp16 in Lightning / NeMo; this engine has no fp16 path and runs it as bf16 "
+            f"(same speed class, wider range, fewer mantissa bits); set {key}=bf16 to say so")
 
 
 # ----------------------------------------------------------------------------- cross-field checks
@@ -55,8 +67,11 @@ def _template_problems(cfg: PromptLearningConfig) -> list[str]:
 def _task_list_problems(cfg: PromptLearningConfig) -> list[str]:
     m, problems = cfg.model, []
     names = [t.get("taskname") for t in m.task_templates]
-    training = m.virtual_prompt_style != "inference"
-    if training and not m.new_tasks:
+    if m.virtual_prompt_style == "inference":
+        problems.append("model.virtual_prompt_style: got 'inference'; NeMo's 'inference' style only runs a trained "
+                        "model, it cannot train: use prompt-tuning or p-tuning (for inference from a prompt table "
+                        "run `promptray infer`)")
+    if not m.new_tasks:
         problems.append("model.new_tasks: empty; name the tasks to tune (each needs a task template)")
     for t in m.new_tasks:
         if t not in names:
@@ -70,18 +85,18 @@ def _task_list_problems(cfg: PromptLearningConfig) -> list[str]:
     if m.existing_tasks and not m.restore_path:
         problems.append(f"model.existing_tasks: {m.existing_tasks} given but model.restore_path is null; set "
                         "restore_path to the prompt table that holds them, or empty existing_tasks")
-    if training and not m.language_model_path and not m.restore_path:
+    if not m.language_model_path and not m.restore_path:
         problems.append("model.language_model_path: not set; give a Hugging Face model directory or id, "
                         "or the built-in name smollm2-135m")
-    if training and not cfg.table_uri:
+    if not cfg.table_uri:
         problems.append("model.nemo_path: not set; name where the prompt table is saved "
                         "(model.nemo_path or model.prompt_table)")
     if m.nemo_path and m.prompt_table and m.nemo_path != m.prompt_table:
         problems.append(f"model.prompt_table ({m.prompt_table!r}) and model.nemo_path ({m.nemo_path!r}) "
                         "disagree; set only one")
-    if training and not m.data.train_ds:
+    if not m.data.train_ds:
         problems.append("model.data.train_ds: empty; list .json/.jsonl training files")
-    if training and m.virtual_prompt_style == "prompt-tuning":
+    if m.virtual_prompt_style == "prompt-tuning":
         problems += _init_problems(m)
     return problems
 
@@ -108,7 +123,7 @@ def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
         problems.append(f"model.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                         f"micro_batch_size x data-parallel size = {m.micro_batch_size} x "
                         f"{cfg.data_parallel_size}; make it one")
-    if m.virtual_prompt_style != "inference" and not t.max_steps and not t.max_epochs:
+    if not t.max_steps and not t.max_epochs:
         problems.append("trainer: neither max_steps nor max_epochs is set (-1 means unset); set one of them")
     return problems
 
@@ -116,7 +131,7 @@ def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
 def _length_problems(cfg: PromptLearningConfig) -> list[str]:
     """Virtual-token counts (templates, search candidates) against max_seq_length; the base model's own
     position limit is checked from its config when a run starts (model/limits.py)."""
-    limit, problems = cfg.max_seq_length, []
+    limit, problems = cfg.max_seq_length, _seq_length_problems(cfg.model)
     key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
     counts = [(f"model.task_templates[{i}].total_virtual_tokens (task {t.get('taskname')!r})",
                [t.get("total_virtual_tokens")]) for i, t in enumerate(cfg.model.task_templates)
@@ -130,6 +145,17 @@ def _length_problems(cfg: PromptLearningConfig) -> list[str]:
                             f"{limit}; an example needs its virtual tokens plus at least {MIN_TEXT_TOKENS} text "
                             f"tokens, so use at most {limit - MIN_TEXT_TOKENS} (or raise {key})")
     return problems
+
+
+def _seq_length_problems(m: ModelConfig) -> list[str]:
+    """model.data.max_seq_length caps the examples; it cannot exceed the model's model.encoder_seq_length
+    when both are given (the base model's own position limit caps both: model/limits.py)."""
+    cap = m.data.max_seq_length
+    if cap is None or "encoder_seq_length" not in m.model_fields_set or cap <= m.encoder_seq_length:
+        return []
+    return [f"model.data.max_seq_length: {cap} is above model.encoder_seq_length={m.encoder_seq_length}; an "
+            "example cannot be longer than the model's sequence length. Give data.max_seq_length <= "
+            f"{m.encoder_seq_length} (it caps the examples), or raise encoder_seq_length, or set only one"]
 
 
 def _optim_problems(cfg: PromptLearningConfig) -> list[str]:

@@ -7,7 +7,9 @@
     output_file=predictions.jsonl     ours: JSON lines with the record, prediction, version, logprobs, correct
     inference.greedy / tokens_to_generate / min_tokens_to_generate / temperature / top_k / top_p /
         repetition_penalty / add_BOS / compute_logprob / batch_size, and ours: seed, top_logprobs
-    batch_size=8 (= inference.batch_size)  precision=bf16|fp32 (= trainer.precision)
+    batch_size=8 (= inference.batch_size = NeMo's global_batch_size / micro_batch_size: one process, one device)
+    max_seq_length=N                  NeMo's cap on prompt + generated tokens (default: the model's positions)
+    precision=bf16|fp32 (= trainer.precision; fp16 names run as bf16, with a warning)
     accelerator=auto|cpu|gpu (= trainer.accelerator)
 
 NeMo keys with no meaning here (one process, one device, no loggers or data-loader workers) are accepted
@@ -22,12 +24,14 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from promptray.platform.config.overrides import apply_overrides
 from promptray.platform.config.run import accelerator_problem
-from promptray.platform.config.schema import normalize_precision
+from promptray.platform.config.schema import normalize_precision, precision_warning
+from promptray.platform.config.types import MAX_COUNT, Float, Int
 from promptray.platform.errors import ConfigError
 from promptray.platform.generation.sampling import MAX_LOGPROBS, GenerationParams
 from promptray.platform.model.devices import resolve_device
@@ -38,6 +42,9 @@ NO_MEANING = ("trainer.devices", "trainer.num_nodes", "trainer.logger", "num_wor
               "pipeline_model_parallel_split_rank")  # accepted, ignored (README: Inference)
 MODEL_PARALLEL = ("tensor_model_parallel_size", "pipeline_model_parallel_size")  # accepted when 1
 DEFAULT_BATCH_SIZE = 8
+# keys that set the number of records generated together; NeMo's global/micro batch sizes are that number
+# with one process on one device (NeMo's later files: inference.batch_size)
+BATCH_KEYS = ("batch_size", "inference.batch_size", "micro_batch_size", "global_batch_size")
 
 
 class InferenceParams(BaseModel):
@@ -45,17 +52,18 @@ class InferenceParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     greedy: bool = True
-    tokens_to_generate: int = Field(30, ge=1)
-    min_tokens_to_generate: int = Field(0, ge=0, description="EOS does not end a row before this many tokens")
-    temperature: float = Field(1.0, ge=0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0)
+    tokens_to_generate: Int = Field(30, ge=1, le=MAX_COUNT)
+    min_tokens_to_generate: Int = Field(0, ge=0, le=MAX_COUNT,
+                                        description="EOS does not end a row before this many tokens")
+    temperature: Float = Field(1.0, ge=0, le=100)
+    top_k: Int = Field(0, ge=0, le=MAX_COUNT)
+    top_p: Float = Field(1.0, gt=0, le=1)
+    repetition_penalty: Float = Field(1.0, gt=0, le=100)
     add_BOS: Optional[bool] = None  # None: as the task was trained
-    seed: Optional[int] = None
-    batch_size: Optional[int] = Field(None, ge=1)  # NeMo's place for it; same as the top-level batch_size
+    seed: Optional[Int] = Field(None, ge=0, le=2**32 - 1)
+    batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # NeMo's place; = the top-level batch_size
     compute_logprob: bool = False  # each generated token's log-probability, in output_file
-    top_logprobs: int = Field(0, ge=0, le=MAX_LOGPROBS)  # with compute_logprob: the k most likely per token
+    top_logprobs: Int = Field(0, ge=0, le=MAX_LOGPROBS)  # with compute_logprob: the k most likely per token
     all_probs: bool = False  # refused when true (see _cross_problems)
 
 
@@ -80,11 +88,14 @@ class InferConfig(BaseModel):
     tasks: Optional[list[str]] = None
     inference: InferenceParams = Field(default_factory=InferenceParams)
     trainer: InferTrainer = Field(default_factory=InferTrainer)
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
+    tensor_model_parallel_size: Int = 1
+    pipeline_model_parallel_size: Int = 1
     pipeline_model_parallel_split_rank: Any = None  # no meaning here
     num_workers: Any = None  # no meaning here
-    batch_size: Optional[int] = Field(None, ge=1)
+    batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
+    global_batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # one process: = batch_size (BATCH_KEYS)
+    micro_batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # one process: = batch_size (BATCH_KEYS)
+    max_seq_length: Optional[Int] = Field(None, ge=2, le=MAX_COUNT)  # NeMo's cap on prompt + generated tokens
     precision: Optional[Union[int, str]] = None  # default bf16 (also read from trainer.precision)
     accelerator: Optional[str] = None  # default auto (also read from trainer.accelerator)
     output_file: str = "predictions.jsonl"
@@ -101,7 +112,8 @@ class InferConfig(BaseModel):
 
     @property
     def resolved_batch_size(self) -> int:
-        return self.batch_size or self.inference.batch_size or DEFAULT_BATCH_SIZE
+        return (self.batch_size or self.inference.batch_size or self.micro_batch_size or self.global_batch_size
+                or DEFAULT_BATCH_SIZE)
 
     @property
     def resolved_precision(self) -> str:
@@ -127,14 +139,18 @@ def _first(*values):
 def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
     """The checked settings of a YAML file (NeMo's or ours) with KEY=VALUE overrides; raises ConfigError
     with every problem (schema ranges, unknown keys, conflicting or unsupported values) at once."""
-    raw, missing = _read(path, overrides)
-    problems = [f"{k}: the file leaves it to be given (???); set {k}=VALUE" for k in missing] + _cross_problems(raw)
+    raw, problems = _read(path, overrides)
+    problems += _cross_problems(raw)
     try:
         cfg = InferConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError([_describe(err) for err in e.errors()] + problems) from None
     if problems:
         raise ConfigError(problems)
+    for key in ("precision", "trainer.precision"):
+        warning = precision_warning(key, _get(raw, key))
+        if warning:
+            log.warning(warning)
     cfg.batch_size, cfg.precision = cfg.resolved_batch_size, cfg.resolved_precision
     cfg.accelerator = cfg.resolved_accelerator
     ignored = [k for k in NO_MEANING if _get(raw, k) is not None]
@@ -144,22 +160,20 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
 
 
 def _read(path: Optional[str], overrides: list[str]) -> tuple[dict, list[str]]:
-    """The merged settings, and the dotted keys NeMo's `???` (a value the user must give) left unset; the
-    table and data keys among them are reported by `_cross_problems`."""
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError([f"argument {o!r} is not KEY=VALUE" for o in bad])
+    """The merged settings, and problems: the overrides that could not be applied, and the dotted keys NeMo's
+    `???` (a value the user must give) left unset (the table and data keys are reported by `_cross_problems`)."""
     try:
-        base = OmegaConf.load(path) if path else OmegaConf.create({})
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
-        raw: Any = OmegaConf.to_container(merged, resolve=True, throw_on_missing=False)
+        conf = OmegaConf.load(path) if path else OmegaConf.create({})
+        override_problems = apply_overrides(conf, overrides) if isinstance(conf, DictConfig) else []
+        raw: Any = OmegaConf.to_container(conf, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot read inference settings: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"inference settings: expected a mapping of keys, got {type(raw).__name__}")
     missing: list[str] = []
     raw = _drop_missing(raw, "", missing)
-    return raw, [k for k in missing if k not in ("virtual_prompt_model_file", "prompt_table", "data_paths")]
+    return raw, override_problems + [f"{k}: the file leaves it to be given (???); set {k}=VALUE" for k in missing
+                                     if k not in ("virtual_prompt_model_file", "prompt_table", "data_paths")]
 
 
 def _drop_missing(raw: dict, prefix: str, missing: list[str]) -> dict:
@@ -189,7 +203,7 @@ def _cross_problems(raw: dict) -> list[str]:
     for key in MODEL_PARALLEL:
         if raw.get(key) not in (None, 1):
             problems.append(f"{key}: got {raw[key]!r}; model parallelism is not supported, set it to 1")
-    problems += _same("batch_size", raw.get("batch_size"), "inference.batch_size", _get(raw, "inference.batch_size"))
+    problems += _batch_problems(raw)
     problems += _precision_problems(raw) + _accelerator_problems(raw) + _inference_problems(raw)
     return problems
 
@@ -200,6 +214,17 @@ def _same(key_a: str, a, key_b: str, b, norm=lambda v: v) -> list[str]:
     except ValueError:
         return []  # a bad value is reported on its own
     return [f"{key_a} ({a!r}) and {key_b} ({b!r}) disagree; give one of them"] if differ else []
+
+
+def _batch_problems(raw: dict) -> list[str]:
+    """The batch-size keys (BATCH_KEYS) all mean the number of records generated together; given values differ."""
+    given = {k: _get(raw, k) for k in BATCH_KEYS if _get(raw, k) is not None}
+    if len({repr(v) for v in given.values()}) <= 1:
+        return []
+    named = [f"{k} ({v!r})" for k, v in given.items()]
+    shown = ", ".join(named[:-1]) + " and " + named[-1]
+    return [f"{shown} disagree; they all set the number of records generated together (one process, one device), "
+            "give one of them"]
 
 
 def _precision_problems(raw: dict) -> list[str]:
@@ -230,6 +255,10 @@ def _inference_problems(raw: dict) -> list[str]:
                         f"(K <= {MAX_LOGPROBS}) for each token's log-probability and its K most likely alternatives")
     if inf.get("top_logprobs") and not inf.get("compute_logprob"):
         problems.append("inference.top_logprobs: set, but inference.compute_logprob is not true; set both")
+    cap, new = raw.get("max_seq_length"), inf.get("tokens_to_generate", 30)
+    if isinstance(cap, int) and isinstance(new, int) and not isinstance(cap, bool) and cap <= new:
+        problems.append(f"max_seq_length: got {cap}, not above inference.tokens_to_generate ({new}); it caps "
+                        "prompt + generated tokens, so leave room for the prompt (or leave it out)")
     low, high = inf.get("min_tokens_to_generate"), inf.get("tokens_to_generate", 30)
     if isinstance(low, int) and isinstance(high, int) and low > high:
         problems.append(f"inference.min_tokens_to_generate: got {low}, more than inference.tokens_to_generate "
@@ -240,7 +269,7 @@ def _inference_problems(raw: dict) -> list[str]:
 def _describe(err: dict) -> str:
     loc = ".".join(str(x) for x in err.get("loc", ()))
     if err.get("type") != "extra_forbidden":
-        return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+        return f"{loc}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
     section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
     models = {"": InferConfig, "inference": InferenceParams, "trainer": InferTrainer}
     close = difflib.get_close_matches(key, list(models.get(section, InferConfig).model_fields), n=1)
@@ -262,7 +291,7 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
                                    resolve_device(cfg.resolved_accelerator), endpoint_url=cfg.s3_endpoint_url)
     params = cfg.generation()
     examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS,
-                       endpoint_url=cfg.s3_endpoint_url)
+                       max_seq_length=cfg.max_seq_length, endpoint_url=cfg.s3_endpoint_url)
     generated = predict_rows(engine, examples, params, cfg.resolved_batch_size, progress=progress)
     scores = write_predictions(Path(cfg.output_file), examples, [g.text for g in generated], engine.versions,
                                logprobs=[g.logprobs for g in generated] if params.logprobs is not None else None)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from promptray.platform.config.types import MAX_COUNT, MAX_STEPS, Float, Int
+
 if TYPE_CHECKING:
     from promptray.platform.config.schema import PromptLearningConfig
 
@@ -19,14 +21,14 @@ class RayConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_workers: Optional[int] = Field(None, ge=1)  # default: trainer.devices x trainer.num_nodes
+    num_workers: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # default: trainer.devices x trainer.num_nodes
     use_gpu: bool = False
-    resources_per_worker: Optional[dict[str, float]] = None  # e.g. {CPU: 2}; Ray's default is 1 CPU
-    checkpoint_every_n_steps: Optional[int] = Field(None, ge=1)  # default: at every validation
-    num_to_keep: Optional[int] = Field(2, ge=1)  # checkpoints kept; null keeps all
-    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint; -1: no limit
+    resources_per_worker: Optional[dict[str, Float]] = None  # e.g. {CPU: 2}; Ray's default is 1 CPU
+    checkpoint_every_n_steps: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)  # default: at every validation
+    num_to_keep: Optional[Int] = Field(2, ge=1, le=MAX_COUNT)  # checkpoints kept; null keeps all
+    max_failures: Int = Field(0, ge=-1, le=MAX_COUNT)  # worker-group restarts from the last checkpoint; -1: no limit
     storage_path: Optional[str] = None  # checkpoints (a shared path or s3:// on a multi-node cluster)
-    fail_at_step: Optional[int] = Field(None, ge=1)  # testing: the last worker exits once at this step
+    fail_at_step: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)  # testing: the last worker exits once at this step
     fail_after_publish: bool = False  # testing: rank 0 exits once after publishing, before its final report
 
     @field_validator("resources_per_worker")

@@ -8,6 +8,8 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int, StrictInt
+
 NONNEG_OR_UNSET = "-1 (unset, as NeMo writes it) or a number >= 1"
 
 
@@ -28,7 +30,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _count_or_unset(v: Optional[int]) -> Optional[int]:
+def _count_or_unset(v: Optional[int]) -> Optional[int]:  # after Int's checks
     """NeMo writes -1 for "no limit": read as unset. Other values below 1 are errors."""
     if v is None or v == -1:
         return None
@@ -50,16 +52,16 @@ class TrainerConfig(Section):
     """PyTorch Lightning's trainer keys that apply here (NeMo's others: nemo_keys.IGNORED_KEYS)."""
 
     accelerator: str = "auto"  # one of ACCELERATORS (model/devices.py maps it to a device); one process, one device
-    devices: Union[int, str] = 1  # >= 1, or -1 / "auto" (read as 1)
-    num_nodes: int = Field(1, ge=1)
+    devices: Union[StrictInt, str] = 1  # >= 1, or -1 / "auto" (read as 1)
+    num_nodes: Int = Field(1, ge=1, le=MAX_COUNT)
     precision: Union[int, str] = "bf16"
-    max_epochs: Optional[int] = 3  # as in NeMo's megatron_gpt_prompt_learning_config.yaml; -1: unset
-    max_steps: Optional[int] = None  # -1 (NeMo's default): unset
-    val_check_interval: Union[int, float] = 1.0
-    limit_val_batches: Union[int, float] = 1.0
-    log_every_n_steps: int = Field(10, ge=1)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: Optional[float] = Field(1.0, ge=0)  # 0 or null: no clipping (Lightning's rule)
+    max_epochs: Optional[Int] = Field(3, le=MAX_STEPS)  # as in NeMo's prompt-learning config; -1: unset
+    max_steps: Optional[Int] = Field(None, le=MAX_STEPS)  # -1 (NeMo's default): unset
+    val_check_interval: Union[StrictInt, Float] = 1.0
+    limit_val_batches: Union[StrictInt, Float] = 1.0
+    log_every_n_steps: Int = Field(10, ge=1, le=MAX_STEPS)
+    accumulate_grad_batches: Int = Field(1, ge=1, le=MAX_COUNT)
+    gradient_clip_val: Optional[Float] = Field(1.0, ge=0.0)  # 0 or null: no clipping (Lightning's rule)
 
     @field_validator("max_epochs", "max_steps")
     @classmethod
@@ -74,7 +76,7 @@ class TrainerConfig(Section):
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: Union[int, str]) -> Union[int, str]:
-        if (isinstance(v, int) and (v >= 1 or v == -1)) or str(v).lower() == "auto":
+        if (isinstance(v, int) and (1 <= v <= MAX_COUNT or v == -1)) or str(v).lower() == "auto":
             return v
         raise ValueError("use a number of devices >= 1, or -1 / 'auto'")
 
@@ -95,10 +97,10 @@ SCHEDULES = {"cosineannealing", "constant", "none"}  # lower-cased names (train/
 
 class SchedConfig(Section):
     name: str = "CosineAnnealing"  # or constant / none
-    warmup_steps: Optional[int] = Field(None, ge=0)
-    warmup_ratio: Optional[float] = Field(None, ge=0, le=1)
-    min_lr: float = Field(0.0, ge=0)
-    constant_steps: int = Field(0, ge=0)
+    warmup_steps: Optional[Int] = Field(None, ge=0, le=MAX_STEPS)
+    warmup_ratio: Optional[Float] = Field(None, ge=0.0, le=1.0)
+    min_lr: Float = Field(0.0, ge=0, le=MAX_LR)
+    constant_steps: Int = Field(0, ge=0, le=MAX_STEPS)
 
     @field_validator("name")
     @classmethod
@@ -112,10 +114,10 @@ class SchedConfig(Section):
 
 class OptimConfig(Section):
     name: str = "adamw"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
-    eps: float = Field(1e-8, gt=0)
+    lr: Float = Field(1e-4, gt=0, le=MAX_LR)
+    weight_decay: Float = Field(0.0, ge=0, le=MAX_LR)
+    betas: list[Float] = Field(default_factory=lambda: [0.9, 0.999])
+    eps: Float = Field(1e-8, gt=0, le=1)
     sched: Optional[SchedConfig] = Field(default_factory=SchedConfig)
 
     @field_validator("name")

@@ -20,8 +20,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from promptray.platform.config.checks import config_problems, normalize_precision  # noqa: F401  (re-exported)
+from promptray.platform.config.checks import (  # noqa: F401  (normalize_precision: re-exported)
+    config_problems,
+    normalize_precision,
+    precision_warning,
+)
 from promptray.platform.config.nemo_keys import ignored_keys_in, strip_ignored
+from promptray.platform.config.overrides import Overrides, apply_overrides
 from promptray.platform.config.ray_config import RayConfig
 from promptray.platform.config.run import (  # noqa: F401
     CheckpointParams,
@@ -32,6 +37,7 @@ from promptray.platform.config.run import (  # noqa: F401
     TrainerConfig,
 )
 from promptray.platform.config.search_config import SearchConfig
+from promptray.platform.config.types import MAX_COUNT, Float, Int
 from promptray.platform.data.data_files import data_file_problems
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
 from promptray.platform.errors import ConfigError
@@ -45,9 +51,9 @@ class PromptTuningConfig(Section):
 
 class PTuningConfig(Section):
     encoder_type: Literal["lstm", "mlp"] = "lstm"
-    num_layers: int = Field(2, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    encoder_hidden: Optional[int] = Field(None, ge=2)
+    num_layers: Int = Field(2, ge=1, le=1000)
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    encoder_hidden: Optional[Int] = Field(None, ge=2, le=MAX_COUNT)
 
 
 class DataConfig(Section):
@@ -58,18 +64,18 @@ class DataConfig(Section):
     add_bos: bool = False
     shuffle: bool = True
     group_by_length: bool = True
-    max_seq_length: Optional[int] = Field(None, ge=8)
+    max_seq_length: Optional[Int] = Field(None, ge=8, le=MAX_COUNT)
 
 
 class ModelConfig(Section):
-    seed: int = Field(1234, ge=0)
+    seed: Int = Field(1234, ge=0, le=2**32 - 1)
     nemo_path: Optional[str] = None
     prompt_table: Optional[str] = None
     virtual_prompt_style: Literal["prompt-tuning", "p-tuning", "inference"] = "prompt-tuning"
-    encoder_seq_length: int = Field(2048, ge=8)
-    global_batch_size: Optional[int] = Field(None, ge=1)
-    micro_batch_size: int = Field(4, ge=1)
-    batch_size: Optional[int] = Field(None, ge=1)
+    encoder_seq_length: Int = Field(2048, ge=8, le=MAX_COUNT)
+    global_batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
+    micro_batch_size: Int = Field(4, ge=1, le=MAX_COUNT)
+    batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
     restore_path: Optional[str] = None
     language_model_path: Optional[str] = None
     existing_tasks: list[str] = Field(default_factory=list)
@@ -154,15 +160,18 @@ class PromptLearningConfig(Section):
 
 # ----------------------------------------------------------------------------- loading
 
-def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None, *,
+def load_config(source: Union[str, Path, dict], overrides: Overrides = None, *,
                 check_files: bool = False) -> PromptLearningConfig:
-    """Read YAML (or a dict), apply dotted overrides (`model.new_tasks=[squad]`), check everything.
+    """Read YAML (or a dict), apply dotted overrides (["model.new_tasks=[squad]"] or {key: value}; rules in
+    overrides.py), check everything; a precision Lightning reads as fp16 is logged as run in bf16.
 
-    Every problem (per key, across keys and, with `check_files`, local data files that do not exist) is
+    Every problem (overrides that cannot be applied, per key, across keys and, with `check_files`, local data
+    files that do not exist) is
     raised at once in one ConfigError naming key, value and fix. NeMo keys without meaning here
     (nemo_keys.IGNORED_KEYS) are removed and logged."""
-    raw = _drop_ellipsis(_merge(source, overrides or []))
-    problems = _strip_nemo_keys(raw)
+    raw, problems = _merge(source, overrides)
+    raw = _drop_ellipsis(raw)
+    problems += _strip_nemo_keys(raw)
     problems += data_file_problems(raw) if check_files else []
     cfg, invalid = None, set()
     try:
@@ -175,10 +184,14 @@ def load_config(source: Union[str, Path, dict], overrides: Optional[list[str]] =
                      if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
     if problems or cfg is None:
         raise ConfigError(problems)
+    warning = precision_warning("trainer.precision", cfg.trainer.precision)
+    if warning:
+        log.warning(warning)
     return cfg
 
 
-def _merge(source: Union[str, Path, dict], overrides: list[str]) -> dict:
+def _merge(source: Union[str, Path, dict], overrides: Overrides) -> tuple[dict, list[str]]:
+    """The config with its overrides applied, and the problems of overrides that could not be applied."""
     try:
         if isinstance(source, dict):
             conf = OmegaConf.create(source)
@@ -186,11 +199,8 @@ def _merge(source: Union[str, Path, dict], overrides: list[str]) -> dict:
             if not Path(source).is_file():
                 raise ConfigError(f"config file {str(source)!r} does not exist")
             conf = OmegaConf.load(source)
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError([f"override {o!r} is not KEY=VALUE (e.g. model.new_tasks=[squad])" for o in bad])
-        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_container(conf, resolve=True)
+        problems = apply_overrides(conf, overrides)
+        return OmegaConf.to_container(conf, resolve=True), problems
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot read config {source if not isinstance(source, dict) else '(dict)'}: "
                           f"{str(e).splitlines()[0]}") from None

@@ -8,10 +8,11 @@ space together with the rest of the config before any trial starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
 from promptray.platform.data.templates import Virtual, parse_template
 
 if TYPE_CHECKING:
@@ -24,21 +25,49 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class IntRange(_Section):
-    min: int = Field(ge=1)
-    max: int = Field(ge=1)
-    step: int = Field(1, ge=1)
+RANGE_FORMS = "a list of counts, e.g. [8, 16, 32], or a range {min: 8, max: 32, step: 8} (max included)"
 
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.max < self.min:
-            raise ValueError(f"max {self.max} is below min {self.min}; give min <= max")
-        return self
+
+class IntRange(_Section):
+    """A {min, max, step} range of counts; `int_range` checks a dict for it, every problem at once."""
+
+    min: Int = Field(ge=1, le=MAX_COUNT)
+    max: Int = Field(ge=1, le=MAX_COUNT)
+    step: Int = Field(1, ge=1, le=MAX_COUNT)
+
+
+def int_range(value: dict) -> IntRange:
+    """`value` as an IntRange, or one ValueError naming every problem (bad fields and min > max together).
+    `{min:10,max:5}` (no space after the colons, so YAML reads keys 'min:10') is read as {min: 10, max: 5}."""
+    value = dict(_colon_key(k, v) for k, v in value.items())
+    problems = []
+    try:
+        rng = IntRange.model_validate(value)
+    except ValidationError as e:
+        problems = [f"{'.'.join(map(str, err['loc'])) or 'range'}: {err['msg'].removeprefix('Value error, ')} "
+                    f"(got {err.get('input')!r})" for err in e.errors()]
+        rng = None
+    low, high = value.get("min"), value.get("max")
+    if isinstance(low, int) and isinstance(high, int) and high < low:
+        problems.append(f"max {high} is below min {low}; give min <= max")
+    if problems:
+        raise ValueError(f"{'; '.join(problems)}. Give {RANGE_FORMS}")
+    return rng
+
+
+def _colon_key(key, value) -> tuple:
+    if isinstance(key, str) and value is None and ":" in key:
+        name, _, text = key.partition(":")
+        try:
+            return name.strip(), int(text)
+        except ValueError:
+            return key, value
+    return key, value
 
 
 class LogRange(_Section):
-    min: float = Field(gt=0)
-    max: float = Field(gt=0)
+    min: Float = Field(gt=0, le=MAX_LR)
+    max: Float = Field(gt=0, le=MAX_LR)
 
     @model_validator(mode="after")
     def _ordered(self) -> LogRange:
@@ -52,15 +81,26 @@ class TaskSpace(_Section):
     """One task's dimensions. `splits`: candidate shares per marker (e.g. [[1, 1], [1, 3]]); each candidate
     becomes integer splits >= 1 that sum to the trial's total. Default: equal shares."""
 
-    total_virtual_tokens: Union[list[int], IntRange]  # each >= 1 and >= the markers: search_problems
-    splits: Optional[list[list[float]]] = None
+    total_virtual_tokens: Optional[Union[list[Int], IntRange]] = None  # required (search_problems says so)
+    splits: Optional[list[list[Float]]] = None
     lr: Optional[LogRange] = None  # independent (prompt-tuning) searches only; joint ones use search.lr
     init: Optional[list[Literal["text", "random", "vocab"]]] = None
     init_text: Optional[str] = None  # for init 'text' (default: model.prompt_tuning.new_prompt_init_text)
 
+    @field_validator("total_virtual_tokens", mode="before")
+    @classmethod
+    def _counts(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return int_range(v)
+        if v is not None and not isinstance(v, (list, IntRange)):
+            raise ValueError(f"give {RANGE_FORMS}")
+        return v
+
     @property
     def counts(self) -> list[int]:
         t = self.total_virtual_tokens
+        if t is None:
+            return []
         return list(t) if isinstance(t, list) else list(range(t.min, t.max + 1, t.step))
 
 
@@ -69,15 +109,15 @@ class SearchConfig(_Section):
     style: Optional[list[Style]] = None  # default: model.virtual_prompt_style
     lr: Optional[LogRange] = None  # default: model.optim.lr (fixed)
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"
-    num_samples: int = Field(1, ge=1)  # samples of the other dimensions per token-count grid point
-    max_concurrent_trials: int = Field(1, ge=1)
-    cpus_per_trial: float = Field(1.0, gt=0)  # one-worker trials; multi-worker ones: ray.resources_per_worker
-    time_budget_s: Optional[float] = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
-    grace_period: int = Field(1, ge=1)  # validations before ASHA may stop a trial
-    reduction_factor: float = Field(2.0, gt=1)
-    tokens_to_generate: int = Field(8, ge=1)  # val_accuracy: greedy answer length
-    stop_after_trials: Optional[int] = Field(None, ge=1)  # testing: the driver "crashes" after this many
+    num_samples: Int = Field(1, ge=1, le=MAX_COUNT)  # samples of the other dimensions per token-count grid point
+    max_concurrent_trials: Int = Field(1, ge=1, le=MAX_COUNT)
+    cpus_per_trial: Float = Field(1.0, gt=0, le=MAX_COUNT)  # 1-worker trials; else ray.resources_per_worker
+    time_budget_s: Optional[Float] = Field(None, gt=0.0)
+    seed: Int = Field(0, ge=0, le=2**32 - 1)
+    grace_period: Int = Field(1, ge=1, le=MAX_STEPS)  # validations before ASHA may stop a trial
+    reduction_factor: Float = Field(2.0, gt=1, le=MAX_COUNT)
+    tokens_to_generate: Int = Field(8, ge=1, le=MAX_COUNT)  # val_accuracy: greedy answer length
+    stop_after_trials: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # testing: the driver "crashes" after this many
 
     @property
     def metric_mode(self) -> str:
@@ -133,7 +173,9 @@ def search_problems(cfg: PromptLearningConfig) -> list[str]:
 
 def _task_problems(where: str, space: TaskSpace, markers: int, joint: bool, name: str, m) -> list[str]:
     problems, counts = [], space.counts
-    if not counts:
+    if space.total_virtual_tokens is None:
+        problems.append(f"{where}.total_virtual_tokens: missing; give {RANGE_FORMS}")
+    elif not counts:
         problems.append(f"{where}.total_virtual_tokens: empty choice list; give at least one count")
     low = [c for c in counts if c < max(1, markers)]
     if low:

@@ -45,21 +45,26 @@ def load_inference_engine(table_uri: str, base_model: Optional[str] = None, task
 
 
 def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: int,
-            add_bos: Optional[bool] = None, *, endpoint_url: Optional[str] = None) -> list[Example]:
-    """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
+            add_bos: Optional[bool] = None, max_seq_length: Optional[int] = None, *,
+            endpoint_url: Optional[str] = None) -> list[Example]:
+    """Inference examples; prompts too long for the model (or for `max_seq_length`, NeMo's cap on prompt +
+    generated tokens, when lower) are an error (nothing is dropped silently).
 
     `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
     `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
     log.warning naming each task of `sources` trained otherwise. `endpoint_url`: the S3-compatible server of
     s3:// sources (None: boto3's own lookup)."""
-    limit = engine.model.max_positions - tokens_to_generate
+    positions = min(engine.model.max_positions, max_seq_length or engine.model.max_positions)
+    limit = positions - tokens_to_generate  # NeMo's max_seq_length caps prompt + generated tokens too
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
                                      add_eos=False, add_bos=bos, inference=True, endpoint_url=endpoint_url)
     warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
     dropped = sum(stats.dropped.values())
     if dropped:
-        raise DatasetError(f"{dropped} record(s) do not fit the model's {engine.model.max_positions} positions "
+        cap = (f"max_seq_length={positions}" if positions < engine.model.max_positions
+               else f"the model's {positions} positions")
+        raise DatasetError(f"{dropped} record(s) do not fit {cap} "
                            f"with {tokens_to_generate} tokens to generate (per task: {dict(stats.dropped)}); set "
                            "truncate_field in the task template or shorten the inputs")
     return examples

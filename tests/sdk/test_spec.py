@@ -47,7 +47,8 @@ def test_every_keyword_problem_is_reported_at_once():
                                       max_step=5, style="lora"), table="t")
     problems = e.value.problems
     text = "\n".join(problems)
-    assert len(problems) == 5, text
+    assert len(problems) == 6, text  # the five arguments and the missing data file, in one report
+    assert "model.data.train_ds[0]: file 't.jsonl' does not exist" in text
     assert "base_model:" in text and "tasks:" in text and "num_workers:" in text and "style:" in text
     assert "max_step: unknown keyword argument; did you mean 'max_steps'?" in text
     assert "(got 0)" in text and "(got 'lora')" in text
@@ -90,7 +91,7 @@ def test_config_file_overrides_and_table(tmp_path, monkeypatch):
     (None, {}, None, "config: missing"),
     ("no/such.yaml", {}, None, "config: file 'no/such.yaml' does not exist"),
     ({"model": {}}, {"max_steps": 3}, None, "given together with keyword arguments ['max_steps']"),
-    ({"model": {}}, {}, ["trainer.max_steps"], "overrides: 'trainer.max_steps' is not KEY=VALUE"),
+    ({"model": {}}, {}, ["trainer.max_steps"], "override 'trainer.max_steps' is not KEY=VALUE"),
 ])
 def test_unusable_input_is_a_job_config_error(config, fields, overrides, expected):
     with pytest.raises(JobConfigError, match="invalid tuning job") as e:

@@ -206,7 +206,7 @@ def test_dotted_overrides(tmp_path):
 def test_override_errors(tmp_path):
     path = write(tmp_path, SPEC_PROMPT_TUNING)
     assert problems_of(path, ["model.new_tasks"]) == [
-        "override 'model.new_tasks' is not KEY=VALUE (e.g. model.new_tasks=[squad])"]
+        "override 'model.new_tasks' is not KEY=VALUE (e.g. trainer.max_steps=100)"]
     assert problems_of(path, ["model.new_tasks=[squad]", "model.prompt_tuning.new_prompt_init_methods=[random]"]) == [
         "model.new_tasks: task 'squad' has no entry in model.task_templates (templates: ['sentiment', "
         "'intent_and_slot']); add its template"]

@@ -78,3 +78,49 @@ def test_cross_key_values():
     assert any("accelerator ('cpu') and trainer.accelerator ('gpu') disagree" in p
                for p in problems(BASE + ["accelerator=cpu", "trainer.accelerator=gpu"]))
     assert any("trainer.strategy: unknown key" in p for p in problems(BASE + ["trainer.strategy=ddp"]))
+
+
+# ----------------------------------------------------------------------------- issue 13: NeMo file variants
+
+def test_nemo_global_batch_size_and_max_seq_length_are_honoured(tmp_path):
+    variant = tmp_path / "variant.yaml"
+    text = NEMO_YAML.read_text().replace("  batch_size: 2\n", "")
+    variant.write_text(text + "global_batch_size: 16\nmax_seq_length: 64\n")
+    cfg = load_infer_config(str(variant), BASE + ["pred_file_path=p.txt"])
+    assert (cfg.batch_size, cfg.max_seq_length) == (16, 64)
+    assert load_infer_config(None, BASE + ["micro_batch_size=3"]).batch_size == 3
+
+
+def test_batch_sizes_that_disagree_and_a_max_seq_length_without_room_are_errors():
+    assert problems(BASE + ["global_batch_size=16", "inference.batch_size=2"]) == [
+        "inference.batch_size (2) and global_batch_size (16) disagree; they all set the number of records "
+        "generated together (one process, one device), give one of them"]
+    assert problems(BASE + ["max_seq_length=30"]) == [
+        "max_seq_length: got 30, not above inference.tokens_to_generate (30); it caps prompt + generated tokens, "
+        "so leave room for the prompt (or leave it out)"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("inference.temperature=nan",
+     "inference.temperature: nan is not a finite number; give a finite number (got 'nan')"),
+    ("inference.tokens_to_generate=true",
+     "inference.tokens_to_generate: true is a boolean, not a number; give a number (got True)"),
+    ("inference.top_p=inf", "inference.top_p: inf is not a finite number; give a finite number (got 'inf')"),
+])
+def test_infer_numbers_refuse_booleans_nan_and_inf(override, expected):
+    assert problems(BASE + [override]) == [expected]
+
+
+def test_an_override_into_a_list_is_a_problem_not_a_traceback():
+    assert problems(BASE + ["data_paths.5=b.jsonl"]) == [
+        "data_paths.5: data_paths has 1 entries (indexes 0..0); an override changes an existing entry; to add one, "
+        "give the whole list in the config"]
+
+
+def test_fp16_precision_warns_that_it_runs_as_bf16(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert load_infer_config(None, BASE + ["trainer.precision=16-mixed"]).precision == "bf16"
+    assert any("trainer.precision: '16-mixed' is fp16 in Lightning / NeMo; this engine has no fp16 path and runs it "
+               "as bf16" in r.getMessage() for r in caplog.records)
