@@ -8,7 +8,7 @@
     promptray table ls|show|history|rollback|rm|gc|export-peft|import-peft ...   (see jobs/table_cli.py)
     promptray serve --table URI [--model NAME] [--port 8000] [--replicas 1]   (HTTP API, see serve/app.py)
 
-Errors from user input print one clear message (exit 2), never a traceback.
+Errors from user input print one clear message (exit 2), never a traceback; warnings print as one log line.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from typing import Optional
 
 from promptray.jobs import table_cli
@@ -191,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning raised under the CLI, as one log line (no source file or line of code)."""
+    logging.getLogger("promptray").warning("%s", message)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `promptray table ls | head` ends quietly
@@ -198,7 +204,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            warnings.showwarning = _log_warning
+            return args.fn(args)
     except PromptrayError as e:
         print(f"promptray {args.command}: error: {e}", file=sys.stderr)
         return 2
