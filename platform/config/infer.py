@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptray.platform.config.run import accelerator_problem
 from promptray.platform.config.schema import normalize_precision
-from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.errors import ConfigError
 from promptray.platform.generation.sampling import MAX_LOGPROBS, GenerationParams
 from promptray.platform.model.devices import resolve_device
 
@@ -248,40 +248,6 @@ def _describe(err: dict) -> str:
     return f"{loc}: unknown key{hint}; remove it or check the spelling"
 
 
-def tasks_of_records(table_uri: str, data_paths: list[str]) -> list[str]:
-    """The table's tasks that the records of `data_paths` name, in order of first use: what `promptray infer`
-    loads (as the server loads only the tasks it is asked for), so a table may hold tasks of other base
-    models. Records naming no task of the table are reported later with their file and line; DatasetError
-    when no record names one."""
-    from promptray.platform.data.dataset import read_records
-    from promptray.platform.table.table import PromptTable
-
-    known = PromptTable(table_uri).tasks()
-    named = dict.fromkeys(r.data.get("taskname") for r in read_records(data_paths) if isinstance(r.data, dict))
-    used = [t for t in named if t in known]
-    if not used:
-        shown = [t for t in named if t is not None]
-        raise DatasetError(f"no record of data_paths {data_paths} names a task of the prompt table {table_uri!r} "
-                           f"(records name {shown}; the table has {known}); set each record's taskname")
-    return used
-
-
-def trained_base_model(table_uri: str, tasks: list[str]) -> str:
-    """The base model `tasks` were trained on (gpt_model_file's default); ConfigError when they name
-    different ones, asking for gpt_model_file."""
-    from promptray.platform.table.table import PromptTable
-
-    by_model: dict[str, list[str]] = {}
-    for name, prompt in PromptTable(table_uri).get_many(tasks).items():
-        by_model.setdefault(prompt.base_model.name, []).append(name)
-    if len(by_model) > 1:
-        trained = "; ".join(f"{names} on {model!r}" for model, names in by_model.items())
-        raise ConfigError(f"gpt_model_file: not set, and the tasks the records use were trained on different base "
-                          f"models ({trained}); set gpt_model_file to one of them and give data_paths of its "
-                          "tasks only (or set tasks=[...])")
-    return next(iter(by_model))
-
-
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     """Predict every record of `data_paths`; write `output_file` (and NeMo's `pred_file_path` when set).
     Loads only the tasks the records use (or `tasks`), on the base model they were trained on by default."""
@@ -292,6 +258,7 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
         write_pred_file,
         write_predictions,
     )
+    from promptray.platform.generation.task_selection import tasks_of_records, trained_base_model
     from promptray.platform.storage.s3 import set_default_endpoint
 
     if cfg.s3_endpoint_url:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from promptray.platform.data.batching import collate, to_device
-from promptray.platform.data.dataset import Example, Source, build_examples
+from promptray.platform.data.dataset import Example, Source, build_examples, shortest_example
 from promptray.platform.data.encoding import TaskEncoding, add_bos_by_task, fingerprint_tokenizer, warn_bos_overrides
 from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.errors import ConfigError, DatasetError
@@ -81,18 +81,39 @@ def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_genera
 
     `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
     `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
-    log.warning naming each task of `sources` trained otherwise."""
-    limit = engine.model.max_positions - tokens_to_generate
+    log.warning naming each task of `sources` trained otherwise. ConfigError up front when
+    tokens_to_generate leaves a task's template (virtual tokens + its own text) no room in the model's
+    positions; DatasetError naming the part that cannot be cut when records do not fit."""
+    positions = engine.model.max_positions
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
+    check_generation_room(engine, tokens_to_generate, bos)
+    limit = positions - tokens_to_generate
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
                                      add_eos=False, add_bos=bos, inference=True)
     warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
     dropped = sum(stats.dropped.values())
     if dropped:
-        raise DatasetError(f"{dropped} record(s) do not fit the model's {engine.model.max_positions} positions "
-                           f"with {tokens_to_generate} tokens to generate (per task: {dict(stats.dropped)}); set "
-                           "truncate_field in the task template or shorten the inputs")
+        why = stats.dropped_reasons(engine.templates, f"the model's {positions} positions minus "
+                                                      f"inference.tokens_to_generate {tokens_to_generate} = {limit}")
+        raise DatasetError(f"{dropped} record(s) do not fit: {why}; shorten those records or lower "
+                           "inference.tokens_to_generate")
     return examples
+
+
+def check_generation_room(engine: InferenceEngine, tokens_to_generate: int, bos: dict[str, bool]) -> None:
+    """ConfigError when tokens_to_generate plus a task's shortest prompt (virtual tokens, the template's
+    text up to the answer, BOS as trained) exceed the model's positions, naming the most it may be (as the
+    server answers for max_tokens)."""
+    positions, problems = engine.model.max_positions, []
+    for name, t in engine.templates.items():
+        need = shortest_example(t, engine.tokenizer, add_bos=bos[name], add_eos=False, inference=True)
+        if tokens_to_generate + need > positions:
+            problems.append(f"inference.tokens_to_generate: {tokens_to_generate} + {t.total_virtual_tokens} "
+                            f"virtual tokens + {need - t.total_virtual_tokens} tokens of template text"
+                            f"{' and BOS' if bos[name] else ''} (task {name!r}) exceed the model's {positions} "
+                            f"positions; use at most {positions - need} (less for long inputs)")
+    if problems:
+        raise ConfigError(problems)
 
 
 @dataclass

@@ -129,9 +129,9 @@ def test_virtual_tokens_beyond_the_models_positions_are_named_before_its_weights
     assert main(["train", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "(1 problem)" in err, err
-    assert (f"model.task_templates[0].total_virtual_tokens (task 'alpha'): 600 virtual tokens do not fit the base "
-            f"model '{model}', which takes 512 positions (max_position_embeddings); an example needs its virtual "
-            "tokens plus at least 4 text tokens, so use at most 508") in err
+    assert ("model.task_templates[0].total_virtual_tokens (task 'alpha'): 600 virtual tokens + at least 4 text "
+            "tokens (no tokenizer files to count the template's) need 604 positions, more than the 512 positions of "
+            f"base model '{model}' (max_position_embeddings); use at most 508 virtual tokens") in err
     assert "usable training examples" not in err
 
 
@@ -194,3 +194,24 @@ def test_infer_loads_only_the_tasks_its_records_use_issue13(tmp_path, tiny_gpt2_
            f"(['qa'] on {str(tiny_gpt2_path)!r}; ['other'] on {str(model_b)!r}); set gpt_model_file" in err
     assert main(base + [f"gpt_model_file={model_b}", "tasks=[other]"]) == 2  # qa's record is not of the tasks
     assert "unknown taskname 'qa'" in capsys.readouterr().err
+
+
+def test_infer_tokens_to_generate_beyond_the_models_positions_is_named_up_front_issue13(tmp_path, tiny_gpt2_path,
+                                                                                       capsys):
+    """F7: tokens_to_generate 600 on a model of 256 positions: the limit and the most it may be, never a
+    negative max_seq_length nor a truncate_field hint."""
+    from transformers import AutoTokenizer
+
+    table, _ = _table_of_two_base_models(tmp_path, tiny_gpt2_path)
+    data = tmp_path / "records.jsonl"
+    data.write_text(json.dumps({"taskname": "sentiment", "text": "good"}) + "\n")
+    base = ["infer", f"virtual_prompt_model_file={table}", f"data_paths=[{data}]", "precision=fp32",
+            f"output_file={tmp_path / 'p.jsonl'}"]
+    assert main(base + ["inference.tokens_to_generate=600", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    text = len(AutoTokenizer.from_pretrained(tiny_gpt2_path).encode("  label:"))  # empty {text}; ends before {label}
+    assert text == 3
+    assert ("inference.tokens_to_generate: 600 + 3 virtual tokens + 3 tokens of template text (task 'sentiment') "
+            "exceed the model's 256 positions; use at most 250 (less for long inputs)") in err
+    assert "max_seq_length=-" not in err and "truncate_field" not in err and "Traceback" not in err
+    assert main(base + [f"inference.tokens_to_generate={256 - 3 - text}", "--no-progress"]) == 0  # the most: runs
