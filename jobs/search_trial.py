@@ -172,7 +172,7 @@ class _Reporter:
         ie = InferenceEngine(e.model, e.tokenizer, {n: e.templates[n] for n in e.new_tasks}, {}, e.fingerprint,
                              {n: trained for n in e.new_tasks})
         if self.examples is None:
-            self.examples = prepare(ie, d.validation_ds, self.tokens)  # formatted as trained
+            self.examples = prepare(ie, d.validation_ds, self.tokens, key="search.tokens_to_generate")
         e.model.eval()
         try:
             preds = predict(ie, self.examples, GenerationParams(tokens_to_generate=self.tokens),

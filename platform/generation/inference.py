@@ -76,17 +76,18 @@ def engine_from_prompts(lm, tokenizer, fingerprint: BaseModelFingerprint, prompt
 
 
 def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_generate: int,
-            add_bos: Optional[bool] = None) -> list[Example]:
+            add_bos: Optional[bool] = None, *, key: str = "inference.tokens_to_generate") -> list[Example]:
     """Inference examples; prompts too long for the model are an error (nothing is dropped silently).
 
     `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
     `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
     log.warning naming each task of `sources` trained otherwise. ConfigError up front when
     tokens_to_generate leaves a task's template (virtual tokens + its own text) no room in the model's
-    positions; DatasetError naming the part that cannot be cut when records do not fit."""
+    positions; DatasetError naming the part that cannot be cut when records do not fit. `key` names
+    tokens_to_generate in messages (e.g. search.tokens_to_generate)."""
     positions = engine.model.max_positions
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
-    check_generation_room(engine, tokens_to_generate, bos)
+    check_generation_room(engine, tokens_to_generate, bos, key)
     limit = positions - tokens_to_generate
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
                                      add_eos=False, add_bos=bos, inference=True)
@@ -94,13 +95,13 @@ def prepare(engine: InferenceEngine, sources: Iterable[Source], tokens_to_genera
     dropped = sum(stats.dropped.values())
     if dropped:
         why = stats.dropped_reasons(engine.templates, f"the model's {positions} positions minus "
-                                                      f"inference.tokens_to_generate {tokens_to_generate} = {limit}")
-        raise DatasetError(f"{dropped} record(s) do not fit: {why}; shorten those records or lower "
-                           "inference.tokens_to_generate")
+                                                      f"{key} {tokens_to_generate} = {limit}")
+        raise DatasetError(f"{dropped} record(s) do not fit: {why}; shorten those records or lower {key}")
     return examples
 
 
-def check_generation_room(engine: InferenceEngine, tokens_to_generate: int, bos: dict[str, bool]) -> None:
+def check_generation_room(engine: InferenceEngine, tokens_to_generate: int, bos: dict[str, bool],
+                          key: str = "inference.tokens_to_generate") -> None:
     """ConfigError when tokens_to_generate plus a task's shortest prompt (virtual tokens, the template's
     text up to the answer, BOS as trained) exceed the model's positions, naming the most it may be (as the
     server answers for max_tokens)."""
@@ -108,7 +109,7 @@ def check_generation_room(engine: InferenceEngine, tokens_to_generate: int, bos:
     for name, t in engine.templates.items():
         need = shortest_example(t, engine.tokenizer, add_bos=bos[name], add_eos=False, inference=True)
         if tokens_to_generate + need > positions:
-            problems.append(f"inference.tokens_to_generate: {tokens_to_generate} + {t.total_virtual_tokens} "
+            problems.append(f"{key}: {tokens_to_generate} + {t.total_virtual_tokens} "
                             f"virtual tokens + {need - t.total_virtual_tokens} tokens of template text"
                             f"{' and BOS' if bos[name] else ''} (task {name!r}) exceed the model's {positions} "
                             f"positions; use at most {positions - need} (less for long inputs)")

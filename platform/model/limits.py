@@ -123,12 +123,33 @@ def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits, toke
         where = (f"model.task_templates[{i}].total_virtual_tokens (task {name!r})" if name in fixed
                  else f"search.tasks.{name}.total_virtual_tokens")
         counts = [template.total_virtual_tokens] if name in fixed else searched[name].counts
+        problems += _generation_problems(cfg, template, counts, limits, tokenizer, where)
         over = sorted({c for c in counts if c + text > limit})
         if over:
             problems.append(f"{where}: {over[0] if len(over) == 1 else over} virtual tokens + {what} need "
                             f"{max(over) + text} positions, more than {key}; use at most {limit - text} virtual "
                             f"tokens{_raise_hint(key)}")
     return problems
+
+
+def _generation_problems(cfg: PromptLearningConfig, template: TaskTemplate, counts: list[int],
+                         limits: ModelLimits, tokenizer, where: str) -> list[str]:
+    """A val_accuracy search generates search.tokens_to_generate tokens after each validation prompt: the
+    counts whose shortest prompt (virtual tokens + template text up to the answer) leaves it no room."""
+    from promptray.platform.data.dataset import shortest_example
+
+    if cfg.search is None or cfg.search.metric != "val_accuracy" or tokenizer is None:
+        return []
+    generate = cfg.search.tokens_to_generate
+    text = shortest_example(template, tokenizer, add_bos=cfg.model.data.add_bos, add_eos=False,
+                            inference=True) - template.total_virtual_tokens
+    over = sorted({c for c in counts if c + text + generate > limits.max_positions})
+    if not over:
+        return []
+    return [f"{where}: {over[0] if len(over) == 1 else over} virtual tokens + {text} tokens of the template's text "
+            f"up to the answer + search.tokens_to_generate {generate} exceed the {limits.max_positions} positions "
+            f"of base model {limits.name!r}; use at most {limits.max_positions - text - generate} virtual tokens "
+            "or lower search.tokens_to_generate"]
 
 
 def _raise_hint(key: str) -> str:
