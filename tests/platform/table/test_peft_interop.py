@@ -221,7 +221,8 @@ def write_adapter(folder, n: int, dim: int, **overrides):
 def test_import_errors(tiny_gpt2_path, tmp_path):
     table = tmp_path / "table"
     base = str(tiny_gpt2_path)
-    with pytest.raises(BaseModelMismatchError, match="token_dim 48 but base model .* hidden size 32"):
+    wide = r"token_dim 48 but base model .* hidden size 32; .* Pass base_model= \(CLI: --base-model\)"
+    with pytest.raises(BaseModelMismatchError, match=wide):
         import_peft_adapter(write_adapter(tmp_path / "wide", 3, 48), table, "t", base_model=base)
     with pytest.raises(ConfigError, match="does not exist"):
         import_peft_adapter(tmp_path / "nowhere", table, "t", base_model=base)
