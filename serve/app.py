@@ -82,17 +82,16 @@ def _prompt_fields(fields: list[str], prompt, param: str = "prompt") -> dict:
     return value
 
 
-def encode_at(engine: ServeEngine, taskname: str, fields: dict, version: Optional[str], params, where: str):
-    """`engine.encode`, with an InputFieldError's `param` placed at `where`, the body's place of the fields:
-    `fields.foo` becomes `inputs.1.fields.foo`, or `prompt.foo` for a JSON-object prompt; `where` ending in
-    `!` (fields parsed from a string prompt) is the param as is."""
+def encode_at(engine: ServeEngine, taskname: str, fields: dict, version: Optional[str], params,
+              where: tuple[str, bool]):
+    """`engine.encode`, with an InputFieldError's `param` placed at `where` = (the body's place of the fields,
+    whether a field's name goes under it): `fields.foo` becomes `inputs.1.fields.foo`, or `prompt.foo` for a
+    JSON-object prompt; fields parsed from a string prompt name just `prompt` (or `prompt.2`)."""
+    place, nested = where
     try:
         return engine.encode(taskname, fields, version, params)
     except InputFieldError as e:
-        if where.endswith("!"):
-            e.param = where[:-1]
-        elif e.param:
-            e.param = where + e.param.removeprefix("fields")
+        e.param = place + e.param.removeprefix("fields") if nested and e.param else place
         raise
 
 
@@ -144,9 +143,9 @@ class PromptServer:
             yield out
 
     async def _prepare(self, items: list[tuple[str, dict, Optional[str]]], params,
-                       where: list[str]) -> list[Prepared]:
-        """Encode every input; an input's field error names its place in the body (`where[i]`, e.g.
-        `inputs.1.fields` or `prompt`) as `param`."""
+                       where: list[tuple[str, bool]]) -> list[Prepared]:
+        """Encode every input; an input's field error names its place in the body as `param` (`where[i]`,
+        see encode_at)."""
         engine = self._ready()
         return await asyncio.to_thread(lambda: [encode_at(engine, t, f, v, params, w)
                                                 for (t, f, v), w in zip(items, where)])
@@ -193,7 +192,8 @@ class PromptServer:
 
     @api.post("/v1/generate", response_model=GenerateResponse)
     async def generate(self, req: GenerateRequest, _=Depends(ApiKeys.check)):
-        where = ["fields"] if req.inputs is None else [f"inputs.{i}.fields" for i in range(len(req.inputs))]
+        places = ["fields"] if req.inputs is None else [f"inputs.{i}.fields" for i in range(len(req.inputs))]
+        where = [(p, True) for p in places]
         prepared = await self._prepare([(x.taskname, x.fields, x.version) for x in req.items()], req, where)
         if req.stream:
             return StreamingResponse(self._stream_generate(prepared), media_type="text/event-stream")
@@ -218,7 +218,7 @@ class PromptServer:
             raise
         names = ["prompt"] if not isinstance(req.prompt, list) else [f"prompt.{i}" for i in range(len(req.prompt))]
         items = [(req.model, _prompt_fields(input_fields(task), p, n), None) for p, n in zip(req.prompts(), names)]
-        where = [n if isinstance(p, dict) else n + "!" for p, n in zip(req.prompts(), names)]
+        where = [(n, isinstance(p, dict)) for p, n in zip(req.prompts(), names)]
         prepared = await self._prepare(items, req, where)
         cid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:

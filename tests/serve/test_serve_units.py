@@ -250,18 +250,19 @@ def test_field_errors_name_their_param_on_both_routes(table_uri, tiny_gpt2_path)
 
     engine = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32"))
     params = SamplingParams(max_tokens=3, greedy=True)
-    cases = [({"context": "c", "question": "q", "foo": 1}, "fields", "fields.foo"),
-             ({"context": "c", "question": "q", "foo": 1}, "inputs.1.fields", "inputs.1.fields.foo"),
-             ({"context": "c"}, "prompt", "prompt.question"),
-             ({"context": "c"}, "prompt.2!", "prompt.2")]
+    cases = [({"context": "c", "question": "q", "foo": 1}, ("fields", True), "fields.foo"),
+             ({"context": "c", "question": "q", "foo": 1}, ("inputs.1.fields", True), "inputs.1.fields.foo"),
+             ({"context": "c"}, ("prompt", True), "prompt.question"),
+             ({"context": "c"}, ("prompt.2", False), "prompt.2")]
     for fields, where, param in cases:
         with pytest.raises(InputFieldError) as err:
             encode_at(engine, "qa", fields, None, params, where)
         assert err.value.param == param
     obj = {"context": "The station is north.", "question": "Where?"}
-    as_object = encode_at(engine, "qa", _prompt_fields(["context", "question"], obj), None, params, "prompt")
+    as_object = encode_at(engine, "qa", _prompt_fields(["context", "question"], obj), None, params,
+                          ("prompt", True))
     as_string = encode_at(engine, "qa", _prompt_fields(["context", "question"], json.dumps(obj)), None, params,
-                          "prompt!")
+                          ("prompt", False))
     assert as_object.example.input_ids == as_string.example.input_ids
     with pytest.raises(InputFieldError) as err:
         _prompt_fields(["context", "question"], "hello", "prompt.1")
