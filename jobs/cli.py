@@ -8,7 +8,7 @@
     promptray table ls|show|history|rollback|rm|gc|export-peft|import-peft ...   (see jobs/table_cli.py)
     promptray serve --table URI [--model NAME] [--port 8000] [--replicas 1]   (HTTP API, see serve/app.py)
 
-Errors from user input print one clear message (exit 2), never a traceback.
+Errors from user input print one clear message (exit 2), never a traceback; warnings print as one log line.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from typing import Optional
 
 from promptray.jobs import table_cli
 from promptray.jobs.cli_common import MissingDependencyError, missing_extra, parse_anywhere  # noqa: F401
-from promptray.platform.errors import PromptrayError
+from promptray.platform.errors import ConfigError, PromptrayError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,14 +81,42 @@ def _import_serving():
     return ray, serve, build_app
 
 
+# `promptray serve` flags that are ServerSettings fields: field -> flag
+SERVE_FLAGS = {"table": "--table", "model": "--model", "precision": "--precision", "accelerator": "--accelerator",
+               "max_batch_size": "--max-batch-size", "refresh_s": "--refresh-s", "api_keys_file": "--api-keys-file"}
+
+
+def serve_settings(args: argparse.Namespace):
+    """ServerSettings from the `serve` flags, with --replicas, --port and --host checked too: ConfigError
+    listing every bad flag (its value and the allowed range) at once, before anything starts."""
+    from pydantic import ValidationError
+
+    from promptray.serve.schemas import ServerSettings
+
+    problems = []
+    if args.replicas < 1:
+        problems.append(f"--replicas {args.replicas}: give at least 1 replica")
+    if not 1 <= args.port <= 65535:
+        problems.append(f"--port {args.port}: give a TCP port from 1 to 65535")
+    if not args.host.strip():
+        problems.append("--host '': give an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+    try:
+        settings = ServerSettings(**{field: getattr(args, field) for field in SERVE_FLAGS})
+    except ValidationError as e:
+        settings = None
+        for err in e.errors(include_url=False):
+            flag = SERVE_FLAGS.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "serve"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{flag} {err.get('input')!r}: {msg[0].lower() + msg[1:]}")
+    if problems:
+        raise ConfigError(problems, title="invalid serve flags")
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve every task of a table over HTTP: serve.run on an embedded local Ray, until Ctrl-C.
     A replica that cannot serve (e.g. no task fits the base model) stops it with exit 2 and the reason."""
-    from promptray.serve.schemas import ServerSettings
-
-    settings = ServerSettings(table=args.table, model=args.model, precision=args.precision,
-                              accelerator=args.accelerator, max_batch_size=args.max_batch_size,
-                              refresh_s=args.refresh_s, api_keys_file=args.api_keys_file)
+    settings = serve_settings(args)  # every flag checked before Ray starts
     ray, serve, build_app = _import_serving()
     ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
@@ -158,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning raised under the CLI, as one log line (no source file or line of code)."""
+    logging.getLogger("promptray").warning("%s", message)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `promptray table ls | head` ends quietly
@@ -165,7 +199,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            warnings.showwarning = _log_warning
+            return args.fn(args)
     except PromptrayError as e:
         print(f"promptray {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -171,8 +171,8 @@ class _Reporter:
         trained = TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)  # what this trial trains with
         ie = e.new_tasks_model(trained)
         if self.examples is None:
-            self.examples = prepare(ie, d.validation_ds, self.tokens,  # formatted as trained
-                                    endpoint_url=self.cfg.storage.endpoint_url)
+            self.examples = prepare(ie, d.validation_ds, self.tokens, key="search.tokens_to_generate",
+                                    endpoint_url=self.cfg.storage.endpoint_url)  # formatted as trained
         e.model.eval()
         try:
             preds = predict(ie, self.examples, GenerationParams(tokens_to_generate=self.tokens),

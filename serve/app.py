@@ -4,10 +4,11 @@ Requests of any tasks share batches: `@serve.batch` collects encoded inputs (not
 `@serve.multiplexed`, which would split batches by task) and decodes them in one forward pass per step,
 streaming each row's text back as it comes.
 
-`/v1/completions` (OpenAI-compatible): `model` names the task, `prompt` fills the template's single input
-field (all template fields but the generated one). A template with several input fields takes `prompt` as
-a JSON object of its fields (e.g. `"{\"premise\": \"...\", \"hypothesis\": \"...\"}"`); otherwise use
-`/v1/generate`.
+`/v1/completions` (OpenAI-compatible): `model` names the task, `prompt` fills the template's input fields
+(all template fields but the generated one): a string for a task with one input field (taken literally), a
+JSON object of the fields for any task (`{"premise": "...", "hypothesis": "..."}`), or, for a task with
+several, that object JSON-encoded as a string (what OpenAI clients that only send strings can do); a list
+of such prompts for several completions.
 
 `GET /v1/models` lists every task this replica can serve as an OpenAI model. Errors, on every route, are
 OpenAI's error body (`serve/http.py`). A replica whose table has no task for its base model does not crash:
@@ -62,8 +63,11 @@ def _sse(payload) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-def _prompt_fields(fields: list[str], prompt: str) -> dict:
-    """`prompt` as the fields of a task: the text of its single input field, or a JSON object of several."""
+def _prompt_fields(fields: list[str], prompt, param: str = "prompt") -> dict:
+    """`prompt` as the fields of a task: a JSON object of them; for a task with one input field, also its
+    text; for several, also that object JSON-encoded as a string. InputFieldError naming `param` otherwise."""
+    if isinstance(prompt, dict):
+        return prompt
     if len(fields) == 1:
         return {fields[0]: prompt}
     try:
@@ -71,9 +75,24 @@ def _prompt_fields(fields: list[str], prompt: str) -> dict:
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
-        raise InputFieldError(f"this task has input fields {fields}: give prompt as a JSON object of them, or "
-                              "use /v1/generate", param="prompt", input_fields=fields)
+        example = json.dumps({f: "..." for f in fields})
+        raise InputFieldError(f"this task has input fields {fields}: give prompt as a JSON object of them, e.g. "
+                              f"{example} (or that object JSON-encoded as a string), or use /v1/generate",
+                              param=param, input_fields=fields)
     return value
+
+
+def encode_at(engine: ServeEngine, taskname: str, fields: dict, version: Optional[str], params,
+              where: tuple[str, bool]):
+    """`engine.encode`, with an InputFieldError's `param` placed at `where` = (the body's place of the fields,
+    whether a field's name goes under it): `fields.foo` becomes `inputs.1.fields.foo`, or `prompt.foo` for a
+    JSON-object prompt; fields parsed from a string prompt name just `prompt` (or `prompt.2`)."""
+    place, nested = where
+    try:
+        return engine.encode(taskname, fields, version, params)
+    except InputFieldError as e:
+        e.param = place + e.param.removeprefix("fields") if nested and e.param else place
+        raise
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
@@ -123,9 +142,13 @@ class PromptServer:
                 finished[i] = finished[i] or (e is not None and e.finish_reason is not None)
             yield out
 
-    async def _prepare(self, items: list[tuple[str, dict, Optional[str]]], params) -> list[Prepared]:
+    async def _prepare(self, items: list[tuple[str, dict, Optional[str]]], params,
+                       where: list[tuple[str, bool]]) -> list[Prepared]:
+        """Encode every input; an input's field error names its place in the body as `param` (`where[i]`,
+        see encode_at)."""
         engine = self._ready()
-        return await asyncio.to_thread(lambda: [engine.encode(t, f, v, params) for t, f, v in items])
+        return await asyncio.to_thread(lambda: [encode_at(engine, t, f, v, params, w)
+                                                for (t, f, v), w in zip(items, where)])
 
     async def _events(self, i: int, prepared: Prepared, queue: asyncio.Queue) -> None:
         async for event in self._generate_batch(prepared):
@@ -169,7 +192,9 @@ class PromptServer:
 
     @api.post("/v1/generate", response_model=GenerateResponse)
     async def generate(self, req: GenerateRequest, _=Depends(ApiKeys.check)):
-        prepared = await self._prepare([(x.taskname, x.fields, x.version) for x in req.items()], req)
+        places = ["fields"] if req.inputs is None else [f"inputs.{i}.fields" for i in range(len(req.inputs))]
+        where = [(p, True) for p in places]
+        prepared = await self._prepare([(x.taskname, x.fields, x.version) for x in req.items()], req, where)
         if req.stream:
             return StreamingResponse(self._stream_generate(prepared), media_type="text/event-stream")
         completions = await self._collect(prepared)
@@ -191,8 +216,10 @@ class PromptServer:
         except UnknownTaskError as e:
             e.param = "model"
             raise
-        items = [(req.model, _prompt_fields(input_fields(task), p), None) for p in req.prompts()]
-        prepared = await self._prepare(items, req)
+        names = ["prompt"] if not isinstance(req.prompt, list) else [f"prompt.{i}" for i in range(len(req.prompt))]
+        items = [(req.model, _prompt_fields(input_fields(task), p, n), None) for p, n in zip(req.prompts(), names)]
+        where = [(n, isinstance(p, dict)) for p, n in zip(req.prompts(), names)]
+        prepared = await self._prepare(items, req, where)
         cid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
             return StreamingResponse(self._stream_completion(cid, req.model, prepared, req.echo),

@@ -162,7 +162,8 @@ class ServeEngine:
         problems = [f"missing field {f!r}" for f in missing] + [f"unknown field {f!r}" for f in unknown]
         if problems:
             raise InputFieldError(f"task {task.taskname!r}: {'; '.join(problems)} (input fields: {wanted})",
-                                  missing=missing, unknown=unknown, input_fields=wanted)
+                                  param=f"fields.{(unknown or missing)[0]}", missing=missing, unknown=unknown,
+                                  input_fields=wanted)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -6,11 +6,15 @@
   validation errors (`param` = the field's dotted name), unknown routes and methods, and unexpected failures
   (a 500 that names no internals; the traceback goes to the log).
 - A request body is read as JSON whatever its Content-Type says (curl's `-d` sends
-  `application/x-www-form-urlencoded`); a body that is not JSON is a 400 saying so.
+  `application/x-www-form-urlencoded`); a body that is not JSON (an empty one included) is a 400 saying so.
+- A validation error names its `param` wherever there is one: the field's dotted name, or for a rule
+  between fields the `param` its error carries; an unknown parameter gets a did-you-mean from the route's
+  own parameter names.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 
 from fastapi import FastAPI, Request
@@ -52,7 +56,29 @@ async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(validation_problem(exc.errors()))
+    return error_response(validation_problem(exc.errors(), known=_body_keys(request)))
+
+
+def _body_keys(request: Request) -> dict:
+    """The route's body parameters as a nested dict (name -> the same for a nested model, else {}), for
+    did-you-mean suggestions; {} where the route has no pydantic body model."""
+    route = request.scope.get("route")
+    params = getattr(getattr(route, "dependant", None), "body_params", None) or []
+    model = getattr(getattr(params[0], "field_info", None), "annotation", None) if params else None
+    return _model_keys(model)
+
+
+def _model_keys(model, depth: int = 0) -> dict:
+    fields = getattr(model, "model_fields", None)
+    if not fields or depth > 3:
+        return {}
+    keys = {}
+    for name, f in fields.items():
+        inner = [a for a in getattr(f.annotation, "__args__", ()) if hasattr(a, "model_fields")]
+        inner += [b for a in getattr(f.annotation, "__args__", ()) for b in getattr(a, "__args__", ())
+                  if hasattr(b, "model_fields")]
+        keys[name] = _model_keys(inner[0], depth + 1) if inner else {}
+    return keys
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -76,27 +102,57 @@ def field_name(loc) -> str | None:
     return ".".join(parts) or None
 
 
-def _readable(error: dict) -> str:
-    name = field_name(error.get("loc", ()))
+# Plain words for pydantic's type errors of strict JSON types (serve/schemas.py)
+TYPE_HINTS = {
+    "float_type": "give a number (not a string or a boolean)",
+    "int_type": "give an integer (not a string, a boolean or a fraction)",
+    "bool_type": "give true or false (not a string or a number)",
+    "finite_number": "NaN and infinity are not allowed; give a finite number",
+}
+
+
+def _suggest(name: str, known: dict) -> str:
+    """` (did you mean 'max_tokens'?)` for an unknown dotted name close to a known one, else ''."""
+    parts = name.split(".")
+    for part in parts[:-1]:
+        known = known.get(part, known) if not part.isdigit() else known
+    close = difflib.get_close_matches(parts[-1], list(known), n=1, cutoff=0.75)
+    return f" (did you mean {'.'.join([*parts[:-1], close[0]])!r}?)" if close else ""
+
+
+def _param(error: dict) -> str | None:
+    """The parameter an error is about: its field, or, for a rule between fields, the one it names."""
+    return field_name(error.get("loc", ())) or (error.get("ctx") or {}).get("param")
+
+
+def _readable(error: dict, known: dict) -> str:
+    name = _param(error)
     if error.get("type") == "extra_forbidden":
-        return f"unknown parameter {name!r}: this route does not take it (see /docs)"
-    msg = error.get("msg", "invalid value").removeprefix("Value error, ")
+        return f"unknown parameter {name!r}: this route does not take it{_suggest(name, known)} (see /docs)"
+    if error.get("type") in TYPE_HINTS:
+        msg = f"{TYPE_HINTS[error['type']]}, got {error.get('input')!r}"
+    else:
+        msg = error.get("msg", "invalid value").removeprefix("Value error, ")
     return f"{name}: {msg}" if name else msg
 
 
-def validation_problem(errors: list[dict]) -> ServeError:
+def validation_problem(errors: list[dict], known: dict | None = None) -> ServeError:
     """One error for all pydantic problems of a request: every problem in the message, the first one's
-    field as `param`. A body that is missing, not JSON or not an object gets its own plain message."""
+    parameter as `param` (`known`: the route's parameter names, for did-you-mean). A body that is missing,
+    empty or not JSON is a 400 (`invalid_json`); one that is not an object gets its own plain message."""
     first = errors[0] if errors else {}
     kind, loc = first.get("type"), tuple(first.get("loc", ()))
     if kind == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "invalid JSON")
         return InvalidJsonError(f"the request body is not valid JSON ({reason}); send a JSON object")
-    if loc == ("body",) and kind in ("missing", "model_attributes_type", "dict_type", "model_type"):
+    if loc == ("body",) and kind == "missing":
+        return InvalidJsonError("the request body is empty; send a JSON object of the route's parameters "
+                                "(see /docs)")
+    if loc == ("body",) and kind in ("model_attributes_type", "dict_type", "model_type"):
         return RequestValidationFailed("the request body must be a JSON object of the route's parameters "
-                                       "(see /docs)")
-    problems = "; ".join(_readable(e) for e in errors)
-    return RequestValidationFailed(problems, param=field_name(loc), problems=[_readable(e) for e in errors])
+                                       "(see /docs)", param=None)
+    problems = [_readable(e, known or {}) for e in errors]
+    return RequestValidationFailed("; ".join(problems), param=_param(first), problems=problems)
 
 
 class JsonBody:
@@ -110,4 +166,3 @@ class JsonBody:
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         await self.app(scope, receive, send)
-

@@ -3,17 +3,25 @@
 Field names of the generation parameters follow the OpenAI API where it has them: `max_tokens`,
 `temperature` (0 means greedy), `top_p`, `stop`, `seed`, `stream`; plus `greedy` (bool shorthand), `top_k`
 and `repetition_penalty`.
+
+Types are strict (JSON types, not Python's coercions): a boolean is not a number (`"temperature": true` is a
+422), a string is neither a number nor a boolean (`"greedy": "yes"`, `"temperature": "nan"`), an integer
+parameter takes no fraction, and NaN/infinity are refused. `null` for an optional parameter means its default,
+as in OpenAI's API (`"max_tokens": null`). A rule between two parameters is reported under the later one
+(`min_tokens` against `max_tokens`, `logprobs` against `stream`), so every error names its `param`.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP = 8
 MAX_LOGPROBS = 5  # OpenAI's limit for the completions route
-FieldValue = Union[str, int, float, bool]
+FieldValue = Union[str, StrictInt, StrictFloat, StrictBool]
+PROMPT_FORMS = ("give a string, a JSON object of the task's input fields, or a non-empty list of them")
 
 
 class SamplingParams(BaseModel):
@@ -21,20 +29,29 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(32, ge=1, le=4096, description="most tokens to generate per input")
-    greedy: Optional[bool] = Field(None, description="shorthand: true = always the most likely token")
-    temperature: float = Field(1.0, ge=0, le=100, description="0 means greedy")
-    top_k: int = Field(0, ge=0, description="0: no top-k filtering")
-    top_p: float = Field(1.0, gt=0, le=1, description="1: no nucleus filtering")
-    repetition_penalty: float = Field(1.0, gt=0, le=100)
-    seed: Optional[int] = Field(None, ge=0, lt=2**63, description="sampling seed of this request")
+    max_tokens: StrictInt = Field(32, ge=1, le=4096, description="most tokens to generate per input")
+    greedy: Optional[StrictBool] = Field(None, description="shorthand: true = always the most likely token")
+    temperature: StrictFloat = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 means greedy")
+    top_k: StrictInt = Field(0, ge=0, description="0: no top-k filtering")
+    top_p: StrictFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="1: no nucleus filtering")
+    repetition_penalty: StrictFloat = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    seed: Optional[StrictInt] = Field(None, ge=0, lt=2**63, description="sampling seed of this request")
     stop: list[str] = Field(default_factory=list, description="strings that end a generation (not returned)")
-    stream: bool = Field(False, description="server-sent events, one per new piece of text")
-    min_tokens: int = Field(0, ge=0, le=4096, description="EOS and stop strings do not end a generation before "
-                            "this many tokens (vLLM's min_tokens, NeMo's min_tokens_to_generate)")
-    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS, description="return each generated token's "
-                                    "log-probability and this many most likely alternatives (OpenAI's legacy "
-                                    "completions shape); not with stream")
+    stream: StrictBool = Field(False, description="server-sent events, one per new piece of text")
+    min_tokens: StrictInt = Field(0, ge=0, le=4096, description="EOS and stop strings do not end a generation "
+                                  "before this many tokens (vLLM's min_tokens, NeMo's min_tokens_to_generate)")
+    logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS, description="return each generated "
+                                          "token's log-probability and this many most likely alternatives "
+                                          "(OpenAI's legacy completions shape); not with stream")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _null_is_default(cls, v, info):
+        """`null` for a parameter that has a default means the default (OpenAI's convention)."""
+        field = cls.model_fields[info.field_name]
+        if v is None and not field.is_required():
+            return field.get_default(call_default_factory=True)
+        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -48,16 +65,20 @@ class SamplingParams(BaseModel):
             raise ValueError(f"give at most {MAX_STOP} non-empty stop strings, got {v!r}")
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> SamplingParams:
-        problems = []
-        if self.min_tokens > self.max_tokens:
-            problems.append(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
-        if self.logprobs is not None and self.stream:
-            problems.append("logprobs is not supported with stream=true; ask without streaming")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_within_max(cls, v: int, info) -> int:
+        max_tokens = info.data.get("max_tokens")
+        if max_tokens is not None and v > max_tokens:
+            raise ValueError(f"min_tokens ({v}) must not exceed max_tokens ({max_tokens})")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _not_streamed(cls, v: Optional[int], info) -> Optional[int]:
+        if v is not None and info.data.get("stream"):
+            raise ValueError("logprobs is not supported with stream=true; ask without streaming")
+        return v
 
     @property
     def is_greedy(self) -> bool:
@@ -85,7 +106,9 @@ class GenerateRequest(SamplingParams):
         if (self.inputs is None) == (self.taskname is None):
             raise ValueError("give either taskname (+ fields, version) for one input, or inputs: [...] for many")
         if self.inputs is not None and (self.fields is not None or self.version is not None):
-            raise ValueError("fields and version belong inside each item of inputs")
+            param = "fields" if self.fields is not None else "version"
+            raise PydanticCustomError("misplaced", "belongs inside each item of inputs, not at the top level",
+                                      {"param": param})
         return self
 
     def items(self) -> list[TaskInput]:
@@ -101,23 +124,30 @@ UNSUPPORTED_OPENAI = {"best_of": 1, "n": 1, "suffix": None, "presence_penalty": 
 
 
 class CompletionRequest(SamplingParams):
-    """OpenAI-compatible: `model` is the taskname, `prompt` fills the template's input field (see app.py).
+    """OpenAI-compatible: `model` is the taskname, `prompt` fills the template's input fields (see app.py):
+    a string for a task with one input field; for several, a JSON object of them (or that object JSON-encoded
+    as a string); or a list of such prompts.
 
     Unknown keys are a 422. OpenAI parameters we do not implement are accepted only at their neutral value
     (`UNSUPPORTED_OPENAI`: `n`/`best_of` 1, penalties 0, no `suffix`/`logit_bias`/`stream_options`);
     `user` is accepted as the caller's identifier and otherwise ignored."""
 
     model: str = Field(..., min_length=1, max_length=128)
-    prompt: Union[str, list[str]]
-    max_tokens: int = Field(16, ge=1, le=4096)
+    prompt: Union[str, dict[str, FieldValue], list[Union[str, dict[str, FieldValue]]]]
+    max_tokens: StrictInt = Field(16, ge=1, le=4096)
     user: Optional[str] = Field(None, max_length=256, description="the caller's identifier (not used)")
-    n: Optional[int] = Field(None, description="only 1 is supported")
-    best_of: Optional[int] = Field(None, description="only 1 is supported")
+    n: Optional[StrictInt] = Field(None, description="only 1 is supported")
+    best_of: Optional[StrictInt] = Field(None, description="only 1 is supported")
     suffix: Optional[str] = Field(None, description="not supported")
-    presence_penalty: Optional[float] = Field(None, description="only 0 is supported (see repetition_penalty)")
-    frequency_penalty: Optional[float] = Field(None, description="only 0 is supported (see repetition_penalty)")
+    presence_penalty: Optional[StrictFloat] = Field(None, allow_inf_nan=False,
+                                                    description="only 0 is supported (see repetition_penalty)")
+    frequency_penalty: Optional[StrictFloat] = Field(None, allow_inf_nan=False,
+                                                     description="only 0 is supported (see repetition_penalty)")
     logit_bias: Optional[dict[str, float]] = Field(None, description="not supported")
     stream_options: Optional[dict] = Field(None, description="not supported")
+    echo: StrictBool = Field(False, description="prepend the prompt as the model read it (the template filled "
+                             "with `prompt`, virtual tokens left out); with logprobs, its tokens' log-probabilities "
+                             "too")
 
     @field_validator(*UNSUPPORTED_OPENAI)
     @classmethod
@@ -131,14 +161,15 @@ class CompletionRequest(SamplingParams):
     @field_validator("prompt", mode="before")
     @classmethod
     def _text_prompts(cls, v):
-        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
-            return v
-        raise ValueError("give a string or a non-empty list of strings (token-id prompts are not supported)")
-    echo: bool = Field(False, description="prepend the prompt as the model read it (the template filled with "
-                       "`prompt`, virtual tokens left out); with logprobs, its tokens' log-probabilities too")
+        def one(x) -> bool:
+            return isinstance(x, (str, dict))
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+        if one(v) or (isinstance(v, list) and v and all(one(x) for x in v)):
+            return v
+        raise ValueError(PROMPT_FORMS + " (token-id prompts are not supported)")
+
+    def prompts(self) -> list[Union[str, dict]]:
+        return list(self.prompt) if isinstance(self.prompt, list) else [self.prompt]
 
 
 class Usage(BaseModel):
@@ -193,9 +224,10 @@ class ServerSettings(BaseModel):
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
         "auto", description="auto: the replica's CUDA GPU when it has one (ray_actor_options num_gpus), else CPU")
     max_batch_size: int = Field(16, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, allow_inf_nan=False)
     prompt_cache_bytes: int = Field(256 * 2**20, ge=0, description="LRU bound of loaded prompts + prefix caches")
-    refresh_s: float = Field(10.0, ge=0, description="how old the manifest may get before it is read again")
+    refresh_s: float = Field(10.0, ge=0, allow_inf_nan=False,
+                             description="how old the manifest may get before it is read again")
     prefix_cache: bool = True
     max_body_bytes: int = Field(1 * 2**20, ge=1024)
     api_keys_env: Optional[str] = Field("PROMPTRAY_API_KEYS", description="env var of comma-separated keys")

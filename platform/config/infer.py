@@ -278,7 +278,8 @@ def _describe(err: dict) -> str:
 
 
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
-    """Predict every record of `data_paths`; write `output_file` (and NeMo's `pred_file_path` when set)."""
+    """Predict every record of `data_paths`; write `output_file` (and NeMo's `pred_file_path` when set).
+    Loads only the tasks the records use (or `tasks`), on the base model they were trained on by default."""
     from promptray.platform.generation.inference import (
         load_inference_engine,
         predict_rows,
@@ -286,8 +287,10 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
         write_pred_file,
         write_predictions,
     )
+    from promptray.platform.generation.task_selection import tasks_of_records
 
-    engine = load_inference_engine(cfg.table, cfg.base_model, cfg.tasks, cfg.resolved_precision,
+    tasks = cfg.tasks or tasks_of_records(cfg.table, cfg.data_paths, endpoint_url=cfg.s3_endpoint_url)
+    engine = load_inference_engine(cfg.table, cfg.base_model, tasks, cfg.resolved_precision,
                                    resolve_device(cfg.resolved_accelerator), endpoint_url=cfg.s3_endpoint_url)
     params = cfg.generation()
     examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS,

@@ -50,6 +50,24 @@ class DatasetStats:
     kept: Counter = field(default_factory=Counter)
     truncated: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
+    # per task, the most tokens a dropped example needs even with its truncate_field cut to nothing (its
+    # whole length when the template has none): what the limit had to hold
+    uncut: Counter = field(default_factory=Counter)
+
+    def dropped_reasons(self, templates: Mapping[str, TaskTemplate], limit: str) -> str:
+        """Why examples were dropped, per task, naming the part that cannot be cut and `limit` (e.g.
+        "model.encoder_seq_length=16"); the fix suggests a truncate_field only to a template without one."""
+        out = []
+        for name, n in sorted(self.dropped.items()):
+            t, need = templates[name], self.uncut[name]
+            if t.truncate_field:
+                out.append(f"task {name!r}: {n} example(s) need up to {need} tokens even with truncate_field "
+                           f"{t.truncate_field!r} cut to nothing ({t.total_virtual_tokens} virtual tokens, the "
+                           f"template's text and the other fields), more than {limit}")
+            else:
+                out.append(f"task {name!r}: {n} example(s) of up to {need} tokens ({t.total_virtual_tokens} virtual) "
+                           f"are longer than {limit}, and its template has no truncate_field to cut (set one)")
+        return "; ".join(out)
 
     def summary(self) -> str:
         tasks = sorted(set(self.kept) | set(self.dropped))
@@ -207,6 +225,30 @@ def encode_record(template: TaskTemplate, record: Record, tok: Tokenization, max
     return None, False
 
 
+UNLIMITED = 10**9  # a length limit that never cuts
+
+
+def shortest_example(template: TaskTemplate, tokenizer, *, add_bos: bool, add_eos: bool, inference: bool,
+                     record: Optional[dict[str, Any]] = None) -> int:
+    """Tokens of `template` with every field empty (or `record`'s values for the fields it has): its virtual
+    tokens, its own text (tokenized as encode_record does) and BOS/EOS as given. The least any example of
+    the template needs; with `record`, what that record needs when its other fields are empty."""
+    data = {f: "" for f in template.fields} | dict(record or {})
+    ids = encode_chunks(template.render(data, inference=inference), Tokenization.of(tokenizer),
+                        template.answer_only_loss, add_bos, add_eos and not inference)[0]
+    return len(ids)
+
+
+def _uncut_length(template: TaskTemplate, record: Record, tok: Tokenization, add_eos: bool, add_bos: bool,
+                  inference: bool) -> int:
+    """Tokens a record needs with its truncate_field (if any) cut to nothing."""
+    data = dict(record.data)
+    if template.truncate_field:
+        data[template.truncate_field] = ""
+    return shortest_example(template, tok.tokenizer, add_bos=add_bos, add_eos=add_eos, inference=inference,
+                            record=data)
+
+
 def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tokenizer, max_seq_length: int,
                    add_eos: bool = True, add_bos: Union[bool, Mapping[str, bool]] = False, inference: bool = False,
                    unknown_hint: str = "", *, endpoint_url: Optional[str] = None) -> tuple[list[Example], DatasetStats]:
@@ -223,11 +265,13 @@ def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tok
         ex, truncated = encode_record(by_name[name], r, tok, max_seq_length, add_eos, bos, inference)
         if ex is None:
             stats.dropped[name] += 1
+            need = _uncut_length(by_name[name], r, tok, add_eos, bos, inference)
+            stats.uncut[name] = max(stats.uncut[name], need)
             continue
         stats.kept[name] += 1
         stats.truncated[name] += int(truncated)
         examples.append(ex)
     if sum(stats.dropped.values()):
-        log.warning("dropped over-long examples (longer than max_seq_length=%d and not truncatable): %s",
-                    max_seq_length, dict(stats.dropped))
+        log.warning("dropped over-long examples: %s",
+                    stats.dropped_reasons(by_name, f"max_seq_length={max_seq_length}"))
     return examples, stats

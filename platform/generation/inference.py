@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from promptray.platform.data.batching import collate, to_device
-from promptray.platform.data.dataset import Example, Source, build_examples
+from promptray.platform.data.dataset import Example, Source, build_examples, shortest_example
 from promptray.platform.data.encoding import add_bos_by_task, warn_bos_overrides
-from promptray.platform.errors import DatasetError
+from promptray.platform.errors import ConfigError, DatasetError
 from promptray.platform.generation.decode import DecodeRow, GenerationParams, decode_rows
 from promptray.platform.generation.loading import PromptModel, load_prompt_model
 from promptray.platform.generation.logprobs import openai_logprobs
@@ -41,22 +41,26 @@ def load_inference_engine(table_uri: str, base_model: Optional[str] = None, task
     TokenizerMismatchError for a task trained on another model or tokenizer). `endpoint_url`: the
     S3-compatible server of an s3:// table (None: boto3's own lookup)."""
     table = PromptTable(table_uri, endpoint_url=endpoint_url)
-    return load_prompt_model(table, base_model, tasks or None, precision, device)
+    return load_prompt_model(table, base_model, tasks or None, precision, device, setting="gpt_model_file")
 
 
 def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: int,
             add_bos: Optional[bool] = None, max_seq_length: Optional[int] = None, *,
-            endpoint_url: Optional[str] = None) -> list[Example]:
+            key: str = "inference.tokens_to_generate", endpoint_url: Optional[str] = None) -> list[Example]:
     """Inference examples; prompts too long for the model (or for `max_seq_length`, NeMo's cap on prompt +
     generated tokens, when lower) are an error (nothing is dropped silently).
 
     `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
     `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
-    log.warning naming each task of `sources` trained otherwise. `endpoint_url`: the S3-compatible server of
-    s3:// sources (None: boto3's own lookup)."""
+    log.warning naming each task of `sources` trained otherwise. ConfigError up front when
+    tokens_to_generate leaves a task's template (virtual tokens + its own text) no room in the model's
+    positions; DatasetError naming the part that cannot be cut when records do not fit. `key` names
+    tokens_to_generate in messages (e.g. search.tokens_to_generate). `endpoint_url`: the S3-compatible
+    server of s3:// sources (None: boto3's own lookup)."""
     positions = min(engine.model.max_positions, max_seq_length or engine.model.max_positions)
-    limit = positions - tokens_to_generate  # NeMo's max_seq_length caps prompt + generated tokens too
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
+    check_generation_room(engine, tokens_to_generate, bos, key)
+    limit = positions - tokens_to_generate
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
                                      add_eos=False, add_bos=bos, inference=True, endpoint_url=endpoint_url)
     warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
@@ -64,10 +68,26 @@ def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: 
     if dropped:
         cap = (f"max_seq_length={positions}" if positions < engine.model.max_positions
                else f"the model's {positions} positions")
-        raise DatasetError(f"{dropped} record(s) do not fit {cap} "
-                           f"with {tokens_to_generate} tokens to generate (per task: {dict(stats.dropped)}); set "
-                           "truncate_field in the task template or shorten the inputs")
+        why = stats.dropped_reasons(engine.templates, f"{cap} minus {key} {tokens_to_generate} = {limit}")
+        raise DatasetError(f"{dropped} record(s) do not fit: {why}; shorten those records or lower {key}")
     return examples
+
+
+def check_generation_room(engine: InferenceEngine, tokens_to_generate: int, bos: dict[str, bool],
+                          key: str = "inference.tokens_to_generate") -> None:
+    """ConfigError when tokens_to_generate plus a task's shortest prompt (virtual tokens, the template's
+    text up to the answer, BOS as trained) exceed the model's positions, naming the most it may be (as the
+    server answers for max_tokens)."""
+    positions, problems = engine.model.max_positions, []
+    for name, t in engine.templates.items():
+        need = shortest_example(t, engine.tokenizer, add_bos=bos[name], add_eos=False, inference=True)
+        if tokens_to_generate + need > positions:
+            problems.append(f"{key}: {tokens_to_generate} + {t.total_virtual_tokens} "
+                            f"virtual tokens + {need - t.total_virtual_tokens} tokens of template text"
+                            f"{' and BOS' if bos[name] else ''} (task {name!r}) exceed the model's {positions} "
+                            f"positions; use at most {positions - need} (less for long inputs)")
+    if problems:
+        raise ConfigError(problems)
 
 
 @dataclass

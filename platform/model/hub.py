@@ -217,6 +217,25 @@ def _sync_model_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                 setattr(cfg, key, value)
 
 
+def load_tokenizer(name_or_path: str, *, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """A base model's tokenizer alone (its files, no weights), with bos/eos/pad set as `load_base_model`
+    sets them: for checks of token counts before the model loads."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_path(name_or_path, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load the tokenizer of base model {name_or_path!r} ({first}); pass a Hugging Face "
+                          "model folder or id, or a built-in model", title="cannot load base model") from None
+    if not tokenizer.encode("a b", add_special_tokens=False):  # transformers builds an empty one without files
+        raise ConfigError(f"base model {name_or_path!r} has no tokenizer files (its tokenizer encodes text to no "
+                          "tokens); save the tokenizer with the model", title="cannot load base model")
+    builtin = BUILTIN_MODELS.get(name_or_path)
+    return configure_tokenizer(tokenizer, builtin.special_tokens if builtin else None)
+
+
 def load_base_model(name_or_path: str, *, cache_dir: str | Path | None = None
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer in float32, eval mode, with explicit bos/eos/pad ids.

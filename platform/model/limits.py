@@ -1,9 +1,11 @@
-"""What a base model bounds, read from its config alone (no weights), and the virtual-token counts checked
-against it before training or a search starts, each problem naming the key, the count and the limit.
+"""What a base model bounds, read from its config and tokenizer files alone (no weights), and the templates
+and virtual-token counts checked against it before training or a search starts, each problem naming the
+key, the count and the limit.
 
-An example holds its virtual tokens and at least a few text tokens (the template's words, the answer, EOS),
-so a count fits when count + MIN_TEXT_TOKENS <= the model's positions (and <= max_seq_length, which the
-config check covers without the model).
+An example of a task holds its virtual tokens, its template's own text (tokenized with the model's
+tokenizer) and BOS/EOS when the config adds them, whatever its fields; so every count of a new task (and
+every search candidate) must leave room for that within min(model positions, max_seq_length). Restored
+tasks, and templates of a model folder without tokenizer files, are checked with MIN_TEXT_TOKENS of room.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from promptray.platform.errors import ConfigError
 
 if TYPE_CHECKING:
     from promptray.platform.config.schema import PromptLearningConfig
+    from promptray.platform.data.templates import TaskTemplate
     from promptray.platform.table.table import TaskPrompt
 
 log = logging.getLogger(__name__)
@@ -75,15 +78,82 @@ def count_problems(key: str, counts: Iterable[int], limits: ModelLimits) -> list
             f"plus at least {MIN_TEXT_TOKENS} text tokens, so use at most {room}"]
 
 
-def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> list[str]:
-    """Each new task's total_virtual_tokens against the model (model.task_templates[i] names it); a task a
-    search tunes is checked by its candidates instead."""
-    problems = []
-    for i, t in enumerate(cfg.model.task_templates):
-        if t.get("taskname") in fixed_count_tasks(cfg) and isinstance(t.get("total_virtual_tokens"), int):
-            problems += count_problems(f"model.task_templates[{i}].total_virtual_tokens (task "
-                                       f"{t['taskname']!r})", [t["total_virtual_tokens"]], limits)
+def length_limit(cfg: PromptLearningConfig, limits: ModelLimits) -> tuple[int, str]:
+    """(the tokens an example may have, the setting that says so with its value): min(model positions,
+    max_seq_length)."""
+    if limits.max_positions < cfg.max_seq_length:
+        return limits.max_positions, (f"the {limits.max_positions} positions of base model {limits.name!r} "
+                                      "(max_position_embeddings)")
+    key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
+    return cfg.max_seq_length, f"{key}={cfg.max_seq_length}"
+
+
+def template_text_tokens(template: TaskTemplate, cfg: PromptLearningConfig, tokenizer) -> tuple[int, str]:
+    """(tokens an example of `template` holds besides its virtual tokens with every field empty, what they
+    are): the template's own text tokenized with the model's tokenizer, plus BOS/EOS as the config adds
+    them; MIN_TEXT_TOKENS when there is no tokenizer to count with."""
+    from promptray.platform.data.dataset import shortest_example
+
+    d = cfg.model.data
+    if tokenizer is None:
+        return MIN_TEXT_TOKENS, f"at least {MIN_TEXT_TOKENS} text tokens (no tokenizer files to count the template's)"
+    n = shortest_example(template, tokenizer, add_bos=d.add_bos, add_eos=d.add_eos,
+                         inference=False) - template.total_virtual_tokens
+    bos, eos = int(d.add_bos and tokenizer.bos_token_id is not None), int(d.add_eos)
+    extra = " + BOS (model.data.add_bos)" * bos + " + EOS (model.data.add_eos)" * eos
+    return n, (f"{n - bos - eos} tokens of the template's text ({template.prompt_template!r} with every field "
+               f"empty){extra}")
+
+
+def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits, tokenizer=None) -> list[str]:
+    """Each new task's virtual tokens (model.task_templates[i], or each of its search candidates) plus its
+    template's own text and BOS/EOS (`template_text_tokens`), against min(model positions, max_seq_length):
+    what an example of the task needs with every field empty."""
+    from promptray.platform.data.templates import TaskTemplate
+
+    limit, key = length_limit(cfg, limits)
+    fixed, problems = fixed_count_tasks(cfg), []
+    searched = cfg.search.tasks if cfg.search else {}
+    for i, raw in enumerate(cfg.model.task_templates):
+        name = raw.get("taskname")
+        if name not in fixed and name not in searched:
+            continue
+        template = TaskTemplate.model_validate(raw)
+        text, what = template_text_tokens(template, cfg, tokenizer)
+        where = (f"model.task_templates[{i}].total_virtual_tokens (task {name!r})" if name in fixed
+                 else f"search.tasks.{name}.total_virtual_tokens")
+        counts = [template.total_virtual_tokens] if name in fixed else searched[name].counts
+        problems += _generation_problems(cfg, template, counts, limits, tokenizer, where)
+        over = sorted({c for c in counts if c + text > limit})
+        if over:
+            problems.append(f"{where}: {over[0] if len(over) == 1 else over} virtual tokens + {what} need "
+                            f"{max(over) + text} positions, more than {key}; use at most {limit - text} virtual "
+                            f"tokens{_raise_hint(key)}")
     return problems
+
+
+def _generation_problems(cfg: PromptLearningConfig, template: TaskTemplate, counts: list[int],
+                         limits: ModelLimits, tokenizer, where: str) -> list[str]:
+    """A val_accuracy search generates search.tokens_to_generate tokens after each validation prompt: the
+    counts whose shortest prompt (virtual tokens + template text up to the answer) leaves it no room."""
+    from promptray.platform.data.dataset import shortest_example
+
+    if cfg.search is None or cfg.search.metric != "val_accuracy" or tokenizer is None:
+        return []
+    generate = cfg.search.tokens_to_generate
+    text = shortest_example(template, tokenizer, add_bos=cfg.model.data.add_bos, add_eos=False,
+                            inference=True) - template.total_virtual_tokens
+    over = sorted({c for c in counts if c + text + generate > limits.max_positions})
+    if not over:
+        return []
+    return [f"{where}: {over[0] if len(over) == 1 else over} virtual tokens + {text} tokens of the template's text "
+            f"up to the answer + search.tokens_to_generate {generate} exceed the {limits.max_positions} positions "
+            f"of base model {limits.name!r}; use at most {limits.max_positions - text - generate} virtual tokens "
+            "or lower search.tokens_to_generate"]
+
+
+def _raise_hint(key: str) -> str:
+    return f" (or raise {key.split('=')[0]})" if key.startswith("model.") else ""
 
 
 def existing_task_problems(existing: dict[str, TaskPrompt], limits: ModelLimits) -> list[str]:
@@ -103,14 +173,6 @@ def existing_task_problems(existing: dict[str, TaskPrompt], limits: ModelLimits)
     return problems
 
 
-def search_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> list[str]:
-    """Every search candidate count against the model (search.tasks.<task>.total_virtual_tokens)."""
-    if cfg.search is None:
-        return []
-    return [p for name, space in cfg.search.tasks.items()
-            for p in count_problems(f"search.tasks.{name}.total_virtual_tokens", space.counts, limits)]
-
-
 def model_limit_problems(cfg: PromptLearningConfig, model_name: Optional[str] = None,
                          existing: Optional[dict[str, TaskPrompt]] = None) -> list[str]:
     """New tasks' templates, restored tasks and search candidates of `cfg` against its base model
@@ -119,8 +181,19 @@ def model_limit_problems(cfg: PromptLearningConfig, model_name: Optional[str] = 
     if not name:
         return []
     limits = read_model_limits(name)
-    return (template_limit_problems(cfg, limits) + existing_task_problems(existing or {}, limits)
-            + search_limit_problems(cfg, limits))
+    return (template_limit_problems(cfg, limits, _tokenizer_or_none(name))
+            + existing_task_problems(existing or {}, limits))
+
+
+def _tokenizer_or_none(name: str):
+    """The model's tokenizer (its files only), or None when it has none to load (a config-only folder)."""
+    from promptray.platform.model.hub import load_tokenizer
+
+    try:
+        return load_tokenizer(name)
+    except ConfigError as e:
+        log.info("template text not counted with the tokenizer: %s", e)
+        return None
 
 
 def check_model_limits_on_driver(cfg: PromptLearningConfig) -> None:

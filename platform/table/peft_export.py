@@ -22,8 +22,8 @@ Import (the other direction) is `peft_import.import_peft_adapter`.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,6 +34,8 @@ from promptray.platform.data.templates import TaskTemplate, Text, Virtual, parse
 from promptray.platform.errors import ConfigError
 from promptray.platform.model.fingerprint import embedding_sha256
 from promptray.platform.table.table import PromptTable, TaskPrompt
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -139,13 +141,12 @@ def _check_export_layout(prompt: TaskPrompt, force: bool) -> list[str]:
             [f"task {prompt.taskname!r} template {template.prompt_template!r} cannot be expressed as a PEFT "
              "adapter: " + "; ".join(layout) + ". PEFT prompt tuning prepends all num_virtual_tokens virtual "
              "tokens before the input, so only a single <|VIRTUAL_PROMPT_0|> at the very start of the template "
-             "maps to it, without a BOS token before it. Pass force=True to export anyway (all virtual tokens then "
-             "go first, which changes the task's behaviour)"], title="cannot export PEFT adapter")
+             "maps to it, without a BOS token before it. To export anyway (all virtual tokens then go first, "
+             "which changes the task's behaviour), pass force=True (CLI: --force)"], title="cannot export PEFT adapter")
     if layout:
-        warnings.warn(f"exporting task {prompt.taskname!r} to PEFT with force=True although its template "
-                      f"{template.prompt_template!r} " + "; ".join(layout) + ": PEFT will prepend all "
-                      f"{prompt.num_virtual_tokens} virtual tokens, so the adapter does not behave like the "
-                      "promptray task", UserWarning, stacklevel=3)
+        log.warning("exporting task %r to PEFT anyway (force): its template %r cannot be expressed exactly: %s. "
+                    "PEFT will prepend all %d virtual tokens, so the adapter does not behave like the promptray task",
+                    prompt.taskname, template.prompt_template, "; ".join(layout), prompt.num_virtual_tokens)
     return layout
 
 

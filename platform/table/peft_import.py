@@ -212,15 +212,15 @@ def _base_fingerprint(folder: Path, name: Optional[str], dim: int
 
     if not name:
         raise _fail(f"{str(folder / ADAPTER_CONFIG)!r} has no base_model_name_or_path; pass base_model= "
-                    "(the model the adapter was trained on)")
+                    "(CLI: --base-model), the model the adapter was trained on")
     lm, tok = load_base_model(str(name))
     fingerprint, tokenizer = fingerprint_model(lm, str(name)), fingerprint_tokenizer(tok)
     del lm
     if fingerprint.hidden_size != dim:
         raise BaseModelMismatchError(
             f"PEFT adapter {str(folder)!r} has token_dim {dim} but base model {str(name)!r} has hidden size "
-            f"{fingerprint.hidden_size}; the adapter was trained on another model. Pass base_model= naming "
-            "the model it was trained on")
+            f"{fingerprint.hidden_size}; the adapter was trained on another model. Pass base_model= "
+            "(CLI: --base-model) naming the model it was trained on")
     return fingerprint, tokenizer
 
 

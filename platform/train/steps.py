@@ -68,6 +68,16 @@ def val_batches(cfg: PromptLearningConfig, num_val: int) -> int:
 
 # ----------------------------------------------------------------------------- data
 
+def length_limit_name(cfg: PromptLearningConfig, limit: int) -> tuple[str, str]:
+    """(the setting that bounds an example's length, with its value, e.g. 'model.encoder_seq_length=16' or
+    the base model's positions when they are the tighter bound; how to make room)."""
+    if limit < cfg.max_seq_length:
+        return (f"the base model's {limit} positions (max_position_embeddings)",
+                "lower total_virtual_tokens or shorten those records")
+    key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
+    return f"max_seq_length {limit} ({key})", f"raise {key}, lower total_virtual_tokens or shorten those records"
+
+
 def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example], list[Example]]:
     templates = [engine.templates[n] for n in engine.new_tasks]
     d = cfg.model.data
@@ -84,11 +94,12 @@ def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example],
     log.info("training data: %s", stats.summary())
     val = build_examples(d.validation_ds, **kw)[0] if d.validation_ds else []
     if len(train) < cfg.model.micro_batch_size:
-        counts = {t.taskname: t.total_virtual_tokens for t in templates}
+        dropped = sum(stats.dropped.values())
+        limit, fix = length_limit_name(cfg, max_len)
+        why = f"; {stats.dropped_reasons(engine.templates, limit)}; {fix}" if dropped else ""
         raise ConfigError(f"model.data.train_ds: {len(train)} usable training examples for new tasks "
                           f"{engine.new_tasks}; need at least micro_batch_size={cfg.model.micro_batch_size} "
-                          f"({stats.summary()}; examples longer than {max_len} tokens, of which total_virtual_tokens "
-                          f"{counts} are virtual, are dropped unless the template has a truncate_field)")
+                          f"({stats.summary()}{why})")
     return train, val
 
 

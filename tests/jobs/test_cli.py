@@ -129,9 +129,9 @@ def test_virtual_tokens_beyond_the_models_positions_are_named_before_its_weights
     assert main(["train", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "(1 problem)" in err, err
-    assert (f"model.task_templates[0].total_virtual_tokens (task 'alpha'): 600 virtual tokens do not fit the base "
-            f"model '{model}', which takes 512 positions (max_position_embeddings); an example needs its virtual "
-            "tokens plus at least 4 text tokens, so use at most 508") in err
+    assert ("model.task_templates[0].total_virtual_tokens (task 'alpha'): 600 virtual tokens + at least 4 text "
+            "tokens (no tokenizer files to count the template's) need 604 positions, more than the 512 positions of "
+            f"base model '{model}' (max_position_embeddings); use at most 508 virtual tokens") in err
     assert "usable training examples" not in err
 
 
@@ -143,3 +143,76 @@ def test_a_negative_lr_or_clip_is_reported_before_the_model_loads_and_exits_2(tm
     assert "  - model.optim.lr: got -1; use a value > 0.0" in err
     assert "  - trainer.gradient_clip_val: got -1.0; use a value >= 0.0" in err
     assert not (tmp_path / "runs").exists()
+
+
+def _table_of_two_base_models(tmp_path: Path, model_a: Path) -> tuple[Path, Path]:
+    """Tasks qa, sentiment trained on `model_a` (hidden 32) and other on a model B (hidden 64)."""
+    import shutil
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from promptray.platform.model.fingerprint import fingerprint_model
+    from promptray.platform.table.table import PromptTable, TaskPrompt
+
+    model_b = tmp_path / "model-b"
+    torch.manual_seed(1)
+    lm_b = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=64, n_positions=256, vocab_size=50257))
+    lm_b.save_pretrained(model_b)
+    for f in model_a.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
+            shutil.copy(f, model_b / f.name)
+    lm_a = GPT2LMHeadModel.from_pretrained(model_a)
+    table = PromptTable(tmp_path / "table")
+    for name, lm, path, hidden in [("qa", lm_a, model_a, 32), ("sentiment", lm_a, model_a, 32),
+                                   ("other", lm_b, model_b, 64)]:
+        template = {"taskname": name, "prompt_template": "<|VIRTUAL_PROMPT_0|> {text} label: {label}",
+                    "total_virtual_tokens": 3, "virtual_token_splits": [3], "truncate_field": "text",
+                    "answer_only_loss": True, "answer_field": "label"}
+        table.publish([TaskPrompt(name, torch.randn(3, hidden), template, "prompt-tuning",
+                                  fingerprint_model(lm, str(path)))])
+    return tmp_path / "table", model_b
+
+
+def test_infer_loads_only_the_tasks_its_records_use_issue13(tmp_path, tiny_gpt2_path, capsys):
+    table, model_b = _table_of_two_base_models(tmp_path, tiny_gpt2_path)
+    data = tmp_path / "records.jsonl"
+    data.write_text(json.dumps({"taskname": "qa", "text": "where?", "label": "here"}) + "\n"
+                    + json.dumps({"taskname": "sentiment", "text": "good", "label": "yes"}) + "\n")
+    base = ["infer", f"virtual_prompt_model_file={table}", f"data_paths=[{data}]", "inference.tokens_to_generate=2",
+            "precision=fp32", f"output_file={tmp_path / 'p.jsonl'}"]
+    for extra in ([], [f"gpt_model_file={tiny_gpt2_path}"], ["tasks=[qa,sentiment]"]):
+        assert main(base + extra + ["--no-progress"]) == 0, capsys.readouterr().err
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["records"] == 2 and sorted(summary["versions"]) == ["qa", "sentiment"]
+
+    data.write_text(json.dumps({"taskname": "qa", "text": "where?"}) + "\n"
+                    + json.dumps({"taskname": "other", "text": "x"}) + "\n")
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert f"gpt_model_file is not set and the tasks of the prompt table at {str(table)!r} were trained on 2 " \
+           f"different base models: {str(tiny_gpt2_path)!r} ('qa'); {str(model_b)!r} ('other'); " \
+           "set gpt_model_file" in err
+    assert main(base + [f"gpt_model_file={model_b}", "tasks=[other]"]) == 2  # qa's record is not of the tasks
+    assert "unknown taskname 'qa'" in capsys.readouterr().err
+
+
+def test_infer_tokens_to_generate_beyond_the_models_positions_is_named_up_front_issue13(tmp_path, tiny_gpt2_path,
+                                                                                       capsys):
+    """F7: tokens_to_generate 600 on a model of 256 positions: the limit and the most it may be, never a
+    negative max_seq_length nor a truncate_field hint."""
+    from transformers import AutoTokenizer
+
+    table, _ = _table_of_two_base_models(tmp_path, tiny_gpt2_path)
+    data = tmp_path / "records.jsonl"
+    data.write_text(json.dumps({"taskname": "sentiment", "text": "good"}) + "\n")
+    base = ["infer", f"virtual_prompt_model_file={table}", f"data_paths=[{data}]", "precision=fp32",
+            f"output_file={tmp_path / 'p.jsonl'}"]
+    assert main(base + ["inference.tokens_to_generate=600", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    text = len(AutoTokenizer.from_pretrained(tiny_gpt2_path).encode("  label:"))  # empty {text}; ends before {label}
+    assert text == 3
+    assert ("inference.tokens_to_generate: 600 + 3 virtual tokens + 3 tokens of template text (task 'sentiment') "
+            "exceed the model's 256 positions; use at most 250 (less for long inputs)") in err
+    assert "max_seq_length=-" not in err and "truncate_field" not in err and "Traceback" not in err
+    assert main(base + [f"inference.tokens_to_generate={256 - 3 - text}", "--no-progress"]) == 0  # the most: runs

@@ -305,9 +305,9 @@ def test_candidate_counts_are_checked_against_the_models_positions_before_any_tr
     with pytest.raises(ConfigError) as e:
         prepare_search_config(raw)
     assert e.value.problems == [
-        f"search.tasks.a.total_virtual_tokens: [509, 600] virtual tokens do not fit the base model '{model}', "
-        "which takes 512 positions (max_position_embeddings); an example needs its virtual tokens plus at least "
-        "4 text tokens, so use at most 508"]
+        "search.tasks.a.total_virtual_tokens: [509, 600] virtual tokens + at least 4 text tokens (no tokenizer files "
+        f"to count the template's) need 604 positions, more than the 512 positions of base model '{model}' "
+        "(max_position_embeddings); use at most 508 virtual tokens"]
     assert not (tmp_path / "runs").exists()
 
 
@@ -330,19 +330,23 @@ def test_a_search_config_with_four_problems_reports_them_at_once_and_exits_2(tmp
 
 @pytest.mark.ray
 def test_a_trial_that_errs_keeps_its_id_config_and_a_plain_one_line_error(tmp_path, tiny_gpt2_path, ray_local):
-    raw = search_config(tmp_path, tiny_gpt2_path, [2, 12])
-    raw["model"]["data"]["max_seq_length"] = 16  # 12 virtual tokens + the text: every example is over 16
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 11])
+    # 11 virtual tokens + the template's 5 (text, answer space, EOS) fit 16 up front; with the records' words
+    # every example is over 16, and the template has no truncate_field: trial 11 errs at run time
+    raw["model"]["data"]["max_seq_length"] = 16
     payload = run_search(prepare_search_config(raw))
     assert payload["trials"] == 2 and payload["trials_errored"] == 1
     assert payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 2
     trials = {t["config/a.total_virtual_tokens"]: t for t in
               json.loads((Path(payload["run_dir"]) / "trials.json").read_text())}
-    bad = trials[12]
+    bad = trials[11]
     assert bad["status"] == "error" and bad["trial_id"] and bad["trial_id"] != trials[2]["trial_id"]
     assert bad["error"].startswith("ConfigError: model.data.train_ds: 0 usable training examples for new tasks "
                                    "['a']; need at least micro_batch_size=4 (a: 0 kept, 0 truncated, 16 dropped; "
-                                   "examples longer than 16 tokens, of which total_virtual_tokens {'a': 12} are "
-                                   "virtual, are dropped unless the template has a truncate_field)"), bad["error"]
+                                   "task 'a': 16 example(s) of up to "), bad["error"]
+    assert ("tokens (11 virtual) are longer than max_seq_length 16 (model.data.max_seq_length), and its template "
+            "has no truncate_field to cut (set one); raise model.data.max_seq_length, lower total_virtual_tokens or "
+            "shorten those records)") in bad["error"]
     assert "\n" not in bad["error"] and "\x1b" not in bad["error"] and "Traceback" not in bad["error"]
     csv_text = (Path(payload["run_dir"]) / "trials.csv").read_text()
     assert bad["trial_id"] in csv_text and "\x1b" not in csv_text

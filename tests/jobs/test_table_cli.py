@@ -112,3 +112,30 @@ def test_endpoint_url_flag_reaches_every_subcommand(table, tmp_path, tiny_gpt2_p
     exported = [json.loads((tmp_path / d / "promptray_task.json").read_text()) for d in ("b", "back")]
     assert exported[0]["embeddings_sha256"] == exported[1]["embeddings_sha256"]
     assert exported[1]["table"] == uri and exported[1]["version"].startswith("v000001-")
+
+
+def test_export_peft_refusal_names_the_cli_flag_and_force_warns_in_one_line(table, tmp_path, capsys,
+                                                                           caplog):  # issue 13, F16
+    split = {**_template("s", 5), "prompt_template": "<|VIRTUAL_PROMPT_0|> {text}<|VIRTUAL_PROMPT_1|> label: {label}",
+             "virtual_token_splits": [2, 3]}
+    b = table.get("b")
+    table.publish([TaskPrompt("s", b.embeddings, split, "prompt-tuning", b.base_model)])
+    code, _, err = _run(capsys, "table", "export-peft", table.uri, "s", str(tmp_path / "x"))
+    assert code == 2 and "pass force=True (CLI: --force)" in err and "Pass force=True" not in err
+    code, _, err = _run(capsys, "table", "export-peft", table.uri, "s", str(tmp_path / "x"), "--force")
+    assert code == 0 and "Warning" not in err
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [(
+        "promptray.platform.table.peft_export", "exporting task 's' to PEFT anyway (force): its template "
+        "'<|VIRTUAL_PROMPT_0|> {text}<|VIRTUAL_PROMPT_1|> label: {label}' cannot be expressed exactly: it has 2 "
+        "virtual markers (splits [2, 3]). PEFT will prepend all 5 virtual tokens, so the adapter does not behave "
+        "like the promptray task")]
+
+
+def test_a_python_warning_under_the_cli_is_one_log_line(table, tmp_path, capsys, caplog):
+    adapter = tmp_path / "adapter"
+    assert _run(capsys, "table", "export-peft", table.uri, "b", str(adapter))[0] == 0
+    (adapter / "promptray_task.json").write_text("{not json")
+    code, _, err = _run(capsys, "table", "import-peft", str(adapter), table.uri, "b2")
+    assert code == 0 and "UserWarning" not in err and "warnings.warn" not in err
+    path = str(adapter / "promptray_task.json")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("promptray", f"ignoring {path!r}: not valid JSON")]

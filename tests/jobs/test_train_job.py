@@ -168,7 +168,8 @@ def test_the_driver_checks_the_models_limits_when_it_has_the_model_and_leaves_th
 
     raw = job_config(tmp_path, tiny_gpt2_path)  # tiny-gpt2 takes 256 positions
     raw["model"]["task_templates"][0].update(total_virtual_tokens=300, virtual_token_splits=[300])
-    with pytest.raises(ConfigError, match="300 virtual tokens do not fit the base model .* 256 positions"):
+    with pytest.raises(ConfigError, match=r"300 virtual tokens \+ 4 tokens of the template's text .* need 305 "
+                                          r"positions, more than the 256 positions of base model"):
         check_model_limits_on_driver(load_config(raw))
     raw["model"]["language_model_path"] = "/models/on/the/workers/only"
     with caplog.at_level(logging.INFO, logger="promptray.platform.model.limits"):

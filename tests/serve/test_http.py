@@ -104,6 +104,8 @@ def test_streaming_and_openai_completions(server):
     qa = {"model": "qa", "prompt": json.dumps(INPUTS[1]["fields"]), "max_tokens": N, "temperature": 0}
     qa_gen = post(server, "/v1/generate", {**INPUTS[1], "max_tokens": N, "greedy": True}).json()
     assert post(server, "/v1/completions", qa).json()["choices"][0]["text"] == qa_gen["completions"][0]["text"]
+    as_object = post(server, "/v1/completions", {**qa, "prompt": INPUTS[1]["fields"]}).json()  # issue 13, F9
+    assert as_object["choices"][0]["text"] == qa_gen["completions"][0]["text"]
 
 
 def test_max_tokens_stop_strings_and_seeded_sampling(server):

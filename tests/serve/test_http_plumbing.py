@@ -3,6 +3,7 @@ Content-Type, unsupported OpenAI parameters named, offline /docs; and `promptray
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -57,7 +58,8 @@ def error(r) -> dict:
     ({"logit_bias": {"50256": -100}}, "logit_bias", "logit_bias={'50256': -100.0} is not supported"),
     ({"stream_options": {"include_usage": True}}, "stream_options", "stream_options="),
     ({"colour": "red"}, "colour", "unknown parameter 'colour'"),
-    ({"prompt": [50256, 11]}, "prompt", "prompt: give a string or a non-empty list of strings (token-id prompts"),
+    ({"prompt": [50256, 11]}, "prompt", "prompt: give a string, a JSON object of the task's input fields, or a "
+                                        "non-empty list of them (token-id prompts are not supported)"),
     ({"temperature": -1}, "temperature", "temperature: Input should be greater than or equal to 0"),
 ])
 def test_unsupported_or_unknown_openai_parameters_are_422_naming_them(client, extra, param, needle):
@@ -96,8 +98,10 @@ def test_a_body_that_is_not_json_or_not_an_object_says_so(client):
     assert r.status_code == 400 and err["code"] == "invalid_json" and "not valid JSON" in err["message"]
     r = client.post("/v1/completions", json=["a"])
     assert r.status_code == 422 and "must be a JSON object" in error(r)["message"]
-    r = client.post("/v1/completions")
-    assert r.status_code == 422 and "must be a JSON object" in error(r)["message"]
+    r = client.post("/v1/completions")  # an empty body is not JSON either (issue 13, F15)
+    err = error(r)
+    assert r.status_code == 400 and err["code"] == "invalid_json"
+    assert err["message"] == "the request body is empty; send a JSON object of the route's parameters (see /docs)"
     r = client.post("/v1/generate", json={"fields": {}}, headers={"Authorization": "Bearer k1"})  # whole-model rule
     assert r.status_code == 422 and error(r)["message"].startswith("give either taskname") and error(r)["param"] is None
 
@@ -143,3 +147,63 @@ def test_serve_without_ray_says_what_to_install(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err == ("promptray serve: error: serving needs Ray Serve and FastAPI, and 'ray' is not installed: "
                    "pip install 'promptray[ray]'")
+
+
+@pytest.mark.parametrize("extra,param,message", [  # issue 13, F12: strict JSON types, NaN/inf refused
+    ({"temperature": True}, "temperature", "temperature: give a number (not a string or a boolean), got True"),
+    ({"greedy": "yes"}, "greedy", "greedy: give true or false (not a string or a number), got 'yes'"),
+    ({"greedy": 1}, "greedy", "greedy: give true or false (not a string or a number), got 1"),
+    ({"temperature": "nan"}, "temperature", "temperature: give a number (not a string or a boolean), got 'nan'"),
+    ({"max_tokens": 2.5}, "max_tokens", "max_tokens: give an integer (not a string, a boolean or a fraction), "
+                                        "got 2.5"),
+    ({"echo": "true"}, "echo", "echo: give true or false (not a string or a number), got 'true'"),
+])
+def test_numbers_and_booleans_are_strict_json_types(client, extra, param, message):
+    r = client.post("/v1/completions", json={"model": "a", "prompt": "hi", **extra})
+    err = error(r)
+    assert r.status_code == 422 and err["param"] == param and err["message"] == message, err
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_refused_saying_so(client, raw):  # Python's JSON reader accepts these literals
+    r = client.post("/v1/completions", content=b'{"model": "a", "prompt": "hi", "top_p": ' + raw + b"}")
+    err = error(r)
+    assert r.status_code == 422 and err["param"] == "top_p"
+    assert err["message"].startswith("top_p: NaN and infinity are not allowed; give a finite number, got ")
+
+
+@pytest.mark.parametrize("body,param,message", [  # issue 13, F15: every error names its param
+    ({"max_token": 3}, "max_token",
+     "unknown parameter 'max_token': this route does not take it (did you mean 'max_tokens'?) (see /docs)"),
+    ({"max_tokens": 2, "min_tokens": 5}, "min_tokens", "min_tokens: min_tokens (5) must not exceed max_tokens (2)"),
+    ({"stream": True, "logprobs": 2}, "logprobs",
+     "logprobs: logprobs is not supported with stream=true; ask without streaming"),
+])
+def test_every_error_names_its_param(client, body, param, message):
+    err = error(client.post("/v1/completions", json={"model": "a", "prompt": "hi", **body}))
+    assert (err["param"], err["message"]) == (param, message), err
+
+
+def test_misplaced_fields_and_nested_typos_name_their_param(client):
+    auth = {"Authorization": "Bearer k1"}
+    err = error(client.post("/v1/generate", json={"inputs": [{"taskname": "a"}], "fields": {}}, headers=auth))
+    assert err["param"] == "fields"
+    assert err["message"] == "fields: belongs inside each item of inputs, not at the top level"
+    err = error(client.post("/v1/generate", json={"inputs": [{"taskname": "a", "field": {}}]}, headers=auth))
+    assert err["param"] == "inputs.0.field" and "(did you mean 'inputs.0.fields'?)" in err["message"]
+
+
+def test_null_means_the_default_as_in_openai(client):
+    body = {"model": "a", "prompt": "hi", "max_tokens": None, "temperature": None, "stop": None, "echo": None}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    req = CompletionRequest.model_validate(body)
+    assert (req.max_tokens, req.temperature, req.stop, req.echo) == (16, 1.0, [], False)
+    r = client.post("/v1/completions", json={"model": "a", "prompt": None})  # a required one stays required
+    assert r.status_code == 422 and error(r)["param"] == "prompt"
+
+
+def test_prompt_as_a_json_object_or_a_list_of_them(client):  # issue 13, F9
+    obj = {"context": "c", "question": "q"}
+    for prompt, want in [(obj, [obj]), ([obj, "x"], [obj, "x"]), (json.dumps(obj), [json.dumps(obj)])]:
+        r = client.post("/v1/completions", json={"model": "a", "prompt": prompt})
+        assert r.status_code == 200 and r.json()["prompts"] == want, r.text

@@ -224,3 +224,50 @@ def test_logprobs_and_echo_of_a_completion(table_uri, tiny_gpt2_path):
     for tok, lp, top in zip(plain["tokens"], plain["token_logprobs"], plain["top_logprobs"]):
         assert top[tok] == lp == max(top.values()) and len(top) == 2  # greedy: the chosen one is the top one
     assert all(len(t) <= 3 for t in echoed["top_logprobs"])  # k alternatives plus the chosen token
+
+
+def test_cli_serve_checks_every_flag_before_ray_starts(capsys, monkeypatch):  # issue 13, F2
+    import promptray.jobs.cli as cli
+
+    monkeypatch.setattr(cli, "_import_serving", lambda: pytest.fail("Ray must not start on bad flags"))
+    argv = ["serve", "--table", "t", "--replicas", "0", "--max-batch-size", "-1", "--refresh-s", "-1",
+            "--port=70000"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "promptray serve: error: invalid serve flags (4 problems):",
+        "  - --replicas 0: give at least 1 replica",
+        "  - --port 70000: give a TCP port from 1 to 65535",
+        "  - --max-batch-size -1: input should be greater than or equal to 1",
+        "  - --refresh-s -1.0: input should be greater than or equal to 0"]
+    assert cli.main(["serve", "--table", "t", "--port=-5", "--refresh-s", "nan"]) == 2
+    assert capsys.readouterr().err.splitlines()[1:] == ["  - --port -5: give a TCP port from 1 to 65535",
+                                                        "  - --refresh-s nan: input should be a finite number"]
+
+
+def test_field_errors_name_their_param_on_both_routes(table_uri, tiny_gpt2_path):  # issue 13, F9 + F15
+    from promptray.serve.app import _prompt_fields, encode_at
+    from promptray.serve.errors import InputFieldError
+
+    engine = ServeEngine(ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32"))
+    params = SamplingParams(max_tokens=3, greedy=True)
+    cases = [({"context": "c", "question": "q", "foo": 1}, ("fields", True), "fields.foo"),
+             ({"context": "c", "question": "q", "foo": 1}, ("inputs.1.fields", True), "inputs.1.fields.foo"),
+             ({"context": "c"}, ("prompt", True), "prompt.question"),
+             ({"context": "c"}, ("prompt.2", False), "prompt.2")]
+    for fields, where, param in cases:
+        with pytest.raises(InputFieldError) as err:
+            encode_at(engine, "qa", fields, None, params, where)
+        assert err.value.param == param
+    obj = {"context": "The station is north.", "question": "Where?"}
+    as_object = encode_at(engine, "qa", _prompt_fields(["context", "question"], obj), None, params,
+                          ("prompt", True))
+    as_string = encode_at(engine, "qa", _prompt_fields(["context", "question"], json.dumps(obj)), None, params,
+                          ("prompt", False))
+    assert as_object.example.input_ids == as_string.example.input_ids
+    with pytest.raises(InputFieldError) as err:
+        _prompt_fields(["context", "question"], "hello", "prompt.1")
+    assert err.value.param == "prompt.1" and str(err.value) == (
+        "this task has input fields ['context', 'question']: give prompt as a JSON object of them, e.g. "
+        '{"context": "...", "question": "..."} (or that object JSON-encoded as a string), or use /v1/generate')
+    assert _prompt_fields(["text"], '{"text": "x"}') == {"text": '{"text": "x"}'}  # one field: taken literally
+    assert _prompt_fields(["text"], {"text": "x"}) == {"text": "x"}

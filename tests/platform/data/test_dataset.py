@@ -174,6 +174,22 @@ def test_untruncatable_example_dropped(tok):
     long_label = {"taskname": "sentiment", "sentence": "a b c", "label": LONG}
     examples, stats = build_examples([long_label], [SENTIMENT], tok, 30)
     assert examples == [] and stats.dropped == {"sentiment": 1} and stats.kept["sentiment"] == 0
+    # issue 13, F6: the reason names the part that cannot be cut, and suggests no truncate_field it already has
+    need = 4 + len(enc(tok, "  sentiment:")) + len(enc(tok, " " + LONG)) + 1  # virtual, text, answer, EOS
+    assert stats.uncut == {"sentiment": need} and need > 30
+    assert stats.dropped_reasons({"sentiment": SENTIMENT}, "max_seq_length=30") == (
+        f"task 'sentiment': 1 example(s) need up to {need} tokens even with truncate_field 'sentence' cut to "
+        "nothing (4 virtual tokens, the template's text and the other fields), more than max_seq_length=30")
+
+
+def test_shortest_example_counts_virtual_tokens_template_text_and_bos_eos(tok):
+    from promptray.platform.data.dataset import shortest_example
+
+    text = len(enc(tok, "  sentiment:")) + len(enc(tok, " "))  # the answer keeps the space before {label}
+    assert shortest_example(SENTIMENT, tok, add_bos=False, add_eos=True, inference=False) == 4 + text + 1
+    assert shortest_example(SENTIMENT, tok, add_bos=True, add_eos=True, inference=False) == 4 + text + 2
+    assert shortest_example(SENTIMENT, tok, add_bos=False, add_eos=True, inference=True) == \
+        4 + len(enc(tok, "  sentiment:"))  # an inference prompt ends where the answer starts; no EOS
 
 
 def test_encode_record_returns_truncated_flag(tok):

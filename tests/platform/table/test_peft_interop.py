@@ -4,6 +4,7 @@ parity."""
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 
 import pytest
@@ -183,20 +184,24 @@ def test_import_peft_p_tuning_adapter(tiny_gpt2, tiny_gpt2_path, tmp_path):
     torch.testing.assert_close(theirs[real], ours[real], atol=1e-5, rtol=1e-5)
 
 
-def test_export_refuses_templates_peft_cannot_express(tiny_gpt2, tmp_path):
+def test_export_refuses_templates_peft_cannot_express(tiny_gpt2, tmp_path, caplog):
     lm, _ = tiny_gpt2
     table = PromptTable(tmp_path / "table")
     publish_task(table, lm, "split", "<|VIRTUAL_PROMPT_0|> Context: {q}<|VIRTUAL_PROMPT_1|> Answer:{a}", [2, 3])
     publish_task(table, lm, "late", "Question: <|VIRTUAL_PROMPT_0|>{q}", [2])
     with pytest.raises(ConfigError, match="prepends all num_virtual_tokens") as e:
         export_peft_adapter(table, "split", tmp_path / "a")
-    assert "2 virtual markers" in str(e.value) and "force=True" in str(e.value)
+    assert "2 virtual markers" in str(e.value) and "pass force=True (CLI: --force)" in str(e.value)
     with pytest.raises(ConfigError, match="does not start with"):
         export_peft_adapter(table, "late", tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
-    with pytest.warns(UserWarning, match="force=True"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.table.peft_export"):
         out = export_peft_adapter(table, "split", tmp_path / "forced", force=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "exporting task 'split' to PEFT anyway (force): its template '<|VIRTUAL_PROMPT_0|> Context: "
+        "{q}<|VIRTUAL_PROMPT_1|> Answer:{a}' cannot be expressed exactly: it has 2 virtual markers (splits [2, 3]). "
+        "PEFT will prepend all 5 virtual tokens, so the adapter does not behave like the promptray task"]
     assert json.loads((out / TASK_FILE).read_text())["forced"] is True
     peft.PeftModel.from_pretrained(lm, str(out))  # loadable; PEFT prepends all 5 rows
     # imported back unchanged: the original two-marker template is restored
@@ -216,7 +221,8 @@ def write_adapter(folder, n: int, dim: int, **overrides):
 def test_import_errors(tiny_gpt2_path, tmp_path):
     table = tmp_path / "table"
     base = str(tiny_gpt2_path)
-    with pytest.raises(BaseModelMismatchError, match="token_dim 48 but base model .* hidden size 32"):
+    wide = r"token_dim 48 but base model .* hidden size 32; .* Pass base_model= \(CLI: --base-model\)"
+    with pytest.raises(BaseModelMismatchError, match=wide):
         import_peft_adapter(write_adapter(tmp_path / "wide", 3, 48), table, "t", base_model=base)
     with pytest.raises(ConfigError, match="does not exist"):
         import_peft_adapter(tmp_path / "nowhere", table, "t", base_model=base)
@@ -243,7 +249,7 @@ def test_import_errors(tiny_gpt2_path, tmp_path):
     assert PromptTable(table).tasks() == []  # nothing was published
 
 
-def test_export_of_a_task_trained_with_bos_is_refused_and_records_the_encoding(tiny_gpt2, tmp_path):
+def test_export_of_a_task_trained_with_bos_is_refused_and_records_the_encoding(tiny_gpt2, tmp_path, caplog):
     """Issue 13 #3: PEFT has no BOS setting (it puts the virtual tokens before every input id), so a task
     trained with add_bos is a layout PEFT cannot express; its encoding travels in promptray_task.json."""
     from promptray.platform.data.encoding import TaskEncoding, fingerprint_tokenizer
@@ -256,8 +262,9 @@ def test_export_of_a_task_trained_with_bos_is_refused_and_records_the_encoding(t
                               plain.base_model, encoding=encoding)])
     with pytest.raises(ConfigError, match="trained with add_bos=true"):
         export_peft_adapter(table, "bos", tmp_path / "a")
-    with pytest.warns(UserWarning, match="add_bos=true"):
+    with caplog.at_level(logging.WARNING, logger="promptray.platform.table.peft_export"):
         out = export_peft_adapter(table, "bos", tmp_path / "forced", force=True)
+    assert "cannot be expressed exactly: it was trained with add_bos=true" in caplog.records[-1].getMessage()
     assert json.loads((out / TASK_FILE).read_text())["encoding"] == encoding.to_dict()
     import_peft_adapter(out, table, "bos-back")
     assert table.get("bos-back").encoding == encoding  # restored as trained: served with the BOS again

@@ -1,0 +1,32 @@
+"""Which tasks of a prompt table an inference run loads, and on which base model (`promptray infer`).
+
+As the server loads only the tasks it is asked for, `promptray infer` loads only the tasks its records
+name (or those of `tasks=`), so a table may hold tasks trained on other base models; the default base model
+is the one those tasks were trained on (see `load_prompt_model`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from promptray.platform.data.dataset import read_records
+from promptray.platform.errors import DatasetError
+from promptray.platform.table.table import PromptTable
+
+
+def tasks_of_records(table_uri: str, data_paths: list[str], *, endpoint_url: Optional[str] = None) -> list[str]:
+    """The table's tasks that the records of `data_paths` name, in order of first use: what `promptray infer`
+    loads (as the server loads only the tasks it is asked for), so a table may hold tasks of other base
+    models. Records naming no task of the table are reported later with their file and line; DatasetError
+    when no record names one. The base model is then the one these tasks were trained on (`load_prompt_model`,
+    which asks for gpt_model_file when they name different ones). `endpoint_url`: for s3:// tables and files."""
+    known = PromptTable(table_uri, endpoint_url=endpoint_url).tasks()
+    records = read_records(data_paths, endpoint_url=endpoint_url)
+    named = dict.fromkeys(r.data.get("taskname") for r in records if isinstance(r.data, dict))
+    used = [t for t in named if t in known]
+    if not used:
+        shown = [t for t in named if t is not None]
+        raise DatasetError(f"no record of data_paths {data_paths} names a task of the prompt table {table_uri!r} "
+                           f"(records name {shown}; the table has {known}); set each record's taskname")
+    return used
+
