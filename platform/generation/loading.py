@@ -42,6 +42,7 @@ class PromptModel:
     tokenizer_fingerprint: Optional[TokenizerFingerprint] = None
 
     def decode(self, ids: list[int]) -> str:
+        """The text of token ids, special tokens (EOS, padding) left out."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
