@@ -87,8 +87,8 @@ class ServeEngine:
     tasks and sampling parameters, with the decode core (serve/decoding.py -> generation/decode.py), yielding
     per step one `RowEvent` or None per row. Construction raises what `load_prompt_model` raises and
     BaseModelMismatchError when no current task of the table fits the base model; requests raise serving
-    errors (serve/errors.py: UnknownTaskError, InputFieldError, InputTooLongError, TaskModelMismatchError),
-    which the HTTP layer turns into 4xx answers.
+    errors (serve/errors.py: UnknownTaskError, UnknownVersionError, InputFieldError, InputTooLongError,
+    TaskModelMismatchError), which the HTTP layer turns into 4xx answers.
     """
 
     def __init__(self, settings: ServerSettings):

@@ -87,10 +87,12 @@ class DecodeRow:
 
     @property
     def done(self) -> bool:
+        """Whether the row has finished (its finish_reason is set)."""
         return self.finish_reason is not None
 
     @property
     def output_ids(self) -> list[int]:
+        """The tokens of the returned text: all ids while running; once finished, the first `kept`."""
         return self.ids[:self.kept] if self.done else list(self.ids)
 
     @property
@@ -159,6 +161,7 @@ class DecodeBatch:
 
     @property
     def done(self) -> bool:
+        """Whether every row has finished."""
         return all(r.done for r in self.rows)
 
     def _banned(self) -> Optional[torch.Tensor]:

@@ -36,6 +36,7 @@ class Store(Protocol):
 
 
 def sha256_hex(data: bytes) -> str:
+    """The sha256 of `data` as 64 lowercase hex digits (object keys and the manifest's checksums)."""
     return hashlib.sha256(data).hexdigest()
 
 
