@@ -70,7 +70,9 @@ class DecodeRow:
     `min_tokens_to_generate` (NeMo; vLLM's `min_tokens`): stop ids are masked out of the choice while fewer
     tokens are out (a per-row mask: transformers' MinNewTokensLengthLogitsProcessor counts from one prompt
     length for the whole batch, which rows that started at different steps cannot share), and a stop
-    string counts only when it ends in a later token."""
+    string counts only when it ends in a later token.
+
+    ValueError when `params.stop` has strings but no `decode` is given."""
 
     def __init__(self, params: GenerationParams, eos_id: int, *, generator: Optional[torch.Generator] = None,
                  decode: Optional[Decode] = None):
@@ -151,7 +153,13 @@ class DecodeRow:
 
 
 class DecodeBatch:
-    """A running batch: the prompt pass at construction, then `step()` until `done`."""
+    """A running batch: the prompt pass at construction, then `step()` until `done`.
+
+    Holds `rows` (one `DecodeRow` per example) and, on the model's device: `seen` (B, S) long, the real prompt
+    and generated ids (-1 for virtual placeholders and padding) for the repetition penalty; `logits` (B, V)
+    float32, the next-token logits of each row; `past`, the KV cache; `mask` (B, T) long, the attention mask
+    over the cache and new tokens; `pos`, position ids ((B, T) after the prompt pass, then (B, 1)). Prompts are
+    left-padded (`collate(side="left")`) so every row's next token is in the last column."""
 
     def __init__(self, model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow],
                  pad_id: int, prefill: Prefill = prefill_plain):
