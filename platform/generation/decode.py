@@ -158,8 +158,8 @@ class DecodeBatch:
     Holds `rows` (one `DecodeRow` per example) and, on the model's device: `seen` (B, S) long, the real prompt
     and generated ids (-1 for virtual placeholders and padding) for the repetition penalty; `logits` (B, V)
     float32, the next-token logits of each row; `past`, the KV cache; `mask` (B, T) long, the attention mask
-    over the cache and new tokens; `pos`, position ids ((B, T) after the prompt pass, then (B, 1)). Prompts are
-    left-padded (`collate(side="left")`) so every row's next token is in the last column."""
+    over the cache and new tokens; `pos`, the position ids of the last forward (the prompt pass's, then
+    (B, 1)). Prompts are left-padded (`collate(side="left")`) so every row's next token is in the last column."""
 
     def __init__(self, model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow],
                  pad_id: int, prefill: Prefill = prefill_plain):
