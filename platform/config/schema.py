@@ -107,8 +107,8 @@ class PromptLearningConfig(Section):
 
     Build it with `load_config` (YAML or a dict, dotted overrides, cross-key checks), which raises one
     ConfigError listing every problem with its dotted key, value and fix; constructing it directly runs the
-    per-key checks only (pydantic's ValidationError). The properties derive the values the engine uses, by
-    NeMo's rules where NeMo has one (global_batch_size, accumulation, max_seq_length, run_dir).
+    per-key checks only (pydantic's ValidationError). The properties derive the values the engine uses:
+    table_uri, precision, global_batch_size and accumulation (NeMo's rule), max_seq_length, run_dir.
     """
 
     name: str = "prompt_learning"

@@ -50,9 +50,8 @@ class PromptLearningModel(nn.Module):
     - `step(emb, attention_mask, position_ids, past)`: one decoding pass over `emb` (B, t, H): float32 logits
       of the last position (B, V) and the KV cache (the decode core's and the prefix cache's building block).
 
-    Errors: `set_train_attention` raises ValueError for an unknown kind; `embed` raises KeyError (from the
-    bank) for a batch row of a task the bank does not hold
-    (when the batch has virtual positions).
+    Errors: `set_train_attention` raises ValueError for an unknown kind; `embed` (and so `loss`) raises
+    KeyError, from the bank, for a row of a task the bank does not hold when the batch has virtual positions.
     """
 
     def __init__(self, lm: nn.Module, bank: PromptBank, precision: Precision = "fp32", lm_finetune: bool = False):
