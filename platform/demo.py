@@ -27,6 +27,8 @@ QUESTIONS = {"taskname": "question_type",
 
 
 def sentiment_config(out: Path, data: dict[str, Path], steps: int, model: str) -> dict:
+    """The demo's first run as a config dict: prompt tuning of task "sentiment" (text init), bf16, into
+    `out`/prompt_table, `steps` steps of 8 examples."""
     return {"name": "demo_sentiment",
             "trainer": {"max_steps": steps, "val_check_interval": max(1, steps // 4), "limit_val_batches": 25,
                         "log_every_n_steps": 5, "precision": "bf16", "gradient_clip_val": 1.0},
@@ -43,6 +45,7 @@ def sentiment_config(out: Path, data: dict[str, Path], steps: int, model: str) -
 
 
 def questions_config(out: Path, data: dict[str, Path], steps: int, model: str) -> dict:
+    """The demo's second run: p-tuning of "question_type" into the same table, "sentiment" restored frozen."""
     cfg = sentiment_config(out, data, steps, model)
     cfg["name"] = "demo_question_type"
     cfg["model"].update({"virtual_prompt_style": "p-tuning", "restore_path": str(out / "prompt_table"),
@@ -55,12 +58,15 @@ def questions_config(out: Path, data: dict[str, Path], steps: int, model: str) -
 
 
 def accuracy(engine, examples, params, batch_size: int = 16) -> float:
+    """Share (0-1) of `examples` whose generated text exactly matches the reference (normalized)."""
     preds = predict(engine, examples, params, batch_size, progress=True)
     return sum(bool(exact_match(p, e.reference)) for p, e in zip(preds, examples)) / max(1, len(examples))
 
 
 def run_demo(out_dir: str | Path = "runs/demo", steps: int = 150, question_steps: int = 100,
              n_test: int = 400, model: str = "smollm2-135m", progress: bool = True) -> dict:
+    """`promptray demo`: tune two tasks into one table (continual learning), report zero-shot and tuned
+    held-out accuracy and one mixed-task batch; the summary is also written to out_dir/demo_result.json."""
     out = Path(out_dir)
     t0 = time.time()
     sent = write_splits("sentiment", movie_sentiment(), out / "data", n_val=200, n_test=n_test)
@@ -91,6 +97,7 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 150, question_steps
 
 
 def mixed_batch(engine, params: GenerationParams) -> list[dict]:
+    """Four inputs of both tasks generated in one batch; each record with its prediction."""
     records = [{"taskname": "sentiment", "sentence": "A gorgeous, moving film with a wonderful cast."},
                {"taskname": "question_type", "question": "Who wrote the novel Moby Dick ?"},
                {"taskname": "sentiment", "sentence": "Dull, overlong and painfully unfunny."},

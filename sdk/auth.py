@@ -27,6 +27,7 @@ TOKEN_ENV, TOKEN_PATH_ENV, MODE_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "
 
 
 def default_token_path() -> Path:
+    """~/.ray/auth_token, where Ray looks for its token file by default."""
     return Path.home() / ".ray" / "auth_token"
 
 
@@ -46,6 +47,7 @@ def find_token(explicit: Optional[str] = None) -> Optional[str]:
 
 
 def auth_headers(token: Optional[str]) -> dict[str, str]:
+    """{"Authorization": "Bearer TOKEN"} for a token, {} for none."""
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -61,6 +63,8 @@ def token_env(token_path: Path) -> dict[str, str]:
 
 
 def describe_auth_failure(address: str, token: Optional[str], detail: str) -> str:
+    """The message for a cluster that refused the SDK (HTTP 401/403): what was sent, the server's first line
+    of `detail`, and the ways to pass the right token."""
     sent = "a token that the cluster rejected" if token else "no token"
     return (f"the Ray cluster at {address} requires token authentication and the SDK sent {sent} "
             f"({detail.strip().splitlines()[0] if detail.strip() else 'HTTP 401/403'}). Pass "

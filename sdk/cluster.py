@@ -21,7 +21,11 @@ def _is_auth_error(e: BaseException) -> bool:
 
 
 class RayJobs:
-    """One connection to a cluster's Jobs API (the dashboard's HTTP address)."""
+    """One connection to a cluster's Jobs API (the dashboard's HTTP address).
+
+    Every call raises the SDK's typed errors instead of Ray's free-text ones: ClusterAuthError (401/403),
+    JobNotFoundError (an unknown job id), ClusterUnreachableError (no cluster answers), ClusterError (the
+    cluster refused the request, or Ray's job client is not installed)."""
 
     def __init__(self, address: str, token: Optional[str] = None):
         self.address, self.token = address, token
@@ -59,27 +63,33 @@ class RayJobs:
     # ------------------------------------------------------------------ calls
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], metadata: dict[str, str],
                submission_id: Optional[str] = None) -> str:
+        """Submit `entrypoint` (a shell command) with its runtime_env and metadata; the job's id."""
         with self._errors():
             return self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
                                           submission_id=submission_id)
 
     def summary(self, job_id: str) -> JobSummary:
+        """The job's status, entrypoint, message, start/end times and metadata."""
         with self._errors(job_id):
             return _summary(self.client.get_job_info(job_id))
 
     def status(self, job_id: str) -> JobStatus:
+        """The job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
         with self._errors(job_id):
             return JobStatus(str(self.client.get_job_status(job_id).value))
 
     def logs(self, job_id: str) -> str:
+        """The job's log so far."""
         with self._errors(job_id):
             return self.client.get_job_logs(job_id)
 
     def stop(self, job_id: str) -> bool:
+        """Ask the cluster to stop the job: True when it was running, else False (Ray's answer)."""
         with self._errors(job_id):
             return bool(self.client.stop_job(job_id))
 
     def list(self) -> list[JobSummary]:
+        """Every job the cluster knows."""
         with self._errors():
             return [_summary(d) for d in self.client.list_jobs()]
 

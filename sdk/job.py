@@ -63,15 +63,18 @@ class TuningJob:
 
     @property
     def id(self) -> str:
+        """The job's submission id on the cluster."""
         return self._id
 
     def __repr__(self) -> str:
         return f"TuningJob(id={self._id!r}, address={self._jobs.address!r})"
 
     def status(self) -> JobStatus:
+        """The job's current status (asks the cluster)."""
         return self._jobs.status(self._id)
 
     def info(self) -> JobSummary:
+        """The job's summary: status, entrypoint, message, times, metadata (asks the cluster)."""
         return self._jobs.summary(self._id)
 
     @overload

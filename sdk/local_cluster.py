@@ -63,18 +63,22 @@ class LocalCluster:
     # ------------------------------------------------------------------ addresses
     @property
     def dashboard_url(self) -> str:
+        """http://127.0.0.1:PORT of the dashboard: the Jobs API address the SDK submits to."""
         return f"http://127.0.0.1:{self.ports['--dashboard-port']}"
 
     @property
     def gcs_address(self) -> str:
+        """127.0.0.1:PORT of the cluster's GCS (what `ray.init(address=...)` takes)."""
         return f"127.0.0.1:{self.ports['--port']}"
 
     @property
     def token_path(self) -> Path:
+        """The file holding this cluster's auth token (in its temp dir, set once it has started)."""
         return self.temp_dir / "auth_token"
 
     @property
     def auth_headers(self) -> dict[str, str]:
+        """The Authorization header that carries this cluster's token."""
         return auth_headers(self.token)
 
     def client_env(self) -> dict[str, str]:

@@ -29,6 +29,7 @@ class JobStatus(str, enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the job has ended (STOPPED, SUCCEEDED or FAILED)."""
         return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
@@ -55,6 +56,7 @@ class TuningResult(BaseModel):
 
     @property
     def tasks(self) -> list[str]:
+        """The tasks the job published, sorted."""
         return sorted(self.versions)
 
 
@@ -107,5 +109,6 @@ def parse_result(log: str) -> Optional[TuningResult]:
 
 
 def log_tail(log: str, lines: int = TAIL_LINES) -> str:
+    """The last `lines` non-blank lines of a job log (for error messages)."""
     kept = [line for line in log.splitlines() if line.strip()]
     return "\n".join(kept[-lines:]) if kept else "(the job wrote no log)"

@@ -13,6 +13,8 @@ from promptray.sdk.models import RESULT_MARKER, _marked_json, log_tail
 
 
 class BestTrial(BaseModel):
+    """A search group's best trial: its id, its hyperparameters and (extra fields) its metrics."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
     trial_id: str
     config: dict[str, Any]
@@ -32,6 +34,7 @@ class SearchResult(BaseModel):
     run_dir: Optional[str] = None
 
     def best_value(self, group: str) -> float:
+        """The search metric of `group`'s best trial (KeyError for an unknown group)."""
         return float(getattr(self.best[group], self.metric))
 
 

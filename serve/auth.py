@@ -20,11 +20,15 @@ log = logging.getLogger(__name__)
 
 
 class ApiKeys:
+    """The API keys a replica accepts as `Authorization: Bearer KEY` (OpenAI's scheme); none: auth is off.
+    Keys are compared in constant time and never shown (repr, logs)."""
+
     def __init__(self, keys: list[str]):
         self._keys = [k.encode() for k in keys if k]
 
     @property
     def enabled(self) -> bool:
+        """Whether any key is configured (else every request is let in)."""
         return bool(self._keys)
 
     def __repr__(self) -> str:  # never show the keys
@@ -32,6 +36,8 @@ class ApiKeys:
 
     @classmethod
     def load(cls, env_var: Optional[str], path: Optional[str]) -> ApiKeys:
+        """Keys from the comma-separated environment variable `env_var` and the file `path` (one per line,
+        blank lines and lines starting with # skipped); OSError when the file cannot be read."""
         keys = [k.strip() for k in os.environ.get(env_var or "", "").split(",")]
         if path:
             keys += [line.strip() for line in Path(path).read_text().splitlines()
@@ -41,6 +47,8 @@ class ApiKeys:
         return out
 
     def valid(self, header: Optional[str]) -> bool:
+        """Whether an Authorization header value carries a configured key ("Bearer KEY", scheme in any case);
+        always True when auth is off."""
         if not self.enabled:
             return True
         scheme, _, token = (header or "").partition(" ")

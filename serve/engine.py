@@ -44,6 +44,7 @@ class Prepared:
 
     @property
     def prompt_tokens(self) -> int:
+        """The prompt's length in tokens, virtual ones included (OpenAI's usage.prompt_tokens)."""
         return len(self.example)
 
 
@@ -72,6 +73,24 @@ def resolve_precision(precision: str) -> str:
 
 
 class ServeEngine:
+    """One serving replica's engine: the base model once, with the prompts of a table's tasks loaded on demand.
+
+    Built from `ServerSettings` (serve/schemas.py): `load_prompt_model` loads the base model (`settings.model`,
+    else the one the table's tasks were trained on) with no prompts, in `precision` ("auto": bf16 where the
+    device supports it) on the `accelerator`'s device, with a `ServingBank` that can add and drop prompts.
+    Holds `model` (`PromptLearningModel`), `tokenizer`, `bank`, `prefixes` (`PrefixCache`: each task's
+    constant prompt start as a KV cache), `prompts` (`PromptStore`: the table's current versions, its manifest
+    read again once older than `refresh_s`, and an LRU of loaded task versions whose prompts and prefix caches
+    stay within `prompt_cache_bytes`) and `model_name`.
+
+    `encode` validates and tokenizes one input into a `Prepared` row; `stream` decodes a batch of them, of any
+    tasks and sampling parameters, with the decode core (serve/decoding.py -> generation/decode.py), yielding
+    per step one `RowEvent` or None per row. Construction raises what `load_prompt_model` raises and
+    BaseModelMismatchError when no current task of the table fits the base model; requests raise serving
+    errors (serve/errors.py: UnknownTaskError, UnknownVersionError, InputFieldError, InputTooLongError,
+    TaskModelMismatchError), which the HTTP layer turns into 4xx answers.
+    """
+
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         table = PromptTable(settings.table)
@@ -121,6 +140,7 @@ class ServeEngine:
                 if (why := self.prompts.unservable.get(task_key(name, info.version)))}
 
     def tasks(self) -> list[TaskInfo]:
+        """Every servable task's current version, prompt length and fields (`GET /v1/tasks`)."""
         return [TaskInfo(name=name, version=info.version, virtual_tokens=info.num_virtual_tokens,
                          fields=list(dict.fromkeys(task.template.fields)), input_fields=input_fields(task))
                 for name, info, task in self._servable()]
@@ -166,6 +186,7 @@ class ServeEngine:
                                   input_fields=wanted)
 
     def decode(self, ids: list[int]) -> str:
+        """The text of token ids, special tokens (EOS, padding) left out."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _locked(self, batch: Sequence[Prepared], fn):

@@ -31,22 +31,31 @@ class ServeError(PromptrayError):
         self.detail = detail  # extra JSON keys of the error (field names, token counts, ...)
 
     def body(self) -> dict:
+        """The JSON error body, OpenAI's shape: {"error": {message, type, param, code, ...detail}}."""
         return error_body(self.message, type=self.type, param=self.param, code=self.code, **self.detail)
 
 
 class UnknownTaskError(ServeError):
+    """No current task of that name in the prompt table (404; OpenAI's model_not_found)."""
+
     status, type, code = 404, "not_found_error", "model_not_found"
 
 
 class UnknownVersionError(ServeError):
+    """The task has no such version, or it cannot be read from the table (404)."""
+
     status, type, code = 404, "not_found_error", "version_not_found"
 
 
 class InputFieldError(ServeError):
+    """An input misses a field of its task's template or has one the template does not know (422)."""
+
     status, code = 422, "invalid_fields"
 
 
 class InputTooLongError(ServeError):
+    """The prompt (virtual tokens included) plus max_tokens exceeds the model's positions (422)."""
+
     status, code = 422, "context_length_exceeded"
 
 
@@ -57,18 +66,26 @@ class RequestValidationFailed(ServeError):
 
 
 class InvalidJsonError(ServeError):
+    """The request body is not valid JSON (400)."""
+
     status, code = 400, "invalid_json"
 
 
 class AuthError(ServeError):
+    """No API key, or one that is not configured, while keys are required (401)."""
+
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
 class BodyTooLargeError(ServeError):
+    """The request body exceeds the server's max_body_bytes (413)."""
+
     status, code = 413, "request_too_large"
 
 
 class RouteNotFoundError(ServeError):
+    """No route at that URL (404)."""
+
     status, type, code = 404, "not_found_error", "unknown_url"
 
 
@@ -86,4 +103,6 @@ class ServerNotReadyError(ServeError):
 
 
 class InternalError(ServeError):
+    """An unexpected failure (500): the answer names only the exception type; the server log has the rest."""
+
     status, type, code = 500, "server_error", "internal_error"

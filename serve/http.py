@@ -47,6 +47,7 @@ def make_api(**kwargs) -> FastAPI:
 
 
 def error_response(exc: ServeError) -> JSONResponse:
+    """The HTTP answer of a ServeError: its status and OpenAI-shaped body (`WWW-Authenticate: Bearer` on 401)."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 

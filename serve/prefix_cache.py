@@ -47,6 +47,7 @@ class TaskPrefix:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the cached keys and values."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
 
 
@@ -127,9 +128,11 @@ class PrefixCache:
         return key in self._entries
 
     def get(self, key: str) -> Optional[TaskPrefix]:
+        """The cached prefix of task version `key`; None when it has none or is not cached."""
         return self._entries.get(key)
 
     def nbytes(self, key: str) -> int:
+        """Bytes of `key`'s cached prefix (0 when none)."""
         entry = self._entries.get(key)
         return entry.nbytes if entry is not None else 0
 
@@ -157,6 +160,7 @@ class PrefixCache:
         return entry
 
     def drop(self, key: str) -> None:
+        """Forget `key`'s prefix (nothing happens if none is cached)."""
         self._entries.pop(key, None)
 
     def prefill(self, model: PromptLearningModel, examples: Sequence[Example], pad_id: int) -> tuple:

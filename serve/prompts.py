@@ -34,6 +34,8 @@ class ServingBank(PromptBank):
         self._prompts: dict[str, torch.Tensor] = {}
 
     def put(self, key: str, embeddings: torch.Tensor) -> None:
+        """Hold a float32 copy of `embeddings` (n, H) on the bank's device under `key` (replacing one there);
+        ValueError when its last dimension is not H."""
         if embeddings.shape[-1] != self.hidden:
             raise ValueError(f"prompt {key!r} has hidden size {embeddings.shape[-1]}, model has {self.hidden}")
         self._prompts[key] = embeddings.detach().to(self.device, torch.float32).clone()  # (n, H), the model's device
@@ -43,13 +45,16 @@ class ServingBank(PromptBank):
         self.put(name, embeddings)
 
     def drop(self, key: str) -> None:
+        """Forget the prompt under `key` (nothing happens if it is not held)."""
         self._prompts.pop(key, None)
 
     @property
     def names(self) -> list[str]:
+        """The keys held, in the order they were put."""
         return list(self._prompts)
 
     def get(self, name: str) -> torch.Tensor:
+        """The (n, H) prompt under `name`; KeyError when it is not loaded."""
         if name not in self._prompts:
             raise KeyError(f"prompt {name!r} is not loaded")
         return self._prompts[name]
@@ -57,6 +62,9 @@ class ServingBank(PromptBank):
 
 @dataclass
 class LoadedTask:
+    """A task version loaded into the replica: its bank key, template, encoding and size in bytes (prompt and
+    prefix cache, what the LRU counts)."""
+
     key: str  # name in the prompt bank and the prefix cache
     taskname: str
     version: str
@@ -66,6 +74,7 @@ class LoadedTask:
 
 
 def task_key(taskname: str, version: str) -> str:
+    """`taskname@version`: a loaded task version's name in the prompt bank and the prefix cache."""
     return f"{taskname}@{version}"
 
 
@@ -91,11 +100,14 @@ class PromptStore:
         return current
 
     def current(self) -> dict[str, VersionInfo]:
+        """taskname -> current version info, from a manifest read at most `refresh_s` seconds ago."""
         if time.monotonic() - self._read_at > self.refresh_s:
             self.refresh()
         return self._current
 
     def resolve(self, taskname: str, version: Optional[str] = None) -> LoadedTask:
+        """The loaded task version a request names (None: the current one), loading it if needed.
+        UnknownTaskError (after re-reading the manifest), UnknownVersionError, TaskModelMismatchError."""
         current = self.current()
         if taskname not in current and version is None:
             current = self.refresh()  # it may have been published since the last read
@@ -144,8 +156,10 @@ class PromptStore:
 
     @property
     def loaded(self) -> list[str]:
+        """Keys of the loaded task versions, least recently used first."""
         return list(self._loaded)
 
     @property
     def loaded_bytes(self) -> int:
+        """Bytes the loaded task versions take (prompts as float32 plus prefix caches)."""
         return sum(t.nbytes for t in self._loaded.values())

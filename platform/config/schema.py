@@ -101,6 +101,16 @@ class StorageConfig(Section):
 
 
 class PromptLearningConfig(Section):
+    """One prompt-learning run's config, in NeMo's layout (megatron_gpt_prompt_learning_config.yaml): `name`,
+    `trainer`, `exp_manager`, `model` (tasks, templates, data, optimizer, prompt-tuning / p-tuning settings),
+    plus this engine's `storage`. Unknown keys are errors (every `Section` forbids them).
+
+    Build it with `load_config` (YAML or a dict, dotted overrides, cross-key checks), which raises one
+    ConfigError listing every problem with its dotted key, value and fix; constructing it directly runs the
+    per-key checks only (pydantic's ValidationError). The properties derive the values the engine uses:
+    table_uri, precision, global_batch_size and accumulation (NeMo's rule), max_seq_length, run_dir.
+    """
+
     name: str = "prompt_learning"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)

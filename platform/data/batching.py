@@ -15,6 +15,8 @@ from promptray.platform.data.dataset import Example
 
 @dataclass
 class Batch:
+    """Padded examples, all tensors (B, T) on one device (made on the CPU by `collate`); `tasknames` (B,)."""
+
     tasknames: list[str]
     input_ids: torch.Tensor  # (B, T) long; virtual and pad positions hold the pad id
     virtual_ids: torch.Tensor  # (B, T) long; row of the task's prompt, -1 for real tokens and padding
@@ -27,6 +29,7 @@ class Batch:
 
     @property
     def num_tokens(self) -> int:
+        """Real and virtual tokens in the batch (padding left out): what tokens/s counts."""
         return int(self.attention_mask.sum())
 
 

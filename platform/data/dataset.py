@@ -27,12 +27,16 @@ MAX_SHOWN_PROBLEMS = 20
 
 @dataclass
 class Record:
+    """One data record (a JSON object, with its `taskname`) and where it came from, for messages."""
+
     data: dict[str, Any]
     origin: str  # "file.jsonl:12" or "records[3]"
 
 
 @dataclass
 class Example:
+    """One tokenized record: per-position lists of equal length T (no padding; `collate` pads them)."""
+
     taskname: str
     input_ids: list[int]  # virtual positions hold the pad id
     virtual_ids: list[int]  # row of the task's prompt at each position, -1 for real tokens
@@ -47,6 +51,8 @@ class Example:
 
 @dataclass
 class DatasetStats:
+    """Per task: examples kept, truncated (truncate_field cut to fit max_seq_length) and dropped (too long)."""
+
     kept: Counter = field(default_factory=Counter)
     truncated: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
@@ -70,6 +76,7 @@ class DatasetStats:
         return "; ".join(out)
 
     def summary(self) -> str:
+        """Each task's counts on one line, e.g. "squad: 90 kept, 3 truncated, 1 dropped"."""
         tasks = sorted(set(self.kept) | set(self.dropped))
         return ", ".join(f"{t}: {self.kept[t]} kept, {self.truncated[t]} truncated, {self.dropped[t]} dropped"
                          for t in tasks)
@@ -172,9 +179,11 @@ class Tokenization:
 
     @classmethod
     def of(cls, tokenizer) -> Tokenization:
+        """The tokenizer with its pad, EOS and BOS ids (BOS may be None)."""
         return cls(tokenizer, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens ([] for empty text)."""
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
 

@@ -63,6 +63,7 @@ def split(rows: list[dict], n_val: int, n_test: int, seed: int = 0) -> dict[str,
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
+    """Write `rows` as JSON lines (UTF-8) to `path`, creating its folder; returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -49,10 +49,12 @@ class TokenizerFingerprint:
     sha256: str  # vocabulary, merges, BOS/EOS ids and the probe text's ids
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (as stored with every prompt)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerFingerprint:
+        """The inverse of `to_dict` (extra keys ignored; KeyError for a missing one)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def mismatches(self, other: TokenizerFingerprint) -> list[str]:
@@ -97,6 +99,7 @@ class TaskEncoding:
         return cls(bool(add_bos), bool(add_eos), fingerprint_tokenizer(tokenizer))
 
     def to_dict(self) -> dict:
+        """{"add_bos", "add_eos", "tokenizer": its fingerprint's dict or None}, as stored with every prompt."""
         return {"add_bos": self.add_bos, "add_eos": self.add_eos,
                 "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None}
 

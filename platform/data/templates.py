@@ -25,16 +25,22 @@ RESERVED_FIELDS = {"taskname"}
 
 @dataclass(frozen=True)
 class Text:
+    """Literal template text."""
+
     text: str
 
 
 @dataclass(frozen=True)
 class Field:
+    """A `{field}` slot, filled from the record."""
+
     name: str
 
 
 @dataclass(frozen=True)
 class Virtual:
+    """A `<|VIRTUAL_PROMPT_n|>` marker: `count` rows of the task's prompt, starting at row `offset`."""
+
     index: int  # which marker: <|VIRTUAL_PROMPT_index|>
     offset: int = 0  # first row of the task's prompt matrix used here
     count: int = 0  # how many virtual positions
@@ -83,6 +89,7 @@ class TaskTemplate(BaseModel):
 
     @property
     def fields(self) -> list[str]:
+        """The `{field}` names of prompt_template, in order (repeats kept)."""
         return [p.name for p in parse_template(self.prompt_template)[0] if isinstance(p, Field)]
 
     @property

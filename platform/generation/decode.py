@@ -70,7 +70,9 @@ class DecodeRow:
     `min_tokens_to_generate` (NeMo; vLLM's `min_tokens`): stop ids are masked out of the choice while fewer
     tokens are out (a per-row mask: transformers' MinNewTokensLengthLogitsProcessor counts from one prompt
     length for the whole batch, which rows that started at different steps cannot share), and a stop
-    string counts only when it ends in a later token."""
+    string counts only when it ends in a later token.
+
+    ValueError when `params.stop` has strings but no `decode` is given."""
 
     def __init__(self, params: GenerationParams, eos_id: int, *, generator: Optional[torch.Generator] = None,
                  decode: Optional[Decode] = None):
@@ -87,10 +89,12 @@ class DecodeRow:
 
     @property
     def done(self) -> bool:
+        """Whether the row has finished (its finish_reason is set)."""
         return self.finish_reason is not None
 
     @property
     def output_ids(self) -> list[int]:
+        """The tokens of the returned text: all ids while running; once finished, the first `kept`."""
         return self.ids[:self.kept] if self.done else list(self.ids)
 
     @property
@@ -149,7 +153,13 @@ class DecodeRow:
 
 
 class DecodeBatch:
-    """A running batch: the prompt pass at construction, then `step()` until `done`."""
+    """A running batch: the prompt pass at construction, then `step()` until `done`.
+
+    Holds `rows` (one `DecodeRow` per example) and, on the model's device: `seen` (B, S) long, the real prompt
+    and generated ids (-1 for virtual placeholders and padding) for the repetition penalty; `logits` (B, V)
+    float32, the next-token logits of each row; `past`, the KV cache; `mask` (B, T) long, the attention mask
+    over the cache and new tokens; `pos`, the position ids of the last forward (the prompt pass's, then
+    (B, 1)). Prompts are left-padded (`collate(side="left")`) so every row's next token is in the last column."""
 
     def __init__(self, model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow],
                  pad_id: int, prefill: Prefill = prefill_plain):
@@ -159,6 +169,7 @@ class DecodeBatch:
 
     @property
     def done(self) -> bool:
+        """Whether every row has finished."""
         return all(r.done for r in self.rows)
 
     def _banned(self) -> Optional[torch.Tensor]:

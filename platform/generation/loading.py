@@ -31,7 +31,8 @@ class PromptModel:
 
     `model` holds the prompts in its bank under their task names (`templates`' keys); `versions` and
     `encodings` are per task as read from the table (absent: not from a table, the defaults);
-    `fingerprint` / `tokenizer_fingerprint` identify the loaded base model and tokenizer."""
+    `fingerprint` / `tokenizer_fingerprint` identify the loaded base model and tokenizer. Made by
+    `load_prompt_model` (its errors are listed there), or by `Engine.new_tasks_model` for search trials."""
 
     model: PromptLearningModel
     tokenizer: object
@@ -42,6 +43,7 @@ class PromptModel:
     tokenizer_fingerprint: Optional[TokenizerFingerprint] = None
 
     def decode(self, ids: list[int]) -> str:
+        """The text of token ids, special tokens (EOS, padding) left out."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 

@@ -25,6 +25,8 @@ Decode = Callable[[list[int]], str]
 
 @dataclass
 class TokenLogprob:
+    """One token's natural-log probability under the model, with the k most likely alternatives."""
+
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)  # the k most likely (id, logprob), best first

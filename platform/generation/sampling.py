@@ -17,6 +17,10 @@ MAX_LOGPROBS = 20  # top-k alternatives per token at most (OpenAI's completions 
 
 @dataclass
 class GenerationParams:
+    """The decode core's per-row sampling parameters, under NeMo's names (tokens_to_generate, greedy,
+    min_tokens_to_generate, ...); serving maps OpenAI's (max_tokens, min_tokens) onto them (serve/decoding.py).
+    `problems()` lists invalid values as messages (nothing is raised here)."""
+
     tokens_to_generate: int = 30
     greedy: bool = True
     temperature: float = 1.0
@@ -32,9 +36,11 @@ class GenerationParams:
 
     @property
     def is_greedy(self) -> bool:
+        """Argmax decoding: `greedy`, or temperature 0 (OpenAI's convention)."""
         return self.greedy or self.temperature == 0
 
     def problems(self) -> list[str]:
+        """One message per out-of-range value ([] when all are valid)."""
         checks = [(self.tokens_to_generate >= 1, f"tokens_to_generate must be >= 1, got {self.tokens_to_generate}"),
                   (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
                   (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),

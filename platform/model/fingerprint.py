@@ -21,10 +21,12 @@ class BaseModelFingerprint:
     embedding_sha256: str  # hash of the input embedding matrix, as float32 bytes
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (as stored with every prompt)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> BaseModelFingerprint:
+        """The inverse of `to_dict` (extra keys ignored; KeyError for a missing one)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def mismatches(self, other: BaseModelFingerprint) -> list[str]:
@@ -34,6 +36,7 @@ class BaseModelFingerprint:
                 for f in fields if getattr(self, f) != getattr(other, f)]
 
     def check_compatible(self, other: BaseModelFingerprint, what: str = "prompt") -> None:
+        """BaseModelMismatchError naming `what`, both models and every difference when `mismatches` finds any."""
         problems = self.mismatches(other)
         if problems:
             raise BaseModelMismatchError(

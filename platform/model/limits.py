@@ -42,6 +42,8 @@ def _first(config: Any, keys: tuple[str, ...]) -> Optional[int]:
 
 @dataclass(frozen=True)
 class ModelLimits:
+    """A base model's limits from its config.json (no weights): positions, and H and V when it says."""
+
     name: str  # as the config names the base model
     max_positions: int
     hidden_size: Optional[int] = None  # width of the input embeddings (= of every prompt)

@@ -32,6 +32,9 @@ MAX_COST = 0.85  # split only when prefix + suffix work is at most this share of
 
 @dataclass
 class PrefixSplit:
+    """The split layout of a batch (`split_shared_prefix`): K task prefixes of length P, then the B rows'
+    remainders of length S that read the prefixes' KV cache. All tensors on the batch's device."""
+
     prefix_ids: torch.Tensor  # (K, P) long; one row per task group with a shared prefix, right-padded
     prefix_virtual: torch.Tensor  # (K, P) long
     prefix_mask: torch.Tensor  # (K, P) long; 1 on each group's real prefix positions
@@ -117,6 +120,9 @@ def _build(batch: Batch, shared: dict[str, int], row_p: torch.Tensor, P: int, S:
 
 @dataclass
 class PackedBatch:
+    """The packed layout of a batch (`pack_batch`): one row of M tokens (each task prefix once, then each
+    row's remainder) with a block-causal (M, M) attention mask; N targets."""
+
     input_ids: torch.Tensor  # (1, M) long: prefixes, then each row's remainder, no padding
     virtual_ids: torch.Tensor  # (1, M) long
     position_ids: torch.Tensor  # (1, M) long: each token's position in its own row

@@ -55,10 +55,17 @@ def init_from_vocab(n: int, vocab: Vocab, generator: torch.Generator) -> torch.T
 # ----------------------------------------------------------------------------- p-tuning encoder
 
 class PromptEncoder(nn.Module):
-    """P-tuning: an LSTM (or MLP) shared by the tasks tuned together.
+    """P-tuning: an LSTM (or MLP) shared by the tasks tuned together (Liu et al. 2021, "GPT Understands, Too";
+    NeMo's `p_tuning` settings: encoder_type, encoder_hidden, num_layers, dropout).
 
     Each task has its own learned input sequence of length n_task; the shared network maps it to the
     task's virtual embeddings, so tasks get distinct prompts (and may have different counts).
+
+    Holds: `names` (the tasks, in `task_tokens` order), `inputs` (one float32 (n_task, H) parameter per task,
+    standard-normal at creation), and the network: `encoder_type` "lstm" (a bidirectional LSTM of
+    `num_layers` layers, encoder_hidden // 2 units each way) or anything else for an MLP of num_layers - 1
+    Linear+ReLU+Dropout blocks; then a head Linear -> ReLU -> Linear back to H. `encoder_hidden` None: H.
+    `forward(name)`: the task's (n_task, H) virtual embeddings; ValueError for a name it does not hold.
     """
 
     def __init__(self, task_tokens: dict[str, int], hidden: int, encoder_type: str = "lstm",
@@ -81,6 +88,7 @@ class PromptEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(head_in, enc), nn.ReLU(), nn.Linear(enc, hidden))
 
     def forward(self, name: str) -> torch.Tensor:
+        """(n, H) virtual embeddings of task `name` (ValueError if it is not one of `names`)."""
         x = self.inputs[self.names.index(name)].unsqueeze(0)  # (1, n, H)
         h = self._lstm(x) if self.encoder_type == "lstm" else self.mlp(x)  # (1, n, E)
         return self.head(h).squeeze(0)  # (n, H)
@@ -98,7 +106,19 @@ class PromptEncoder(nn.Module):
 # ----------------------------------------------------------------------------- the bank
 
 class PromptBank(nn.Module):
-    """All task prompts of one model: frozen (from the table), prompt-tuned, or p-tuned."""
+    """All task prompts of one model: frozen (from the table), prompt-tuned, or p-tuned.
+
+    Holds, for a hidden size H: frozen tasks as non-persistent float32 buffers `frozen_<i>` (n, H), which
+    never get gradients; prompt-tuned tasks as float32 parameters in `tuned` (n, H); p-tuned tasks through
+    one shared `PromptEncoder` (`encoder`). All live on the bank's `device` (that of the model it is in).
+    Task names are unique across the three kinds.
+
+    - `get(name)`: the task's (n, H) embeddings (KeyError for an unknown task).
+    - `lookup(tasknames)`: the prompts of a batch's tasks stacked, (S, H), and each row's offset (B,) long.
+    - `export(names)`: final float32 (n, H) CPU copies, computed in eval mode (how prompts reach the table).
+    - `add_frozen`/`add_tuned`/`set_encoder` raise ValueError for a name already held or a prompt whose
+      last dimension is not H.
+    """
 
     def __init__(self, hidden: int):
         super().__init__()
@@ -115,17 +135,20 @@ class PromptBank(nn.Module):
         return self._anchor.device
 
     def add_frozen(self, name: str, embeddings: torch.Tensor) -> None:
+        """Hold `embeddings` (n, H) as task `name`'s frozen prompt: a float32 copy on the bank's device."""
         self._check_new(name, embeddings.shape[-1])
         self.register_buffer(f"frozen_{len(self.frozen_names)}",
                              embeddings.detach().to(self.device, torch.float32).clone(), persistent=False)
         self.frozen_names.append(name)
 
     def add_tuned(self, name: str, init: torch.Tensor) -> None:
+        """A new prompt-tuning parameter for task `name`, initialised to a float32 copy of `init` (n, H)."""
         self._check_new(name, init.shape[-1])
         self.tuned.append(nn.Parameter(init.to(self.device, torch.float32).clone()))
         self.tuned_names.append(name)
 
     def set_encoder(self, encoder: PromptEncoder) -> None:
+        """Use `encoder` for the p-tuned tasks `encoder.names` (ValueError for a name the bank already holds)."""
         for name in encoder.names:
             self._check_new(name, self.hidden)
         self.encoder = encoder
@@ -138,10 +161,12 @@ class PromptBank(nn.Module):
 
     @property
     def names(self) -> list[str]:
+        """Every task the bank holds: frozen, then prompt-tuned, then p-tuned."""
         return self.frozen_names + self.tuned_names + (self.encoder.names if self.encoder else [])
 
     @property
     def new_names(self) -> list[str]:
+        """The tasks that train (prompt-tuned and p-tuned): what `export()` returns by default."""
         return self.tuned_names + (self.encoder.names if self.encoder else [])
 
     def get(self, name: str) -> torch.Tensor:

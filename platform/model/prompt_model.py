@@ -33,6 +33,27 @@ TRAIN_ATTENTION = ("eager", "math", "sdpa")
 
 
 class PromptLearningModel(nn.Module):
+    """A Hugging Face causal LM (`lm`) with the soft prompts of a `PromptBank` (`bank`) at its virtual positions.
+
+    Holds: `lm`, frozen unless `lm_finetune` (then its weights stay float32 and `autocast()` runs bf16); a
+    frozen `lm` is cast to `precision` ("fp32" or "bf16") while the bank's prompts stay float32 and are cast to
+    the LM's dtype where they are placed. `lm` stays in eval mode (no dropout) unless fine-tuned; the
+    p-tuning encoder follows `train()`/`eval()`. Moving the model (`.to(device)`) moves the bank with it.
+
+    Inputs are `Batch`es (data/batching.py): `input_ids`, `virtual_ids` (the row of the task's prompt, -1 for
+    real tokens and padding), `loss_mask`, `attention_mask`, `position_ids`, all (B, T), and `tasknames` (B).
+    - `model(batch)` / `loss(batch)`: (sum of the token cross-entropies, a 0-dim float32 tensor; number of
+      target tokens); token t predicts token t+1, logits only at positions that predict a target. The
+      shared-prefix layouts of prefix.py (`pack_batch`, `split_shared_prefix`) are used when they save work,
+      each checked once against the plain forward and switched off with a warning if the model disagrees.
+    - `embed(input_ids, virtual_ids, tasknames)`: (B, T, H) input embeddings in the LM's dtype.
+    - `step(emb, attention_mask, position_ids, past)`: one decoding pass over `emb` (B, t, H): float32 logits
+      of the last position (B, V) and the KV cache (the decode core's and the prefix cache's building block).
+
+    Errors: `set_train_attention` raises ValueError for an unknown kind; `embed` (and so `loss`) raises
+    KeyError, from the bank, for a row of a task the bank does not hold when the batch has virtual positions.
+    """
+
     def __init__(self, lm: nn.Module, bank: PromptBank, precision: Precision = "fp32", lm_finetune: bool = False):
         super().__init__()
         self.lm = lm
@@ -59,6 +80,8 @@ class PromptLearningModel(nn.Module):
         self._verified: set[str] = set()  # compute each task's constant prompt start once per batch (prefix.py)
 
     def train(self, mode: bool = True) -> PromptLearningModel:
+        """nn.Module.train, keeping a frozen LM in eval mode; on the CPU in bf16, switches the LM's attention
+        kernel between the training and the inference choice (see `set_train_attention`)."""
         super().train(mode)
         if not self.lm_finetune:
             self.lm.eval()  # the frozen LM never uses dropout
@@ -100,9 +123,12 @@ class PromptLearningModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """H: the width of the LM's input embeddings (and of every prompt row)."""
         return self.lm.get_input_embeddings().weight.shape[1]
 
     def autocast(self):
+        """bf16 autocast on the LM's device for a fine-tuned LM in bf16; a no-op context otherwise (a frozen LM
+        already runs in its compute dtype)."""
         if self.lm_finetune and self.precision == "bf16":
             return torch.autocast(next(self.lm.parameters()).device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -249,9 +275,11 @@ class PromptLearningModel(nn.Module):
         return {self._cache_kw: past}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train: the new tasks' prompts or p-tuning encoder, and the LM when fine-tuned."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, t, H) LM input embeddings of real token ids (no virtual rows), as each decoding step feeds them."""
         return self.lm.get_input_embeddings()(input_ids)  # (B, t, H)
 
     @property
@@ -261,9 +289,11 @@ class PromptLearningModel(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
+        """The dtype of the LM's input embeddings: bfloat16 for a frozen LM in bf16, else float32."""
         return self.lm.get_input_embeddings().weight.dtype
 
     def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of parameter elements: only the trainable ones by default, else all (LM and prompts)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 

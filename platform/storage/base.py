@@ -25,17 +25,42 @@ class StoredObject:
 
 
 class Store(Protocol):
-    """What a prompt table needs from its storage."""
-    def location(self) -> str: ...
-    def read(self, key: str) -> bytes | None: ...  # None when the key is absent
-    def write_immutable(self, key: str, data: bytes) -> bool: ...  # True: created; False: same bytes were there
-    def read_manifest(self) -> tuple[bytes | None, str | None]: ...  # (bytes, etag)
-    def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool: ...  # False: conflict
-    def list_objects(self, prefix: str) -> list[StoredObject]: ...
-    def delete(self, key: str) -> None: ...
+    """What a prompt table needs from its storage. Keys are relative to the table's root ("objects/x/....").
+    Failures of the storage itself raise StoreError subclasses (PromptTableError)."""
+
+    def location(self) -> str:
+        """Where the table is, for messages: a folder path or s3://bucket[/prefix]."""
+        ...
+
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes; None when the key is absent."""
+        ...
+
+    def write_immutable(self, key: str, data: bytes) -> bool:
+        """Create `key` with `data`: True when created, False when the same bytes were already there;
+        PromptTableError when it holds other bytes (objects are never overwritten)."""
+        ...
+
+    def read_manifest(self) -> tuple[bytes | None, str | None]:
+        """(the manifest's bytes, its etag); (None, None) when there is no manifest."""
+        ...
+
+    def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool:
+        """Replace the manifest with `data` if its etag is still `expected_etag` (None: if there is none);
+        False on a conflict, nothing written."""
+        ...
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Every object whose key starts with `prefix`, sorted by key."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object (no error when it is absent)."""
+        ...
 
 
 def sha256_hex(data: bytes) -> str:
+    """The sha256 of `data` as 64 lowercase hex digits (object keys and the manifest's checksums)."""
     return hashlib.sha256(data).hexdigest()
 
 

@@ -90,15 +90,18 @@ class S3Store:
 
     @property
     def client(self):
+        """The boto3 S3 client, made on first use (thread-safe) for `endpoint_url`."""
         with self._lock:
             if self._client is None:
                 self._client = make_s3_client(self.endpoint_url)
             return self._client
 
     def location(self) -> str:
+        """s3://bucket[/prefix]."""
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     def endpoint(self) -> str:
+        """The endpoint URL the client talks to, credentials in it redacted (for messages)."""
         return _redact_url(getattr(self.client.meta, "endpoint_url", None) or self.endpoint_url)
 
     def _key(self, key: str) -> str:
@@ -181,6 +184,7 @@ class S3Store:
             f"{self.location()}")
 
     def read(self, key: str) -> bytes | None:
+        """GetObject's bytes; None when the key does not exist."""
         return self._get(key)[0]
 
     def write_immutable(self, key: str, data: bytes) -> bool:
@@ -201,6 +205,7 @@ class S3Store:
                                  f"concurrent writes of the same key kept conflicting; retry")
 
     def read_manifest(self) -> tuple[bytes | None, str | None]:
+        """(manifest bytes, S3 ETag); (None, None) without a manifest."""
         return self._get(MANIFEST_KEY)
 
     def swap_manifest(self, data: bytes, expected_etag: str | None) -> bool:
@@ -211,6 +216,7 @@ class S3Store:
         return r is not None
 
     def list_objects(self, prefix: str) -> list[StoredObject]:
+        """ListObjectsV2 through boto3's paginator, keys relative to the table's prefix, sorted by key."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         root = f"{self.prefix}/" if self.prefix else ""
@@ -224,6 +230,7 @@ class S3Store:
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
+        """DeleteObject (S3 answers success for an absent key too)."""
         self._call("delete_object", key, Key=self._key(key))
 
 

@@ -55,12 +55,14 @@ class LocalStore:
         self.root = Path(root)
 
     def location(self) -> str:
+        """The table's folder."""
         return str(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key, str(self.root)).split("/"))
 
     def read(self, key: str) -> bytes | None:
+        """The file's bytes; None when it does not exist."""
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
@@ -76,6 +78,7 @@ class LocalStore:
         return False
 
     def read_manifest(self) -> tuple[bytes | None, str | None]:
+        """(manifest bytes, their sha256 as the etag); (None, None) without a manifest."""
         data = self.read(MANIFEST_KEY)
         return data, (None if data is None else sha256_hex(data))
 
@@ -93,6 +96,7 @@ class LocalStore:
             os.close(fd)  # releases the lock
 
     def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Files under `prefix` (the swap's lock file left out), sorted by key; `modified` is the file's mtime."""
         out = []
         for dirpath, _, files in os.walk(self.root / prefix):
             for name in files:
@@ -104,6 +108,7 @@ class LocalStore:
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
+        """Remove the file (no error when it is absent)."""
         self._path(key).unlink(missing_ok=True)
 
 

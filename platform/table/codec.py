@@ -43,6 +43,7 @@ class TaskPrompt:
 
     @property
     def num_virtual_tokens(self) -> int:
+        """n_virtual: the rows of `embeddings`."""
         return int(self.embeddings.shape[0])
 
     @property

@@ -35,10 +35,12 @@ class VersionInfo:
     created_at: str
 
     def to_dict(self) -> dict:
+        """The fields as stored in the manifest."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> VersionInfo:
+        """The inverse of `to_dict` (extra keys ignored; KeyError for a missing one)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
@@ -53,10 +55,12 @@ class TableEvent:
 
 
 def utcnow() -> str:
+    """Now in UTC as ISO-8601 with microseconds and a "Z" suffix (every timestamp in a table)."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def empty() -> dict:
+    """The manifest of a table with no tasks yet (generation 0)."""
     return {"format": TABLE_FORMAT, "generation": 0, "updated_at": "", "tasks": {}, "history": {},
             "versions": {}, "log": {}}
 
@@ -74,10 +78,12 @@ def parse(data: bytes, where: str) -> dict:
 
 
 def dump(manifest: dict) -> bytes:
+    """The manifest as the UTF-8 JSON bytes that are stored (sorted keys, so equal manifests are equal bytes)."""
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
 
 def next_version_number(manifest: dict, taskname: str) -> int:
+    """1 + the number of versions `taskname` has ever had (deleted tasks' included)."""
     return len(manifest["versions"].get(taskname, {})) + 1
 
 
@@ -105,6 +111,7 @@ def with_published(manifest: dict, infos: list[VersionInfo]) -> dict:
 
 
 def known_versions(manifest: dict, taskname: str) -> str:
+    """The task's versions, oldest first, comma-separated for messages ("(none)" when it has none)."""
     return ", ".join(manifest["history"].get(taskname, [])) or "(none)"
 
 
@@ -138,10 +145,12 @@ def with_deleted(manifest: dict, taskname: str, where: str) -> dict:
 
 
 def deleted_tasks(manifest: dict) -> list[str]:
+    """Tasks with versions but no current one (deleted, and restorable by rollback), sorted."""
     return sorted(set(manifest["versions"]) - set(manifest["tasks"]))
 
 
 def events(manifest: dict, taskname: str) -> list[TableEvent]:
+    """The task's publish, rollback and delete events, oldest first ([] for an unknown task)."""
     return [TableEvent(taskname=taskname, **e) for e in manifest["log"].get(taskname, [])]
 
 

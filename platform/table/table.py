@@ -76,6 +76,15 @@ class PromptTable:
     """A versioned prompt table at a local path, file:// or s3:// URI (created on first publish).
 
     `endpoint_url` (s3:// only) overrides the endpoint boto3 finds itself (AWS_ENDPOINT_URL, profile).
+
+    Holds only its `uri` and its `store` (storage/base.py's Store protocol: `LocalStore` or `S3Store`, chosen
+    by `store_for_uri`); nothing is cached, every call reads the manifest anew. Prompts go in and out as
+    `TaskPrompt`s (codec.py) whose `embeddings` are float32 CPU tensors (n_virtual, H).
+
+    Errors, all PromptTableError subclasses or itself: PromptTableError (no table, unknown or deleted task,
+    unknown version, missing or corrupted object), BaseModelMismatchError / TokenizerMismatchError (`get` with
+    a fingerprint the prompt was not trained on), TableConflictError (the manifest changed MAX_PUBLISH_TRIES
+    times under a change; nothing applied), StoreError and its subclasses (the storage failed).
     """
 
     def __init__(self, uri: str | os.PathLike, store: Store | None = None, *, endpoint_url: str | None = None):
@@ -124,6 +133,7 @@ class PromptTable:
                                  f"changed {MAX_PUBLISH_TRIES} times under us; nothing was applied, try again")
 
     def exists(self) -> bool:
+        """Whether the table has a manifest (a table is created by its first publish)."""
         return self._load()[0] is not None
 
     def tasks(self, include_deleted: bool = False) -> list[str]:
@@ -132,6 +142,7 @@ class PromptTable:
         return sorted(manifest["versions"] if include_deleted else manifest["tasks"])
 
     def deleted_tasks(self) -> list[str]:
+        """Tasks that were deleted and can be rolled back (`rollback`); [] when there is no table."""
         return tm.deleted_tasks(self._load()[0] or tm.empty())
 
     def _unknown(self, manifest: dict, taskname: str) -> PromptTableError:

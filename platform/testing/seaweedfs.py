@@ -60,10 +60,12 @@ class SeaweedFS:
 
     @property
     def endpoint(self) -> str:
+        """The S3 endpoint URL, http://127.0.0.1:PORT."""
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     @property
     def pid(self) -> int | None:
+        """The server process's id (None before start)."""
         return self.proc.pid if self.proc else None
 
     def env(self) -> dict[str, str]:
@@ -121,6 +123,7 @@ class SeaweedFS:
                           retries={"max_attempts": 2, "mode": "standard"}))
 
     def create_bucket(self, name: str) -> str:
+        """Create bucket `name` on the server; returns the name."""
         self.client().create_bucket(Bucket=name)
         return name
 

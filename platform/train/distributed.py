@@ -30,10 +30,12 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the worker that writes metrics, publishes and reports the result."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
+        """Whether there are several workers (collectives run only then)."""
         return self.world > 1
 
 
@@ -84,6 +86,7 @@ def broadcast_parameters(params: Iterable[torch.Tensor], group: Dist, src: int =
 
 
 def barrier(group: Dist) -> None:
+    """Wait for every worker of `group` (torch.distributed.barrier); nothing with one worker."""
     if group.active:
         dist.barrier()
 

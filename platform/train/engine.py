@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Engine:
+    """What a training run trains: built from a checked config by `build_engine`, before anything trains.
+
+    - `model`: the `PromptLearningModel` (base model from the hub, frozen unless model.lm_finetune, in the
+      config's precision, on the CPU until the trainer moves it) whose `bank` holds the existing tasks frozen
+      and fresh parameters for the new ones.
+    - `tokenizer`: the base model's Hugging Face tokenizer; `fingerprint`: the base model's identity, recorded
+      with every published prompt.
+    - `templates`: taskname -> `TaskTemplate` of every task the model knows (the table's for existing tasks).
+    - `new_tasks`: the tasks this run trains (model.new_tasks); `existing`: taskname -> restored `TaskPrompt`.
+
+    `build_engine` raises ConfigError (new tasks already in the table, existing tasks missing from it, a config
+    template that differs from the stored one, no base model to take) and BaseModelMismatchError /
+    TokenizerMismatchError (restored prompts trained on another base model or tokenizer).
+    """
+
     model: PromptLearningModel
     tokenizer: object
     fingerprint: BaseModelFingerprint

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
+    """What a finished run returns (`TrainLoop.finish` on the main worker): where and which versions it
+    published, step count, best validation and final training loss (mean token cross-entropy, nats; None
+    without validation data / before a step), throughput in tokens per second of training time, the run
+    folder, its metrics.jsonl and learning-curve plot, and the new tasks' published float32 (n, H) prompts."""
+
     table_uri: str
     versions: dict[str, str]  # taskname -> published version
     steps: int
@@ -83,6 +88,25 @@ class CheckpointMismatchError(PromptrayError):
 
 
 class TrainLoop:
+    """One worker's training loop (or the one process's) over an `Engine`, built by trainer.build_loop.
+
+    Holds the config, the engine, the worker `group` (`Dist`: rank and world; `Dist()` is one process), the
+    `device` batches are moved to (None: where they are made, the CPU), the training and validation examples
+    (`load_data`), the step plan (`steps` optimizer steps, validation every `every` steps over at most
+    `val_limit` batches, `accumulation` micro-batches per step and worker), the AdamW optimizer and
+    its LambdaLR schedule (steps.lr_lambda: warmup, constant, cosine to min_lr, as NeMo's CosineAnnealing),
+    the `LoopState`, and the best-so-far prompts (`best_prompts`: taskname -> float32 (n, H) on the CPU,
+    from `PromptBank.export` at the lowest validation loss).
+
+    `run(on_step)` trains from the current state to the last step; `finish()` publishes the best prompts
+    (the last ones without validation data) and writes summary.json on the main worker; `state_dict()` /
+    `load_state_dict()` save and restore everything a resumed run needs, so it continues exactly.
+
+    Errors: ConfigError from `load_data` (fewer usable training examples than micro_batch_size), dataset
+    errors (DatasetError) while reading the data, CheckpointMismatchError from `load_state_dict` for a
+    checkpoint of other trainable parameters, and the table's errors (PromptTableError) when publishing.
+    """
+
     def __init__(self, cfg: PromptLearningConfig, engine: Engine, group: Dist = Dist(),
                  device: Optional[torch.device] = None, progress: bool = True):
         self.cfg, self.engine, self.group, self.device = cfg, engine, group, device

@@ -19,6 +19,7 @@ class MetricsWriter:
         self.records: list[dict[str, Any]] = []
 
     def log(self, step: int, **values: Any) -> dict[str, Any]:
+        """Append {"step", "time_s" (seconds since the writer started), **values} to the file and return it."""
         rec = {"step": step, "time_s": round(time.time() - self.start, 3), **values}
         self.records.append(rec)
         with self.path.open("a") as f:
@@ -27,6 +28,7 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, in order (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 

@@ -90,6 +90,8 @@ def _save_finetuned(cfg: PromptLearningConfig, engine: Engine):
 
 
 def write_summary(run_dir: Path, cfg: PromptLearningConfig, metrics: dict, versions: dict[str, str]) -> None:
+    """Write run_dir/summary.json (name, table, published versions, `metrics`) and run_dir/config.json (the
+    checked config as run)."""
     summary = {"name": cfg.name, "table": cfg.table_uri, "versions": versions, **metrics}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))

@@ -46,6 +46,8 @@ def lr_lambda(cfg: PromptLearningConfig, total_steps: int):
 
 
 def total_steps(cfg: PromptLearningConfig, num_examples: int) -> int:
+    """Optimizer steps of the run: trainer.max_steps when > 0, else max_epochs x the full global batches of
+    an epoch (at least 1)."""
     t = cfg.trainer
     if t.max_steps and t.max_steps > 0:
         return t.max_steps
@@ -53,6 +55,8 @@ def total_steps(cfg: PromptLearningConfig, num_examples: int) -> int:
 
 
 def val_interval(cfg: PromptLearningConfig, num_examples: int, steps: int) -> int:
+    """Steps between validations: trainer.val_check_interval as an int is a number of steps, a float a
+    fraction of an epoch's steps (at most `steps`); at least 1."""
     v = cfg.trainer.val_check_interval
     if isinstance(v, int):
         return max(1, v)  # a number of steps
@@ -79,6 +83,9 @@ def length_limit_name(cfg: PromptLearningConfig, limit: int) -> tuple[str, str]:
 
 
 def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples of the new tasks, at most min(max_seq_length, the model's positions)
+    tokens long. ConfigError when fewer training examples than micro_batch_size remain; the data readers'
+    errors (DatasetError) for missing or malformed files."""
     templates = [engine.templates[n] for n in engine.new_tasks]
     d = cfg.model.data
     max_len = min(cfg.max_seq_length, engine.model.max_positions)
@@ -167,6 +174,7 @@ def train_step(engine: Engine, stream: Iterator[tuple[int, Batch]], accumulation
 
 
 def make_optimizer(cfg: PromptLearningConfig, engine: Engine) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters with model.optim's lr, betas, eps and weight_decay."""
     o = cfg.model.optim
     return torch.optim.AdamW(engine.model.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                              weight_decay=o.weight_decay)
