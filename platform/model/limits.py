@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from promptray.platform.config.checks import MIN_TEXT_TOKENS, fixed_count_tasks
+from promptray.platform.config.checks import MIN_TEXT_TOKENS
 from promptray.platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> l
     search tunes is checked by its candidates instead."""
     problems = []
     for i, t in enumerate(cfg.model.task_templates):
-        if t.get("taskname") in fixed_count_tasks(cfg) and isinstance(t.get("total_virtual_tokens"), int):
+        if t.get("taskname") in cfg.fixed_count_tasks() and isinstance(t.get("total_virtual_tokens"), int):
             problems += count_problems(f"model.task_templates[{i}].total_virtual_tokens (task "
                                        f"{t['taskname']!r})", [t["total_virtual_tokens"]], limits)
     return problems
@@ -103,12 +103,9 @@ def existing_task_problems(existing: dict[str, TaskPrompt], limits: ModelLimits)
     return problems
 
 
-def search_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> list[str]:
-    """Every search candidate count against the model (search.tasks.<task>.total_virtual_tokens)."""
-    if cfg.search is None:
-        return []
-    return [p for name, space in cfg.search.tasks.items()
-            for p in count_problems(f"search.tasks.{name}.total_virtual_tokens", space.counts, limits)]
+def candidate_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits) -> list[str]:
+    """Every candidate count of a job config (cfg.candidate_counts, e.g. a search's) against the model."""
+    return [p for where, counts in cfg.candidate_counts().items() for p in count_problems(where, counts, limits)]
 
 
 def model_limit_problems(cfg: PromptLearningConfig, model_name: Optional[str] = None,
@@ -120,7 +117,7 @@ def model_limit_problems(cfg: PromptLearningConfig, model_name: Optional[str] = 
         return []
     limits = read_model_limits(name)
     return (template_limit_problems(cfg, limits) + existing_task_problems(existing or {}, limits)
-            + search_limit_problems(cfg, limits))
+            + candidate_limit_problems(cfg, limits))
 
 
 def check_model_limits_on_driver(cfg: PromptLearningConfig) -> None:
