@@ -28,10 +28,10 @@ from promptray.platform.errors import ConfigError, PromptrayError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from promptray.platform.config.schema import load_config
+    from promptray.jobs.config import load_job_config
     from promptray.platform.train.trainer import train
 
-    cfg = load_config(args.config, args.overrides, check_files=True)
+    cfg = load_job_config(args.config, args.overrides, check_files=True)
     result = train(cfg, progress=not args.no_progress)
     print(json.dumps({"table": result.table_uri, "versions": result.versions, "steps": result.steps,
                       "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s, 1),

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from promptray.jobs.cli_common import MissingDependencyError, parse_anywhere, require_ray
+from promptray.jobs.config import JobConfig, load_job_config
+from promptray.jobs.faults import FAULTS_ENV, faults_from_env
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
@@ -42,7 +44,6 @@ from promptray.jobs.search_report import (
 from promptray.jobs.search_space import param_space, search_groups, split_data
 from promptray.jobs.search_trial import release_placement_group, run_trial, trial_dir, trial_resources
 from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
-from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.platform.model.limits import check_model_limits_on_driver
 
@@ -51,10 +52,11 @@ CRASH_MARKER = ".promptray_search_crashed"
 
 
 class SearchInterrupted(PromptrayError):
-    """Testing (search.stop_after_trials): the driver stopped as if it had crashed; rerun to resume."""
+    """Testing (stop_after_trials in PROMPTRAY_TEST_FAULTS, jobs/faults.py): the driver stopped as if it had crashed;
+    rerun to resume."""
 
 
-def search_id_for(run_dir: Path, cfg: PromptLearningConfig) -> str:
+def search_id_for(run_dir: Path, cfg: JobConfig) -> str:
     """The search's id, kept in run_dir/search.json so a resumed search keeps it."""
     path = run_dir / "search.json"
     if path.is_file():
@@ -81,7 +83,7 @@ def _crash_callback(run_dir: Path, after: int):
             marker = run_dir / CRASH_MARKER
             if self.done >= after and not marker.exists():
                 marker.write_text(str(self.done))
-                raise SearchInterrupted(f"search.stop_after_trials: stopped after {self.done} trial(s)")
+                raise SearchInterrupted(f"{FAULTS_ENV}: stop_after_trials: stopped after {self.done} trial(s)")
 
     return StopAfter()
 
@@ -102,7 +104,7 @@ def _release_callback(trials_root: Path):
     return ReleaseStopped()
 
 
-def build_tuner(cfg: PromptLearningConfig, group: str, tasks: list[str], data: dict, resume: bool):
+def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -119,7 +121,8 @@ def build_tuner(cfg: PromptLearningConfig, group: str, tasks: list[str], data: d
     if resume:
         raise ConfigError(f"--resume: no search to resume at {path}; run without --resume to start one")
     callbacks = [_release_callback(run_dir / "trials")]
-    callbacks += [_crash_callback(run_dir, s.stop_after_trials)] if s.stop_after_trials else []
+    stop_after = faults_from_env().stop_after_trials
+    callbacks += [_crash_callback(run_dir, stop_after)] if stop_after else []
     asha = ASHAScheduler(max_t=10_000, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space(s, tasks, cfg.model.virtual_prompt_style),
@@ -142,7 +145,7 @@ def _fit(tuner):
         raise cause if isinstance(cause, PromptrayError) else SearchFailed(f"the search failed: {e}") from None
 
 
-def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any]:
+def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
     """Every search group on the connected Ray, then the summary files and the publication of the best."""
     s, run_dir = cfg.search, cfg.run_dir
     search_id = search_id_for(run_dir, cfg)
@@ -167,10 +170,10 @@ def run_search(cfg: PromptLearningConfig, resume: bool = False) -> dict[str, Any
             "tune_dir": str(run_dir / "tune")}
 
 
-def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -> PromptLearningConfig:
+def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -> JobConfig:
     """The checked config of a search: schema, cross-key, data files, then every template and candidate
     token count against the base model's limits (its config only), all before any trial runs."""
-    cfg = absolutize(load_config(path_or_dict, overrides, check_files=True))
+    cfg = absolutize(load_job_config(path_or_dict, overrides, check_files=True))
     if cfg.search is None:
         raise ConfigError("search: missing section; give search.tasks with total_virtual_tokens per new task")
     check_model_limits_on_driver(cfg)

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_space import trial_config
 from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
-from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import PromptrayError
 from promptray.platform.table.table import PromptTable, TaskPrompt
@@ -104,14 +104,14 @@ def plot_trials(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], met
     return path
 
 
-def publish_best(cfg: PromptLearningConfig, best: dict[str, tuple[list[str], dict]], search_id: str,
+def publish_best(cfg: JobConfig, best: dict[str, tuple[list[str], dict]], search_id: str,
                  trials_root: Path) -> dict[str, str]:
     """Publish each group's best trial's prompts, with the search id, trial config and metric as provenance."""
     base, metric = cfg.model_dump(mode="json"), cfg.search.metric
     out, engine = [], None
     for group, (tasks, row) in best.items():
         choice = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
-        tcfg = load_config(trial_config(base, tasks, choice, str(trial_dir(str(trials_root), row["trial_id"]))))
+        tcfg = load_job_config(trial_config(base, tasks, choice, str(trial_dir(str(trials_root), row["trial_id"]))))
         engine = engine or prepare_engine(tcfg)
         prompts = torch.load(Path(tcfg.run_dir) / BEST_PROMPTS, weights_only=True)
         source = {"job": "promptray search", "search_id": search_id, "group": group, "trial_id": row["trial_id"],

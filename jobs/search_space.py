@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from promptray.platform.config.schema import PromptLearningConfig
-from promptray.platform.config.search_config import SearchConfig, apportion, marker_count
+from promptray.jobs.config import JobConfig
+from promptray.jobs.search_config import SearchConfig, apportion, marker_count
 from promptray.platform.data.dataset import read_records
 
 
-def search_groups(cfg: PromptLearningConfig) -> dict[str, list[str]]:
+def search_groups(cfg: JobConfig) -> dict[str, list[str]]:
     """Group name -> its tasks: one group per task, or one 'joint' group."""
     m, s = cfg.model, cfg.search
     if s.joint(m.virtual_prompt_style) or len(m.new_tasks) == 1:
@@ -83,7 +83,7 @@ def _apply_init(m: dict, s: SearchConfig, tasks: list[str], choice: dict[str, An
     pt["new_prompt_init_methods"], pt["new_prompt_init_text"] = methods, texts
 
 
-def split_data(cfg: PromptLearningConfig, tasks: list[str], out: Path) -> dict[str, list[str]]:
+def split_data(cfg: JobConfig, tasks: list[str], out: Path) -> dict[str, list[str]]:
     """Train / validation files holding only `tasks`' records (a group trains its own tasks only)."""
     d, files = cfg.model.data, {}
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """One search trial: a real engine training run (no publishing) reporting the objective to Ray Tune at each
 validation, so ASHA can stop it early; the prompts of its best validation are saved in its own run dir.
 
-A trial runs as many workers as the train job would (`cfg.data_parallel_size`: ray.num_workers, else
+A trial runs as many workers as the train job would (`cfg.world_size`: ray.num_workers, else
 trainer.devices x trainer.num_nodes). One worker: the loop runs inside the trial's function trainable, which
 reserves `search.cpus_per_trial`. Several workers (the Ray Train V2 pattern; `Tuner(TorchTrainer)` is gone
 in Ray 2.60): the function trainable reserves no CPU and runs a `TorchTrainer` whose workers reserve their
@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 import torch
 
+from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_space import trial_config
-from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import exact_match, predict, prepare
@@ -40,10 +40,10 @@ def trial_dir(trials_root: str, trial_id: str) -> Path:
     return Path(trials_root) / trial_id
 
 
-def trial_resources(cfg: PromptLearningConfig) -> dict[str, float]:
+def trial_resources(cfg: JobConfig) -> dict[str, float]:
     """What Tune reserves for one trial's function trainable (the workers of a multi-worker trial reserve
     theirs when its TorchTrainer starts them); a one-worker trial with ray.use_gpu gets one GPU."""
-    if cfg.data_parallel_size > 1:
+    if cfg.world_size > 1:
         return dict(DRIVER_RESOURCES)
     return {"cpu": cfg.search.cpus_per_trial, **({"gpu": 1} if cfg.ray.use_gpu else {})}
 
@@ -56,9 +56,9 @@ def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, 
     out = trial_dir(trials_root, trial_id)
     raw = trial_config(base, tasks, choice, str(out))
     raw["model"]["data"].update(data)
-    cfg = load_config(raw)
+    cfg = load_job_config(raw)
     metric, tokens = base["search"]["metric"], int(base["search"].get("tokens_to_generate", 8))
-    if cfg.data_parallel_size > 1:
+    if cfg.world_size > 1:
         _run_workers(cfg, metric, tokens, out, trial_id)
         return
     device = resolve_device("gpu") if cfg.ray.use_gpu else None  # the trial's GPU (Ray sets CUDA_VISIBLE_DEVICES)
@@ -66,7 +66,7 @@ def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, 
     loop.run(_Reporter(cfg, loop.engine, metric, tokens, out, tune.report))
 
 
-def _run_workers(cfg: PromptLearningConfig, metric: str, tokens: int, out: Path, trial_id: str) -> None:
+def _run_workers(cfg: JobConfig, metric: str, tokens: int, out: Path, trial_id: str) -> None:
     """A multi-worker trial: a TorchTrainer (the train job's scaling settings) whose reports reach Tune."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -79,7 +79,7 @@ def _run_workers(cfg: PromptLearningConfig, metric: str, tokens: int, out: Path,
         trial_worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "metric": metric, "tokens": tokens,
                            "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=cfg.data_parallel_size, use_gpu=r.use_gpu,
+        scaling_config=ScalingConfig(num_workers=cfg.world_size, use_gpu=r.use_gpu,
                                      resources_per_worker=r.resources_per_worker),
         run_config=RunConfig(name=f"{cfg.name}-{trial_id}", storage_path=r.storage_path,
                              callbacks=[TuneReportCallback()]))
@@ -96,7 +96,7 @@ def trial_worker_loop(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     group = Dist(ctx.get_world_rank(), ctx.get_world_size())
-    cfg = PromptLearningConfig.model_validate(config["config"])
+    cfg = JobConfig.model_validate(config["config"])
     device = None
     if cfg.ray.use_gpu:
         import ray.train.torch
@@ -139,7 +139,7 @@ class _Reporter:
     """The loop's per-step callback: at each validation, the objective to `send` (tune.report, or
     ray.train.report on every Train worker) and, on the main worker, the best prompts to disk."""
 
-    def __init__(self, cfg: PromptLearningConfig, engine: Engine, metric: str, tokens: int, out: Path,
+    def __init__(self, cfg: JobConfig, engine: Engine, metric: str, tokens: int, out: Path,
                  send: Callable[[dict[str, Any]], None], group: Dist = Dist()):
         self.cfg, self.engine, self.metric, self.tokens, self.out = cfg, engine, metric, tokens, out
         self.send, self.group = send, group

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from promptray.jobs.cli_common import parse_anywhere, require_ray
-from promptray.platform.config.schema import PromptLearningConfig, load_config
+from promptray.jobs.config import JobConfig, load_job_config
+from promptray.jobs.faults import faults_from_env
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.platform.model.limits import check_model_limits_on_driver
 
@@ -54,7 +55,7 @@ def _absolute(path: str) -> str:
     return str(Path(str(path).removeprefix("file://")).expanduser().resolve())
 
 
-def absolutize(cfg: PromptLearningConfig) -> PromptLearningConfig:
+def absolutize(cfg: JobConfig) -> JobConfig:
     """A copy whose local paths (tables, data, run dir, base model folder, checkpoints) are absolute, so
     workers (other processes, other working directories) find the same files."""
     cfg = cfg.model_copy(deep=True)
@@ -77,7 +78,7 @@ def absolutize(cfg: PromptLearningConfig) -> PromptLearningConfig:
 
 # ----------------------------------------------------------------------------- Ray
 
-def connect(address: Optional[str], cfg: PromptLearningConfig, num_cpus: Optional[int] = None) -> None:
+def connect(address: Optional[str], cfg: JobConfig, num_cpus: Optional[int] = None) -> None:
     """Join the cluster at `address` / RAY_ADDRESS, else start an embedded local Ray for this run."""
     import ray
 
@@ -92,12 +93,12 @@ def connect(address: Optional[str], cfg: PromptLearningConfig, num_cpus: Optiona
         ray.init(address=address, log_to_driver=True)
         return
     per_worker = (cfg.ray.resources_per_worker or {}).get("CPU", 1)
-    needed = int(per_worker * cfg.data_parallel_size + 0.999)
+    needed = int(per_worker * cfg.world_size + 0.999)
     ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, needed), include_dashboard=False,
              log_to_driver=True)
 
 
-def build_trainer(cfg: PromptLearningConfig, metrics_queue=None):
+def build_trainer(cfg: JobConfig, metrics_queue=None):
     """The TorchTrainer of a run: workers, resources, checkpoints and restarts from `cfg.ray`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -113,8 +114,9 @@ def build_trainer(cfg: PromptLearningConfig, metrics_queue=None):
     return TorchTrainer(
         worker_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "queue": metrics_queue,
+                           "faults": faults_from_env().to_dict(),
                            "run": {"id": name, "started_at": utcnow()}},
-        scaling_config=ScalingConfig(num_workers=cfg.data_parallel_size, use_gpu=r.use_gpu,
+        scaling_config=ScalingConfig(num_workers=cfg.world_size, use_gpu=r.use_gpu,
                                      resources_per_worker=r.resources_per_worker),
         run_config=RunConfig(name=name, storage_path=r.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
@@ -133,7 +135,7 @@ def _pump(q, echo: Callable[[str], None], stop: threading.Event) -> None:
         echo(METRICS_PREFIX + json.dumps(record))
 
 
-def run_job(cfg: PromptLearningConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_job(cfg: JobConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the training job on the connected Ray; echo each metrics line; return the result payload."""
     from ray.util.queue import Queue
 
@@ -202,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = absolutize(load_config(args.config, args.overrides, check_files=True))
+        cfg = absolutize(load_job_config(args.config, args.overrides, check_files=True))
         check_model_limits_on_driver(cfg)  # the base model's config only, before Ray starts
         require_ray("a training job needs Ray Train")
         connect(args.address, cfg, args.num_cpus)

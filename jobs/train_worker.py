@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 import torch
 
-from promptray.platform.config.schema import PromptLearningConfig
+from promptray.jobs.config import JobConfig
+from promptray.jobs.faults import Faults
 from promptray.platform.train.distributed import Dist
 from promptray.platform.train.loop import StepInfo, TrainLoop, TrainResult
 from promptray.platform.train.trainer import build_loop
@@ -45,8 +46,9 @@ def result_payload(result: TrainResult) -> dict[str, Any]:
 class Reporter:
     """The loop's per-step callback on a Ray Train worker."""
 
-    def __init__(self, cfg: PromptLearningConfig, loop: TrainLoop, group: Dist, queue=None):
-        self.cfg, self.loop, self.group, self.queue = cfg, loop, group, queue
+    def __init__(self, cfg: JobConfig, loop: TrainLoop, group: Dist, queue=None,
+                 faults: Optional[Faults] = None):
+        self.cfg, self.loop, self.group, self.queue, self.faults = cfg, loop, group, queue, faults or Faults()
         self.every = cfg.ray.checkpoint_every_n_steps or loop.every
 
     def __call__(self, info: StepInfo) -> None:
@@ -60,12 +62,12 @@ class Reporter:
         report(metrics, self.loop if due else None, self.group)
 
     def _maybe_fail(self, step: int) -> None:
-        """Fault injection (ray.fail_at_step): the last worker exits at that step, once per run directory."""
-        if self.cfg.ray.fail_at_step == step and self.group.rank == self.group.world - 1:
+        """Fault injection (faults.fail_at_step): the last worker exits at that step, once per run directory."""
+        if self.faults.fail_at_step == step and self.group.rank == self.group.world - 1:
             fail_once(self.cfg, f"step_{step}", self.group.rank)
 
 
-def fail_once(cfg: PromptLearningConfig, where: str, rank: int) -> None:
+def fail_once(cfg: JobConfig, where: str, rank: int) -> None:
     """Exit this worker process (fault injection for tests), once per run directory and place."""
     marker = cfg.run_dir / f".promptray_fault_at_{where}"
     if marker.exists():
@@ -107,13 +109,13 @@ def restore(loop: TrainLoop, group: Dist) -> bool:
 
 
 def worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: config = {"config": PromptLearningConfig dump, "queue": Queue,
+    """Ray Train's train_loop_per_worker: config = {"config": JobConfig dump, "queue": Queue,
     "run": {"id", "started_at"}} (the run's identity, the same for every restart of its worker group)."""
     import ray.train
 
     ctx = ray.train.get_context()
     group = Dist(ctx.get_world_rank(), ctx.get_world_size())
-    cfg = PromptLearningConfig.model_validate(config["config"])
+    cfg = JobConfig.model_validate(config["config"])
     device = None
     if cfg.ray.use_gpu:
         import ray.train.torch
@@ -121,9 +123,10 @@ def worker_loop(config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
     loop = build_loop(cfg, group, device, progress=False)
     restore(loop, group)
-    loop.run(on_step=Reporter(cfg, loop, group, config.get("queue")))
+    faults = Faults.from_dict(config.get("faults"))
+    loop.run(on_step=Reporter(cfg, loop, group, config.get("queue"), faults))
     result = loop.finish(publish=True, run=config.get("run"))
-    if cfg.ray.fail_after_publish and group.is_main:
+    if faults.fail_after_publish and group.is_main:
         fail_once(cfg, "publish", group.rank)
     final = {"step": loop.steps, "done": True}
     if result is not None:

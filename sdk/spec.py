@@ -2,8 +2,9 @@
 
 Either a NeMo-style config (YAML path or dict, as `promptray train` takes) or the keyword arguments of the
 common case (`TuningRequest`), then the table, then `overrides` (a {dotted.key: value} dict or a list of
-"dotted.key=value" strings). The result is checked with `promptray.platform.config.schema.load_config`; every
-problem (of the keyword arguments and of the config) is reported at once in a JobConfigError.
+"dotted.key=value" strings). The result is checked with `promptray.jobs.config.load_job_config` (the engine's
+loader with the job's `ray:` section); every problem (of the keyword arguments and of the config) is reported at
+once in a JobConfigError.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from promptray.jobs.config import JobConfig, load_job_config
 from promptray.platform.config.overrides import Overrides, apply_overrides
-from promptray.platform.config.schema import PromptLearningConfig, load_config
 from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
 from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.errors import ConfigError
@@ -145,7 +146,7 @@ def set_table(conf: DictConfig, table: str) -> None:
 
 
 def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fields: dict[str, Any],
-                 table: Optional[str]) -> tuple[dict[str, Any], PromptLearningConfig]:
+                 table: Optional[str]) -> tuple[dict[str, Any], JobConfig]:
     """The job's resolved config dict and its checked form; raises JobConfigError listing every problem
     (keyword arguments, overrides, the config's keys and cross-key rules, local data files) at once."""
     try:
@@ -159,7 +160,7 @@ def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fie
     except OmegaConfBaseException as e:
         raise JobConfigError(f"config: cannot read it: {str(e).splitlines()[0]}") from None
     try:
-        cfg = load_config(raw, check_files=True)
+        cfg = load_job_config(raw, check_files=True)
     except ConfigError as e:
         raise JobConfigError(problems + [p for p in e.problems if not any(k in p for k in reported)]) from None
     if problems:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptray.platform.config.schema import load_config
+from promptray.jobs.config import load_job_config
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 MANIFESTS = sorted((INFRA / "kuberay").glob("*.yaml"))
@@ -61,12 +61,12 @@ def test_rayjob_runs_promptray_train_on_the_configmap_config():
     volume = {v["name"]: v for v in head["volumes"]}[mount["name"]]
     configmap = {c["metadata"]["name"]: c for c in _by_kind("ConfigMap")}[volume["configMap"]["name"]]
     assert str(config_path.parent) == mount["mountPath"] and config_path.name in configmap["data"]
-    cfg = load_config(yaml.safe_load(configmap["data"][config_path.name]))
-    assert cfg.table_uri.startswith("s3://") and cfg.data_parallel_size == 2
+    cfg = load_job_config(yaml.safe_load(configmap["data"][config_path.name]))
+    assert cfg.table_uri.startswith("s3://") and cfg.world_size == 2
     assert all(str(f).startswith("s3://") for f in cfg.model.data.train_ds + cfg.model.data.validation_ds)
     cpu_group = {g["groupName"]: g for g in job["rayClusterSpec"]["workerGroupSpecs"]}["cpu"]
     assert cfg.ray.resources_per_worker["CPU"] <= float(cpu_group["rayStartParams"]["num-cpus"])
-    assert cfg.data_parallel_size <= cpu_group["maxReplicas"]
+    assert cfg.world_size <= cpu_group["maxReplicas"]
 
 
 def test_dockerfile_installs_promptray_with_cpu_torch_by_default():

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Union
 
-from promptray.platform.config.ray_config import ray_problems
 from promptray.platform.config.run import accelerator_problem
-from promptray.platform.config.search_config import search_problems
 from promptray.platform.data.templates import validate_task_templates
 from promptray.platform.errors import ConfigError
 
@@ -46,8 +44,8 @@ def precision_warning(key: str, value: Union[int, str, None]) -> Optional[str]:
 
 def config_problems(cfg: PromptLearningConfig) -> list[str]:
     """Problems that involve several keys. Tasks vs the restored table are checked when it is opened."""
-    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg) + ray_problems(cfg)
-    problems += _length_problems(cfg) + _optim_problems(cfg) + search_problems(cfg)
+    problems = _template_problems(cfg) + _task_list_problems(cfg) + _batch_problems(cfg)
+    problems += _length_problems(cfg) + _optim_problems(cfg)
     try:
         normalize_precision(cfg.trainer.precision)
     except ValueError:
@@ -118,26 +116,25 @@ def _init_problems(m: ModelConfig) -> list[str]:
 
 def _batch_problems(cfg: PromptLearningConfig) -> list[str]:
     m, t, problems = cfg.model, cfg.trainer, []
-    step = m.micro_batch_size * cfg.data_parallel_size
+    step = m.micro_batch_size * cfg.world_size
     if cfg.global_batch_size % step:
         problems.append(f"model.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                         f"micro_batch_size x data-parallel size = {m.micro_batch_size} x "
-                        f"{cfg.data_parallel_size}; make it one")
+                        f"{cfg.world_size}; make it one")
     if not t.max_steps and not t.max_epochs:
         problems.append("trainer: neither max_steps nor max_epochs is set (-1 means unset); set one of them")
     return problems
 
 
 def _length_problems(cfg: PromptLearningConfig) -> list[str]:
-    """Virtual-token counts (templates, search candidates) against max_seq_length; the base model's own
-    position limit is checked from its config when a run starts (model/limits.py)."""
+    """Virtual-token counts (templates, a job's candidates: cfg.candidate_counts) against max_seq_length; the
+    base model's own position limit is checked from its config when a run starts (model/limits.py)."""
     limit, problems = cfg.max_seq_length, _seq_length_problems(cfg.model)
     key = "model.data.max_seq_length" if cfg.model.data.max_seq_length else "model.encoder_seq_length"
     counts = [(f"model.task_templates[{i}].total_virtual_tokens (task {t.get('taskname')!r})",
                [t.get("total_virtual_tokens")]) for i, t in enumerate(cfg.model.task_templates)
-              if t.get("taskname") in fixed_count_tasks(cfg)]
-    counts += [(f"search.tasks.{n}.total_virtual_tokens", s.counts) for n, s in (cfg.search.tasks.items()
-                                                                               if cfg.search else [])]
+              if t.get("taskname") in cfg.fixed_count_tasks()]
+    counts += list(cfg.candidate_counts().values())
     for where, values in counts:
         over = sorted({c for c in values if isinstance(c, int) and c + MIN_TEXT_TOKENS > limit})
         if over:
@@ -167,9 +164,3 @@ def _optim_problems(cfg: PromptLearningConfig) -> list[str]:
         problems.append(f"model.optim.sched.min_lr: {o.sched.min_lr} is above model.optim.lr={o.lr}; the schedule "
                         "decays from lr to min_lr, so give min_lr <= lr")
     return problems
-
-
-def fixed_count_tasks(cfg: PromptLearningConfig) -> list[str]:
-    """New tasks whose template's count is the one trained (not replaced by search candidates)."""
-    searched = set(cfg.search.tasks) if cfg.search else set()
-    return [t for t in cfg.model.new_tasks if t not in searched]

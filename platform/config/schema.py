@@ -27,7 +27,6 @@ from promptray.platform.config.checks import (  # noqa: F401  (normalize_precisi
 )
 from promptray.platform.config.nemo_keys import ignored_keys_in, strip_ignored
 from promptray.platform.config.overrides import Overrides, apply_overrides
-from promptray.platform.config.ray_config import RayConfig
 from promptray.platform.config.run import (  # noqa: F401
     CheckpointParams,
     ExpManagerConfig,
@@ -36,7 +35,6 @@ from promptray.platform.config.run import (  # noqa: F401
     Section,
     TrainerConfig,
 )
-from promptray.platform.config.search_config import SearchConfig
 from promptray.platform.config.types import MAX_COUNT, Float, Int
 from promptray.platform.data.data_files import data_file_problems
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
@@ -109,14 +107,15 @@ class PromptLearningConfig(Section):
     ConfigError listing every problem with its dotted key, value and fix; constructing it directly runs the
     per-key checks only (pydantic's ValidationError). The properties derive the values the engine uses:
     table_uri, precision, global_batch_size and accumulation (NeMo's rule), max_seq_length, run_dir.
+    A job config (promptray.jobs.config.JobConfig) extends it with the sections of Ray Train and Tune; the
+    hooks it overrides are `world_size`, `problems`, `fixed_count_tasks`, `candidate_counts`,
+    `generation_budget` and `sections`.
     """
 
     name: str = "prompt_learning"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     exp_manager: ExpManagerConfig = Field(default_factory=ExpManagerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    search: Optional[SearchConfig] = None  # read by promptray.jobs.search only
     model: ModelConfig
 
     # ------------------------------------------------------------------ derived values
@@ -139,9 +138,36 @@ class PromptLearningConfig(Section):
         return max(1, devices) * max(1, self.trainer.num_nodes)
 
     @property
-    def data_parallel_size(self) -> int:
-        """Number of data-parallel workers: ray.num_workers when set, else trainer.devices x num_nodes."""
-        return self.ray.num_workers or self.nemo_parallel_size
+    def world_size(self) -> int:
+        """Number of data-parallel workers: trainer.devices x num_nodes (a job config may set it otherwise)."""
+        return self.nemo_parallel_size
+
+    def problems(self) -> list[str]:
+        """Every problem across keys (checks.config_problems); a job config adds those of its sections."""
+        return config_problems(self)
+
+    def fixed_count_tasks(self) -> list[str]:
+        """New tasks trained with their template's total_virtual_tokens (a search replaces some by candidates)."""
+        return list(self.model.new_tasks)
+
+    def candidate_counts(self) -> dict[str, tuple[str, list[int]]]:
+        """Virtual-token counts that may be trained instead of a template's own: taskname -> (the dotted key
+        that gives them, the counts), checked against max_seq_length and the base model; none in the
+        engine's config."""
+        return {}
+
+    def generation_budget(self) -> Optional[tuple[str, int]]:
+        """(dotted key, tokens) generated after each validation prompt, which must fit the model's positions
+        too (a search's val_accuracy objective); None in the engine's config."""
+        return None
+
+    @classmethod
+    def sections(cls) -> dict[str, type[BaseModel]]:
+        """Each section's dotted key -> its model (the did-you-mean of unknown keys reads their fields)."""
+        return {"": cls, "trainer": TrainerConfig, "exp_manager": ExpManagerConfig,
+                "exp_manager.checkpoint_callback_params": CheckpointParams, "model": ModelConfig,
+                "model.data": DataConfig, "model.optim": OptimConfig, "model.optim.sched": SchedConfig,
+                "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "storage": StorageConfig}
 
     def accumulation_for(self, world: int) -> int:
         """Micro-batches per optimizer step on each of `world` workers (NeMo's rule)."""
@@ -154,7 +180,7 @@ class PromptLearningConfig(Section):
 
     @property
     def accumulation(self) -> int:
-        return self.global_batch_size // (self.model.micro_batch_size * self.data_parallel_size)
+        return self.global_batch_size // (self.model.micro_batch_size * self.world_size)
 
     @property
     def max_seq_length(self) -> int:
@@ -170,27 +196,33 @@ class PromptLearningConfig(Section):
 
 # ----------------------------------------------------------------------------- loading
 
-def load_config(source: Union[str, Path, dict], overrides: Overrides = None, *,
-                check_files: bool = False) -> PromptLearningConfig:
+# top-level sections of a job config (promptray.jobs.config.JobConfig) that the engine's own schema does not read
+JOB_SECTIONS = ("ray", "search")
+
+
+def load_config(source: Union[str, Path, dict], overrides: Overrides = None, *, check_files: bool = False,
+                schema: type[PromptLearningConfig] = PromptLearningConfig) -> PromptLearningConfig:
     """Read YAML (or a dict), apply dotted overrides (["model.new_tasks=[squad]"] or {key: value}; rules in
     overrides.py), check everything; a precision Lightning reads as fp16 is logged as run in bf16.
 
-    Every problem (overrides that cannot be applied, per key, across keys and, with `check_files`, local data
-    files that do not exist) is
-    raised at once in one ConfigError naming key, value and fix. NeMo keys without meaning here
-    (nemo_keys.IGNORED_KEYS) are removed and logged."""
+    `schema`: the config class (a subclass of PromptLearningConfig, e.g. the job config, adds sections and
+    their checks through its `problems` and `sections` hooks). Every problem (overrides that cannot be applied,
+    per key, across keys and, with `check_files`, local data files that do not exist) is raised at once in one
+    ConfigError naming key, value and fix; a `ray:` or `search:` section given to a schema without it is one
+    of them. NeMo keys without meaning here (nemo_keys.IGNORED_KEYS) are removed and logged."""
     raw, problems = _merge(source, overrides)
     raw = _drop_ellipsis(raw)
     problems += _strip_nemo_keys(raw)
+    problems += _job_section_problems(raw, schema)
     problems += data_file_problems(raw) if check_files else []
     cfg, invalid = None, set()
     try:
-        cfg = PromptLearningConfig.model_validate(raw)
+        cfg = schema.model_validate(raw)
     except ValidationError as e:
-        problems += _describe_all(e.errors())
-        cfg, invalid = _validate_without(raw, e.errors())
+        problems += _describe_all(e.errors(), schema)
+        cfg, invalid = _validate_without(raw, e.errors(), schema)
     if cfg is not None:  # cross-key checks, less those that read an invalid key (they would repeat it)
-        problems += [p for p in config_problems(cfg)
+        problems += [p for p in cfg.problems()
                      if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
     if problems or cfg is None:
         raise ConfigError(problems)
@@ -198,6 +230,19 @@ def load_config(source: Union[str, Path, dict], overrides: Overrides = None, *,
     if warning:
         log.warning(warning)
     return cfg
+
+
+def _job_section_problems(raw: dict, schema: type[PromptLearningConfig]) -> list[str]:
+    """A job section (JOB_SECTIONS) given to the engine's own schema: removed from `raw`, one problem each."""
+    problems = []
+    for key in JOB_SECTIONS:
+        if key in raw and key not in schema.model_fields:
+            raw.pop(key)
+            problems.append(f"{key}: a section of the Ray job config, which the engine's loader does not read; run "
+                            "this config with `promptray train`, `python -m promptray.jobs.train` or "
+                            "`python -m promptray.jobs.search` (they load the job config: "
+                            "promptray.jobs.config.load_job_config), or remove the section")
+    return problems
 
 
 def _merge(source: Union[str, Path, dict], overrides: Overrides) -> tuple[dict, list[str]]:
@@ -216,7 +261,8 @@ def _merge(source: Union[str, Path, dict], overrides: Overrides) -> tuple[dict, 
                           f"{str(e).splitlines()[0]}") from None
 
 
-def _validate_without(raw: dict, errors: list) -> tuple[Optional[PromptLearningConfig], set[str]]:
+def _validate_without(raw: dict, errors: list, schema: type[PromptLearningConfig]
+                      ) -> tuple[Optional[PromptLearningConfig], set[str]]:
     """Validate `raw` with every key that has an error removed (defaults stand in for them), so the cross-key
     checks can still run. Returns (config or None, how problems name the removed keys whose values were invalid)."""
     raw, paths, invalid = copy.deepcopy(raw), [], set()
@@ -241,7 +287,7 @@ def _validate_without(raw: dict, errors: list) -> tuple[Optional[PromptLearningC
         if isinstance(parent, dict):
             parent.pop(path[-1], None)
     try:
-        return PromptLearningConfig.model_validate(raw), invalid
+        return schema.model_validate(raw), invalid
     except ValidationError:
         return None, invalid
 
@@ -270,32 +316,33 @@ _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "les
 _UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none)$|\[")  # loc parts pydantic adds for a Union
 
 
-def _describe_all(errors: list) -> list[str]:
+def _describe_all(errors: list, schema: type[PromptLearningConfig]) -> list[str]:
     """Pydantic's errors, one per key: a value that fits no member of a Union (e.g. int or float) is one
     problem under the key's own name."""
     by_key: dict[tuple, list[dict]] = {}
     for err in errors:
         loc = tuple(p for i, p in enumerate(err.get("loc", ())) if i == 0 or not _UNION_TAG.search(str(p)))
         by_key.setdefault(loc, []).append({**err, "loc": loc})
-    return [_describe(errs[0]) if len(errs) == 1 else _describe_union(errs) for errs in by_key.values()]
+    return [_describe(errs[0], schema) if len(errs) == 1 else _describe_union(errs, schema)
+            for errs in by_key.values()]
 
 
-def _describe_union(errs: list[dict]) -> str:
+def _describe_union(errs: list[dict], schema: type[PromptLearningConfig]) -> str:
     """A value that fits none of a Union's members (their constraint errors say more, when there are some)."""
     bounded = [e for e in errs if e.get("type") in _BOUNDS or e.get("type") == "value_error"]
     if bounded:
-        return _describe(bounded[0])
+        return _describe(bounded[0], schema)
     value = repr(errs[0].get("input"))
     kinds = " or ".join(dict.fromkeys(e["type"].removesuffix("_type").removesuffix("_parsing") for e in errs))
     return f"{'.'.join(map(str, errs[0]['loc']))}: got {value[:80]}; give a value of type {kinds}"
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, schema: type[PromptLearningConfig]) -> str:
     """One pydantic error as 'dotted.key: problem (got value); fix'."""
     loc = ".".join(str(x) for x in err.get("loc", ()))
     if err.get("type") == "extra_forbidden":
         section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
-        return f"{loc}: unknown key{_suggest(key, section)}; remove it or check the spelling"
+        return f"{loc}: unknown key{_suggest(key, section, schema)}; remove it or check the spelling"
     value = repr(err.get("input"))
     value = value if len(value) <= 80 else value[:80] + "..."
     if err.get("type") in _BOUNDS:
@@ -305,16 +352,8 @@ def _describe(err: dict) -> str:
     return f"{loc}: {msg} (got {value})"
 
 
-def _sections() -> dict[str, type[BaseModel]]:
-    return {"": PromptLearningConfig, "trainer": TrainerConfig, "exp_manager": ExpManagerConfig,
-            "exp_manager.checkpoint_callback_params": CheckpointParams, "model": ModelConfig,
-            "model.data": DataConfig, "model.optim": OptimConfig, "model.optim.sched": SchedConfig,
-            "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "ray": RayConfig,
-            "storage": StorageConfig, "search": SearchConfig}
-
-
-def _suggest(key: str, section: str) -> str:
-    model = _sections().get(section)
+def _suggest(key: str, section: str, schema: type[PromptLearningConfig]) -> str:
+    model = schema.sections().get(section)
     known = (list(model.model_fields) if model else []) + ignored_keys_in(section)
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

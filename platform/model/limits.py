@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from promptray.platform.config.checks import MIN_TEXT_TOKENS, fixed_count_tasks
+from promptray.platform.config.checks import MIN_TEXT_TOKENS
 from promptray.platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -114,17 +114,16 @@ def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits, toke
     from promptray.platform.data.templates import TaskTemplate
 
     limit, key = length_limit(cfg, limits)
-    fixed, problems = fixed_count_tasks(cfg), []
-    searched = cfg.search.tasks if cfg.search else {}
+    fixed, problems = cfg.fixed_count_tasks(), []
+    searched = cfg.candidate_counts()
     for i, raw in enumerate(cfg.model.task_templates):
         name = raw.get("taskname")
         if name not in fixed and name not in searched:
             continue
         template = TaskTemplate.model_validate(raw)
         text, what = template_text_tokens(template, cfg, tokenizer)
-        where = (f"model.task_templates[{i}].total_virtual_tokens (task {name!r})" if name in fixed
-                 else f"search.tasks.{name}.total_virtual_tokens")
-        counts = [template.total_virtual_tokens] if name in fixed else searched[name].counts
+        where, counts = ((f"model.task_templates[{i}].total_virtual_tokens (task {name!r})",
+                          [template.total_virtual_tokens]) if name in fixed else searched[name])
         problems += _generation_problems(cfg, template, counts, limits, tokenizer, where)
         over = sorted({c for c in counts if c + text > limit})
         if over:
@@ -140,18 +139,19 @@ def _generation_problems(cfg: PromptLearningConfig, template: TaskTemplate, coun
     counts whose shortest prompt (virtual tokens + template text up to the answer) leaves it no room."""
     from promptray.platform.data.dataset import shortest_example
 
-    if cfg.search is None or cfg.search.metric != "val_accuracy" or tokenizer is None:
+    budget = cfg.generation_budget()
+    if budget is None or tokenizer is None:
         return []
-    generate = cfg.search.tokens_to_generate
+    key, generate = budget
     text = shortest_example(template, tokenizer, add_bos=cfg.model.data.add_bos, add_eos=False,
                             inference=True) - template.total_virtual_tokens
     over = sorted({c for c in counts if c + text + generate > limits.max_positions})
     if not over:
         return []
     return [f"{where}: {over[0] if len(over) == 1 else over} virtual tokens + {text} tokens of the template's text "
-            f"up to the answer + search.tokens_to_generate {generate} exceed the {limits.max_positions} positions "
+            f"up to the answer + {key} {generate} exceed the {limits.max_positions} positions "
             f"of base model {limits.name!r}; use at most {limits.max_positions - text - generate} virtual tokens "
-            "or lower search.tokens_to_generate"]
+            f"or lower {key}"]
 
 
 def _raise_hint(key: str) -> str:

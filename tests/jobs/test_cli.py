@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from promptray.jobs.cli import main
-from promptray.platform.config.schema import load_config
+from promptray.jobs.config import load_job_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_infer_without_table_or_data_lists_both_problems(capsys):
 
 @pytest.mark.parametrize("name", ["sentiment_prompt_tuning.yaml", "questions_p_tuning.yaml", "sentiment_search.yaml"])
 def test_example_configs_are_valid(name):
-    cfg = load_config(REPO / "examples" / name)
+    cfg = load_job_config(REPO / "examples" / name)
     assert cfg.model.language_model_path == "smollm2-135m"
     if name == "sentiment_search.yaml":
         assert cfg.search.tasks["sentiment"].total_virtual_tokens == [5, 20, 50] and cfg.search.lr.max == 0.1

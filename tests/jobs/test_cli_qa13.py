@@ -125,4 +125,5 @@ def test_nemo_inference_variant_with_global_batch_size_and_max_seq_length(tmp_pa
     assert json.loads(capsys.readouterr().out)["records"] == 3
     assert main(args + ["max_seq_length=8"]) == 2  # 4 tokens to generate leave 4 for a 3 + 4 token prompt
     err = capsys.readouterr().err
-    assert "3 record(s) do not fit max_seq_length=8 with 4 tokens to generate" in err, err
+    assert ("3 record(s) do not fit: task 'alpha': 3 example(s) of up to 7 tokens (3 virtual) are longer than "
+            "max_seq_length=8 minus inference.tokens_to_generate 4 = 4") in err, err

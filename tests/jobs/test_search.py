@@ -13,14 +13,15 @@ import pytest
 import torch
 import yaml
 
+from promptray.jobs.config import load_job_config
+from promptray.jobs.faults import FAULTS_ENV
 from promptray.jobs.search import (
     SearchInterrupted,
     main,
     prepare_search_config,
     run_search,
 )
-from promptray.platform.config.schema import load_config
-from promptray.platform.config.search_config import apportion
+from promptray.jobs.search_config import apportion
 from promptray.platform.errors import ConfigError
 from promptray.platform.table.table import PromptTable
 
@@ -66,7 +67,7 @@ def test_invalid_spaces_are_every_problem_at_once_before_any_trial(tmp_path, cap
     raw["model"]["task_templates"].append({**raw["model"]["task_templates"][0], "taskname": "c"})
     raw["search"]["tasks"]["b"] = {"total_virtual_tokens": {"min": 1, "max": 3}, "splits": [[1, 0], [1, 1, 1]],
                                    "init": []}
-    raw["ray"] = {"max_failures": 1, "fail_at_step": 2}
+    raw["ray"] = {"max_failures": 1}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path)]) == 2
@@ -77,7 +78,7 @@ def test_invalid_spaces_are_every_problem_at_once_before_any_trial(tmp_path, cap
                      "search.tasks.b.splits[0]: [1.0, 0.0] has shares <= 0",
                      "search.tasks.b.splits[1]: [1.0, 1.0, 1.0] has 3 share(s)",
                      "search.tasks.b.init: empty choice list", "search.tasks: new task 'c' has no entry",
-                     "ray.max_failures: 1", "ray.fail_at_step: 2"):
+                     "ray.max_failures: 1"):
         assert expected in err, err
     assert not (tmp_path / "runs").exists()  # nothing ran
     with pytest.raises(ConfigError, match="search: missing section"):
@@ -110,8 +111,9 @@ def test_search_finds_the_best_count_publishes_it_once_and_asha_stops_bad_trials
 
 
 @pytest.mark.ray
-def test_a_crashed_search_resumes_and_finishes(tmp_path, tiny_gpt2_path, ray_local):
-    raw = search_config(tmp_path, tiny_gpt2_path, [8, 1], stop_after_trials=1)
+def test_a_crashed_search_resumes_and_finishes(tmp_path, tiny_gpt2_path, ray_local, monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"stop_after_trials": 1}))  # the driver "crashes" once, after 1 trial
+    raw = search_config(tmp_path, tiny_gpt2_path, [8, 1])
     raw["trainer"]["max_steps"] = 3
     cfg = prepare_search_config(raw)
     with pytest.raises(SearchInterrupted):
@@ -275,7 +277,7 @@ def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choic
     assert space["b.total_virtual_tokens"] == {"grid_search": [3, 6, 9]}
     choice = {"a.total_virtual_tokens": 4, "b.total_virtual_tokens": 9, "b.init": "vocab", "lr": 0.02,
               "style": "p-tuning"}
-    trial = load_config(trial_config(cfg.model_dump(mode="json"), ["a", "b"], choice, str(tmp_path / "t")))
+    trial = load_job_config(trial_config(cfg.model_dump(mode="json"), ["a", "b"], choice, str(tmp_path / "t")))
     assert trial.model.virtual_prompt_style == "p-tuning" and trial.model.optim.lr == 0.02 and trial.search is None
     assert [(t.total_virtual_tokens, t.virtual_token_splits) for t in trial.templates] == [(4, [4]), (9, [3, 6])]
     assert trial.model.prompt_tuning.new_prompt_init_methods == ["random", "vocab"]
@@ -356,7 +358,7 @@ def test_search_ranges_are_checked_with_the_rest_of_the_config(tmp_path):
     raw = search_config(tmp_path, tmp_path / "no-model", [0, 2, -1], num_samples=0, grace_period=0,
                         reduction_factor=1, seed=-1, time_budget_s=0, lr={"min": 0.1, "max": 0.1})
     with pytest.raises(ConfigError) as e:
-        load_config(raw)
+        load_job_config(raw)
     assert e.value.problems == [
         "search.lr: max 0.1 is not above min 0.1; give min < max (for a fixed learning rate drop the range and set "
         "model.optim.lr) (got {'min': 0.1, 'max': 0.1})",

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
+from promptray.jobs.config import load_job_config
+from promptray.jobs.faults import FAULTS_ENV
 from promptray.jobs.train import METRICS_PREFIX, RESULT_PREFIX, absolutize, main, run_job
-from promptray.platform.config.schema import load_config
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import train
 
@@ -45,7 +46,7 @@ def job_config(tmp_path: Path, model: Path, style: str = "prompt-tuning", **ray)
 
 def reference_prompts(raw: dict, tmp_path: Path) -> dict[str, torch.Tensor]:
     """The same config trained in this process, without Ray and without publishing."""
-    cfg = load_config({**raw, "exp_manager": {"exp_dir": str(tmp_path / "reference")}})
+    cfg = load_job_config({**raw, "exp_manager": {"exp_dir": str(tmp_path / "reference")}})
     return train(cfg, progress=False, publish=False).prompts
 
 
@@ -95,7 +96,7 @@ def test_cli_one_worker_on_embedded_ray_prints_the_contract_and_publishes(tmp_pa
 def test_two_workers_match_one_process_and_only_rank0_publishes(tmp_path, tiny_gpt2_path, ray_local):
     raw = job_config(tmp_path, tiny_gpt2_path, num_workers=2, num_to_keep=1)
     lines: list[str] = []
-    payload = run_job(absolutize(load_config(raw)), echo=lines.append)
+    payload = run_job(absolutize(load_job_config(raw)), echo=lines.append)
     metrics, _ = parse_lines("\n".join(lines))
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # printed once, by rank 0 only
     assert_table_matches(payload["table"], payload["versions"], reference_prompts(raw, tmp_path))
@@ -107,12 +108,14 @@ def test_two_workers_match_one_process_and_only_rank0_publishes(tmp_path, tiny_g
 
 
 @pytest.mark.ray
-def test_fsdp_job_recovers_from_a_worker_failure_and_matches_one_process(tmp_path, tiny_llama_path, ray_local):
+def test_fsdp_job_recovers_from_a_worker_failure_and_matches_one_process(tmp_path, tiny_llama_path, ray_local,
+                                                                          monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_at_step": 3}))  # the last worker exits once at step 3
     raw = job_config(tmp_path, tiny_llama_path, "p-tuning", num_workers=2, max_failures=1,
-                     checkpoint_every_n_steps=2, fail_at_step=3)
+                     checkpoint_every_n_steps=2)
     raw["model"]["sharding"] = "fsdp"
     lines: list[str] = []
-    payload = run_job(absolutize(load_config(raw)), echo=lines.append)
+    payload = run_job(absolutize(load_job_config(raw)), echo=lines.append)
     run_dir = Path(payload["run_dir"])
     assert (run_dir / ".promptray_fault_at_step_3").is_file()  # the last worker did exit at step 3
     restarts = [json.loads(line) for line in (run_dir / "restarts.jsonl").read_text().splitlines()]
@@ -124,9 +127,11 @@ def test_fsdp_job_recovers_from_a_worker_failure_and_matches_one_process(tmp_pat
 
 
 @pytest.mark.ray
-def test_a_restart_after_publishing_does_not_publish_a_second_version(tmp_path, tiny_gpt2_path, ray_local):
-    raw = job_config(tmp_path, tiny_gpt2_path, max_failures=1, checkpoint_every_n_steps=2, fail_after_publish=True)
-    payload = run_job(absolutize(load_config(raw)), echo=lambda line: None)
+def test_a_restart_after_publishing_does_not_publish_a_second_version(tmp_path, tiny_gpt2_path, ray_local,
+                                                                      monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_publish": True}))  # rank 0 exits once after publishing
+    raw = job_config(tmp_path, tiny_gpt2_path, max_failures=1, checkpoint_every_n_steps=2)
+    payload = run_job(absolutize(load_job_config(raw)), echo=lambda line: None)
     run_dir = Path(payload["run_dir"])
     assert (run_dir / ".promptray_fault_at_publish").is_file()  # rank 0 exited after it had published
     restarts = [json.loads(line) for line in (run_dir / "restarts.jsonl").read_text().splitlines()]
@@ -162,7 +167,6 @@ def test_the_driver_checks_the_models_limits_when_it_has_the_model_and_leaves_th
         tmp_path, tiny_gpt2_path, caplog):
     import logging
 
-    from promptray.platform.config.schema import load_config
     from promptray.platform.errors import ConfigError
     from promptray.platform.model.limits import check_model_limits_on_driver
 
@@ -170,8 +174,8 @@ def test_the_driver_checks_the_models_limits_when_it_has_the_model_and_leaves_th
     raw["model"]["task_templates"][0].update(total_virtual_tokens=300, virtual_token_splits=[300])
     with pytest.raises(ConfigError, match=r"300 virtual tokens \+ 4 tokens of the template's text .* need 305 "
                                           r"positions, more than the 256 positions of base model"):
-        check_model_limits_on_driver(load_config(raw))
+        check_model_limits_on_driver(load_job_config(raw))
     raw["model"]["language_model_path"] = "/models/on/the/workers/only"
     with caplog.at_level(logging.INFO, logger="promptray.platform.model.limits"):
-        check_model_limits_on_driver(load_config(raw))
+        check_model_limits_on_driver(load_job_config(raw))
     assert "is not on this machine: its limits are checked by the workers" in caplog.text

@@ -15,8 +15,9 @@ from promptray.platform.train.trainer import build_loop
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
 
 
-def dp_config(tmp_path: Path, model: Path, style: str = "prompt-tuning", steps: int = 4, **ray) -> PromptLearningConfig:
-    """Two tasks with different prompt lengths and answer lengths; global batch 8 = 2 x 2 workers x 2."""
+def dp_config(tmp_path: Path, model: Path, style: str = "prompt-tuning", steps: int = 4) -> PromptLearningConfig:
+    """Two tasks with different prompt lengths and answer lengths; global batch 8 = 2 x 2 workers x 2
+    (trainer.devices: 2, the world size)."""
     rng = random.Random(0)
     rows = [{"taskname": t, "text": " ".join(rng.sample(WORDS, rng.randint(2, 6))),
              "label": " ".join(rng.sample(WORDS, 1 if t == "a" else 3))} for t in ("a", "b") for _ in range(20)]
@@ -26,8 +27,8 @@ def dp_config(tmp_path: Path, model: Path, style: str = "prompt-tuning", steps: 
                   "total_virtual_tokens": k, "virtual_token_splits": [k], "answer_only_loss": True,
                   "answer_field": "label"} for t, k in (("a", 3), ("b", 5))]
     return load_config({"name": "dp", "trainer": {"max_steps": steps, "val_check_interval": 2, "precision": 32,
-                                                  "log_every_n_steps": 1},
-                        "exp_manager": {"exp_dir": str(tmp_path / "runs")}, "ray": {"num_workers": 2, **ray},
+                                                  "log_every_n_steps": 1, "devices": 2},
+                        "exp_manager": {"exp_dir": str(tmp_path / "runs")},
                         "model": {"language_model_path": str(model), "nemo_path": str(tmp_path / "table"),
                                   "virtual_prompt_style": style, "new_tasks": ["a", "b"],
                                   "task_templates": templates, "global_batch_size": 8, "micro_batch_size": 2,

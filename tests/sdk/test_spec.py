@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from promptray.platform.config.schema import load_config
+from promptray.jobs.config import load_job_config
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.sdk import JobConfigError, TaskTemplate, TuningRequest
 from promptray.sdk.spec import build_config
@@ -33,12 +33,12 @@ def test_keyword_arguments_build_a_valid_nemo_config(tmp_path, monkeypatch):
                                              resources_per_worker={"CPU": 1}),
                             table="s3://b/tables/main")
     assert cfg.model.virtual_prompt_style == "p-tuning"
-    assert cfg.ray.num_workers == 2 and cfg.data_parallel_size == 2 and cfg.ray.resources_per_worker == {"CPU": 1}
+    assert cfg.ray.num_workers == 2 and cfg.world_size == 2 and cfg.ray.resources_per_worker == {"CPU": 1}
     assert cfg.global_batch_size == 4 and cfg.accumulation == 1  # micro 2 x 2 workers
     assert cfg.model.new_tasks == ["sentiment"] and cfg.table_uri == "s3://b/tables/main"
     assert cfg.model.optim.lr == pytest.approx(3e-3)  # the p-tuning default
     assert cfg.model.data.validation_ds == ["v.jsonl"] and cfg.trainer.val_check_interval == 30
-    assert load_config(yaml.safe_load(yaml.safe_dump(raw))) == cfg  # what is shipped is what was checked
+    assert load_job_config(yaml.safe_load(yaml.safe_dump(raw))) == cfg  # what is shipped is what was checked
 
 
 def test_every_keyword_problem_is_reported_at_once():

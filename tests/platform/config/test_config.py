@@ -357,11 +357,11 @@ def test_bad_precision():
 
 def test_global_batch_size_and_accumulation():
     cfg = load_config(minimal(global_batch_size=16, micro_batch_size=4))
-    assert (cfg.global_batch_size, cfg.data_parallel_size, cfg.accumulation) == (16, 1, 4)
+    assert (cfg.global_batch_size, cfg.world_size, cfg.accumulation) == (16, 1, 4)
     raw = minimal(global_batch_size=16, micro_batch_size=4)
     raw["trainer"]["devices"] = 2
     cfg = load_config(raw)
-    assert (cfg.global_batch_size, cfg.data_parallel_size, cfg.accumulation) == (16, 2, 2)
+    assert (cfg.global_batch_size, cfg.world_size, cfg.accumulation) == (16, 2, 2)
     raw["trainer"]["devices"] = 3
     assert problems_of(raw) == ["model.global_batch_size: 16 is not a multiple of micro_batch_size x "
                                 "data-parallel size = 4 x 3; make it one"]
@@ -397,44 +397,26 @@ def test_invalid_list_item_removes_the_whole_key_once():
         "model.data.train_ds.0", "model.new_tasks.0", "model.new_tasks.1"]
 
 
-# ----------------------------------------------------------------------------- the `ray` section
+# ----------------------------------------------------------------------------- job sections (jobs/config.py)
 
-def test_ray_section_defaults_and_worker_count():
-    cfg = load_config(minimal())
-    r = cfg.ray
-    assert (r.num_workers, r.use_gpu, r.resources_per_worker, r.checkpoint_every_n_steps, r.num_to_keep,
-            r.max_failures, r.storage_path, r.fail_at_step) == (None, False, None, None, 2, 0, None, None)
-    assert cfg.model.sharding == "none" and cfg.data_parallel_size == 1
-    raw = minimal(global_batch_size=16, micro_batch_size=4, sharding="fsdp")
-    raw["ray"] = {"num_workers": 2, "resources_per_worker": {"CPU": 2}, "max_failures": -1}
-    cfg = load_config(raw)
-    # NeMo's rule with the Ray workers: 16 = 4 x 2 workers x 2; a single process accumulates 4
-    assert (cfg.data_parallel_size, cfg.accumulation, cfg.accumulation_for(1)) == (2, 2, 4)
+def test_the_engines_loader_names_ray_and_search_as_job_sections_in_its_one_report():
+    raw = minimal(micro_batch_size=0)
+    raw["ray"] = {"num_workers": 2}
+    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": [4]}}}
+    problems = problems_of(raw)
+    assert [p.split(":")[0] for p in problems] == ["ray", "search", "model.micro_batch_size"], problems
+    assert problems[0] == (
+        "ray: a section of the Ray job config, which the engine's loader does not read; run this config with "
+        "`promptray train`, `python -m promptray.jobs.train` or `python -m promptray.jobs.search` (they load the "
+        "job config: promptray.jobs.config.load_job_config), or remove the section")
+
+
+def test_the_engines_world_size_is_devices_times_nodes():
     raw = minimal(global_batch_size=16, micro_batch_size=4)
     raw["trainer"].update(devices=2, num_nodes=2)  # NeMo's devices x num_nodes counts the workers
-    assert load_config(raw).data_parallel_size == 4
-
-
-def test_ray_section_problems_are_reported_together():
-    raw = minimal(global_batch_size=8, micro_batch_size=4, sharding="fsdp", lm_finetune=True)
-    raw["trainer"]["devices"] = 2
-    raw["ray"] = {"num_workers": 3, "use_gpu": True, "resources_per_worker": {"CPU": 1}, "fail_at_step": 11,
-                  "num_to_keep": 0, "max_failurs": 1}
-    problems = problems_of(raw)
-    assert len(problems) == 7, problems
-    keys = [p.split(":")[0] for p in problems]
-    assert keys == ["ray.num_to_keep", "ray.max_failurs", "model.global_batch_size", "ray.num_workers",
-                    "model.sharding", "ray.resources_per_worker", "ray.fail_at_step"]
-    assert "(did you mean 'max_failures'?)" in problems[1]
-    assert "8 is not a multiple of micro_batch_size x data-parallel size = 4 x 3" in problems[2]
-    assert "3 disagrees with trainer.devices x trainer.num_nodes = 2 x 1" in problems[3]
-    assert "fail_at_step: 11 is after the last step (trainer.max_steps=10)" in problems[6]
-    raw = minimal()
-    raw["ray"] = {"resources_per_worker": {"CPU": -1}}
-    raw["model"]["sharding"] = "ddp"
-    problems = problems_of(raw)
-    assert [p.split(":")[0] for p in problems] == ["ray.resources_per_worker", "model.sharding"]
-    assert "negative amounts {'CPU': -1.0}" in problems[0] and "'ddp'" in problems[1]
+    cfg = load_config(raw)
+    assert (cfg.world_size, cfg.accumulation, cfg.accumulation_for(1)) == (4, 1, 4)
+    assert not hasattr(cfg, "ray") and not hasattr(cfg, "search")
 
 
 # ----------------------------------------------------------------------------- ranges (issue 13)
@@ -493,7 +475,6 @@ def test_four_problems_of_one_config_come_in_one_report(tmp_path, monkeypatch):
     ("model.seed=-3", "model.seed: got -3; use a value >= 0"),
     ("model.micro_batch_size=0", "model.micro_batch_size: got 0; use a value >= 1"),
     ("model.p_tuning.dropout=1.0", "model.p_tuning.dropout: got 1.0; use a value < 1.0"),
-    ("ray.num_to_keep=0", "ray.num_to_keep: got 0; use a value >= 1"),
 ])
 def test_every_numeric_setting_has_its_range(override, expected):
     assert problems_of(minimal(), [override]) == [expected]

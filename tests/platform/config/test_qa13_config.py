@@ -12,14 +12,6 @@ from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError
 from tests.platform.config.test_config import minimal, problems_of
 
-
-def with_search(**search) -> dict:
-    raw = minimal()
-    raw["model"]["data"]["validation_ds"] = ["val.jsonl"]
-    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": [4, 8]}}, **search}
-    return raw
-
-
 # ----------------------------------------------------------------------------- F8: overrides into lists
 
 def test_an_override_into_a_list_element_sets_it():
@@ -32,11 +24,6 @@ def test_an_invalid_value_into_a_list_element_is_a_config_problem_not_a_tracebac
     problems = problems_of(minimal(), ["model.task_templates.0.total_virtual_tokens=0"])
     assert problems and all("model.task_templates" in p for p in problems), problems
     assert any("total_virtual_tokens" in p for p in problems), problems
-
-
-def test_a_dict_over_a_list_replaces_it():
-    cfg = load_config(with_search(), ["search.tasks.sentiment.total_virtual_tokens={min: 4, max: 8, step: 2}"])
-    assert cfg.search.tasks["sentiment"].counts == [4, 6, 8]
 
 
 def test_overrides_past_the_end_or_by_name_into_a_list_name_the_key_and_the_form():
@@ -57,31 +44,7 @@ def test_dict_overrides_keep_python_types_and_merge_sections():
     assert OmegaConf.to_container(conf) == {"model": {"optim": {"lr": 0.5, "eps": 1e-8}, "t": [{"a": 2}]}}
 
 
-# ----------------------------------------------------------------------------- F4: a search config in one report
-
-def test_every_problem_of_a_search_config_comes_in_one_report():
-    raw = with_search(num_samples=0, max_concurrent_trials=0, cpus_per_trial=0, time_budget_s=-1, seed=-1,
-                      grace_period=0, reduction_factor=1, tokens_to_generate=0, metric="acc", style=["lora"],
-                      stop_after_trials=0)
-    raw["search"]["tasks"]["nope"] = {"total_virtual_tokens": [4]}
-    problems = problems_of(raw, ["search.tasks.sentiment.total_virtual_tokens={min:10,max:5,step:0}"])
-    keys = [p.split(":")[0] for p in problems]
-    assert sorted(keys) == sorted(["search.num_samples", "search.max_concurrent_trials", "search.cpus_per_trial",
-                    "search.time_budget_s", "search.seed", "search.grace_period", "search.reduction_factor",
-                    "search.tokens_to_generate", "search.metric", "search.style.0", "search.stop_after_trials",
-                    "search.tasks.sentiment.total_virtual_tokens", "search.tasks.nope"]), problems
-    sentiment = problems[keys.index("search.tasks.sentiment.total_virtual_tokens")]
-    assert "step: Input should be greater than or equal to 1 (got 0)" in sentiment
-    assert "max 5 is below min 10; give min <= max" in sentiment
-    assert "a range {min: 8, max: 32, step: 8}" in sentiment and "valid list" not in sentiment
-    assert problems[keys.index("search.tasks.nope")] == (
-        "search.tasks.nope: 'nope' is not in model.new_tasks ['sentiment']; search new tasks only")
-
-
-def test_a_range_of_another_type_names_the_accepted_forms():
-    problems = problems_of(with_search(), ["search.tasks.sentiment.total_virtual_tokens=12"])
-    assert problems == ["search.tasks.sentiment.total_virtual_tokens: give a list of counts, e.g. [8, 16, 32], or a "
-                        "range {min: 8, max: 32, step: 8} (max included) (got 12)"]
+# F4 (a search config in one report) and the ray / search examples of F8 and F12: tests/jobs/test_job_config.py
 
 
 # ----------------------------------------------------------------------------- F5: the inference style
@@ -107,7 +70,6 @@ def test_the_inference_style_cannot_train():
                                      "(got True)"),
     ("trainer.val_check_interval=true", "trainer.val_check_interval: true is a boolean, not a number; give a "
                                         "number (got True)"),
-    ("ray.num_workers=false", "ray.num_workers: false is a boolean, not a number; give a number (got False)"),
 ])
 def test_booleans_nan_inf_and_absurd_values_are_refused(override, expected):
     assert problems_of(minimal(), [override]) == [expected]

@@ -3,7 +3,7 @@
 Plain values only (no Ray, no torch): per task the virtual-token counts (a list or a {min, max, step} range),
 the shares of tokens per marker for multi-marker templates, the learning rate (log-uniform) and the init
 methods; the styles; the objective; ASHA and budget settings. `search_problems` reports every problem of the
-space together with the rest of the config before any trial starts.
+space together with the rest of the config before any trial starts. Part of the job config (config.JobConfig).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float,
 from promptray.platform.data.templates import Virtual, parse_template
 
 if TYPE_CHECKING:
-    from promptray.platform.config.schema import PromptLearningConfig
+    from promptray.jobs.config import JobConfig
 
 Style = Literal["prompt-tuning", "p-tuning"]
 
@@ -117,7 +117,6 @@ class SearchConfig(_Section):
     grace_period: Int = Field(1, ge=1, le=MAX_STEPS)  # validations before ASHA may stop a trial
     reduction_factor: Float = Field(2.0, gt=1, le=MAX_COUNT)
     tokens_to_generate: Int = Field(8, ge=1, le=MAX_COUNT)  # val_accuracy: greedy answer length
-    stop_after_trials: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # testing: the driver "crashes" after this many
 
     @property
     def metric_mode(self) -> str:
@@ -149,7 +148,7 @@ def marker_count(template: dict) -> int:
     return sum(isinstance(p, Virtual) for p in parts)
 
 
-def search_problems(cfg: PromptLearningConfig) -> list[str]:
+def search_problems(cfg: JobConfig) -> list[str]:
     """Problems of the search space with the model section; none when there is no `search:`."""
     s = cfg.search
     if s is None:
@@ -214,14 +213,11 @@ def _config_init_text(name: str, m) -> Optional[str]:
     return texts[i] if 0 <= i < len(texts) else None
 
 
-def _run_problems(cfg: PromptLearningConfig) -> list[str]:
+def _run_problems(cfg: JobConfig) -> list[str]:
     s, problems = cfg.search, []
     if cfg.ray.max_failures != 0:
         problems.append(f"ray.max_failures: {cfg.ray.max_failures}; search trials are not restarted (a failed "
                         "trial is recorded as an error in trials.json and the search goes on); set it to 0")
-    if cfg.ray.fail_at_step is not None:
-        problems.append(f"ray.fail_at_step: {cfg.ray.fail_at_step}; fault injection is for the train job, "
-                        "search trials do not use it; drop it")
     if not cfg.model.data.validation_ds:
         problems.append("model.data.validation_ds: empty; a search ranks trials by a validation metric, so give "
                         "validation files")

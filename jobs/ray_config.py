@@ -1,7 +1,7 @@
 """The `ray:` section of a config: how `python -m promptray.jobs.train` runs as a Ray Train job.
 
 Plain values only (no Ray import): workers and their resources, checkpoints, restarts. `promptray train`
-(one process) ignores the section.
+(one process) ignores the section. Part of the job config (config.JobConfig), not of the engine's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from promptray.platform.config.types import MAX_COUNT, MAX_STEPS, Float, Int
 
 if TYPE_CHECKING:
-    from promptray.platform.config.schema import PromptLearningConfig
+    from promptray.jobs.config import JobConfig
 
 
 class RayConfig(BaseModel):
@@ -28,8 +28,6 @@ class RayConfig(BaseModel):
     num_to_keep: Optional[Int] = Field(2, ge=1, le=MAX_COUNT)  # checkpoints kept; null keeps all
     max_failures: Int = Field(0, ge=-1, le=MAX_COUNT)  # worker-group restarts from the last checkpoint; -1: no limit
     storage_path: Optional[str] = None  # checkpoints (a shared path or s3:// on a multi-node cluster)
-    fail_at_step: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)  # testing: the last worker exits once at this step
-    fail_after_publish: bool = False  # testing: rank 0 exits once after publishing, before its final report
 
     @field_validator("resources_per_worker")
     @classmethod
@@ -40,7 +38,7 @@ class RayConfig(BaseModel):
         return v
 
 
-def ray_problems(cfg: PromptLearningConfig) -> list[str]:
+def ray_problems(cfg: JobConfig) -> list[str]:
     """Problems of the ray section together with the keys it interacts with."""
     r, m, problems = cfg.ray, cfg.model, []
     nemo = cfg.nemo_parallel_size
@@ -53,7 +51,4 @@ def ray_problems(cfg: PromptLearningConfig) -> list[str]:
     if r.use_gpu and r.resources_per_worker and "GPU" not in r.resources_per_worker:
         problems.append(f"ray.resources_per_worker: {r.resources_per_worker} with use_gpu: true has no GPU "
                         "entry; add GPU: 1 or drop resources_per_worker")
-    if r.fail_at_step is not None and cfg.trainer.max_steps and r.fail_at_step > cfg.trainer.max_steps:
-        problems.append(f"ray.fail_at_step: {r.fail_at_step} is after the last step "
-                        f"(trainer.max_steps={cfg.trainer.max_steps}); use a step within the run, or null")
     return problems
