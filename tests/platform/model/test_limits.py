@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from promptray.jobs.config import load_job_config
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError
 from promptray.platform.model.fingerprint import BaseModelFingerprint
@@ -98,7 +99,7 @@ def test_the_templates_own_text_counts_against_max_seq_length_issue13(tiny_gpt2_
     search = {"tasks": {"sentiment": {"total_virtual_tokens": [5, 20]}}}  # 5 + 8 fits 26; 20 + 8 does not
     raw = _sentiment_config(tiny_gpt2_path, tmp_path, encoder_seq_length=26)
     raw["model"]["data"]["validation_ds"] = ["unused.jsonl"]
-    cfg = load_config({**raw, "search": search})
+    cfg = load_job_config({**raw, "search": search})
     assert model_limit_problems(cfg) == [
         "search.tasks.sentiment.total_virtual_tokens: 20 virtual tokens + 7 tokens of the template's text "
         "('<|VIRTUAL_PROMPT_0|> Review: {sentence} Sentiment: {label}' with every field empty) + EOS "
@@ -118,7 +119,7 @@ def test_a_val_accuracy_search_leaves_room_for_tokens_to_generate(tiny_gpt2_path
     raw["model"]["data"]["validation_ds"] = ["unused.jsonl"]
     search = {"tasks": {"sentiment": {"total_virtual_tokens": [5, 20]}}, "metric": "val_accuracy",
               "tokens_to_generate": 240}
-    assert model_limit_problems(load_config({**raw, "search": search})) == [
+    assert model_limit_problems(load_job_config({**raw, "search": search})) == [
         f"search.tasks.sentiment.total_virtual_tokens: 20 virtual tokens + {text} tokens of the template's text up "
         "to the answer + search.tokens_to_generate 240 exceed the 256 positions of base model "
         f"'{tiny_gpt2_path}'; use at most {256 - text - 240} virtual tokens or lower search.tokens_to_generate"]
