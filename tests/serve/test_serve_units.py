@@ -160,7 +160,7 @@ def test_task_trained_with_bos_is_served_with_bos_issue13(tmp_path, tiny_gpt2_pa
 
     engine = load_inference_engine(uri, str(tiny_gpt2_path))
     records = [{"taskname": "a", **x["fields"]} for x in items]
-    gen = GenerationParams(tokens_to_generate=6)
+    gen = GenerationParams(max_new_tokens=6)
     with_bos = predict(engine, prepare(engine, records, 6, add_bos=True), gen)
     without_bos = predict(engine, prepare(engine, records, 6, add_bos=False), gen)
     assert with_bos != without_bos  # the BOS matters for this model, so the comparison below can fail
