@@ -97,9 +97,9 @@ def evaluate_promptray(engine, records: list[dict], labels: list[str], strip: bo
     from promptray.platform.generation.decode import GenerationParams
     from promptray.platform.generation.inference import answer_logprobs, exact_match, predict, prepare, strip_virtual
 
-    params = GenerationParams(tokens_to_generate=TOKENS_TO_GENERATE, greedy=True)
+    params = GenerationParams(max_new_tokens=TOKENS_TO_GENERATE, greedy=True)
     t0 = time.time()
-    examples = prepare(engine, records, params.tokens_to_generate)
+    examples = prepare(engine, records, params.max_new_tokens)
     if strip:
         examples = strip_virtual(examples)
     preds = predict(engine, examples, params, EVAL_BATCH, progress=progress)

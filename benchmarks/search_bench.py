@@ -52,7 +52,7 @@ def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: in
 
 def held_out_accuracy(table_uri: str, test_file: Path, n_test: int) -> float:
     engine = load_inference_engine(table_uri, precision="bf16")
-    params = GenerationParams(tokens_to_generate=4, greedy=True)
+    params = GenerationParams(max_new_tokens=4, greedy=True)
     return accuracy(engine, prepare(engine, [test_file], 4)[:n_test], params)
 
 

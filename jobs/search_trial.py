@@ -175,7 +175,7 @@ class _Reporter:
                                     endpoint_url=self.cfg.storage.endpoint_url)  # formatted as trained
         e.model.eval()
         try:
-            preds = predict(ie, self.examples, GenerationParams(tokens_to_generate=self.tokens),
+            preds = predict(ie, self.examples, GenerationParams(max_new_tokens=self.tokens),
                             batch_size=self.cfg.model.micro_batch_size)
         finally:
             e.model.train()

@@ -77,10 +77,10 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 150, question_steps
     second = train(load_config(questions_config(out, ques, question_steps, model)), progress=progress)
     print("[3/4] held-out accuracy (greedy generation, exact label match)")
     engine = load_inference_engine(str(out / "prompt_table"), precision="bf16", device=resolve_device("auto"))
-    params = GenerationParams(tokens_to_generate=4, greedy=True)
+    params = GenerationParams(max_new_tokens=4, greedy=True)
     result = {"model": model, "steps": steps, "n_test": n_test}
     for name, data, n in (("sentiment", sent, n_test), ("question_type", ques, n_test // 2)):
-        examples = prepare(engine, [data["test"]], params.tokens_to_generate)[:n]
+        examples = prepare(engine, [data["test"]], params.max_new_tokens)[:n]
         result[name] = {"zero_shot": accuracy(engine, strip_virtual(examples), params),
                         "tuned": accuracy(engine, examples, params)}
         print(f"      {name:14s} zero-shot {result[name]['zero_shot']:.1%}  ->  tuned {result[name]['tuned']:.1%}"
@@ -102,7 +102,7 @@ def mixed_batch(engine, params: GenerationParams) -> list[dict]:
                {"taskname": "question_type", "question": "Who wrote the novel Moby Dick ?"},
                {"taskname": "sentiment", "sentence": "Dull, overlong and painfully unfunny."},
                {"taskname": "question_type", "question": "How many miles is it from London to Paris ?"}]
-    examples = prepare(engine, records, params.tokens_to_generate)
+    examples = prepare(engine, records, params.max_new_tokens)
     preds = predict(engine, examples, params, batch_size=len(examples))
     rows = []
     for r, p in zip(records, preds):

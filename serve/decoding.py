@@ -10,16 +10,16 @@ import torch
 
 from promptray.platform.data.dataset import Example
 from promptray.platform.generation.decode import DecodeRow, Prefill, RowEvent, decode_steps
-from promptray.platform.generation.sampling import GenerationParams
+from promptray.platform.generation.params import GenerationParams
 from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.serve.schemas import SamplingParams
 
 
 def generation_params(p: SamplingParams) -> GenerationParams:
-    """The core's parameters of one request (OpenAI names -> NeMo names)."""
-    return GenerationParams(tokens_to_generate=p.max_tokens, greedy=p.is_greedy, temperature=p.temperature,
+    """The core's parameters of one request (OpenAI names -> Hugging Face's)."""
+    return GenerationParams(max_new_tokens=p.max_tokens, greedy=p.is_greedy, temperature=p.temperature,
                             top_k=p.top_k, top_p=p.top_p, repetition_penalty=p.repetition_penalty, seed=p.seed,
-                            stop=list(p.stop), min_tokens_to_generate=p.min_tokens, logprobs=p.logprobs)
+                            stop=list(p.stop), min_new_tokens=p.min_tokens, logprobs=p.logprobs)
 
 
 def stream_decode(model: PromptLearningModel, examples: Sequence[Example], params: Sequence[SamplingParams],

@@ -18,6 +18,8 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from promptray.platform.generation.params import RANGES as R
+
 MAX_STOP = 8
 MAX_LOGPROBS = 5  # OpenAI's limit for the completions route
 FieldValue = Union[str, StrictInt, StrictFloat, StrictBool]
@@ -25,22 +27,28 @@ PROMPT_FORMS = ("give a string, a JSON object of the task's input fields, or a n
 
 
 class SamplingParams(BaseModel):
-    """How to generate; every request carries its own (rows of one batch may differ)."""
+    """How to generate; every request carries its own (rows of one batch may differ). OpenAI's names, with the
+    engine's ranges (`RANGES`, platform/generation/params.py) narrowed by this server's caps; serve/decoding.py
+    maps them onto the engine's `GenerationParams`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: StrictInt = Field(32, ge=1, le=4096, description="most tokens to generate per input")
+    max_tokens: StrictInt = Field(32, **R["max_new_tokens"].bounds(le=4096),
+                                  description="most tokens to generate per input")
     greedy: Optional[StrictBool] = Field(None, description="shorthand: true = always the most likely token")
-    temperature: StrictFloat = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 means greedy")
-    top_k: StrictInt = Field(0, ge=0, description="0: no top-k filtering")
-    top_p: StrictFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="1: no nucleus filtering")
-    repetition_penalty: StrictFloat = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    temperature: StrictFloat = Field(1.0, **R["temperature"].bounds(), allow_inf_nan=False,
+                                       description="0 means greedy")
+    top_k: StrictInt = Field(0, **R["top_k"].bounds(), description="0: no top-k filtering")
+    top_p: StrictFloat = Field(1.0, **R["top_p"].bounds(), allow_inf_nan=False, description="1: no nucleus filtering")
+    repetition_penalty: StrictFloat = Field(1.0, **R["repetition_penalty"].bounds(), allow_inf_nan=False)
     seed: Optional[StrictInt] = Field(None, ge=0, lt=2**63, description="sampling seed of this request")
     stop: list[str] = Field(default_factory=list, description="strings that end a generation (not returned)")
     stream: StrictBool = Field(False, description="server-sent events, one per new piece of text")
-    min_tokens: StrictInt = Field(0, ge=0, le=4096, description="EOS and stop strings do not end a generation "
+    min_tokens: StrictInt = Field(0, **R["min_new_tokens"].bounds(le=4096),
+                                  description="EOS and stop strings do not end a generation "
                                   "before this many tokens (vLLM's min_tokens, NeMo's min_tokens_to_generate)")
-    logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS, description="return each generated "
+    logprobs: Optional[StrictInt] = Field(None, **R["logprobs"].bounds(le=MAX_LOGPROBS),
+                                          description="return each generated "
                                           "token's log-probability and this many most likely alternatives "
                                           "(OpenAI's legacy completions shape); not with stream")
 

@@ -33,7 +33,7 @@ from promptray.platform.config.run import accelerator_problem
 from promptray.platform.config.schema import normalize_precision, precision_warning
 from promptray.platform.config.types import MAX_COUNT, Float, Int
 from promptray.platform.errors import ConfigError
-from promptray.platform.generation.sampling import MAX_LOGPROBS, GenerationParams
+from promptray.platform.generation.params import MAX_LOGPROBS, RANGES, GenerationParams
 from promptray.platform.model.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -42,28 +42,30 @@ NO_MEANING = ("trainer.devices", "trainer.num_nodes", "trainer.logger", "num_wor
               "pipeline_model_parallel_split_rank")  # accepted, ignored (README: Inference)
 MODEL_PARALLEL = ("tensor_model_parallel_size", "pipeline_model_parallel_size")  # accepted when 1
 DEFAULT_BATCH_SIZE = 8
+R = RANGES  # the engine's value ranges (platform/generation/params.py)
 # keys that set the number of records generated together; NeMo's global/micro batch sizes are that number
 # with one process on one device (NeMo's later files: inference.batch_size)
 BATCH_KEYS = ("batch_size", "inference.batch_size", "micro_batch_size", "global_batch_size")
 
 
 class InferenceParams(BaseModel):
-    """NeMo's `inference` section (plus `seed` and `top_logprobs`)."""
+    """NeMo's `inference` section (plus `seed` and `top_logprobs`), under NeMo's names; `InferConfig.generation`
+    maps it onto the engine's `GenerationParams`, whose `RANGES` bound these fields."""
 
     model_config = ConfigDict(extra="forbid")
     greedy: bool = True
-    tokens_to_generate: Int = Field(30, ge=1, le=MAX_COUNT)
-    min_tokens_to_generate: Int = Field(0, ge=0, le=MAX_COUNT,
+    tokens_to_generate: Int = Field(30, **R["max_new_tokens"].bounds(le=MAX_COUNT))
+    min_tokens_to_generate: Int = Field(0, **R["min_new_tokens"].bounds(le=MAX_COUNT),
                                         description="EOS does not end a row before this many tokens")
-    temperature: Float = Field(1.0, ge=0, le=100)
-    top_k: Int = Field(0, ge=0, le=MAX_COUNT)
-    top_p: Float = Field(1.0, gt=0, le=1)
-    repetition_penalty: Float = Field(1.0, gt=0, le=100)
+    temperature: Float = Field(1.0, **R["temperature"].bounds())
+    top_k: Int = Field(0, **R["top_k"].bounds(le=MAX_COUNT))
+    top_p: Float = Field(1.0, **R["top_p"].bounds())
+    repetition_penalty: Float = Field(1.0, **R["repetition_penalty"].bounds())
     add_BOS: Optional[bool] = None  # None: as the task was trained
     seed: Optional[Int] = Field(None, ge=0, le=2**32 - 1)
     batch_size: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # NeMo's place; = the top-level batch_size
     compute_logprob: bool = False  # each generated token's log-probability, in output_file
-    top_logprobs: Int = Field(0, ge=0, le=MAX_LOGPROBS)  # with compute_logprob: the k most likely per token
+    top_logprobs: Int = Field(0, **R["logprobs"].bounds())  # with compute_logprob: the k most likely per token
     all_probs: bool = False  # refused when true (see _cross_problems)
 
 
@@ -124,11 +126,12 @@ class InferConfig(BaseModel):
         return _first(self.accelerator, self.trainer.accelerator, "auto")
 
     def generation(self) -> GenerationParams:
+        """The engine's parameters of the `inference` section (NeMo's names -> Hugging Face's)."""
         i = self.inference
-        return GenerationParams(tokens_to_generate=i.tokens_to_generate, greedy=i.greedy,
+        return GenerationParams(max_new_tokens=i.tokens_to_generate, greedy=i.greedy,
                                 temperature=i.temperature, top_k=i.top_k, top_p=i.top_p,
                                 repetition_penalty=i.repetition_penalty, seed=i.seed,
-                                min_tokens_to_generate=i.min_tokens_to_generate,
+                                min_new_tokens=i.min_tokens_to_generate,
                                 logprobs=i.top_logprobs if i.compute_logprob else None)
 
 

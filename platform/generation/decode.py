@@ -5,7 +5,7 @@ every row's next token sits in the last column; padding is masked out and positi
 positions, so a row's output does not depend on what it is batched with.
 
 Each row (`DecodeRow`) carries its own parameters, generator, stop ids and strings, token budget,
-`min_tokens_to_generate` and log-probability setting, and counts its own tokens; `DecodeBatch` holds the
+`min_new_tokens` and log-probability setting, and counts its own tokens; `DecodeBatch` holds the
 batch's shared tensors (logits, KV cache, mask, positions, seen ids) and runs one forward pass per step.
 Nothing depends on a global step counter, so a batch that admits rows (prefill them, left-pad and concatenate
 their cache rows) or lets finished ones go (index-select the cache rows) needs only to edit that state.
@@ -67,7 +67,8 @@ class DecodeRow:
     With `decode` (ids -> text) the row reports its text as it grows and honours stop strings; without it,
     only its end.
 
-    `min_tokens_to_generate` (NeMo; vLLM's `min_tokens`): stop ids are masked out of the choice while fewer
+    `min_new_tokens` (Hugging Face; NeMo's `min_tokens_to_generate`, OpenAI/vLLM's `min_tokens`): stop ids are
+    masked out of the choice while fewer
     tokens are out (a per-row mask: transformers' MinNewTokensLengthLogitsProcessor counts from one prompt
     length for the whole batch, which rows that started at different steps cannot share), and a stop
     string counts only when it ends in a later token.
@@ -85,7 +86,7 @@ class DecodeRow:
         self.kept = 0  # len(output_ids) once finished
         self.finish_reason: Optional[str] = None  # "stop" (a stop id or string) or "length"
         self.emitted_text, self.emitted_ids = "", 0
-        self.stop_floor = 0  # a stop string must end past this text offset (min_tokens_to_generate)
+        self.stop_floor = 0  # a stop string must end past this text offset (min_new_tokens)
 
     @property
     def done(self) -> bool:
@@ -99,8 +100,8 @@ class DecodeRow:
 
     @property
     def may_stop(self) -> bool:
-        """Whether a stop id may end the row now: at least min_tokens_to_generate tokens are out."""
-        return len(self.ids) >= self.params.min_tokens_to_generate
+        """Whether a stop id may end the row now: at least min_new_tokens tokens are out."""
+        return len(self.ids) >= self.params.min_new_tokens
 
     def advance(self, token: int, logprob: Optional[TokenLogprob]) -> Optional[RowEvent]:
         """Add one generated token; the event to report (None: nothing new to show yet)."""
@@ -111,14 +112,14 @@ class DecodeRow:
         if token in self.stop_ids:  # chosen only when may_stop (see DecodeBatch)
             return self._finish("stop", n - 1)
         if self.decode is None:
-            return self._finish("length", n) if n >= p.tokens_to_generate else None
+            return self._finish("length", n) if n >= p.max_new_tokens else None
         text = self.decode(self.ids)
-        if n == p.min_tokens_to_generate:
+        if n == p.min_new_tokens:
             self.stop_floor = len(text)
-        cut = self._stop_cut(text) if n > p.min_tokens_to_generate else -1
+        cut = self._stop_cut(text) if n > p.min_new_tokens else -1
         if cut >= 0:
             return self._finish("stop", self._tokens_before(cut), text[:cut])
-        if n >= p.tokens_to_generate:
+        if n >= p.max_new_tokens:
             return self._finish("length", n, text)
         return self._emit(text)
 
@@ -173,7 +174,7 @@ class DecodeBatch:
         return all(r.done for r in self.rows)
 
     def _banned(self) -> Optional[torch.Tensor]:
-        """(B, V) stop ids of rows that have not yet generated min_tokens_to_generate tokens; None: none."""
+        """(B, V) stop ids of rows that have not yet generated min_new_tokens tokens; None: none."""
         held = [(i, r.stop_ids) for i, r in enumerate(self.rows) if not r.may_stop and r.stop_ids and not r.done]
         if not held:
             return None

@@ -1,83 +1,45 @@
-"""Generation parameters and the logit processing that turns a row's next-token logits into a choice.
-
-Parameter names follow NeMo's inference section (`tokens_to_generate`, `min_tokens_to_generate`, `greedy`,
-`top_k`, `top_p`, `temperature`, `repetition_penalty`); `stop` and `logprobs` follow the OpenAI API.
+"""Logit processing that turns a row's next-token logits into a choice, under its `GenerationParams`
+(platform/generation/params.py): transformers' logits processors applied per group of rows with equal
+parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from transformers import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-MAX_LOGPROBS = 20  # top-k alternatives per token at most (OpenAI's completions route allows 5)
+from promptray.platform.generation.params import MAX_LOGPROBS, RANGES, GenerationParams
 
-
-@dataclass
-class GenerationParams:
-    """The decode core's per-row sampling parameters, under NeMo's names (tokens_to_generate, greedy,
-    min_tokens_to_generate, ...); serving maps OpenAI's (max_tokens, min_tokens) onto them (serve/decoding.py).
-    `problems()` lists invalid values as messages (nothing is raised here)."""
-
-    tokens_to_generate: int = 30
-    greedy: bool = True
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no top-k filtering
-    top_p: float = 1.0  # 1.0: no nucleus filtering
-    repetition_penalty: float = 1.0
-    seed: Optional[int] = None
-    stop_at_eos: bool = True
-    extra_stop_ids: list[int] = field(default_factory=list)
-    min_tokens_to_generate: int = 0  # EOS, stop ids and stop strings do not end a row before this many tokens
-    stop: list[str] = field(default_factory=list)  # strings that end a row (cut from its text)
-    logprobs: Optional[int] = None  # None: none; k >= 0: each token's log-probability and the k most likely
-
-    @property
-    def is_greedy(self) -> bool:
-        """Argmax decoding: `greedy`, or temperature 0 (OpenAI's convention)."""
-        return self.greedy or self.temperature == 0
-
-    def problems(self) -> list[str]:
-        """One message per out-of-range value ([] when all are valid)."""
-        checks = [(self.tokens_to_generate >= 1, f"tokens_to_generate must be >= 1, got {self.tokens_to_generate}"),
-                  (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-                  (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
-                  (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-                  (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-                  (0 <= self.min_tokens_to_generate <= max(self.tokens_to_generate, 0),
-                   f"min_tokens_to_generate must be in [0, tokens_to_generate={self.tokens_to_generate}], "
-                   f"got {self.min_tokens_to_generate}"),
-                  (self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-                   f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")]
-        return [msg for ok, msg in checks if not ok]
-
-    def sampling_key(self) -> tuple:
-        """Rows with equal keys share one pass of `process_logits`."""
-        return (self.is_greedy, self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+__all__ = ["MAX_LOGPROBS", "RANGES", "GenerationParams", "process_logits", "choose_tokens"]
 
 
 def process_logits(logits: torch.Tensor, seen: torch.Tensor, p: GenerationParams) -> torch.Tensor:
-    """Repetition penalty (as in HF / CTRL), temperature, top-k and top-p on (B, V) float logits.
+    """Repetition penalty (CTRL's, as in Hugging Face), temperature, top-k and top-p on (B, V) float logits,
+    with transformers' logits processors (one parameter set for all B rows: `choose_tokens` groups rows).
 
     `seen` (B, S) holds the ids already in each row; negative entries (placeholders, padding) are ignored."""
+    vocab = logits.shape[-1]
     if p.repetition_penalty != 1.0:
-        valid = (seen >= 0).to(logits.dtype)  # (B, S)
-        hit = torch.zeros_like(logits).scatter_add(1, seen.clamp(min=0), valid) > 0  # (B, V) seen tokens
-        penalized = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-        logits = torch.where(hit, penalized, logits)
+        # ids >= V are dropped by the processor (it pads the logits by one column): our negatives go there
+        ids = seen.masked_fill(seen < 0, vocab)  # (B, S)
+        logits = RepetitionPenaltyLogitsProcessor(float(p.repetition_penalty))(ids, logits)
     if p.is_greedy:
         return logits
-    logits = logits / p.temperature
+    warpers: list = [TemperatureLogitsWarper(float(p.temperature))]
     if p.top_k > 0:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        warpers.append(TopKLogitsWarper(int(p.top_k)))
     if p.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        warpers.append(TopPLogitsWarper(float(p.top_p)))
+    for warp in warpers:
+        logits = warp(seen, logits)
     return logits
 
 
@@ -87,7 +49,7 @@ def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, params: Sequence[Gen
     """(B,) next token of each row from (B, V) logits, each row under its own parameters and generator.
 
     `banned` (B, V) bool (or None) marks tokens a row may not pick now (stop ids before
-    `min_tokens_to_generate`).
+    `min_new_tokens`).
     The logits are processed once per group of rows with equal parameters; sampling draws from each row's
     own generator (None: torch's global one), so a row with its own seeded generator does not depend on its
     batch; rows that share one generator (an offline batch's seed) draw together, in one call."""

@@ -51,7 +51,7 @@ def test_generation_and_scoring_on_cuda_equal_the_cpus(fixture, request):
     cpu, exs = generation_setup(lm, tokenizer)
     gpu = copy.deepcopy(cpu).to(CUDA)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    params = GenerationParams(tokens_to_generate=6, stop_at_eos=False)
+    params = GenerationParams(max_new_tokens=6, stop_at_eos=False)
     expected = generate(cpu, exs, params, pad, eos)
     assert generate(gpu, exs, params, pad, eos) == expected
     cache = PrefixCache(gpu, tokenizer)
@@ -60,7 +60,7 @@ def test_generation_and_scoring_on_cuda_equal_the_cpus(fixture, request):
     assert cache.get("a").layers[0][0].is_cuda
     assert generate(gpu, exs, params, pad, eos, prefill=cache.prefill) == expected  # cached prompt starts
 
-    sampled = GenerationParams(tokens_to_generate=6, greedy=False, top_k=20, seed=5)
+    sampled = GenerationParams(max_new_tokens=6, greedy=False, top_k=20, seed=5)
     assert generate(gpu, exs, sampled, pad, eos) == generate(gpu, exs, sampled, pad, eos)  # the GPU's generator
     torch.testing.assert_close(torch.tensor(answer_logprobs(gpu, exs, pad)),
                                torch.tensor(answer_logprobs(cpu, exs, pad)), atol=1e-4, rtol=1e-5)

@@ -35,7 +35,7 @@ def offline(table_uri: str, model: str, inputs: list[dict], tasks=None) -> tuple
     """Greedy texts and prompt lengths of platform.generation.inference (no Serve, no prefix cache)."""
     engine = load_inference_engine(table_uri, model, tasks=tasks)
     examples = prepare(engine, [{"taskname": x["taskname"], **x["fields"]} for x in inputs], N)
-    return predict(engine, examples, GenerationParams(tokens_to_generate=N)), [len(e) for e in examples]
+    return predict(engine, examples, GenerationParams(max_new_tokens=N)), [len(e) for e in examples]
 
 
 def post(base: str, path: str, body, headers=AUTH, **kw) -> requests.Response:

@@ -54,7 +54,7 @@ def test_greedy_with_prefix_cache_equals_without(fixture, request):
     lengths = {t.taskname: len(cache.get(t.taskname) or ()) for t in TEMPLATES}
     assert lengths["short"] >= 2 and lengths["split"] > 7 and lengths["long"] == 12 and lengths["late"] == 0
     assert [shared_length(e, cache.get(e.taskname)) for e in exs][:4] == [lengths["short"], lengths["split"], 12, 0]
-    params = GenerationParams(tokens_to_generate=8, stop_at_eos=False)
+    params = GenerationParams(max_new_tokens=8, stop_at_eos=False)
     pad, eos = tok.pad_token_id, tok.eos_token_id
     plain = generate(model, exs, params, pad, eos)
     cached = generate(model, exs, params, pad, eos, prefill=cache.prefill)
@@ -96,6 +96,6 @@ def test_sliding_window_model_falls_back_to_the_plain_pass(tiny_gpt2):
                         intermediate_size=64, vocab_size=len(tok), max_position_embeddings=256, sliding_window=4)
     model, cache, exs = setup(MistralForCausalLM(cfg), tok)
     assert not cache.enabled and cache.get("long") is None
-    params = GenerationParams(tokens_to_generate=5, stop_at_eos=False)
+    params = GenerationParams(max_new_tokens=5, stop_at_eos=False)
     pad, eos = tok.pad_token_id, tok.eos_token_id
     assert generate(model, exs, params, pad, eos, prefill=cache.prefill) == generate(model, exs, params, pad, eos)

@@ -89,7 +89,7 @@ def offline(table_uri: str, model: str, x: dict, version_of: str | None = None) 
     if version_of is not None:
         assert engine.versions[x["taskname"]] == version_of
     examples = prepare(engine, [{"taskname": x["taskname"], **x["fields"]}], N)
-    return predict(engine, examples, GenerationParams(tokens_to_generate=N))[0]
+    return predict(engine, examples, GenerationParams(max_new_tokens=N))[0]
 
 
 def generate(base: str, body: dict) -> dict:

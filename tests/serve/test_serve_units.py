@@ -160,7 +160,7 @@ def test_task_trained_with_bos_is_served_with_bos_issue13(tmp_path, tiny_gpt2_pa
 
     engine = load_inference_engine(uri, str(tiny_gpt2_path))
     records = [{"taskname": "a", **x["fields"]} for x in items]
-    gen = GenerationParams(tokens_to_generate=6)
+    gen = GenerationParams(max_new_tokens=6)
     with_bos = predict(engine, prepare(engine, records, 6, add_bos=True), gen)
     without_bos = predict(engine, prepare(engine, records, 6, add_bos=False), gen)
     assert with_bos != without_bos  # the BOS matters for this model, so the comparison below can fail
@@ -271,3 +271,24 @@ def test_field_errors_name_their_param_on_both_routes(table_uri, tiny_gpt2_path)
         '{"context": "...", "question": "..."} (or that object JSON-encoded as a string), or use /v1/generate')
     assert _prompt_fields(["text"], '{"text": "x"}') == {"text": '{"text": "x"}'}  # one field: taken literally
     assert _prompt_fields(["text"], {"text": "x"}) == {"text": "x"}
+
+
+def test_both_front_ends_take_the_engines_ranges():
+    """A value just outside an engine range (RANGES) is refused by the engine's problems(), by NeMo's
+    `inference:` keys and by a request's OpenAI fields, each under its own name; the edge itself is accepted."""
+    from pydantic import ValidationError
+
+    from promptray.platform.config.infer import InferenceParams
+
+    cases = [("max_new_tokens", "tokens_to_generate", "max_tokens", 1, 0),
+             ("temperature", "temperature", "temperature", 0.0, -0.5),
+             ("top_k", "top_k", "top_k", 0, -1), ("top_p", "top_p", "top_p", 1.0, 1.5),
+             ("repetition_penalty", "repetition_penalty", "repetition_penalty", 100.0, 100.5)]
+    for engine, nemo, openai, edge, outside in cases:
+        assert GenerationParams(**{engine: edge}).problems() == []
+        assert GenerationParams(**{engine: outside}).problems()[0].startswith(f"{engine} must be")
+        for model, key in ((InferenceParams, nemo), (SamplingParams, openai)):
+            model(**{key: edge})
+            with pytest.raises(ValidationError) as e:
+                model(**{key: outside})
+            assert e.value.errors()[0]["loc"] == (key,)

@@ -23,7 +23,7 @@ def test_nemos_file_is_read_as_written():
     cfg = load_infer_config(str(NEMO_YAML), BASE + ["pred_file_path=p.txt"])
     assert (cfg.batch_size, cfg.precision, cfg.accelerator, cfg.pred_file_path) == (2, "fp32", "gpu", "p.txt")
     gen = cfg.generation()
-    assert (gen.min_tokens_to_generate, gen.logprobs, gen.repetition_penalty, gen.top_p) == (2, 0, 1.2, 0.9)
+    assert (gen.min_new_tokens, gen.logprobs, gen.repetition_penalty, gen.top_p) == (2, 0, 1.2, 0.9)
     assert set(NO_MEANING) == {"trainer.devices", "trainer.num_nodes", "trainer.logger", "num_workers",
                                "pipeline_model_parallel_split_rank"}
 

@@ -49,7 +49,7 @@ def test_batched_greedy_equals_alone_and_no_cache_reference(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
     model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    params = GenerationParams(tokens_to_generate=6, stop_at_eos=False)
+    params = GenerationParams(max_new_tokens=6, stop_at_eos=False)
     batched = generate(model, exs, params, pad, eos)
     alone = [generate(model, [e], params, pad, eos)[0] for e in exs]
     reference = [reference_greedy(model, e, 6, pad) for e in exs]
@@ -75,12 +75,12 @@ def test_tokens_to_generate_is_respected(fixture, request, monkeypatch):
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(model, "step", step)
-    long = generate(model, exs[:2], GenerationParams(tokens_to_generate=5, stop_at_eos=False), pad, eos)
+    long = generate(model, exs[:2], GenerationParams(max_new_tokens=5, stop_at_eos=False), pad, eos)
     assert [len(o) for o in long] == [5, 5]
     assert len(calls) == 5  # the prompt, then one step per new token but the last
     for n in (1, 3):
         calls.clear()
-        out = generate(model, exs[:2], GenerationParams(tokens_to_generate=n, stop_at_eos=False), pad, eos)
+        out = generate(model, exs[:2], GenerationParams(max_new_tokens=n, stop_at_eos=False), pad, eos)
         assert out == [o[:n] for o in long]
         assert len(calls) == n
 
@@ -90,22 +90,22 @@ def test_stop_ids_end_each_row_separately(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
     model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
+    full = generate(model, exs, GenerationParams(max_new_tokens=6, stop_at_eos=False), pad, eos)
     assert all(eos not in o for o in full)
 
     first = full[0][0]
-    out = generate(model, exs, GenerationParams(tokens_to_generate=6, extra_stop_ids=[first]), pad, eos)
+    out = generate(model, exs, GenerationParams(max_new_tokens=6, extra_stop_ids=[first]), pad, eos)
     assert out[0] == []
     assert out == [truncate_at(o, first) for o in full]
 
     stop = full[1][2]
-    out = generate(model, exs, GenerationParams(tokens_to_generate=6, extra_stop_ids=[stop]), pad, eos)
+    out = generate(model, exs, GenerationParams(max_new_tokens=6, extra_stop_ids=[stop]), pad, eos)
     assert out == [truncate_at(o, stop) for o in full]
     assert len(out[1]) <= 2
 
     # passing the first token as the EOS id stops there (and only when stop_at_eos is on)
-    assert generate(model, exs[:1], GenerationParams(tokens_to_generate=6), pad, first) == [[]]
-    assert generate(model, exs[:1], GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad,
+    assert generate(model, exs[:1], GenerationParams(max_new_tokens=6), pad, first) == [[]]
+    assert generate(model, exs[:1], GenerationParams(max_new_tokens=6, stop_at_eos=False), pad,
                     first) == [full[0]]
 
 
@@ -115,7 +115,7 @@ def test_stop_at_real_eos(fixture, request, monkeypatch):
     lm, tokenizer = request.getfixturevalue(fixture)
     model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
+    full = generate(model, exs, GenerationParams(max_new_tokens=6, stop_at_eos=False), pad, eos)
 
     real_step, calls = model.step, []
 
@@ -128,18 +128,18 @@ def test_stop_at_real_eos(fixture, request, monkeypatch):
         return logits, past
 
     monkeypatch.setattr(model, "step", step)
-    out = generate(model, exs, GenerationParams(tokens_to_generate=6), pad, eos)
+    out = generate(model, exs, GenerationParams(max_new_tokens=6), pad, eos)
     assert out[0] == full[0][:2]
     assert out[1:] == full[1:]
 
     calls.clear()
-    out = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
+    out = generate(model, exs, GenerationParams(max_new_tokens=6, stop_at_eos=False), pad, eos)
     assert out[0][:3] == full[0][:2] + [eos] and len(out[0]) == 6
     assert out[1:] == full[1:]
 
     # when every row has stopped, decoding ends: no further model steps
     calls.clear()
-    out = generate(model, exs[:1], GenerationParams(tokens_to_generate=6), pad, eos)
+    out = generate(model, exs[:1], GenerationParams(max_new_tokens=6), pad, eos)
     assert out == [full[0][:2]] and len(calls) == 3
 
 
@@ -148,7 +148,7 @@ def test_bf16_generation_runs(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
     model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    params = GenerationParams(tokens_to_generate=4, stop_at_eos=False)
+    params = GenerationParams(max_new_tokens=4, stop_at_eos=False)
     fp32 = generate(model, exs, params, pad, eos)
     bf16_model = PromptLearningModel(lm, model.bank, precision="bf16")
     assert bf16_model.compute_dtype == torch.bfloat16
@@ -168,7 +168,7 @@ def test_sampling_is_reproducible_with_a_seed(fixture, request):
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
 
     def sample(seed, **kw):
-        params = GenerationParams(tokens_to_generate=5, greedy=False, seed=seed, stop_at_eos=False, **kw)
+        params = GenerationParams(max_new_tokens=5, greedy=False, seed=seed, stop_at_eos=False, **kw)
         return generate(model, exs[:3], params, pad, eos)
 
     first = sample(1)
@@ -176,7 +176,7 @@ def test_sampling_is_reproducible_with_a_seed(fixture, request):
     assert all(len(o) == 5 for o in first)
     assert any(sample(s) != first for s in (2, 3, 4))
     top1 = sample(5, top_k=1)  # top_k=1 sampling is greedy
-    greedy = generate(model, exs[:3], GenerationParams(tokens_to_generate=5, stop_at_eos=False), pad, eos)
+    greedy = generate(model, exs[:3], GenerationParams(max_new_tokens=5, stop_at_eos=False), pad, eos)
     assert top1 == greedy
     assert sample(6, temperature=0.0) == greedy
     assert sample(7, top_k=20, top_p=0.9, temperature=0.7) == sample(7, top_k=20, top_p=0.9, temperature=0.7)
@@ -252,15 +252,15 @@ def test_repetition_penalty_changes_greedy_choice():
 
 def test_generation_params_problems():
     assert GenerationParams().problems() == []
-    assert GenerationParams(tokens_to_generate=1, temperature=0.0, top_k=5, top_p=1.0).problems() == []
-    bad = GenerationParams(tokens_to_generate=0, temperature=-0.5, top_k=-1, top_p=0.0, repetition_penalty=0.0)
+    assert GenerationParams(max_new_tokens=1, temperature=0.0, top_k=5, top_p=1.0).problems() == []
+    bad = GenerationParams(max_new_tokens=0, temperature=-0.5, top_k=-1, top_p=0.0, repetition_penalty=0.0)
     problems = bad.problems()
     assert len(problems) == 5
-    for name in ("tokens_to_generate", "temperature", "top_k", "top_p", "repetition_penalty"):
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty"):
         assert sum(p.startswith(name) for p in problems) == 1, name
     assert GenerationParams(top_p=1.5).problems() == ["top_p must be in (0, 1], got 1.5"]
     assert GenerationParams(top_p=-0.1).problems() == ["top_p must be in (0, 1], got -0.1"]
-    assert GenerationParams(tokens_to_generate=-3).problems() == ["tokens_to_generate must be >= 1, got -3"]
+    assert GenerationParams(max_new_tokens=-3).problems() == ["max_new_tokens must be >= 1, got -3"]
     assert not math.isnan(GenerationParams().temperature)
 
 
@@ -287,7 +287,7 @@ def test_repetition_penalty_ignores_placeholders_and_padding(tiny_gpt2, monkeypa
         return logits, past
 
     monkeypatch.setattr(model, "step", step)
-    params = GenerationParams(tokens_to_generate=3, repetition_penalty=1.5)
+    params = GenerationParams(max_new_tokens=3, repetition_penalty=1.5)
     calls.clear()
     alone = generate(model, [exs[4]], params, pad, eos)
     calls.clear()
@@ -320,13 +320,13 @@ def test_min_tokens_to_generate_holds_eos_back_until_n_tokens(fixture, request, 
     lm, tokenizer = request.getfixturevalue(fixture)
     model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    full = generate(model, exs, GenerationParams(tokens_to_generate=6, stop_at_eos=False), pad, eos)
+    full = generate(model, exs, GenerationParams(max_new_tokens=6, stop_at_eos=False), pad, eos)
     assert all(eos not in o for o in full)
     calls = _boost_eos(model, monkeypatch, eos, steps=2)  # EOS on top for the first two tokens, then as is
 
     def run(n):
         calls.clear()
-        return generate(model, exs, GenerationParams(tokens_to_generate=6, min_tokens_to_generate=n), pad, eos)
+        return generate(model, exs, GenerationParams(max_new_tokens=6, min_new_tokens=n), pad, eos)
 
     assert run(0) == [[] for _ in exs]  # EOS first: nothing generated
     assert run(1) == [o[:1] for o in full]  # one token, then EOS (still on top for the second)
@@ -350,7 +350,7 @@ def test_logprobs_are_the_models_own_distribution_with_top_k(fixture, request):
     lm, tokenizer = request.getfixturevalue(fixture)
     model, exs = generation_setup(lm, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    params = GenerationParams(tokens_to_generate=5, stop_at_eos=False, repetition_penalty=1.3, logprobs=3)
+    params = GenerationParams(max_new_tokens=5, stop_at_eos=False, repetition_penalty=1.3, logprobs=3)
     rows = decode_rows(model, exs[:3], [DecodeRow(params, eos) for _ in exs[:3]], pad)
     for e, row in zip(exs[:3], rows):
         assert len(row.output_ids) == 5 and len(row.trace) == 5
@@ -361,7 +361,7 @@ def test_logprobs_are_the_models_own_distribution_with_top_k(fixture, request):
             top = r.topk(3)
             assert [i for i, _ in t.top] == top.indices.tolist()
             torch.testing.assert_close(torch.tensor([v for _, v in t.top]), top.values, atol=1e-4, rtol=0)
-    none = decode_rows(model, exs[:1], [DecodeRow(GenerationParams(tokens_to_generate=2), eos)], pad)[0]
+    none = decode_rows(model, exs[:1], [DecodeRow(GenerationParams(max_new_tokens=2), eos)], pad)[0]
     assert none.trace == []
 
 
@@ -376,7 +376,7 @@ def test_stop_strings_end_rows_and_usage_counts_every_generated_token(tiny_gpt2)
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     def run(**kw):
-        params = GenerationParams(tokens_to_generate=8, stop_at_eos=False, **kw)
+        params = GenerationParams(max_new_tokens=8, stop_at_eos=False, **kw)
         row = DecodeRow(params, eos, decode=decode)
         events = [ev[0] for ev in decode_steps(model, exs[:1], [row], pad) if ev[0] is not None]
         return "".join(e.text for e in events), events[-1], row
@@ -390,6 +390,6 @@ def test_stop_strings_end_rows_and_usage_counts_every_generated_token(tiny_gpt2)
     text, last, row = run(stop=[stop])
     assert text == decode(full)[:decode(full).find(stop)] and last.finish_reason == "stop"
     assert last.generated == j == len(row.ids) and row.ids == full[:j]
-    # min_tokens_to_generate=j: the stop string completed by token j does not count; the text keeps it
-    text, last, _ = run(stop=[stop], min_tokens_to_generate=j)
+    # min_new_tokens=j: the stop string completed by token j does not count; the text keeps it
+    text, last, _ = run(stop=[stop], min_new_tokens=j)
     assert last.generated > j and text.startswith(decode(full[:j]))

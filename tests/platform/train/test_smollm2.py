@@ -31,8 +31,8 @@ def test_prompt_tuning_smollm2_few_steps(tmp_path):
     assert len(vals) == 2 and vals[-1] < vals[0]  # the answer loss falls within 6 steps at lr 3e-2
 
     engine = load_inference_engine(result.table_uri, precision="bf16")
-    params = GenerationParams(tokens_to_generate=3)
-    examples = prepare(engine, [data["test"]], params.tokens_to_generate)
+    params = GenerationParams(max_new_tokens=3)
+    examples = prepare(engine, [data["test"]], params.max_new_tokens)
     preds = predict(engine, examples, params, batch_size=8)
     assert len(preds) == 16 and all(isinstance(p, str) for p in preds)
 
