@@ -296,7 +296,7 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     engine = load_inference_engine(cfg.table, cfg.base_model, tasks, cfg.resolved_precision,
                                    resolve_device(cfg.resolved_accelerator), endpoint_url=cfg.s3_endpoint_url)
     params = cfg.generation()
-    examples = prepare(engine, cfg.data_paths, params.tokens_to_generate, add_bos=cfg.inference.add_BOS,
+    examples = prepare(engine, cfg.data_paths, params.max_new_tokens, add_bos=cfg.inference.add_BOS,
                        max_seq_length=cfg.max_seq_length, endpoint_url=cfg.s3_endpoint_url)
     generated = predict_rows(engine, examples, params, cfg.resolved_batch_size, progress=progress)
     scores = write_predictions(Path(cfg.output_file), examples, [g.text for g in generated], engine.versions,
