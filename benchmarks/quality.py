@@ -231,7 +231,7 @@ def train_peft(work: Path, splits: dict, steps: int, progress: bool, seed: int =
     from promptray.platform.data.dataset import build_examples
     from promptray.platform.data.templates import validate_task_templates
     from promptray.platform.demo import SENTIMENT, sentiment_config
-    from promptray.platform.train.trainer import lr_lambda
+    from promptray.platform.train.steps import lr_lambda
 
     raw = sentiment_config(work / f"peft_seed{seed}", splits, steps, MODEL)
     raw["model"]["seed"] = seed

@@ -57,7 +57,7 @@ class PromptraySide:
         from promptray.platform.config.schema import load_config
         from promptray.platform.demo import sentiment_config
         from promptray.platform.train.engine import build_engine
-        from promptray.platform.train.trainer import load_data, make_optimizer, micro_batches
+        from promptray.platform.train.steps import load_data, make_optimizer, micro_batches
 
         raw = sentiment_config(work / f"{precision}-{share_prefix}-{train_attention}", splits, steps, MODEL)
         raw["trainer"]["precision"] = "bf16" if precision == "bf16" else 32
@@ -73,7 +73,7 @@ class PromptraySide:
         self.engine.model.train()
 
     def step(self) -> tuple[float, int]:
-        from promptray.platform.train.trainer import train_step
+        from promptray.platform.train.steps import train_step
 
         loss, tokens, _ = train_step(self.engine, self.stream, self.cfg.accumulation, self.optimizer,
                                      self.cfg.trainer.gradient_clip_val)

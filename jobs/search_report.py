@@ -15,10 +15,8 @@ import torch
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_space import trial_config
 from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
-from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import PromptrayError
-from promptray.platform.table.table import PromptTable, TaskPrompt
-from promptray.platform.train.publishing import _same_table
+from promptray.platform.train.publishing import publish_tasks, task_prompts
 from promptray.platform.train.trainer import prepare_engine
 
 
@@ -117,12 +115,5 @@ def publish_best(cfg: JobConfig, best: dict[str, tuple[list[str], dict]], search
         source = {"job": "promptray search", "search_id": search_id, "group": group, "trial_id": row["trial_id"],
                   "trial_config": choice, "config_name": cfg.name, "run_dir": str(cfg.run_dir)}
         metrics = {metric: row[metric], "iterations": row["iterations"]}
-        templates = {t.taskname: t for t in tcfg.templates}
-        d = tcfg.model.data
-        encoding = TaskEncoding.of(engine.tokenizer, add_bos=d.add_bos, add_eos=d.add_eos)
-        out += [TaskPrompt(n, prompts[n], templates[n].model_dump(), tcfg.model.virtual_prompt_style,
-                           engine.fingerprint, metrics, source, encoding=encoding) for n in tasks]
-    if not (cfg.model.restore_path and _same_table(cfg.model.restore_path, cfg.table_uri)):
-        out += [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
-                           p.created_at, encoding=p.encoding) for p in engine.existing.values()]
-    return PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url).publish(out)
+        out += task_prompts(tcfg, engine, prompts, tasks, metrics, source)
+    return publish_tasks(cfg, engine, out)

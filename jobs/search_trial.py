@@ -20,6 +20,7 @@ import torch
 
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_space import trial_config
+from promptray.jobs.trainer_factory import torch_trainer, worker_start
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import exact_match, predict, prepare
@@ -68,40 +69,23 @@ def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, 
 
 def _run_workers(cfg: JobConfig, metric: str, tokens: int, out: Path, trial_id: str) -> None:
     """A multi-worker trial: a TorchTrainer (the train job's scaling settings) whose reports reach Tune."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from promptray.jobs.train import fit_trainer  # a worker's PromptrayError comes out as itself
 
-    r = cfg.ray
-    trainer = TorchTrainer(
-        trial_worker_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "metric": metric, "tokens": tokens,
-                           "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=cfg.world_size, use_gpu=r.use_gpu,
-                                     resources_per_worker=r.resources_per_worker),
-        run_config=RunConfig(name=f"{cfg.name}-{trial_id}", storage_path=r.storage_path,
-                             callbacks=[TuneReportCallback()]))
-    fit_trainer(trainer)
+    fit_trainer(torch_trainer(cfg, trial_worker_loop, {"metric": metric, "tokens": tokens, "out": str(out)},
+                              f"{cfg.name}-{trial_id}", callbacks=[TuneReportCallback()]))
 
 
 def trial_worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker of a multi-worker trial: the train job's worker set-up (build_loop:
     sharding, equal initial prompts), then the loop reporting at each validation on every worker (a
     barrier); rank 0 keeps the best prompts. Nothing is published and no checkpoint is written."""
-    import ray.train
+    import ray
 
     from promptray.jobs.train_worker import report
 
-    ctx = ray.train.get_context()
-    group = Dist(ctx.get_world_rank(), ctx.get_world_size())
-    cfg = JobConfig.model_validate(config["config"])
-    device = None
-    if cfg.ray.use_gpu:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
+    cfg, group, device = worker_start(config)
     out = Path(config["out"])
     if group.is_main:  # for release_placement_group, should the trial be stopped before its run ends
         out.mkdir(parents=True, exist_ok=True)

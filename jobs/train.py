@@ -100,10 +100,10 @@ def connect(address: Optional[str], cfg: JobConfig, num_cpus: Optional[int] = No
 
 def build_trainer(cfg: JobConfig, metrics_queue=None):
     """The TorchTrainer of a run: workers, resources, checkpoints and restarts from `cfg.ray`."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig
 
     from promptray.jobs.train_worker import worker_loop
+    from promptray.jobs.trainer_factory import torch_trainer
     from promptray.platform.table.manifest import utcnow
 
     r = cfg.ray
@@ -111,16 +111,10 @@ def build_trainer(cfg: JobConfig, metrics_queue=None):
         log.warning("trainer.accelerator: %s applies to one process; Ray Train workers run on the CPU unless "
                     "ray.use_gpu: true", cfg.trainer.accelerator)
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    return TorchTrainer(
-        worker_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "queue": metrics_queue,
-                           "faults": faults_from_env().to_dict(),
-                           "run": {"id": name, "started_at": utcnow()}},
-        scaling_config=ScalingConfig(num_workers=cfg.world_size, use_gpu=r.use_gpu,
-                                     resources_per_worker=r.resources_per_worker),
-        run_config=RunConfig(name=name, storage_path=r.storage_path,
-                             checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
-                             failure_config=FailureConfig(max_failures=r.max_failures)))
+    return torch_trainer(cfg, worker_loop, {"queue": metrics_queue, "faults": faults_from_env().to_dict(),
+                                            "run": {"id": name, "started_at": utcnow()}}, name,
+                         checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
+                         failure_config=FailureConfig(max_failures=r.max_failures))
 
 
 def _pump(q, echo: Callable[[str], None], stop: threading.Event) -> None:

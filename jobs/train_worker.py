@@ -20,6 +20,7 @@ import torch
 
 from promptray.jobs.config import JobConfig
 from promptray.jobs.faults import Faults
+from promptray.jobs.trainer_factory import worker_start
 from promptray.platform.train.distributed import Dist
 from promptray.platform.train.loop import StepInfo, TrainLoop, TrainResult
 from promptray.platform.train.trainer import build_loop
@@ -111,16 +112,7 @@ def restore(loop: TrainLoop, group: Dist) -> bool:
 def worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: config = {"config": JobConfig dump, "queue": Queue,
     "run": {"id", "started_at"}} (the run's identity, the same for every restart of its worker group)."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    group = Dist(ctx.get_world_rank(), ctx.get_world_size())
-    cfg = JobConfig.model_validate(config["config"])
-    device = None
-    if cfg.ray.use_gpu:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
+    cfg, group, device = worker_start(config)
     loop = build_loop(cfg, group, device, progress=False)
     restore(loop, group)
     faults = Faults.from_dict(config.get("faults"))

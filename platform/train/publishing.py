@@ -19,33 +19,53 @@ log = logging.getLogger(__name__)
 
 def publish_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str, torch.Tensor],
                     metrics: dict, run: Optional[dict] = None) -> dict[str, str]:
-    """Write the new tasks (and, for a table other than the restored one, the existing tasks) atomically.
+    """Publish a training run's new tasks (`prompts`: taskname -> (total_virtual_tokens, H)) with `publish_tasks`.
 
     `run` ({"id": ..., "started_at": ISO time}) names a job run that may be restarted after it published
     (a Ray Train worker group replaced between publishing and reporting): the run id goes into each
     version's source, and a run that already published returns those versions instead of a second set."""
-    table = PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url)
-    same_table = bool(cfg.model.restore_path) and _same_table(cfg.model.restore_path, cfg.table_uri)
     if run is not None:
-        done = versions_published_by(table, engine.new_tasks, run, [] if same_table else list(engine.existing))
+        copied = list(engine.existing) if copies_existing(cfg) else []
+        done = versions_published_by(PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url),
+                                     engine.new_tasks, run, copied)
         if done is not None:
             log.warning("run %s already published %s; not publishing again", run["id"], done)
             return done
-    fingerprint = engine.fingerprint
-    if cfg.model.lm_finetune:
-        fingerprint = _save_finetuned(cfg, engine)
+    fingerprint = _save_finetuned(cfg, engine) if cfg.model.lm_finetune else engine.fingerprint
     source = {"job": "promptray train", "config_name": cfg.name, "run_dir": str(cfg.run_dir),
               "restore_path": cfg.model.restore_path, **({"run_id": run["id"]} if run is not None else {})}
-    style, d = cfg.model.virtual_prompt_style, cfg.model.data
+    return publish_tasks(cfg, engine, task_prompts(cfg, engine, prompts, engine.new_tasks, metrics, source,
+                                                   fingerprint))
+
+
+def task_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str, torch.Tensor], tasks: list[str],
+                 metrics: dict, source: dict, fingerprint=None) -> list[TaskPrompt]:
+    """The table entries of `tasks`: `prompts[name]` ((total_virtual_tokens, H)) with `cfg`'s template, prompt
+    style and encoding (add_bos/add_eos with the engine's tokenizer), for the engine's base model (or
+    `fingerprint`), with `metrics` and `source` as provenance."""
+    templates = {t.taskname: t for t in cfg.templates}
+    d = cfg.model.data
     encoding = TaskEncoding.of(engine.tokenizer, add_bos=d.add_bos, add_eos=d.add_eos)
-    out = [TaskPrompt(n, prompts[n], engine.templates[n].model_dump(), style, fingerprint, metrics, source,
-                      encoding=encoding) for n in engine.new_tasks]
-    if same_table:
-        log.info("adding %s to the restored table %s", engine.new_tasks, cfg.table_uri)
+    base_model = engine.fingerprint if fingerprint is None else fingerprint
+    return [TaskPrompt(n, prompts[n], templates[n].model_dump(), cfg.model.virtual_prompt_style, base_model,
+                       metrics, source, encoding=encoding) for n in tasks]
+
+
+def copies_existing(cfg: PromptLearningConfig) -> bool:
+    """Whether publishing to `cfg.table_uri` copies the existing tasks too: it is not the restored table."""
+    return not (cfg.model.restore_path and _same_table(cfg.model.restore_path, cfg.table_uri))
+
+
+def publish_tasks(cfg: PromptLearningConfig, engine: Engine, new: list[TaskPrompt]) -> dict[str, str]:
+    """Publish `new` to `cfg.table_uri` in one atomic version, with the engine's existing tasks copied as restored
+    (their provenance kept) unless that table is the restored one. Returns taskname -> version of each task
+    written; the table's errors (e.g. a conflicting concurrent publish) pass through."""
+    if copies_existing(cfg):
+        new = new + [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
+                                p.created_at, encoding=p.encoding) for p in engine.existing.values()]
     else:
-        out += [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
-                           p.created_at, encoding=p.encoding) for p in engine.existing.values()]
-    return table.publish(out)
+        log.info("adding %s to the restored table %s", [p.taskname for p in new], cfg.table_uri)
+    return PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url).publish(new)
 
 
 def versions_published_by(table: PromptTable, tasks: list[str], run: dict,

@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- schedule
 
 def lr_lambda(cfg: PromptLearningConfig, total_steps: int):
-    """Linear warmup, optional constant phase, cosine decay to min_lr (NeMo's CosineAnnealing)."""
+    """Linear warmup, optional constant phase, cosine decay to min_lr (NeMo's CosineAnnealing), as a
+    LambdaLR factor of `step` (0-based optimizer steps; it stays at min_lr / lr after `total_steps`).
+
+    The decay phase equals transformers' get_cosine_with_min_lr_schedule_with_warmup (no warmup, over the
+    steps after warmup and constant_steps; tests/platform/train/test_schedule.py). transformers' warmup starts at
+    lr 0 (NeMo's at lr / warmup_steps) and it has no constant phase, so the schedule is NeMo's own here."""
     sched, lr = cfg.model.optim.sched, cfg.model.optim.lr
     if sched is None or sched.name.lower() in {"constant", "none"}:
         return lambda step: 1.0

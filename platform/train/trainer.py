@@ -5,8 +5,7 @@ averages the token loss of each micro-batch over the accumulation steps (as NeMo
 runs every `val_check_interval`; the prompts with the lowest validation loss are the ones published.
 
 The loop itself lives in loop.py (it also runs on each worker of a Ray Train job, see
-promptray.jobs.train); its pieces in steps.py; publishing in publishing.py. They are re-exported
-here, where callers have always found them.
+promptray.jobs.train); its pieces in steps.py; publishing in publishing.py. Import them from there.
 """
 
 from __future__ import annotations
@@ -22,19 +21,7 @@ from promptray.platform.errors import ConfigError
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.distributed import Dist, broadcast_parameters, shard_frozen_model
 from promptray.platform.train.engine import Engine, build_engine
-from promptray.platform.train.loop import LoopState, StepInfo, TrainLoop, TrainResult  # noqa: F401
-from promptray.platform.train.publishing import publish_prompts, write_summary  # noqa: F401  (re-exported)
-from promptray.platform.train.steps import (  # noqa: F401
-    load_data,
-    lr_lambda,
-    make_optimizer,
-    micro_batches,
-    total_steps,
-    train_step,
-    val_batches,
-    val_interval,
-    validation_loss,
-)
+from promptray.platform.train.loop import TrainLoop, TrainResult
 
 log = logging.getLogger(__name__)
 
