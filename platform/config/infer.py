@@ -283,6 +283,7 @@ def _describe(err: dict) -> str:
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     """Predict every record of `data_paths`; write `output_file` (and NeMo's `pred_file_path` when set).
     Loads only the tasks the records use (or `tasks`), on the base model they were trained on by default."""
+    from promptray.platform.data.dataset import read_records
     from promptray.platform.generation.inference import (
         load_inference_engine,
         predict_rows,
@@ -292,11 +293,12 @@ def run_inference(cfg: InferConfig, progress: bool = True) -> dict:
     )
     from promptray.platform.generation.task_selection import tasks_of_records
 
-    tasks = cfg.tasks or tasks_of_records(cfg.table, cfg.data_paths, endpoint_url=cfg.s3_endpoint_url)
+    records = read_records(cfg.data_paths, endpoint_url=cfg.s3_endpoint_url)  # once: task selection and prepare
+    tasks = cfg.tasks or tasks_of_records(cfg.table, records, endpoint_url=cfg.s3_endpoint_url)
     engine = load_inference_engine(cfg.table, cfg.base_model, tasks, cfg.resolved_precision,
                                    resolve_device(cfg.resolved_accelerator), endpoint_url=cfg.s3_endpoint_url)
     params = cfg.generation()
-    examples = prepare(engine, cfg.data_paths, params.max_new_tokens, add_bos=cfg.inference.add_BOS,
+    examples = prepare(engine, records, params.max_new_tokens, add_bos=cfg.inference.add_BOS,
                        max_seq_length=cfg.max_seq_length, endpoint_url=cfg.s3_endpoint_url)
     generated = predict_rows(engine, examples, params, cfg.resolved_batch_size, progress=progress)
     scores = write_predictions(Path(cfg.output_file), examples, [g.text for g in generated], engine.versions,

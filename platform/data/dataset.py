@@ -21,7 +21,7 @@ from promptray.platform.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-Source = Union[str, os.PathLike, dict]
+Source = Union[str, os.PathLike, dict, "Record"]  # a Record already read passes through with its origin
 MAX_SHOWN_PROBLEMS = 20
 
 
@@ -85,13 +85,16 @@ class DatasetStats:
 # ----------------------------------------------------------------------------- reading records
 
 def read_records(sources: Iterable[Source], *, endpoint_url: Optional[str] = None) -> list[Record]:
-    """Records from dicts and .json / .jsonl files (local, file:// or s3://BUCKET/KEY), in order. Bad JSON names
-    the file and line. `endpoint_url`: the S3-compatible server of s3:// files (None: boto3's own lookup)."""
+    """Records from dicts and .json / .jsonl files (local, file:// or s3://BUCKET/KEY), in order (Records already
+    read are kept as they are, so a caller reads each file once). Bad JSON names the file and line.
+    `endpoint_url`: the S3-compatible server of s3:// files (None: boto3's own lookup)."""
     if isinstance(sources, (str, os.PathLike, dict)):
         sources = [sources]
     records: list[Record] = []
     for i, src in enumerate(sources):
-        if isinstance(src, dict):
+        if isinstance(src, Record):
+            records.append(src)
+        elif isinstance(src, dict):
             records.append(Record(src, f"records[{i}]"))
         else:
             records += _parse_file(*_read_text(src, endpoint_url))
