@@ -38,6 +38,7 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}
 
 
 def trial_dir(trials_root: str, trial_id: str) -> Path:
+    """The folder of one trial's run under the search's trials/ folder."""
     return Path(trials_root) / trial_id
 
 
