@@ -65,7 +65,7 @@ class Reporter:
 
     def _maybe_fail(self, step: int) -> None:
         """Fault injection (faults.fail_at_step): the last worker exits at that step, once per run directory."""
-        if self.faults.fail_at_step == step and self.group.rank == self.group.world - 1:
+        if self.faults.fail_at_step == step and self.group.rank == self.group.world_size - 1:
             fail_once(self.cfg, f"step_{step}", self.group.rank)
 
 

@@ -173,9 +173,9 @@ class PromptLearningConfig(Section):
         too (a search's val_accuracy objective); None in the engine's config."""
         return None
 
-    def accumulation_for(self, world: int) -> int:
-        """Micro-batches per optimizer step on each of `world` workers (NeMo's rule)."""
-        return max(1, self.global_batch_size // (self.model.micro_batch_size * world))
+    def accumulation_for(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each of `world_size` workers (NeMo's rule)."""
+        return max(1, self.global_batch_size // (self.model.micro_batch_size * world_size))
 
     @property
     def global_batch_size(self) -> int:
