@@ -35,6 +35,7 @@ from promptray.platform.errors import ConfigError
 Model = TypeVar("Model", bound=BaseModel)
 Source = Union[str, Path, dict, None]
 UNSET = "the file leaves it to be given (???)"
+REQUIRED = "required, not given"
 
 
 def open_config(source: Source) -> DictConfig:
@@ -93,9 +94,13 @@ def validate_config(raw: dict, schema: type[Model], problems: Optional[list[str]
 
 
 def unique_problems(problems: list[str]) -> list[str]:
-    """`problems` less the `???` ones whose key another problem already names (e.g. "not set")."""
-    named = {p.split(":", 1)[0] for p in problems if UNSET not in p}
-    return [p for p in problems if UNSET not in p or p.split(":", 1)[0] not in named]
+    """`problems` less those of a key left `???` or required and not given when another problem already names
+    the key (e.g. "model.language_model_path: not set; give ...", which says more)."""
+    def vague(p: str) -> bool:
+        return UNSET in p or REQUIRED in p
+
+    named = {p.split(":", 1)[0] for p in problems if not vague(p)}
+    return [p for p in problems if not vague(p) or p.split(":", 1)[0] not in named]
 
 
 def model_sections(schema: type[BaseModel], prefix: str = "") -> dict[str, type[BaseModel]]:
@@ -198,6 +203,8 @@ def describe_error(err: dict, sections: Optional[dict[str, type[BaseModel]]] = N
         section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
         hint = _suggest(key, section, sections or {}, extra_keys)
         return f"{loc}: unknown key{hint}; remove it or check the spelling"
+    if err.get("type") == "missing":
+        return f"{loc}: {REQUIRED}; set {loc}"
     value = repr(err.get("input"))
     value = value if len(value) <= 80 else value[:80] + "..."
     if err.get("type") in _BOUNDS:

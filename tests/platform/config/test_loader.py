@@ -105,3 +105,11 @@ def test_the_sdk_reports_through_the_loader_in_its_own_error_type():
     assert str(e.value).startswith("invalid tuning job")
     assert "model: the file leaves it to be given (???); set model=VALUE" not in e.value.problems  # named below
     assert e.value.problems[0].startswith("model: missing section")
+
+
+def test_a_missing_section_is_named_once():
+    assert problems_of("train", {"name": "x"}) == [
+        "model: missing section; a config needs model.language_model_path, model.task_templates, ..."]
+    (problem,) = [p for p in problems_of("job", {**TRAIN, "search": {"metric": "val_loss"}})
+                  if p.startswith("search.tasks")]
+    assert problem == "search.tasks: required, not given; set search.tasks"
