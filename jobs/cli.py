@@ -28,6 +28,7 @@ from promptray.platform.errors import ConfigError, PromptrayError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`promptray train CONFIG [overrides]`: train in this process and print the result as JSON; 0 on success."""
     from promptray.jobs.config import load_job_config
     from promptray.platform.train.trainer import train
 
@@ -40,7 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from promptray.platform.config.infer import load_infer_config, run_inference
+    """`promptray infer [--config FILE] [overrides]`: predict the records, write the outputs, print a JSON summary."""
+    from promptray.platform.generation.infer_config import load_infer_config, run_inference
 
     cfg = load_infer_config(args.config, args.overrides)
     summary = run_inference(cfg, progress=not args.no_progress)
@@ -49,6 +51,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`promptray demo`: the end-to-end example (platform/demo.py) in --out."""
     from promptray.platform.demo import run_demo
 
     run_demo(args.out, steps=args.steps, question_steps=args.question_steps, n_test=args.n_test,
@@ -57,6 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """`promptray data demo OUT_DIR`: write the demo's sentiment and question splits; print their paths."""
     from promptray.platform.data.demo_data import movie_sentiment, trec_questions, write_splits
 
     files = [*write_splits("sentiment", movie_sentiment(), args.out, n_val=200, n_test=400).values(),
@@ -156,6 +160,7 @@ def _add_serve(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `promptray` argument parser: train, infer, demo, data, table and serve subcommands."""
     p = argparse.ArgumentParser(prog="promptray", description="Tune and serve soft prompts on a frozen LM.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -193,6 +198,8 @@ def _log_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run the `promptray` command line; exit status 0, 2 for an error from user input (one message, no
+    traceback), 130 when interrupted."""
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `promptray table ls | head` ends quietly
     args = parse_anywhere(build_parser(), argv)

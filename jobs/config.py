@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from promptray.jobs.ray_config import RayConfig, ray_problems
 from promptray.jobs.search_config import SearchConfig, search_problems
@@ -51,10 +51,6 @@ class JobConfig(PromptLearningConfig):
         if self.search is None or self.search.metric != "val_accuracy":
             return None
         return "search.tokens_to_generate", self.search.tokens_to_generate
-
-    @classmethod
-    def sections(cls) -> dict[str, type[BaseModel]]:
-        return {**super().sections(), "ray": RayConfig, "search": SearchConfig}
 
 
 def load_job_config(source: Union[str, Path, dict], overrides: Overrides = None, *,

@@ -29,10 +29,12 @@ class Faults:
     stop_after_trials: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The faults as a plain dict (to pass to Ray workers)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, value: Optional[Mapping[str, Any]]) -> Faults:
+        """Faults from `to_dict`'s dict (None or empty: no faults); TypeError for an unknown key."""
         return cls(**dict(value or {}))
 
 

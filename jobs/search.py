@@ -105,6 +105,9 @@ def _release_callback(trials_root: Path):
 
 
 def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume: bool):
+    """The Ray Tune Tuner of one search group (tasks searched together): restored from run_dir/tune/<group>
+    when it exists, else a new one with ASHA and the group's param space. ConfigError when `resume` is asked
+    and there is nothing to resume."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -181,6 +184,7 @@ def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m promptray.jobs.search`."""
     p = argparse.ArgumentParser(prog="python -m promptray.jobs.search",
                                 description="Search prompt-learning settings per task with Ray Tune.")
     p.add_argument("--config", required=True, help="YAML config with a `search:` section")
@@ -195,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, echo: Callable[[str], None] = print) -> int:
+    """Run a search from the command line; print the PROMPTRAY_RESULT line. Exit status 0; 2 for a config
+    problem or a missing `ray` extra; 1 when the search failed; 130 when interrupted."""
     args = parse_anywhere(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from promptray.platform.config.loader import describe_error
 from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
 from promptray.platform.data.templates import Virtual, parse_template
 
@@ -44,8 +45,7 @@ def int_range(value: dict) -> IntRange:
     try:
         rng = IntRange.model_validate(value)
     except ValidationError as e:
-        problems = [f"{'.'.join(map(str, err['loc'])) or 'range'}: {err['msg'].removeprefix('Value error, ')} "
-                    f"(got {err.get('input')!r})" for err in e.errors()]
+        problems = [describe_error(err if err.get("loc") else {**err, "loc": ("range",)}) for err in e.errors()]
         rng = None
     low, high = value.get("min"), value.get("max")
     if isinstance(low, int) and isinstance(high, int) and high < low:
@@ -66,6 +66,8 @@ def _colon_key(key, value) -> tuple:
 
 
 class LogRange(_Section):
+    """A learning-rate range {min, max}, sampled log-uniformly; 0 < min < max <= MAX_LR."""
+
     min: Float = Field(gt=0, le=MAX_LR)
     max: Float = Field(gt=0, le=MAX_LR)
 
@@ -98,6 +100,7 @@ class TaskSpace(_Section):
 
     @property
     def counts(self) -> list[int]:
+        """The candidate total_virtual_tokens counts (a range expanded, max included; [] when not given)."""
         t = self.total_virtual_tokens
         if t is None:
             return []
@@ -105,6 +108,10 @@ class TaskSpace(_Section):
 
 
 class SearchConfig(_Section):
+    """The `search:` section: per-task spaces (`tasks`), candidate styles and learning-rate range, the
+    objective (val_loss, minimized, or val_accuracy, maximized), trials and their resources, the time budget
+    (seconds), and ASHA's grace period (validations) and reduction factor."""
+
     tasks: dict[str, TaskSpace]
     style: Optional[list[Style]] = None  # default: model.virtual_prompt_style
     lr: Optional[LogRange] = None  # default: model.optim.lr (fixed)
@@ -120,9 +127,11 @@ class SearchConfig(_Section):
 
     @property
     def metric_mode(self) -> str:
+        """'min' for val_loss, 'max' for val_accuracy (Ray Tune's mode)."""
         return "min" if self.metric == "val_loss" else "max"
 
     def styles(self, default: str) -> list[str]:
+        """The candidate styles: search.style, else [default] (model.virtual_prompt_style)."""
         return list(self.style) if self.style else [default]
 
     def joint(self, default_style: str) -> bool:
@@ -144,6 +153,7 @@ def apportion(total: int, shares: list[float]) -> list[int]:
 
 
 def marker_count(template: dict) -> int:
+    """The number of <|VIRTUAL_PROMPT_n|> markers in a template dict's prompt_template."""
     parts, _ = parse_template(str(template.get("prompt_template", "")))
     return sum(isinstance(p, Virtual) for p in parts)
 

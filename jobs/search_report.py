@@ -64,6 +64,7 @@ def errored(rows: list[dict[str, Any]]) -> int:
 
 
 def best_row(rows: list[dict[str, Any]], group: str, metric: str, mode: str) -> dict[str, Any]:
+    """The best `ok` trial row of `group` by `metric` (mode 'min' or 'max'); SearchFailed when none reported it."""
     mine = [r for r in rows if r["group"] == group]
     ok = [r for r in mine if r["status"] == "ok" and not math.isnan(r[metric])]
     if not ok:
@@ -74,6 +75,7 @@ def best_row(rows: list[dict[str, Any]], group: str, metric: str, mode: str) -> 
 
 
 def write_tables(run_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write every trial row to run_dir/trials.csv and trials.json; returns their paths."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     csv_path, json_path = run_dir / "trials.csv", run_dir / "trials.json"
     with csv_path.open("w", newline="") as f:
@@ -85,6 +87,7 @@ def write_tables(run_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]
 
 
 def plot_trials(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], metric: str) -> Path:
+    """Plot `metric` against total virtual tokens per task (the ok trials) to run_dir/search_plot.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

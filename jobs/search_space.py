@@ -26,6 +26,8 @@ def search_groups(cfg: JobConfig) -> dict[str, list[str]]:
 
 
 def param_space(s: SearchConfig, tasks: list[str], default_style: str) -> dict[str, Any]:
+    """Ray Tune's param space of `tasks`: a grid over each task's token counts, choices of splits, init methods
+    and styles, log-uniform learning rates (per task, or one shared)."""
     from ray import tune
 
     space: dict[str, Any] = {}

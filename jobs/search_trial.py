@@ -38,6 +38,7 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}
 
 
 def trial_dir(trials_root: str, trial_id: str) -> Path:
+    """The folder of one trial's run under the search's trials/ folder."""
     return Path(trials_root) / trial_id
 
 
@@ -135,7 +136,7 @@ class _Reporter:
         if not rec or "val_loss" not in rec:
             return
         metrics = {"val_loss": rec["val_loss"], "step": info.step, "total_steps": info.total_steps,
-                   "workers": self.group.world}
+                   "workers": self.group.world_size}
         if self.metric == "val_accuracy":
             metrics["val_accuracy"] = self._accuracy()
         value = metrics[self.metric]

@@ -43,6 +43,8 @@ def _table(args: argparse.Namespace):
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """`promptray table ls URI`: each current task's version, virtual tokens, style and creation time (--deleted:
+    the deleted tasks too); 0. PromptTableError when there is no table at URI."""
     table = _table(args)
     infos = table.describe()
     deleted = table.deleted_tasks() if args.deleted else []
@@ -54,6 +56,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """`promptray table show URI TASK [--version N]`: one prompt's metadata and embedding statistics (mean, std,
+    mean L2 norm per virtual token)."""
     p = _table(args).get(args.task, version=args.version)
     emb = p.embeddings
     _print(args, {"taskname": p.taskname, "version": p.version, "style": p.style, "template": p.template,
@@ -67,6 +71,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    """`promptray table history URI TASK`: the task's versions and its log of events (publish, rollback, delete)."""
     table = _table(args)
     versions = table.history(args.task)
     events = table.log(args.task)
@@ -84,12 +89,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    """`promptray table rollback URI TASK VERSION`: make an earlier version current (a new manifest generation)."""
     info = _table(args).rollback(args.task, args.version)
     print(f"{info.taskname}: current version is now {info.version}")
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    """`promptray table rm URI TASK`: remove the task from the current tasks; its versions stay in history."""
     info = _table(args).delete(args.task)
     print(f"{info.taskname}: removed from the current tasks (last version {info.version} stays in history; "
           f"`promptray table rollback {args.uri} {info.taskname} {info.version}` restores it)")
@@ -97,6 +104,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    """`promptray table gc URI [--dry-run] [--grace-seconds S]`: delete (or list) objects no version references."""
     removed = _table(args).gc(dry_run=args.dry_run, grace_seconds=args.grace_seconds)
     if args.json:
         _print(args, {"dry_run": args.dry_run, "removed": removed})
@@ -107,6 +115,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
+    """`promptray table export-peft`: write a task's prompt as a PEFT prompt-tuning adapter folder."""
     from promptray.platform.table.peft_export import export_peft_adapter
     from promptray.platform.table.table import PromptTable
 
@@ -117,6 +126,7 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
 
 
 def cmd_import_peft(args: argparse.Namespace) -> int:
+    """`promptray table import-peft`: publish a PEFT prompt-tuning adapter as a new version of a task."""
     from promptray.platform.table.peft_import import import_peft_adapter
     from promptray.platform.table.table import PromptTable
 

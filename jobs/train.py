@@ -182,6 +182,7 @@ def _user_error(error: BaseException) -> Optional[PromptrayError]:
 # ----------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m promptray.jobs.train`."""
     p = argparse.ArgumentParser(prog="python -m promptray.jobs.train",
                                 description="Prompt-tune / p-tune from a NeMo-style config as a Ray Train job.")
     p.add_argument("--config", required=True, help="YAML config (NeMo's prompt-learning format + `ray:`)")
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run a Ray Train job from the command line; print the PROMPTRAY_RESULT line. Exit status 0; 2 for an error
+    from user input; 1 when training failed; 130 when interrupted."""
     args = parse_anywhere(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -40,6 +40,7 @@ def metrics_line(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
 
 
 def result_payload(result: TrainResult) -> dict[str, Any]:
+    """The JSON-ready result of a run: table, versions, steps, best_val_loss, run_dir."""
     return {"table": result.table_uri, "versions": result.versions, "steps": result.steps,
             "best_val_loss": result.best_val_loss, "run_dir": str(result.run_dir)}
 
@@ -64,7 +65,7 @@ class Reporter:
 
     def _maybe_fail(self, step: int) -> None:
         """Fault injection (faults.fail_at_step): the last worker exits at that step, once per run directory."""
-        if self.faults.fail_at_step == step and self.group.rank == self.group.world - 1:
+        if self.faults.fail_at_step == step and self.group.rank == self.group.world_size - 1:
             fail_once(self.cfg, f"step_{step}", self.group.rank)
 
 

@@ -2,9 +2,10 @@
 
 Either a NeMo-style config (YAML path or dict, as `promptray train` takes) or the keyword arguments of the
 common case (`TuningRequest`), then the table, then `overrides` (a {dotted.key: value} dict or a list of
-"dotted.key=value" strings). The result is checked with `promptray.jobs.config.load_job_config` (the engine's
-loader with the job's `ray:` section); every problem (of the keyword arguments and of the config) is reported at
-once in a JobConfigError.
+"dotted.key=value" strings). It is read by the engine's one config loader (promptray.platform.config.loader:
+file or dict, overrides, `${...}`) and checked with `promptray.jobs.config.load_job_config` (that loader with the
+job's `ray:` section); every problem (of the keyword arguments and of the config) is reported at once in a
+JobConfigError.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.jobs.config import JobConfig, load_job_config
-from promptray.platform.config.overrides import Overrides, apply_overrides
+from promptray.platform.config.loader import describe_error, open_config, resolve_config, unique_problems
+from promptray.platform.config.overrides import Overrides
 from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
 from promptray.platform.data.templates import TaskTemplate
 from promptray.platform.errors import ConfigError
 from promptray.sdk.errors import JobConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 DEFAULT_LR = {"prompt-tuning": 3e-2, "p-tuning": 3e-3}  # the demo's learning rates
 
@@ -76,18 +79,17 @@ class TuningRequest(BaseModel):
 
 
 def describe_request_error(err: dict) -> str:
-    """One pydantic error of TuningRequest as 'argument: problem (got value); fix'."""
+    """One pydantic error of TuningRequest as 'argument: problem (got value); fix' (values: the config
+    loader's wording, promptray.platform.config.loader.describe_error)."""
     loc = ".".join(str(x) for x in err.get("loc", ()))
     if err.get("type") == "extra_forbidden":
         close = difflib.get_close_matches(str(loc), list(TuningRequest.model_fields), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return (f"{loc}: unknown keyword argument; {hint}the keyword arguments are "
                 f"{', '.join(TuningRequest.model_fields)} (anything else goes in overrides=)")
-    value = repr(err.get("input"))
-    value = value if len(value) <= 80 else value[:80] + "..."
     if err.get("type") == "missing":
         return f"{loc}: required keyword argument is missing; pass {loc}=..."
-    return f"{loc}: {err['msg'].removeprefix('Value error, ')} (got {value})"
+    return describe_error(err)
 
 
 # keyword arguments without a default, and the config keys they set (a missing / invalid one stands in empty)
@@ -114,9 +116,10 @@ def request_config(fields: dict[str, Any]) -> tuple[dict, list[str], list[str]]:
     return request.to_config(), problems, [REQUIRED_KEYS[k] for k in stand_ins]
 
 
-def _base(config: Union[str, Path, dict, None], fields: dict[str, Any]) -> tuple[Optional[DictConfig], list[str],
-                                                                                   list[str]]:
-    """The base config, the problems found so far, and config keys whose problems are already reported."""
+def _base(config: Union[str, Path, dict, None], fields: dict[str, Any]) -> tuple[Union[str, Path, dict, None],
+                                                                                   list[str], list[str]]:
+    """The base config's source (a path or dict, read by the one config loader), the problems found so far,
+    and config keys whose problems are already reported; a None source when there is nothing to read."""
     if config is not None and fields:
         return None, [f"config: given together with keyword arguments {sorted(fields)}; pass either config= "
                       "(a YAML path or dict) or the keyword arguments, and put changes in overrides="], []
@@ -124,13 +127,8 @@ def _base(config: Union[str, Path, dict, None], fields: dict[str, Any]) -> tuple
         if not fields:
             return None, ["config: missing; pass config= (a YAML path or dict) or the keyword arguments "
                           "base_model=, tasks=, train_files=, ..."], []
-        raw, problems, reported = request_config(fields)
-        return OmegaConf.create(raw), problems, reported
-    if isinstance(config, dict):
-        return OmegaConf.create(config), [], []
-    if not Path(config).is_file():
-        return None, [f"config: file {str(config)!r} does not exist (cwd {Path.cwd()}); check the path"], []
-    return OmegaConf.load(config), [], []
+        return request_config(fields)
+    return config, [], []
 
 
 def set_table(conf: DictConfig, table: str) -> None:
@@ -147,22 +145,23 @@ def set_table(conf: DictConfig, table: str) -> None:
 
 def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fields: dict[str, Any],
                  table: Optional[str]) -> tuple[dict[str, Any], JobConfig]:
-    """The job's resolved config dict and its checked form; raises JobConfigError listing every problem
-    (keyword arguments, overrides, the config's keys and cross-key rules, local data files) at once."""
+    """The job's resolved config dict and its checked form, read by the engine's one config loader
+    (promptray.platform.config.loader; the table is set before the overrides, which come before `${...}`).
+    Raises JobConfigError listing every problem (keyword arguments, overrides, the config's keys and cross-key
+    rules, local data files) at once."""
+    source, problems, reported = _base(config, fields)
+    if source is None:
+        raise JobConfigError(problems)
+    read_problems: list[str] = []
     try:
-        conf, problems, reported = _base(config, fields)
-        if conf is None:
-            raise JobConfigError(problems)
+        conf = open_config(source)
         if table:
             set_table(conf, table)
-        problems += apply_overrides(conf, overrides)
-        raw = OmegaConf.to_container(conf, resolve=True)
-    except OmegaConfBaseException as e:
-        raise JobConfigError(f"config: cannot read it: {str(e).splitlines()[0]}") from None
-    try:
+        raw, read_problems = resolve_config(conf, overrides)
         cfg = load_job_config(raw, check_files=True)
     except ConfigError as e:
-        raise JobConfigError(problems + [p for p in e.problems if not any(k in p for k in reported)]) from None
-    if problems:
-        raise JobConfigError(problems)
+        found = [p for p in e.problems if not any(k in p for k in reported)]
+        raise JobConfigError(unique_problems(problems + read_problems + found)) from None
+    if problems or read_problems:
+        raise JobConfigError(unique_problems(problems + read_problems))
     return raw, cfg

@@ -17,11 +17,15 @@ ANY = object()  # every value is fine
 
 @dataclass(frozen=True)
 class IgnoredKey:
+    """A NeMo key without meaning here: why, the values that ask for nothing more (others are errors), and
+    the fix to name when a value is not accepted."""
+
     why: str  # why the key has no meaning here
     accepted: tuple = (ANY,)  # values that ask for nothing more than what this engine does; others are errors
     fix: str = ""  # what to do instead, when a value is not accepted
 
     def problem(self, key: str, value: Any) -> Optional[str]:
+        """None when `value` is accepted, else 'key: got value; why: fix' (values spelled as YAML spells them)."""
         if ANY in self.accepted or value in self.accepted:
             return None
         shown = " or ".join(_yaml(v) for v in self.accepted if v is not None)

@@ -86,6 +86,9 @@ class CheckpointParams(Section):
 
 
 class ExpManagerConfig(Section):
+    """NeMo's `exp_manager` keys that apply here: where a run's files go (`run_dir`: explicit_log_dir, else
+    exp_dir/name, default runs/<name>). NeMo's others: nemo_keys.IGNORED_KEYS."""
+
     exp_dir: Optional[str] = None
     explicit_log_dir: Optional[str] = None
     name: Optional[str] = None
@@ -96,6 +99,9 @@ SCHEDULES = {"cosineannealing", "constant", "none"}  # lower-cased names (train/
 
 
 class SchedConfig(Section):
+    """`model.optim.sched`: NeMo's CosineAnnealing (linear warmup over warmup_steps or warmup_ratio of the
+    steps, constant_steps at lr, cosine decay to min_lr) or constant; steps are optimizer steps."""
+
     name: str = "CosineAnnealing"  # or constant / none
     warmup_steps: Optional[Int] = Field(None, ge=0, le=MAX_STEPS)
     warmup_ratio: Optional[Float] = Field(None, ge=0.0, le=1.0)
@@ -113,6 +119,9 @@ class SchedConfig(Section):
 
 
 class OptimConfig(Section):
+    """`model.optim`: AdamW (NeMo's adam / fused_adam names are read as AdamW), lr and weight decay, betas in
+    [0, 1), eps, and its schedule."""
+
     name: str = "adamw"
     lr: Float = Field(1e-4, gt=0, le=MAX_LR)
     weight_decay: Float = Field(0.0, ge=0, le=MAX_LR)

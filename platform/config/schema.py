@@ -4,29 +4,26 @@ The spec's configs and NeMo's megatron_gpt_prompt_learning_config.yaml work as w
 `exp_manager`, `model`, `${name}` interpolation, even `trainer: ...`). Every key is honoured, or listed in
 nemo_keys.IGNORED_KEYS (no meaning here: removed and logged; an error for values that ask for what this
 engine does not do), or an error with a did-you-mean. Every problem (ranges, cross-key rules and, with
-check_files, missing local data files) is reported at once, naming the dotted key, the value and the fix.
+check_files, missing local data files) is reported at once, naming the dotted key, the value and the fix;
+`load_config` reads them with the one config loader (loader.py) that infer, the job config and the SDK share.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
 import logging
-import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from promptray.platform.config.checks import (  # noqa: F401  (normalize_precision: re-exported)
     config_problems,
     normalize_precision,
     precision_warning,
 )
+from promptray.platform.config.loader import read_config, validate_config
 from promptray.platform.config.nemo_keys import ignored_keys_in, strip_ignored
-from promptray.platform.config.overrides import Overrides, apply_overrides
+from promptray.platform.config.overrides import Overrides
 from promptray.platform.config.run import (  # noqa: F401
     CheckpointParams,
     ExpManagerConfig,
@@ -38,16 +35,21 @@ from promptray.platform.config.run import (  # noqa: F401
 from promptray.platform.config.types import MAX_COUNT, Float, Int
 from promptray.platform.data.data_files import data_file_problems
 from promptray.platform.data.templates import TaskTemplate, validate_task_templates
-from promptray.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 class PromptTuningConfig(Section):
+    """`model.prompt_tuning`: per new task (in model.new_tasks order) the init method of its prompt (text,
+    random, vocab) and, for 'text', the init text (NeMo's keys)."""
+
     new_prompt_init_methods: list[Literal["text", "random", "vocab"]] = Field(default_factory=list)
     new_prompt_init_text: list[Optional[str]] = Field(default_factory=list)
 
 
 class PTuningConfig(Section):
+    """`model.p_tuning`: the prompt encoder (NeMo's lstm or mlp), its layers, dropout in [0, 1) and hidden
+    size (default: the base model's hidden size)."""
+
     encoder_type: Literal["lstm", "mlp"] = "lstm"
     num_layers: Int = Field(2, ge=1, le=1000)
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
@@ -55,6 +57,9 @@ class PTuningConfig(Section):
 
 
 class DataConfig(Section):
+    """`model.data`: training / validation files (.json / .jsonl, local or s3://), add_eos / add_bos, shuffling,
+    length grouping, and max_seq_length (tokens per example; default model.encoder_seq_length)."""
+
     model_config = ConfigDict(extra="forbid")
     train_ds: list[Union[str, dict]] = Field(default_factory=list)
     validation_ds: Optional[list[Union[str, dict]]] = None
@@ -66,6 +71,10 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    """NeMo's `model` section: the base model, the prompt table (nemo_path or prompt_table), new and existing
+    tasks with their templates, batch sizes (examples), data, optimizer and the prompt-tuning / p-tuning
+    settings, plus this engine's lm_finetune and sharding."""
+
     seed: Int = Field(1234, ge=0, le=2**32 - 1)
     nemo_path: Optional[str] = None
     prompt_table: Optional[str] = None
@@ -108,8 +117,8 @@ class PromptLearningConfig(Section):
     per-key checks only (pydantic's ValidationError). The properties derive the values the engine uses:
     table_uri, precision, global_batch_size and accumulation (NeMo's rule), max_seq_length, run_dir.
     A job config (promptray.jobs.config.JobConfig) extends it with the sections of Ray Train and Tune; the
-    hooks it overrides are `world_size`, `problems`, `fixed_count_tasks`, `candidate_counts`,
-    `generation_budget` and `sections`.
+    hooks it overrides are `world_size`, `problems`, `fixed_count_tasks`, `candidate_counts` and
+    `generation_budget`.
     """
 
     name: str = "prompt_learning"
@@ -121,14 +130,17 @@ class PromptLearningConfig(Section):
     # ------------------------------------------------------------------ derived values
     @property
     def templates(self) -> list[TaskTemplate]:
+        """The task templates, checked (ConfigError listing every template problem)."""
         return validate_task_templates(self.model.task_templates)
 
     @property
     def table_uri(self) -> Optional[str]:
+        """Where the prompt table is: model.prompt_table, else model.nemo_path (None when neither is set)."""
         return self.model.prompt_table or self.model.nemo_path
 
     @property
     def precision(self) -> str:
+        """trainer.precision as 'bf16' or 'fp32' (Lightning's fp16 names run as bf16); ValueError if unknown."""
         return normalize_precision(self.trainer.precision)
 
     @property
@@ -161,33 +173,31 @@ class PromptLearningConfig(Section):
         too (a search's val_accuracy objective); None in the engine's config."""
         return None
 
-    @classmethod
-    def sections(cls) -> dict[str, type[BaseModel]]:
-        """Each section's dotted key -> its model (the did-you-mean of unknown keys reads their fields)."""
-        return {"": cls, "trainer": TrainerConfig, "exp_manager": ExpManagerConfig,
-                "exp_manager.checkpoint_callback_params": CheckpointParams, "model": ModelConfig,
-                "model.data": DataConfig, "model.optim": OptimConfig, "model.optim.sched": SchedConfig,
-                "model.p_tuning": PTuningConfig, "model.prompt_tuning": PromptTuningConfig, "storage": StorageConfig}
-
-    def accumulation_for(self, world: int) -> int:
-        """Micro-batches per optimizer step on each of `world` workers (NeMo's rule)."""
-        return max(1, self.global_batch_size // (self.model.micro_batch_size * world))
+    def accumulation_for(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each of `world_size` workers (NeMo's rule)."""
+        return max(1, self.global_batch_size // (self.model.micro_batch_size * world_size))
 
     @property
     def global_batch_size(self) -> int:
+        """Examples per optimizer step over all workers: model.global_batch_size, else model.batch_size, else
+        micro_batch_size x trainer.accumulate_grad_batches (NeMo's rule)."""
         m = self.model
         return m.global_batch_size or m.batch_size or m.micro_batch_size * self.trainer.accumulate_grad_batches
 
     @property
     def accumulation(self) -> int:
+        """Micro-batches per optimizer step on each of `world_size` workers (NeMo's rule)."""
         return self.global_batch_size // (self.model.micro_batch_size * self.world_size)
 
     @property
     def max_seq_length(self) -> int:
+        """Tokens per example at most: model.data.max_seq_length, else model.encoder_seq_length."""
         return self.model.data.max_seq_length or self.model.encoder_seq_length
 
     @property
     def run_dir(self) -> Path:
+        """The run's folder: exp_manager.explicit_log_dir, else exp_dir (default runs) / exp_manager.name (default
+        the config's name)."""
         em = self.exp_manager
         if em.explicit_log_dir:
             return Path(em.explicit_log_dir)
@@ -203,29 +213,19 @@ JOB_SECTIONS = ("ray", "search")
 def load_config(source: Union[str, Path, dict], overrides: Overrides = None, *, check_files: bool = False,
                 schema: type[PromptLearningConfig] = PromptLearningConfig) -> PromptLearningConfig:
     """Read YAML (or a dict), apply dotted overrides (["model.new_tasks=[squad]"] or {key: value}; rules in
-    overrides.py), check everything; a precision Lightning reads as fp16 is logged as run in bf16.
+    overrides.py), resolve `${...}`, check everything (the one loader: loader.py); a precision Lightning reads
+    as fp16 is logged as run in bf16.
 
     `schema`: the config class (a subclass of PromptLearningConfig, e.g. the job config, adds sections and
-    their checks through its `problems` and `sections` hooks). Every problem (overrides that cannot be applied,
-    per key, across keys and, with `check_files`, local data files that do not exist) is raised at once in one
-    ConfigError naming key, value and fix; a `ray:` or `search:` section given to a schema without it is one
-    of them. NeMo keys without meaning here (nemo_keys.IGNORED_KEYS) are removed and logged."""
-    raw, problems = _merge(source, overrides)
-    raw = _drop_ellipsis(raw)
+    their checks through its `problems` hook). Every problem (overrides that cannot be applied, per key, across
+    keys and, with `check_files`, local data files that do not exist) is raised at once in one ConfigError
+    naming key, value and fix; a `ray:` or `search:` section given to a schema without it is one of them.
+    NeMo keys without meaning here (nemo_keys.IGNORED_KEYS) are removed and logged."""
+    raw, problems = read_config(source, overrides)
     problems += _strip_nemo_keys(raw)
     problems += _job_section_problems(raw, schema)
     problems += data_file_problems(raw) if check_files else []
-    cfg, invalid = None, set()
-    try:
-        cfg = schema.model_validate(raw)
-    except ValidationError as e:
-        problems += _describe_all(e.errors(), schema)
-        cfg, invalid = _validate_without(raw, e.errors(), schema)
-    if cfg is not None:  # cross-key checks, less those that read an invalid key (they would repeat it)
-        problems += [p for p in cfg.problems()
-                     if not any(re.search(rf"\b{re.escape(k)}\b", p) for k in invalid)]
-    if problems or cfg is None:
-        raise ConfigError(problems)
+    cfg = validate_config(raw, schema, problems, cross=lambda c: c.problems(), extra_keys=ignored_keys_in)
     warning = precision_warning("trainer.precision", cfg.trainer.precision)
     if warning:
         log.warning(warning)
@@ -245,60 +245,6 @@ def _job_section_problems(raw: dict, schema: type[PromptLearningConfig]) -> list
     return problems
 
 
-def _merge(source: Union[str, Path, dict], overrides: Overrides) -> tuple[dict, list[str]]:
-    """The config with its overrides applied, and the problems of overrides that could not be applied."""
-    try:
-        if isinstance(source, dict):
-            conf = OmegaConf.create(source)
-        else:
-            if not Path(source).is_file():
-                raise ConfigError(f"config file {str(source)!r} does not exist")
-            conf = OmegaConf.load(source)
-        problems = apply_overrides(conf, overrides)
-        return OmegaConf.to_container(conf, resolve=True), problems
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot read config {source if not isinstance(source, dict) else '(dict)'}: "
-                          f"{str(e).splitlines()[0]}") from None
-
-
-def _validate_without(raw: dict, errors: list, schema: type[PromptLearningConfig]
-                      ) -> tuple[Optional[PromptLearningConfig], set[str]]:
-    """Validate `raw` with every key that has an error removed (defaults stand in for them), so the cross-key
-    checks can still run. Returns (config or None, how problems name the removed keys whose values were invalid)."""
-    raw, paths, invalid = copy.deepcopy(raw), [], set()
-    for err in errors:
-        path, node = [], raw
-        for part in err.get("loc", ()):
-            if not isinstance(node, dict):
-                break
-            if part not in node:
-                path = []
-                break
-            path.append(part)
-            node = node[part]
-        if path:
-            paths.append(path)
-            if err.get("type") != "extra_forbidden":  # a distinctive key name, else its dotted path
-                invalid.add(path[-1] if "_" in path[-1] else ".".join(path))
-    for path in paths:
-        parent = raw
-        for part in path[:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else None
-        if isinstance(parent, dict):
-            parent.pop(path[-1], None)
-    try:
-        return schema.model_validate(raw), invalid
-    except ValidationError:
-        return None, invalid
-
-
-def _drop_ellipsis(raw: Any) -> Any:
-    """`trainer: ...` in the spec's examples means "the defaults"."""
-    if isinstance(raw, dict):
-        return {k: _drop_ellipsis(v) for k, v in raw.items() if not (v == "..." and k != "prompt_template")}
-    return raw
-
-
 def _strip_nemo_keys(raw: dict) -> list[str]:
     """Remove NeMo keys that have no meaning here (logging them); problems of values they cannot take."""
     if not isinstance(raw.get("model"), dict):
@@ -307,53 +253,3 @@ def _strip_nemo_keys(raw: dict) -> list[str]:
     if removed:
         log.info("ignoring NeMo keys that have no meaning here (see README, Training): %s", ", ".join(removed))
     return problems
-
-
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}
-
-
-_UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none)$|\[")  # loc parts pydantic adds for a Union
-
-
-def _describe_all(errors: list, schema: type[PromptLearningConfig]) -> list[str]:
-    """Pydantic's errors, one per key: a value that fits no member of a Union (e.g. int or float) is one
-    problem under the key's own name."""
-    by_key: dict[tuple, list[dict]] = {}
-    for err in errors:
-        loc = tuple(p for i, p in enumerate(err.get("loc", ())) if i == 0 or not _UNION_TAG.search(str(p)))
-        by_key.setdefault(loc, []).append({**err, "loc": loc})
-    return [_describe(errs[0], schema) if len(errs) == 1 else _describe_union(errs, schema)
-            for errs in by_key.values()]
-
-
-def _describe_union(errs: list[dict], schema: type[PromptLearningConfig]) -> str:
-    """A value that fits none of a Union's members (their constraint errors say more, when there are some)."""
-    bounded = [e for e in errs if e.get("type") in _BOUNDS or e.get("type") == "value_error"]
-    if bounded:
-        return _describe(bounded[0], schema)
-    value = repr(errs[0].get("input"))
-    kinds = " or ".join(dict.fromkeys(e["type"].removesuffix("_type").removesuffix("_parsing") for e in errs))
-    return f"{'.'.join(map(str, errs[0]['loc']))}: got {value[:80]}; give a value of type {kinds}"
-
-
-def _describe(err: dict, schema: type[PromptLearningConfig]) -> str:
-    """One pydantic error as 'dotted.key: problem (got value); fix'."""
-    loc = ".".join(str(x) for x in err.get("loc", ()))
-    if err.get("type") == "extra_forbidden":
-        section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
-        return f"{loc}: unknown key{_suggest(key, section, schema)}; remove it or check the spelling"
-    value = repr(err.get("input"))
-    value = value if len(value) <= 80 else value[:80] + "..."
-    if err.get("type") in _BOUNDS:
-        name, op = _BOUNDS[err["type"]]
-        return f"{loc}: got {value}; use a value {op} {err.get('ctx', {}).get(name)}"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg} (got {value})"
-
-
-def _suggest(key: str, section: str, schema: type[PromptLearningConfig]) -> str:
-    model = schema.sections().get(section)
-    known = (list(model.model_fields) if model else []) + ignored_keys_in(section)
-    close = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

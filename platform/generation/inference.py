@@ -44,7 +44,7 @@ def load_inference_engine(table_uri: str, base_model: Optional[str] = None, task
     return load_prompt_model(table, base_model, tasks or None, precision, device, setting="gpt_model_file")
 
 
-def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: int,
+def prepare(engine: PromptModel, sources: Iterable[Source], max_new_tokens: int,
             add_bos: Optional[bool] = None, max_seq_length: Optional[int] = None, *,
             key: str = "inference.tokens_to_generate", endpoint_url: Optional[str] = None) -> list[Example]:
     """Inference examples; prompts too long for the model (or for `max_seq_length`, NeMo's cap on prompt +
@@ -52,15 +52,16 @@ def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: 
 
     `add_bos` None (the default): each task's prompts start with BOS exactly when it was trained with
     `model.data.add_bos` (per task: a batch may mix tasks that differ). True/False: for every task, with a
-    log.warning naming each task of `sources` trained otherwise. ConfigError up front when
-    tokens_to_generate leaves a task's template (virtual tokens + its own text) no room in the model's
-    positions; DatasetError naming the part that cannot be cut when records do not fit. `key` names
-    tokens_to_generate in messages (e.g. search.tokens_to_generate). `endpoint_url`: the S3-compatible
+    log.warning naming each task of `sources` trained otherwise. ConfigError up front when max_new_tokens
+    (tokens generated per record) leaves a task's template (virtual tokens + its own text) no room in the
+    model's positions; DatasetError naming the part that cannot be cut when records do not fit. `key`: the
+    config key that set max_new_tokens, named in messages (NeMo's inference.tokens_to_generate by default,
+    or search.tokens_to_generate). `endpoint_url`: the S3-compatible
     server of s3:// sources (None: boto3's own lookup)."""
     positions = min(engine.model.max_positions, max_seq_length or engine.model.max_positions)
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)
-    check_generation_room(engine, tokens_to_generate, bos, key)
-    limit = positions - tokens_to_generate
+    check_generation_room(engine, max_new_tokens, bos, key)
+    limit = positions - max_new_tokens
     examples, stats = build_examples(sources, list(engine.templates.values()), engine.tokenizer, limit,
                                      add_eos=False, add_bos=bos, inference=True, endpoint_url=endpoint_url)
     warn_bos_overrides(engine.encodings, [e.taskname for e in examples], add_bos)
@@ -68,21 +69,21 @@ def prepare(engine: PromptModel, sources: Iterable[Source], tokens_to_generate: 
     if dropped:
         cap = (f"max_seq_length={positions}" if positions < engine.model.max_positions
                else f"the model's {positions} positions")
-        why = stats.dropped_reasons(engine.templates, f"{cap} minus {key} {tokens_to_generate} = {limit}")
+        why = stats.dropped_reasons(engine.templates, f"{cap} minus {key} {max_new_tokens} = {limit}")
         raise DatasetError(f"{dropped} record(s) do not fit: {why}; shorten those records or lower {key}")
     return examples
 
 
-def check_generation_room(engine: InferenceEngine, tokens_to_generate: int, bos: dict[str, bool],
+def check_generation_room(engine: InferenceEngine, max_new_tokens: int, bos: dict[str, bool],
                           key: str = "inference.tokens_to_generate") -> None:
-    """ConfigError when tokens_to_generate plus a task's shortest prompt (virtual tokens, the template's
+    """ConfigError when max_new_tokens plus a task's shortest prompt (virtual tokens, the template's
     text up to the answer, BOS as trained) exceed the model's positions, naming the most it may be (as the
     server answers for max_tokens)."""
     positions, problems = engine.model.max_positions, []
     for name, t in engine.templates.items():
         need = shortest_example(t, engine.tokenizer, add_bos=bos[name], add_eos=False, inference=True)
-        if tokens_to_generate + need > positions:
-            problems.append(f"{key}: {tokens_to_generate} + {t.total_virtual_tokens} "
+        if max_new_tokens + need > positions:
+            problems.append(f"{key}: {max_new_tokens} + {t.total_virtual_tokens} "
                             f"virtual tokens + {need - t.total_virtual_tokens} tokens of template text"
                             f"{' and BOS' if bos[name] else ''} (task {name!r}) exceed the model's {positions} "
                             f"positions; use at most {positions - need} (less for long inputs)")

@@ -3,7 +3,7 @@ that request schemas can take their bounds from here).
 
 Names follow Hugging Face's `generate` (`max_new_tokens`, `min_new_tokens`, `temperature`, `top_k`, `top_p`,
 `repetition_penalty`); `stop` and `logprobs` follow the OpenAI API. The front ends keep their users' names and
-map them here in one place each: NeMo's `inference:` keys in platform/config/infer.py
+map them here in one place each: NeMo's `inference:` keys in platform/generation/infer_config.py
 (`InferConfig.generation`), OpenAI's request fields in serve/decoding.py (`generation_params`). The value
 ranges are defined once (`RANGES`); the front ends' pydantic fields take their bounds from it and may only
 narrow them (a server's `max_tokens` cap, OpenAI's 5 `logprobs`).

@@ -26,7 +26,7 @@ class Dist:
     """This process's place in the data-parallel group (rank 0 of 1 without a process group)."""
 
     rank: int = 0
-    world: int = 1
+    world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +36,7 @@ class Dist:
     @property
     def active(self) -> bool:
         """Whether there are several workers (collectives run only then)."""
-        return self.world > 1
+        return self.world_size > 1
 
 
 def current() -> Dist:
@@ -58,7 +58,7 @@ def average_gradients(params: Sequence[nn.Parameter], group: Dist) -> None:
     has = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype)  # (P,)
     flat = torch.cat([g.reshape(-1) for g in grads] + [has])  # (sum of numels + P,)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= group.world
+    flat /= group.world_size
     offset, seen = 0, flat[-len(params):]  # (P,) > 0 where some worker had a gradient
     for i, p in enumerate(params):
         n = p.numel()
@@ -120,7 +120,7 @@ def shard_frozen_model(model: nn.Module, group: Dist, device_type: str = "cpu") 
     from torch.distributed.fsdp import fully_shard
 
     lm = model.lm
-    mesh = init_device_mesh(device_type, (group.world,))
+    mesh = init_device_mesh(device_type, (group.world_size,))
     blocks = _largest_module_list(lm)
     units = list(blocks) if blocks is not None else []
     emb_in, emb_out = lm.get_input_embeddings(), lm.get_output_embeddings()
@@ -130,5 +130,5 @@ def shard_frozen_model(model: nn.Module, group: Dist, device_type: str = "cpu") 
         fully_shard(unit, mesh=mesh, reshard_after_forward=True)
     model.share_prefix = False
     fully_shard(model, mesh=mesh, reshard_after_forward=True, ignored_params=set(model.bank.parameters()))
-    log.info("FSDP2: sharded %d units of the frozen base model across %d workers", len(units), group.world)
+    log.info("FSDP2: sharded %d units of the frozen base model across %d workers", len(units), group.world_size)
     return len(units)

@@ -90,7 +90,7 @@ class CheckpointMismatchError(PromptrayError):
 class TrainLoop:
     """One worker's training loop (or the one process's) over an `Engine`, built by trainer.build_loop.
 
-    Holds the config, the engine, the worker `group` (`Dist`: rank and world; `Dist()` is one process), the
+    Holds the config, the engine, the worker `group` (`Dist`: rank and world_size; `Dist()` is one process), the
     `device` batches are moved to (None: where they are made, the CPU), the training and validation examples
     (`load_data`), the step plan (`steps` optimizer steps, validation every `every` steps over at most
     `val_limit` batches, `accumulation` micro-batches per step and worker), the AdamW optimizer and
@@ -115,7 +115,7 @@ class TrainLoop:
         self.steps = total_steps(cfg, len(self.train_ex))
         self.every = val_interval(cfg, len(self.train_ex), self.steps)
         self.val_limit = val_batches(cfg, len(self.val_ex))
-        self.accumulation = cfg.accumulation_for(group.world)
+        self.accumulation = cfg.accumulation_for(group.world_size)
         self.optimizer = make_optimizer(cfg, engine)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
         self.writer = MetricsWriter(cfg.run_dir / "metrics.jsonl") if group.is_main else None
@@ -127,7 +127,7 @@ class TrainLoop:
     def run(self, on_step: Optional[Callable[[StepInfo], None]] = None) -> None:
         """Train from the current state to the last step, calling `on_step` after every step."""
         g = self.group
-        stream = micro_batches(self.train_ex, self.cfg, self.pad_id, g.rank, g.world, start=self.state.position)
+        stream = micro_batches(self.train_ex, self.cfg, self.pad_id, g.rank, g.world_size, start=self.state.position)
         self.engine.model.train()
         bar = tqdm(range(self.state.step + 1, self.steps + 1), desc=f"tuning {','.join(self.engine.new_tasks)}",
                    disable=not self.progress, unit="step", dynamic_ncols=True)
@@ -147,7 +147,7 @@ class TrainLoop:
         self.scheduler.step()
         s.train_s += time.perf_counter() - t0  # tokens/s counts training only, not validation
         loss, n_tok = self._global(loss, n_tok)
-        s.step, s.position = step, s.position + self.accumulation * self.group.world
+        s.step, s.position = step, s.position + self.accumulation * self.group.world_size
         s.tokens, s.last_loss = s.tokens + n_tok, loss
         s.window.append(loss)
         rec = {"lr": self.scheduler.get_last_lr()[0], "epoch": epoch, "tokens_per_s": round(s.tokens / s.train_s, 1)}
@@ -162,7 +162,7 @@ class TrainLoop:
         if not self.group.active:
             return loss, tokens
         total_loss, total_tokens = all_reduce_sums([loss, tokens], self.group)
-        return total_loss / self.group.world, int(total_tokens)
+        return total_loss / self.group.world_size, int(total_tokens)
 
     def _validate(self, step: int) -> float:
         val = round(validation_loss(self.engine, self.val_ex, self.cfg.model.micro_batch_size, self.pad_id,

@@ -3,7 +3,7 @@
 global_batch_size = micro_batch_size x data-parallel size x accumulation steps. Each optimizer step
 averages the token loss of each micro-batch over the accumulation steps (as NeMo does). With several
 workers, the micro-batch order does not depend on the number of workers: global micro-batch i goes to
-worker i % world, so a step sees the same examples on 1 worker or on N, and the gradients (averaged
+worker i % world_size, so a step sees the same examples on 1 worker or on N, and the gradients (averaged
 over the workers) are the same.
 """
 
@@ -116,16 +116,16 @@ def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example],
 
 
 def micro_batches(train: list[Example], cfg: PromptLearningConfig, pad_id: int, rank: int = 0,
-                  world: int = 1, start: int = 0) -> Iterator[tuple[int, Batch]]:
+                  world_size: int = 1, start: int = 0) -> Iterator[tuple[int, Batch]]:
     """Endless (epoch, micro-batch) stream of this worker's micro-batches.
 
     The global stream (micro_batch_size examples each, order fixed by the seed) is the same for any number
-    of workers; global micro-batch i goes to worker i % world, so each optimizer step's world x
+    of workers; global micro-batch i goes to worker i % world_size, so each optimizer step's world_size x
     accumulation micro-batches are split evenly. `start` skips the first global micro-batches (resuming)."""
     stream = epoch_batches([len(e) for e in train], cfg.model.micro_batch_size, cfg.model.seed,
                            cfg.model.data.shuffle, cfg.model.data.group_by_length)
     for i, (epoch, idx) in enumerate(stream):
-        if i >= start and i % world == rank:
+        if i >= start and i % world_size == rank:
             yield epoch, collate([train[j] for j in idx], pad_id)
 
 
@@ -135,7 +135,7 @@ def validation_loss(engine: Engine, val: list[Example], batch_size: int, pad_id:
                     ) -> float:
     """Mean token loss over the validation set (the first `limit` batches, shortest examples first).
 
-    With several workers, batch i is evaluated by worker i % world and the sums are all-reduced; a worker
+    With several workers, batch i is evaluated by worker i % world_size and the sums are all-reduced; a worker
     without a batch in the last round runs batch 0 and ignores it (a sharded model needs every worker in
     every forward)."""
     model = engine.model
@@ -143,8 +143,8 @@ def validation_loss(engine: Engine, val: list[Example], batch_size: int, pad_id:
     ordered = sorted(val, key=len)
     starts = list(range(0, len(ordered), batch_size))[:limit]
     total, count = 0.0, 0
-    for r in range(math.ceil(len(starts) / group.world)):
-        i = r * group.world + group.rank
+    for r in range(math.ceil(len(starts) / group.world_size)):
+        i = r * group.world_size + group.rank
         s = starts[i] if i < len(starts) else starts[0]
         loss_sum, n = model(to_device(collate(ordered[s:s + batch_size], pad_id), device))
         if i < len(starts):

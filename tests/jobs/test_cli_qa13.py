@@ -37,8 +37,8 @@ def test_infer_takes_overrides_on_both_sides_of_the_flags(capsys):
     assert main(["infer", "inference.batch_size=0", "--no-progress", "inference.top_p=2"]) == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments" not in err
-    assert "inference.batch_size: Input should be greater than or equal to 1 (got 0)" in err
-    assert "inference.top_p: Input should be less than or equal to 1 (got 2)" in err
+    assert "inference.batch_size: got 0; use a value >= 1" in err
+    assert "inference.top_p: got 2; use a value <= 1" in err
 
 
 def test_an_unknown_flag_is_still_an_argparse_error(tmp_path, capsys):
@@ -73,7 +73,7 @@ def test_a_range_over_a_list_in_a_search_override_is_checked_in_one_report(tmp_p
                             "search.tasks.a.total_virtual_tokens={min:10,max:5,step:0}"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "Cannot merge" not in err, err
-    assert ("search.tasks.a.total_virtual_tokens: step: Input should be greater than or equal to 1 (got 0); max 5 "
+    assert ("search.tasks.a.total_virtual_tokens: step: got 0; use a value >= 1; max 5 "
             "is below min 10; give min <= max. Give a list of counts") in err
 
 

@@ -102,7 +102,7 @@ def test_every_problem_of_a_search_config_comes_in_one_report():
                     "search.tokens_to_generate", "search.metric", "search.style.0", "model.micro_batch_size",
                     "search.tasks.sentiment.total_virtual_tokens", "search.tasks.nope"]), problems
     sentiment = problems[keys.index("search.tasks.sentiment.total_virtual_tokens")]
-    assert "step: Input should be greater than or equal to 1 (got 0)" in sentiment
+    assert "step: got 0; use a value >= 1" in sentiment
     assert "max 5 is below min 10; give min <= max" in sentiment
     assert "a range {min: 8, max: 32, step: 8}" in sentiment and "valid list" not in sentiment
     assert problems[keys.index("search.tasks.nope")] == (

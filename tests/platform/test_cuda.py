@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from promptray.platform.config.infer import load_infer_config, run_inference
 from promptray.platform.data.batching import to_device
 from promptray.platform.generation.decode import GenerationParams, generate
+from promptray.platform.generation.infer_config import load_infer_config, run_inference
 from promptray.platform.generation.inference import answer_logprobs
 from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.table.table import PromptTable

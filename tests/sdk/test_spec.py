@@ -51,7 +51,7 @@ def test_every_keyword_problem_is_reported_at_once():
     assert "model.data.train_ds[0]: file 't.jsonl' does not exist" in text
     assert "base_model:" in text and "tasks:" in text and "num_workers:" in text and "style:" in text
     assert "max_step: unknown keyword argument; did you mean 'max_steps'?" in text
-    assert "(got 0)" in text and "(got 'lora')" in text
+    assert "num_workers: got 0; use a value >= 1" in text and "(got 'lora')" in text
     assert isinstance(e.value, ConfigError) and isinstance(e.value, PromptrayError)
 
 

@@ -22,7 +22,7 @@ def test_a_bad_keyword_argument_and_a_missing_file_come_in_one_report(tmp_path, 
     client = Client(address="http://127.0.0.1:1", table=str(tmp_path / "table"))
     problems = _problems(client, base_model="smollm2-135m", tasks=[TaskTemplate(**TEMPLATE)], lr=-1,
                          train_files=["nope.jsonl"])
-    assert problems == ["lr: Input should be greater than 0 (got -1)",
+    assert problems == ["lr: got -1; use a value > 0.0",
                         f"model.data.train_ds[0]: file 'nope.jsonl' does not exist; fix the path (relative paths "
                         f"are read from {tmp_path})"]
 
@@ -34,7 +34,7 @@ def test_template_problems_come_with_the_keyword_argument_problems(tmp_path, mon
     problems = _problems(Client(address="http://127.0.0.1:1", table=str(tmp_path / "table")),
                          base_model="smollm2-135m", tasks=[template], lr=-1, train_files=["t.jsonl"])
     task = "model.task_templates[0] (task 'sentiment')"
-    assert problems == ["lr: Input should be greater than 0 (got -1)",
+    assert problems == ["lr: got -1; use a value > 0.0",
                         f"{task}: total_virtual_tokens must be >= 1, got 0",
                         f"{task}: virtual_token_splits [-1] must all be >= 1",
                         f"{task}: virtual_token_splits [-1] sum to -1 but total_virtual_tokens is 0; make them add up"]
@@ -46,7 +46,7 @@ def test_without_a_table_the_missing_table_comes_with_the_bad_arguments(tmp_path
     problems = _problems(Client(address="http://127.0.0.1:1"), base_model="smollm2-135m",
                          tasks=[TaskTemplate(**TEMPLATE)], train_files=["t.jsonl"], lr=-1, max_steps=True)
     assert problems == ["max_steps: true is a boolean, not a number; give a number (got True)",
-                        "lr: Input should be greater than 0 (got -1)",
+                        "lr: got -1; use a value > 0.0",
                         "model.nemo_path: not set; name where the prompt table is saved (model.nemo_path or "
                         "model.prompt_table)"]
 
@@ -57,7 +57,7 @@ def test_missing_required_arguments_are_not_reported_twice(tmp_path, monkeypatch
     assert problems == [
         "base_model: required keyword argument is missing; pass base_model=...",
         "tasks: required keyword argument is missing; pass tasks=...",
-        "lr: Input should be less than or equal to 10 (got 20.0)",
+        "lr: got 20.0; use a value <= 10.0",
         f"model.data.train_ds[0]: file 'gone.jsonl' does not exist; fix the path (relative paths are read from "
         f"{tmp_path})"]
 

@@ -278,7 +278,7 @@ def test_both_front_ends_take_the_engines_ranges():
     `inference:` keys and by a request's OpenAI fields, each under its own name; the edge itself is accepted."""
     from pydantic import ValidationError
 
-    from promptray.platform.config.infer import InferenceParams
+    from promptray.platform.generation.infer_config import InferenceParams
 
     cases = [("max_new_tokens", "tokens_to_generate", "max_tokens", 1, 0),
              ("temperature", "temperature", "temperature", 0.0, -0.5),

@@ -8,10 +8,10 @@ import logging
 import pytest
 import torch
 
-from promptray.platform.config.infer import load_infer_config
 from promptray.platform.config.run import accelerator_problem
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError
+from promptray.platform.generation.infer_config import load_infer_config
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.trainer import train
 

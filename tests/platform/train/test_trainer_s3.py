@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from promptray.platform.config.infer import load_infer_config, run_inference
 from promptray.platform.config.schema import load_config
 from promptray.platform.errors import ConfigError, DatasetError
+from promptray.platform.generation.infer_config import load_infer_config, run_inference
 from promptray.platform.table.table import PromptTable
 from promptray.platform.train.trainer import train
 

@@ -14,25 +14,25 @@
 
 NeMo keys with no meaning here (one process, one device, no loggers or data-loader workers) are accepted
 and ignored: `NO_MEANING`. Model-parallel sizes must be 1. Any other key is an error with a did-you-mean;
-every problem of a config is reported at once (`ConfigError`, exit status 2 from the CLI).
+every problem of a config is reported at once (`ConfigError`, exit status 2 from the CLI). The settings are
+read by the one config loader (platform/config/loader.py: a YAML file, a dict or nothing, overrides, `${...}`,
+NeMo's `???`); the module sits in generation/ because it builds the decode core's `GenerationParams` and picks
+a device (model/devices.py).
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from promptray.platform.config.overrides import apply_overrides
+from promptray.platform.config.checks import normalize_precision, precision_warning
+from promptray.platform.config.loader import read_config, validate_config
+from promptray.platform.config.overrides import Overrides
 from promptray.platform.config.run import accelerator_problem
-from promptray.platform.config.schema import normalize_precision, precision_warning
 from promptray.platform.config.types import MAX_COUNT, Float, Int
-from promptray.platform.errors import ConfigError
 from promptray.platform.generation.params import MAX_LOGPROBS, RANGES, GenerationParams
 from promptray.platform.model.devices import resolve_device
 
@@ -81,6 +81,10 @@ class InferTrainer(BaseModel):
 
 
 class InferConfig(BaseModel):
+    """`promptray infer`'s settings in NeMo's layout (megatron_gpt_prompt_learning_inference.yaml) plus ours;
+    the module docstring lists the keys. Build it with `load_infer_config` (one ConfigError with every
+    problem); `generation()` gives the decode core's GenerationParams."""
+
     model_config = ConfigDict(extra="forbid")
     virtual_prompt_model_file: Optional[str] = None
     prompt_table: Optional[str] = None
@@ -106,23 +110,29 @@ class InferConfig(BaseModel):
 
     @property
     def table(self) -> Optional[str]:
+        """The prompt table: prompt_table, else NeMo's virtual_prompt_model_file."""
         return self.prompt_table or self.virtual_prompt_model_file
 
     @property
     def base_model(self) -> Optional[str]:
+        """The base model: language_model_path, else NeMo's gpt_model_file (None: the one the tasks were trained on)."""
         return self.language_model_path or self.gpt_model_file
 
     @property
     def resolved_batch_size(self) -> int:
+        """Records generated together: the first of batch_size, inference.batch_size, micro_batch_size,
+        global_batch_size that is set (one process, one device), else DEFAULT_BATCH_SIZE."""
         return (self.batch_size or self.inference.batch_size or self.micro_batch_size or self.global_batch_size
                 or DEFAULT_BATCH_SIZE)
 
     @property
     def resolved_precision(self) -> str:
+        """precision, else trainer.precision, else bf16, as 'bf16' or 'fp32' (fp16 names run as bf16)."""
         return normalize_precision(_first(self.precision, self.trainer.precision, "bf16"))
 
     @property
     def resolved_accelerator(self) -> str:
+        """accelerator, else trainer.accelerator, else 'auto' (model/devices.py maps it to a device)."""
         return _first(self.accelerator, self.trainer.accelerator, "auto")
 
     def generation(self) -> GenerationParams:
@@ -139,17 +149,12 @@ def _first(*values):
     return next(v for v in values if v is not None)
 
 
-def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
-    """The checked settings of a YAML file (NeMo's or ours) with KEY=VALUE overrides; raises ConfigError
-    with every problem (schema ranges, unknown keys, conflicting or unsupported values) at once."""
-    raw, problems = _read(path, overrides)
-    problems += _cross_problems(raw)
-    try:
-        cfg = InferConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError([_describe(err) for err in e.errors()] + problems) from None
-    if problems:
-        raise ConfigError(problems)
+def load_infer_config(source: Union[str, Path, dict, None], overrides: Overrides = None) -> InferConfig:
+    """The checked settings of a YAML file (NeMo's or ours), a dict or nothing, with dotted overrides, read by
+    the one config loader (platform/config/loader.py). Raises one ConfigError with every problem (schema
+    ranges, unknown keys, keys left `???`, conflicting or unsupported values) at once."""
+    raw, problems = read_config(source, overrides)
+    cfg = validate_config(raw, InferConfig, problems + _cross_problems(raw))
     for key in ("precision", "trainer.precision"):
         warning = precision_warning(key, _get(raw, key))
         if warning:
@@ -160,33 +165,6 @@ def load_infer_config(path: Optional[str], overrides: list[str]) -> InferConfig:
     if ignored:
         log.info("ignoring NeMo keys that have no meaning here: %s", ", ".join(ignored))
     return cfg
-
-
-def _read(path: Optional[str], overrides: list[str]) -> tuple[dict, list[str]]:
-    """The merged settings, and problems: the overrides that could not be applied, and the dotted keys NeMo's
-    `???` (a value the user must give) left unset (the table and data keys are reported by `_cross_problems`)."""
-    try:
-        conf = OmegaConf.load(path) if path else OmegaConf.create({})
-        override_problems = apply_overrides(conf, overrides) if isinstance(conf, DictConfig) else []
-        raw: Any = OmegaConf.to_container(conf, resolve=True, throw_on_missing=False)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot read inference settings: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"inference settings: expected a mapping of keys, got {type(raw).__name__}")
-    missing: list[str] = []
-    raw = _drop_missing(raw, "", missing)
-    return raw, override_problems + [f"{k}: the file leaves it to be given (???); set {k}=VALUE" for k in missing
-                                     if k not in ("virtual_prompt_model_file", "prompt_table", "data_paths")]
-
-
-def _drop_missing(raw: dict, prefix: str, missing: list[str]) -> dict:
-    out = {}
-    for k, v in raw.items():
-        if v == "???":
-            missing.append(prefix + str(k))
-        else:
-            out[k] = _drop_missing(v, f"{prefix}{k}.", missing) if isinstance(v, dict) else v
-    return out
 
 
 def _get(raw: dict, dotted: str):
@@ -267,17 +245,6 @@ def _inference_problems(raw: dict) -> list[str]:
         problems.append(f"inference.min_tokens_to_generate: got {low}, more than inference.tokens_to_generate "
                         f"({high}); lower it or raise tokens_to_generate")
     return problems
-
-
-def _describe(err: dict) -> str:
-    loc = ".".join(str(x) for x in err.get("loc", ()))
-    if err.get("type") != "extra_forbidden":
-        return f"{loc}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
-    section, key = loc.rsplit(".", 1) if "." in loc else ("", loc)
-    models = {"": InferConfig, "inference": InferenceParams, "trainer": InferTrainer}
-    close = difflib.get_close_matches(key, list(models.get(section, InferConfig).model_fields), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{loc}: unknown key{hint}; remove it or check the spelling"
 
 
 def run_inference(cfg: InferConfig, progress: bool = True) -> dict:

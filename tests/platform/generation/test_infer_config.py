@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from promptray.platform.config.infer import NO_MEANING, load_infer_config
 from promptray.platform.errors import ConfigError
+from promptray.platform.generation.infer_config import NO_MEANING, load_infer_config
 
 NEMO_YAML = Path(__file__).resolve().parents[2] / "jobs" / "fixtures" / "nemo_inference.yaml"
 BASE = ["virtual_prompt_model_file=t", "data_paths=[a.jsonl]"]
@@ -54,11 +54,12 @@ def test_every_problem_at_once():
         "inference.tokens_to_generate=0", "inference.min_tokens_to_generate=-1", "inference.batch_size=0",
         "inference.greedi=false", "pred_file=x", "batch_size=4", "trainer.precision=16", "precision=fp32",
         "tensor_model_parallel_size=2", "inference.all_probs=true", "trainer.accelerator=tpu"]))
-    for expected in ["inference.temperature: Input should be greater than or equal to 0",
-                     "inference.top_p: Input should be greater than 0", "inference.top_k:",
-                     "inference.repetition_penalty: Input should be greater than 0",
-                     "inference.tokens_to_generate: Input should be greater than or equal to 1",
-                     "inference.min_tokens_to_generate:", "inference.batch_size: Input should be greater",
+    for expected in ["inference.temperature: got -1; use a value >= 0",
+                     "inference.top_p: got 0; use a value > 0", "inference.top_k: got -2; use a value >= 0",
+                     "inference.repetition_penalty: got 0; use a value > 0",
+                     "inference.tokens_to_generate: got 0; use a value >= 1",
+                     "inference.min_tokens_to_generate: got -1; use a value >= 0",
+                     "inference.batch_size: got 0; use a value >= 1",
                      "inference.greedi: unknown key (did you mean 'greedy'?)",
                      "pred_file: unknown key (did you mean 'pred_file_path'?)",
                      "precision ('fp32') and trainer.precision (16) disagree",
