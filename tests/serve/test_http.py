@@ -285,3 +285,26 @@ def test_beyond_the_queue_a_503_with_retry_after_and_metrics_count_it(tight):
     assert float(lines["promptray_queue_depth"]) == 0 and float(lines["promptray_kv_budget_tokens"]) == 65536
     health = requests.get(f"{tight}/healthz", timeout=30).json()["scheduler"]
     assert health["requests"]["rejected"] == len(busy) and health["tokens_generated"] == 200 * len(ok)
+
+
+def _counters(base: str) -> dict[str, float]:
+    text = requests.get(f"{base}/metrics", timeout=30).text
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                     if line and not line.startswith("#"))}
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_row(tight):
+    import time
+
+    before = _counters(tight)
+    body = {**INPUTS[2], "max_tokens": 200, "min_tokens": 200, "greedy": True, "stream": True}
+    with requests.post(f"{tight}/v1/generate", json=body, stream=True, timeout=60) as r:
+        first = next(line for line in r.iter_lines() if line.startswith(b"data: "))
+    assert json.loads(first[6:])["finish_reason"] is None  # the connection closes mid-answer
+    key = 'promptray_requests_total{outcome="cancelled"}'
+    deadline = time.monotonic() + 30
+    while _counters(tight)[key] == before[key] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = _counters(tight)
+    assert after[key] == before[key] + 1 and after["promptray_running_rows"] == 0
+    assert after["promptray_generated_tokens_total"] - before["promptray_generated_tokens_total"] < 200
