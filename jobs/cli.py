@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -126,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         gpus = ray.cluster_resources().get("GPU", 0) if args.accelerator in ("auto", "gpu") else 0
+        if settings.threads is None:  # the machine's cores, shared among the replicas
+            settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // (args.max_replicas
+                                                                                                or args.replicas))})
         actor = {"num_cpus": settings.threads, **({"num_gpus": 1} if gpus >= 1 else {})}  # Ray hides GPUs otherwise
         autoscale = None if args.max_replicas is None else {"min_replicas": args.replicas,
                                                             "max_replicas": args.max_replicas}
@@ -159,7 +163,8 @@ def _add_serve(sub) -> None:
                    help="autoscale between --replicas and this many on queue length (default: fixed --replicas)")
     s.add_argument("--batching", choices=["continuous", "static"], default="continuous",
                    help="continuous: requests join and leave the running batch between steps; static: classic")
-    s.add_argument("--threads", type=int, default=2, help="torch threads (and CPUs reserved) per replica")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads (and CPUs reserved) per replica (default: the cores / replicas)")
     s.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together at most")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; beyond, 503 + Retry-After")
     s.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV-cache slots of the running rows")

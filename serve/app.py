@@ -102,6 +102,14 @@ def encode_at(engine: ServeEngine, taskname: str, fields: dict, version: Optiona
         raise
 
 
+def reserved_cpus() -> int:
+    """The CPUs Ray reserved for this replica (ray_actor_options num_cpus), at least 1. (Defined before
+    PromptServer: the deployment pickles the class, with the globals it uses, where it is decorated.)"""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
 @serve.deployment(max_ongoing_requests=96, ray_actor_options={"num_cpus": 2})
 @serve.ingress(api)
 class PromptServer:
@@ -119,7 +127,7 @@ class PromptServer:
         self.keys = ApiKeys.load(self.settings.api_keys_env, self.settings.api_keys_file)
         api.state.keys = self.keys
         api.state.max_body_bytes = self.settings.max_body_bytes
-        torch.set_num_threads(self.settings.threads)
+        torch.set_num_threads(self.settings.threads or reserved_cpus())
         self.runner: Optional[SchedulerRunner] = None
         self.metrics: Optional[ReplicaMetrics] = None
         if self.engine is not None:
@@ -312,7 +320,7 @@ def deployment_options(settings: ServerSettings, num_replicas: int | str = 1,
     queue + one more batch (so a request beyond the queue reaches the replica and gets its 503 with
     Retry-After, instead of waiting unboundedly in Serve's own queue); autoscaling (when given) on queue
     length with `target_ongoing_requests` = max_batch_size unless set (one full running batch per replica,
-    more means requests are waiting); `ray_actor_options` default: `num_cpus` = settings.threads."""
+    more means requests are waiting); `ray_actor_options` default: `num_cpus` = settings.threads (1 if None)."""
     capacity = settings.max_batch_size + settings.max_queue
     options: dict = {"max_ongoing_requests": capacity + settings.max_batch_size}
     if autoscaling_config:
@@ -320,7 +328,7 @@ def deployment_options(settings: ServerSettings, num_replicas: int | str = 1,
     else:
         options["num_replicas"] = num_replicas
     options["ray_actor_options"] = ray_actor_options if ray_actor_options is not None else \
-        {"num_cpus": settings.threads}
+        {"num_cpus": settings.threads or 1}
     return options
 
 

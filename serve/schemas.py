@@ -245,8 +245,10 @@ class ServerSettings(BaseModel):
                            "Retry-After")
     prefill_chunk_tokens: int = Field(256, ge=1, description="prompt tokens prefilled per decoding step while "
                                       "other rows decode (longer prompts are prefilled in chunks)")
-    threads: int = Field(2, ge=1, le=256, description="torch threads of a replica; `promptray serve` and "
-                         "build_app reserve as many CPUs for it (ray_actor_options num_cpus)")
+    threads: Optional[int] = Field(None, ge=1, le=256, description="torch threads of a replica, and the CPUs "
+                                   "build_app reserves for it (ray_actor_options num_cpus); None: the CPUs Ray "
+                                   "gave the replica (1 when build_app picks), for `promptray serve` the machine's "
+                                   "cores shared among the replicas")
     prompt_cache_bytes: int = Field(256 * 2**20, ge=0, description="LRU bound of loaded prompts + prefix caches")
     refresh_s: float = Field(10.0, ge=0, allow_inf_nan=False,
                              description="how old the manifest may get before it is read again")

@@ -125,3 +125,4 @@ def test_deployment_options_match_the_schedulers_capacity():
     auto = deployment_options(s, autoscaling_config={"min_replicas": 1, "max_replicas": 4})
     assert auto["autoscaling_config"] == {"target_ongoing_requests": 8, "min_replicas": 1, "max_replicas": 4}
     assert "num_replicas" not in auto
+    assert deployment_options(ServerSettings(table="t"))["ray_actor_options"] == {"num_cpus": 1}  # threads unset
