@@ -34,8 +34,12 @@ def cache_layers(past) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def make_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A DynamicCache holding `layers` (per layer (keys, values), each (B, heads, T, d))."""
-    return DynamicCache(ddp_cache_data=list(layers))
+    """A DynamicCache holding `layers` (per layer (keys, values), each (B, heads, T, d)) without copying them
+    (built from empty slices, then given the tensors, as `DynamicLayer.reorder_cache` assigns them)."""
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in layers])
+    for layer, (k, v) in zip(cache.layers, layers):
+        layer.keys, layer.values = k, v
+    return cache
 
 
 def cache_slots(past) -> int:
@@ -56,10 +60,15 @@ def join_caches(a, b, ta: int, tb: int) -> DynamicCache:
     """Rows of cache `a` (T = ta) then those of `b` (T = tb), the shorter left-padded to max(ta, tb) slots."""
     T = max(ta, tb)
     layers = []
-    for (ka, va), (kb, vb) in zip(cache_layers(a), cache_layers(b)):
-        k = torch.cat([pad_left(ka, T - ta, dim=2), pad_left(kb, T - tb, dim=2)], dim=0)  # (Ba+Bb, heads, T, d)
-        v = torch.cat([pad_left(va, T - ta, dim=2), pad_left(vb, T - tb, dim=2)], dim=0)
-        layers.append((k, v))
+    for pair_a, pair_b in zip(cache_layers(a), cache_layers(b)):
+        Ba = pair_a[0].shape[0]
+        joined = []
+        for xa, xb in zip(pair_a, pair_b):  # keys, then values: one copy each into zeros (masked slots)
+            out = xa.new_zeros((Ba + xb.shape[0], *xa.shape[1:2], T, xa.shape[3]))  # (Ba+Bb, heads, T, d)
+            out[:Ba, :, T - ta:] = xa
+            out[Ba:, :, T - tb:] = xb
+            joined.append(out)
+        layers.append((joined[0], joined[1]))
     return make_cache(layers)
 
 
