@@ -30,6 +30,7 @@ slower than the bare base model; both judged at every batch size.
 
     python -m benchmarks.serve_bench [--quick] [--http-requests 64] [--offline-requests 32] [--rounds 1] \
         [--pair-rounds 6]
+    python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--gpu]   # static vs continuous
 
 Results: benchmarks/results/serve_bench.json.
 """
@@ -518,7 +519,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-extra", action="store_true", help=f"skip the informational '{NO_CACHE}' side")
     ap.add_argument("--no-http", action="store_true", help="offline parts only")
     ap.add_argument("--work-dir", default=None, help="keep the data and the prompt table here")
+    ap.add_argument("--mixed", action="store_true",
+                    help="instead: the mixed workload, static vs continuous batching (benchmarks/serve_mixed.py)")
+    ap.add_argument("--requests", type=int, default=96, help="--mixed: requests per side")
+    ap.add_argument("--clients", type=int, default=16, help="--mixed: concurrent clients")
+    ap.add_argument("--gpu", action="store_true", help="--mixed: the replica on a CUDA GPU")
     a = ap.parse_args(argv)
+    if a.mixed:
+        return main_mixed(a)
     n_http, n_off, rounds, pairs = (32, 16, 1, 2) if a.quick else (a.http_requests, a.offline_requests, a.rounds,
                                                                    a.pair_rounds)
     result = run(n_http, n_off, rounds, pairs, a.threads, extra=not a.no_extra, work_dir=a.work_dir,
@@ -544,6 +552,30 @@ def main(argv=None) -> dict:
     print(f"target <= {OVERHEAD_TARGET:.0%} slower than the bare base model: {'met' if o['met'] else 'NOT met'} "
           f"{o['slowdowns']}  [{result['machine']['cpu_model']}, {result['machine']['torch_threads']} threads]")
     print(f"wrote {path}")
+    return result
+
+
+def main_mixed(a) -> dict:
+    """`--mixed`: run benchmarks/serve_mixed.py, write results/serve_bench_mixed.json, print the table."""
+    from benchmarks.common import machine, table, write_result
+    from benchmarks.serve_mixed import run_mixed
+
+    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_mixed_"))
+    try:
+        result = {"benchmark": "serve_bench_mixed", "machine": machine(),
+                  **run_mixed(work, a.requests, a.clients, a.threads, a.gpu)}
+    finally:
+        if not a.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_result("serve_bench_mixed", result)
+    rows = [[name, v["completion_tokens_per_s"], v["requests_per_s"], v["errors"], v["ttft_mean_s"],
+             v["per_class"]["short"]["latency_p50_s"], v["per_class"]["short"]["latency_p99_s"],
+             v["per_class"]["long"]["latency_p50_s"], v["per_class"]["long"]["latency_p99_s"]]
+            for name, v in result["sides"].items()]
+    print(table(rows, ["batching", "compl tok/s", "req/s", "errors", "TTFT mean s", "short p50", "short p99",
+                       "long p50", "long p99"]))
+    print(f"targets: {result['targets']}\nwrote {path}")
     return result
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -87,7 +88,9 @@ def _import_serving():
 
 # `promptray serve` flags that are ServerSettings fields: field -> flag
 SERVE_FLAGS = {"table": "--table", "model": "--model", "precision": "--precision", "accelerator": "--accelerator",
-               "max_batch_size": "--max-batch-size", "refresh_s": "--refresh-s", "api_keys_file": "--api-keys-file"}
+               "max_batch_size": "--max-batch-size", "refresh_s": "--refresh-s", "api_keys_file": "--api-keys-file",
+               "batching": "--batching", "threads": "--threads", "max_queue": "--max-queue",
+               "kv_budget_tokens": "--kv-budget-tokens", "max_prompt_tokens": "--max-prompt-tokens"}
 
 
 def serve_settings(args: argparse.Namespace):
@@ -100,6 +103,8 @@ def serve_settings(args: argparse.Namespace):
     problems = []
     if args.replicas < 1:
         problems.append(f"--replicas {args.replicas}: give at least 1 replica")
+    if args.max_replicas is not None and args.max_replicas < max(args.replicas, 1):
+        problems.append(f"--max-replicas {args.max_replicas}: give at least --replicas ({args.replicas})")
     if not 1 <= args.port <= 65535:
         problems.append(f"--port {args.port}: give a TCP port from 1 to 65535")
     if not args.host.strip():
@@ -126,9 +131,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         gpus = ray.cluster_resources().get("GPU", 0) if args.accelerator in ("auto", "gpu") else 0
-        actor = {"num_cpus": 1, "num_gpus": 1} if gpus >= 1 else None  # Ray hides GPUs from actors without one
-        handle = serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor),
-                           name="promptray", route_prefix="/")
+        if settings.threads is None:  # the machine's cores, shared among the replicas
+            settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // (args.max_replicas
+                                                                                                or args.replicas))})
+        actor = {"num_cpus": settings.threads, **({"num_gpus": 1} if gpus >= 1 else {})}  # Ray hides GPUs otherwise
+        autoscale = None if args.max_replicas is None else {"min_replicas": args.replicas,
+                                                            "max_replicas": args.max_replicas}
+        handle = serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor,
+                                     autoscaling_config=autoscale), name="promptray", route_prefix="/")
         problem = handle.startup_problem.remote().result()
         if problem:
             raise ServerStartError(problem)
@@ -153,7 +163,16 @@ def _add_serve(sub) -> None:
     s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto",
                    help="auto/gpu: one GPU per replica when the machine has GPUs; cpu: never")
-    s.add_argument("--max-batch-size", type=int, default=16)
+    s.add_argument("--max-replicas", type=int, default=None,
+                   help="autoscale between --replicas and this many on queue length (default: fixed --replicas)")
+    s.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                   help="continuous: requests join and leave the running batch between steps; static: classic")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads (and CPUs reserved) per replica (default: the cores / replicas)")
+    s.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together at most")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; beyond, 503 + Retry-After")
+    s.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV-cache slots of the running rows")
+    s.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest prompt accepted (tokens)")
     s.add_argument("--refresh-s", type=float, default=10.0, help="re-read the table's manifest this often")
     s.add_argument("--api-keys-file", help="bearer keys, one a line (also: env PROMPTRAY_API_KEYS=k1,k2)")
     s.set_defaults(fn=cmd_serve)

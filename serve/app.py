@@ -1,8 +1,11 @@
 """The Ray Serve deployment: FastAPI ingress (OpenAPI at /docs), one base model per replica, every task.
 
-Requests of any tasks share batches: `@serve.batch` collects encoded inputs (not keyed by task; no
-`@serve.multiplexed`, which would split batches by task) and decodes them in one forward pass per step,
-streaming each row's text back as it comes.
+Requests of any tasks share one running batch per replica (the task id travels with each row; no
+`@serve.multiplexed`, which would split batches by task): the replica's scheduler
+(platform/generation/scheduler.py, stepped in a thread by serve/runner.py) admits encoded inputs between
+decoding steps and lets each go the moment it ends (EOS, stop string, max_tokens, client gone), streaming each
+row's text back as it comes. `batching: static` keeps the classic batch instead (for comparison). A full
+waiting queue is a 503 with Retry-After; `/metrics` (Prometheus) and `/healthz` show the scheduler's numbers.
 
 `/v1/completions` (OpenAI-compatible): `model` names the task, `prompt` fills the template's input fields
 (all template fields but the generated one): a string for a task with one input field (taken literally), a
@@ -32,14 +35,18 @@ from typing import Optional
 
 import torch
 from fastapi import Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from ray import serve
 
 from promptray.platform.errors import PromptrayError
+from promptray.platform.generation.scheduler import QueueFullError
 from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import Prepared, ServeEngine, input_fields
-from promptray.serve.errors import InputFieldError, ServerNotReadyError, UnknownTaskError
+from promptray.serve.errors import InputFieldError, ServerBusyError, ServerNotReadyError, UnknownTaskError
 from promptray.serve.http import make_api
+from promptray.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from promptray.serve.metrics import ReplicaMetrics
+from promptray.serve.runner import SchedulerRunner, Ticket
 from promptray.serve.schemas import (
     Completion,
     CompletionRequest,
@@ -95,9 +102,19 @@ def encode_at(engine: ServeEngine, taskname: str, fields: dict, version: Optiona
         raise
 
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+def reserved_cpus() -> int:
+    """The CPUs Ray reserved for this replica (ray_actor_options num_cpus), at least 1. (Defined before
+    PromptServer: the deployment pickles the class, with the globals it uses, where it is decorated.)"""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+@serve.deployment(max_ongoing_requests=96, ray_actor_options={"num_cpus": 2})
 @serve.ingress(api)
 class PromptServer:
+    """One replica: the engine (base model, task prompts), its scheduler and runner, and the HTTP routes."""
+
     def __init__(self, settings: dict):
         self.settings = ServerSettings.model_validate(settings)
         self.engine: Optional[ServeEngine] = None
@@ -110,9 +127,16 @@ class PromptServer:
         self.keys = ApiKeys.load(self.settings.api_keys_env, self.settings.api_keys_file)
         api.state.keys = self.keys
         api.state.max_body_bytes = self.settings.max_body_bytes
-        self._generate_batch.set_max_batch_size(self.settings.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        self.batch_stats = {"batches": 0, "rows": 0, "max_rows": 0, "mixed_task_batches": 0}
+        torch.set_num_threads(self.settings.threads or reserved_cpus())
+        self.runner: Optional[SchedulerRunner] = None
+        self.metrics: Optional[ReplicaMetrics] = None
+        if self.engine is not None:
+            scheduler = self.engine.scheduler()
+            self.runner, self.metrics = SchedulerRunner(scheduler), ReplicaMetrics(scheduler, self.engine.prefixes)
+
+    def __del__(self):
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()
 
     def startup_problem(self) -> Optional[str]:
         """Why this replica cannot serve, or None (`promptray serve` asks through the deployment handle)."""
@@ -123,25 +147,6 @@ class PromptServer:
             raise ServerNotReadyError(f"this server cannot serve: {self.problem}")
         return self.engine
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, batch: list[Prepared]) -> AsyncIterator[list]:
-        """Mixed-task batch: one forward pass per step for all rows; a finished row gets StopIteration."""
-        stats = self.batch_stats
-        stats["batches"], stats["rows"] = stats["batches"] + 1, stats["rows"] + len(batch)
-        stats["max_rows"] = max(stats["max_rows"], len(batch))
-        stats["mixed_task_batches"] += len({p.task.taskname for p in batch}) > 1
-        steps = self.engine.stream(batch)
-        finished = [False] * len(batch)
-        while not all(finished):
-            events = await asyncio.to_thread(next, steps, None)
-            if events is None:
-                break
-            out = []
-            for i, e in enumerate(events):
-                out.append(StopIteration if finished[i] else e)
-                finished[i] = finished[i] or (e is not None and e.finish_reason is not None)
-            yield out
-
     async def _prepare(self, items: list[tuple[str, dict, Optional[str]]], params,
                        where: list[tuple[str, bool]]) -> list[Prepared]:
         """Encode every input; an input's field error names its place in the body as `param` (`where[i]`,
@@ -150,33 +155,60 @@ class PromptServer:
         return await asyncio.to_thread(lambda: [encode_at(engine, t, f, v, params, w)
                                                 for (t, f, v), w in zip(items, where)])
 
-    async def _events(self, i: int, prepared: Prepared, queue: asyncio.Queue) -> None:
-        async for event in self._generate_batch(prepared):
-            if event is not None:
-                await queue.put((i, event))
-        await queue.put((i, None))
-
-    async def _run(self, prepared: list[Prepared]) -> AsyncIterator[tuple[int, object]]:
-        """(input index, RowEvent) as they come, over all inputs of a request."""
-        queue: asyncio.Queue = asyncio.Queue()
-        tasks = [asyncio.create_task(self._events(i, p, queue)) for i, p in enumerate(prepared)]
-        open_rows = len(tasks)
+    def _submit(self, prepared: list[Prepared]) -> list[Ticket]:
+        """Queue every input of a request in the scheduler, all or none: ServerBusyError (503 with Retry-After)
+        when the waiting queue is full."""
+        tickets: list[Ticket] = []
         try:
-            while open_rows:
-                i, event = await queue.get()
-                if event is None:
-                    open_rows -= 1
-                    continue
-                yield i, event
+            for p in prepared:
+                tickets.append(self.runner.submit(p.example, self.engine.row(p)))
+        except QueueFullError as e:
+            for t in tickets:
+                self.runner.cancel(t)
+            raise ServerBusyError(str(e), retry_after_s=e.retry_after_s) from None
+        return tickets
+
+    async def _run(self, tickets: list[Ticket]) -> AsyncIterator[tuple[int, object]]:
+        """(input index, RowEvent) as they come, over all inputs of a request; leaving early (the client went
+        away) cancels the inputs still running."""
+        if len(tickets) == 1:
+            try:
+                async for event in self.runner.events(tickets[0]):
+                    yield 0, event
+            finally:  # closed early: the inner generator may not be closed yet
+                self.runner.cancel(tickets[0])
+            return
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, ticket: Ticket) -> None:
+            try:
+                async for event in self.runner.events(ticket):
+                    merged.put_nowait((i, event, None))
+                merged.put_nowait((i, None, None))
+            except Exception as exc:  # noqa: BLE001 - raised by the request's handler below
+                merged.put_nowait((i, None, exc))
+
+        tasks = [asyncio.create_task(pump(i, t)) for i, t in enumerate(tickets)]
+        try:
+            for _ in range(len(tasks)):
+                while True:
+                    i, event, exc = await merged.get()
+                    if exc is not None:
+                        raise exc
+                    if event is None:
+                        break
+                    yield i, event
         finally:
-            for t in tasks:
-                t.cancel()
+            for task in tasks:
+                task.cancel()
+            for t in tickets:
+                self.runner.cancel(t)
 
     async def _collect(self, prepared: list[Prepared], echo: bool = False) -> list[Completion]:
         """Every input's whole answer; usage counts every generated token (an ending EOS or stop-string
         token included); `echo` prepends the prompt as the model read it (see ServeEngine.prompt_text)."""
         texts, last = [""] * len(prepared), [None] * len(prepared)
-        async for i, e in self._run(prepared):
+        async for i, e in self._run(self._submit(prepared)):
             texts[i] += e.text
             last[i] = e
         out = []
@@ -196,14 +228,15 @@ class PromptServer:
         where = [(p, True) for p in places]
         prepared = await self._prepare([(x.taskname, x.fields, x.version) for x in req.items()], req, where)
         if req.stream:
-            return StreamingResponse(self._stream_generate(prepared), media_type="text/event-stream")
+            return StreamingResponse(self._stream_generate(prepared, self._submit(prepared)),
+                                     media_type="text/event-stream")
         completions = await self._collect(prepared)
         total = _usage(sum(c.usage.prompt_tokens for c in completions),
                        sum(c.usage.completion_tokens for c in completions))
         return GenerateResponse(completions=completions, usage=total)
 
-    async def _stream_generate(self, prepared: list[Prepared]) -> AsyncIterator[bytes]:
-        async for i, e in self._run(prepared):
+    async def _stream_generate(self, prepared: list[Prepared], tickets: list[Ticket]) -> AsyncIterator[bytes]:
+        async for i, e in self._run(tickets):
             p = prepared[i]
             yield _sse({"index": i, "taskname": p.task.taskname, "version": p.task.version, "text": e.text,
                         "finish_reason": e.finish_reason, "truncated": p.truncated})
@@ -222,8 +255,8 @@ class PromptServer:
         prepared = await self._prepare(items, req, where)
         cid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return StreamingResponse(self._stream_completion(cid, req.model, prepared, req.echo),
-                                     media_type="text/event-stream")
+            return StreamingResponse(self._stream_completion(cid, req.model, prepared, self._submit(prepared),
+                                                             req.echo), media_type="text/event-stream")
         done = await self._collect(prepared, echo=req.echo)
         usage = _usage(sum(c.usage.prompt_tokens for c in done), sum(c.usage.completion_tokens for c in done))
         return {"id": cid, "object": "text_completion", "model": req.model, "system_fingerprint": task.version,
@@ -231,12 +264,12 @@ class PromptServer:
                              "logprobs": c.logprobs.model_dump() if c.logprobs else None,
                              "truncated": c.truncated} for c in done], "usage": usage.model_dump()}
 
-    async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared],
+    async def _stream_completion(self, cid: str, model: str, prepared: list[Prepared], tickets: list[Ticket],
                                  echo: bool = False) -> AsyncIterator[bytes]:
         for i, p in enumerate(prepared if echo else []):  # the prompt first, as one chunk per input
             yield _sse({"id": cid, "object": "text_completion", "model": model,
                         "choices": [{"index": i, "text": self.engine.prompt_text(p), "finish_reason": None}]})
-        async for i, e in self._run(prepared):
+        async for i, e in self._run(tickets):
             yield _sse({"id": cid, "object": "text_completion", "model": model,
                         "choices": [{"index": i, "text": e.text, "finish_reason": e.finish_reason,
                                      "truncated": prepared[i].truncated}]})
@@ -263,25 +296,47 @@ class PromptServer:
     async def healthz(self):
         """200 with the replica's state, or 503 with why it cannot serve. `unservable_tasks`: current task
         versions found trained on another base model (left out of /v1/tasks and /v1/models, which check every
-        task; requests for them get a 409)."""
+        task; requests for them get a 409). `scheduler`: the numbers of /metrics (serve/metrics.py), with
+        `batches` (decoding steps: one forward pass each), their rows, the most rows and steps mixing tasks."""
         engine = self._ready()
         unservable = await asyncio.to_thread(engine.unservable)
+        scheduler = self.metrics.summary()
         return {"status": "ok", "model": engine.model_name, "precision": engine.model.precision,
                 "device": str(engine.model.device), "prefix_cache": engine.prefixes.enabled,
                 "loaded_tasks": engine.prompts.loaded, "unservable_tasks": unservable,
-                "batches": self.batch_stats, "torch_threads": torch.get_num_threads()}
+                "batching": self.settings.batching, "batches": scheduler["batches"], "scheduler": scheduler,
+                "torch_threads": torch.get_num_threads()}
+
+    @api.get("/metrics")
+    async def metrics_text(self):
+        """Prometheus text exposition of this replica's scheduler (serve/metrics.py); no API key needed."""
+        self._ready()
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+def deployment_options(settings: ServerSettings, num_replicas: int | str = 1,
+                       ray_actor_options: Optional[dict] = None, autoscaling_config: Optional[dict] = None) -> dict:
+    """Ray Serve options matched to the scheduler's capacity: `max_ongoing_requests` = running rows + waiting
+    queue + one more batch (so a request beyond the queue reaches the replica and gets its 503 with
+    Retry-After, instead of waiting unboundedly in Serve's own queue); autoscaling (when given) on queue
+    length with `target_ongoing_requests` = max_batch_size unless set (one full running batch per replica,
+    more means requests are waiting); `ray_actor_options` default: `num_cpus` = settings.threads (1 if None)."""
+    capacity = settings.max_batch_size + settings.max_queue
+    options: dict = {"max_ongoing_requests": capacity + settings.max_batch_size}
+    if autoscaling_config:
+        options["autoscaling_config"] = {"target_ongoing_requests": settings.max_batch_size, **autoscaling_config}
+    else:
+        options["num_replicas"] = num_replicas
+    options["ray_actor_options"] = ray_actor_options if ray_actor_options is not None else \
+        {"num_cpus": settings.threads or 1}
+    return options
 
 
 def build_app(settings: ServerSettings, num_replicas: int | str = 1, ray_actor_options: Optional[dict] = None,
               autoscaling_config: Optional[dict] = None):
-    """The Serve application for `serve.run` (the deployment allows max_batch_size ongoing requests+)."""
-    options = {"max_ongoing_requests": max(64, 2 * settings.max_batch_size)}
-    if autoscaling_config:
-        options["autoscaling_config"] = autoscaling_config
-    else:
-        options["num_replicas"] = num_replicas
-    if ray_actor_options is not None:
-        options["ray_actor_options"] = ray_actor_options
+    """The Serve application for `serve.run`: the PromptServer deployment with `deployment_options` (fixed
+    `num_replicas`, or `autoscaling_config` such as {"min_replicas": 1, "max_replicas": 4})."""
+    options = deployment_options(settings, num_replicas, ray_actor_options, autoscaling_config)
     return PromptServer.options(**options).bind(settings.model_dump())
 
 

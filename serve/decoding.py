@@ -1,5 +1,6 @@
 """Serving's use of the decode core (platform/generation/decode.py): a request's `SamplingParams` as the core's
-per-row parameters, each seeded request with its own generator, text reported as it grows."""
+per-row parameters, each seeded request with its own generator, text reported as it grows (`request_row`, what
+the replica's scheduler runs; `stream_decode`, one static batch)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,16 @@ def generation_params(p: SamplingParams) -> GenerationParams:
                             stop=list(p.stop), min_new_tokens=p.min_tokens, logprobs=p.logprobs)
 
 
+def request_row(p: SamplingParams, eos_id: int, decode: Callable[[list[int]], str],
+                device: torch.device) -> DecodeRow:
+    """The decode core's row of one request: its parameters, its own generator when seeded, text as it grows."""
+    gen = torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None
+    return DecodeRow(generation_params(p), eos_id, decode=decode, generator=gen)
+
+
 def stream_decode(model: PromptLearningModel, examples: Sequence[Example], params: Sequence[SamplingParams],
                   prefill: Prefill, pad_id: int, eos_id: int,
                   decode: Callable[[list[int]], str]) -> Iterator[list[Optional[RowEvent]]]:
     """Per step, one event (or None) per row; a row's last event has its finish_reason set."""
-    device = model.device
-    rows = [DecodeRow(generation_params(p), eos_id, decode=decode,
-                      generator=torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None)
-            for p in params]
+    rows = [request_row(p, eos_id, decode, model.device) for p in params]
     return decode_steps(model, examples, rows, pad_id, prefill)

@@ -1,11 +1,13 @@
 """One serving replica's engine (no Ray, no HTTP): the base model once, every task of a prompt table.
 
 `encode` turns one request input into a model-ready example (validating its fields and length);
-`stream` decodes a batch of such examples, of any tasks and parameters, in one forward pass per step.
+`scheduler` makes the replica's continuous-batching scheduler for such examples (rows from `row`);
+`stream` decodes one static batch of them, of any tasks and parameters, in one forward pass per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,14 +18,15 @@ import torch
 
 from promptray.platform.data.dataset import Example, Record, Tokenization, encode_record
 from promptray.platform.errors import BaseModelMismatchError
-from promptray.platform.generation.decode import RowEvent
+from promptray.platform.generation.decode import DecodeRow, RowEvent
 from promptray.platform.generation.inference import text_ids
 from promptray.platform.generation.loading import load_prompt_model
 from promptray.platform.generation.logprobs import TokenLogprob, merge_logprobs, openai_logprobs, prompt_logprobs
+from promptray.platform.generation.scheduler import Limits, Scheduler
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.table.manifest import VersionInfo
 from promptray.platform.table.table import PromptTable
-from promptray.serve.decoding import stream_decode
+from promptray.serve.decoding import request_row, stream_decode
 from promptray.serve.errors import InputFieldError, InputTooLongError, TaskModelMismatchError
 from promptray.serve.prefix_cache import PrefixCache
 from promptray.serve.prompts import LoadedTask, PromptStore, ServingBank, task_key
@@ -172,7 +175,22 @@ class ServeEngine:
                 "shorten the input or lower max_tokens", prompt_tokens=n, max_tokens=params.max_tokens,
                 max_positions=self.model.max_positions)
         example.taskname = task.key
+        self._check_room(taskname, len(example), params.max_tokens)
         return Prepared(task, example, params, truncated)
+
+    def _check_room(self, taskname: str, prompt_tokens: int, max_tokens: int) -> None:
+        """InputTooLongError when the prompt exceeds max_prompt_tokens or prompt + max_tokens the KV budget."""
+        s = self.settings
+        if prompt_tokens > s.max_prompt_tokens:
+            raise InputTooLongError(
+                f"the prompt of task {taskname!r} has {prompt_tokens} tokens (virtual ones included), more than "
+                f"this server's max_prompt_tokens {s.max_prompt_tokens}; shorten the input",
+                prompt_tokens=prompt_tokens, max_prompt_tokens=s.max_prompt_tokens)
+        if prompt_tokens + max_tokens > s.kv_budget_tokens:
+            raise InputTooLongError(
+                f"the prompt of task {taskname!r} has {prompt_tokens} tokens + max_tokens {max_tokens} > this "
+                f"server's kv_budget_tokens {s.kv_budget_tokens}; shorten the input or lower max_tokens",
+                prompt_tokens=prompt_tokens, max_tokens=max_tokens, kv_budget_tokens=s.kv_budget_tokens)
 
     @staticmethod
     def _check_fields(task: LoadedTask, fields: dict) -> None:
@@ -189,13 +207,34 @@ class ServeEngine:
         """The text of token ids, special tokens (EOS, padding) left out."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _locked(self, batch: Sequence[Prepared], fn):
-        """`fn()` under the store's lock with every task version of `batch` loaded (none evicted under it)."""
-        in_use = frozenset(p.task.key for p in batch)
+    @contextlib.contextmanager
+    def tasks_loaded(self, examples: Sequence[Example]) -> Iterator[None]:
+        """A context under the store's lock in which the task version of every example (its `taskname` is the
+        bank key `task@version`) is loaded, none evicted: what a pass that reads prompts runs in."""
+        keys = list(dict.fromkeys(e.taskname for e in examples))
         with self.prompts.lock:
-            for p in batch:  # back in the LRU if it was evicted since it was encoded
-                self.prompts.load(p.task.taskname, p.task.version, in_use)
+            for key in keys:  # back in the LRU if it was evicted since it was encoded
+                taskname, version = key.rsplit("@", 1)
+                self.prompts.load(taskname, version, frozenset(keys))
+            yield
+
+    def _locked(self, batch: Sequence[Prepared], fn):
+        """`fn()` with every task version of `batch` loaded (see `tasks_loaded`)."""
+        with self.tasks_loaded([p.example for p in batch]):
             return fn()
+
+    def scheduler(self) -> Scheduler:
+        """This replica's scheduler (platform/generation/scheduler.py) with the settings' batching policy and
+        limits, prefilling through the prefix cache with the prompts of its rows kept loaded."""
+        s = self.settings
+        limits = Limits(max_rows=s.max_batch_size, kv_budget_tokens=s.kv_budget_tokens, max_waiting=s.max_queue,
+                        prefill_chunk_tokens=s.prefill_chunk_tokens, batch_wait_s=s.batch_wait_timeout_s)
+        return Scheduler(self.model, self.tokenizer.pad_token_id, limits=limits, policy=s.batching,
+                         prefill=self.prefixes.prefill, guard=self.tasks_loaded, run_tokens=self.prefixes.run_tokens)
+
+    def row(self, p: Prepared) -> DecodeRow:
+        """The decode core's row of a prepared input (its own generator when seeded)."""
+        return request_row(p.params, self.tokenizer.eos_token_id, self.decode, self.model.device)
 
     def stream(self, batch: Sequence[Prepared]) -> Iterator[list[Optional[RowEvent]]]:
         """Decode a batch; per step one event (or None) per row. The prompt pass holds the store's lock."""

@@ -34,6 +34,11 @@ class ServeError(PromptrayError):
         """The JSON error body, OpenAI's shape: {"error": {message, type, param, code, ...detail}}."""
         return error_body(self.message, type=self.type, param=self.param, code=self.code, **self.detail)
 
+    def headers(self) -> Optional[dict]:
+        """HTTP headers of the answer (`WWW-Authenticate: Bearer` for a 401, `Retry-After` for a 503 of a full
+        queue); None: none."""
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+
 
 class UnknownTaskError(ServeError):
     """No current task of that name in the prompt table (404; OpenAI's model_not_found)."""
@@ -54,7 +59,8 @@ class InputFieldError(ServeError):
 
 
 class InputTooLongError(ServeError):
-    """The prompt (virtual tokens included) plus max_tokens exceeds the model's positions (422)."""
+    """The prompt (virtual tokens included) plus max_tokens exceeds the model's positions, or the prompt the
+    server's max_prompt_tokens, or prompt plus max_tokens its KV budget (422)."""
 
     status, code = 422, "context_length_exceeded"
 
@@ -106,3 +112,17 @@ class InternalError(ServeError):
     """An unexpected failure (500): the answer names only the exception type; the server log has the rest."""
 
     status, type, code = 500, "server_error", "internal_error"
+
+
+class ServerBusyError(ServeError):
+    """The replica's waiting queue is full (503, load shed): the answer carries `Retry-After` (seconds, RFC 9110
+    section 10.2.3) and `retry_after_s` in the body."""
+
+    status, type, code = 503, "server_error", "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int, **detail):
+        super().__init__(message, retry_after_s=retry_after_s, **detail)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> Optional[dict]:
+        return {"Retry-After": str(self.retry_after_s)}

@@ -47,9 +47,9 @@ def make_api(**kwargs) -> FastAPI:
 
 
 def error_response(exc: ServeError) -> JSONResponse:
-    """The HTTP answer of a ServeError: its status and OpenAI-shaped body (`WWW-Authenticate: Bearer` on 401)."""
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    """The HTTP answer of a ServeError: its status, OpenAI-shaped body and headers (`WWW-Authenticate: Bearer`
+    on 401, `Retry-After` on a 503 of a full queue)."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:

@@ -10,7 +10,8 @@ and decodes as usual. Causal attention makes this exact: the cached keys/values 
 depend only on tokens 0..k-1, which the request shares (checked token by token for every row).
 
 Models whose cache is not a plain growing `DynamicLayer` cache (sliding windows, linear attention,
-quantized caches) fall back to the plain prompt pass (`generation.prefill_plain`).
+quantized caches; `generation.kv_rows.editable_cache`) fall back to the plain prompt pass
+(`generation.prefill_plain`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example, Tokenization, encode_chunks
 from promptray.platform.data.templates import TaskTemplate, constant_start, render_parts
 from promptray.platform.generation.decode import prefill_plain
+from promptray.platform.generation.kv_rows import editable_cache, make_cache
 from promptray.platform.model.prompt_model import PromptLearningModel
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,6 @@ def prefix_tokens(template: TaskTemplate, tokenizer, add_bos: bool = False) -> t
     return ids, vids
 
 
-def plain_kv_cache(past) -> bool:
-    """Whether a model's KV cache is a list of plain growing DynamicLayers (what the prefix cache needs)."""
-    layers = getattr(past, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-
-
 def shared_length(example: Example, prefix: Optional[TaskPrefix]) -> int:
     """How many leading positions of `example` the cached prefix covers (at least one token is left to run)."""
     if prefix is None:
@@ -80,7 +75,7 @@ def shared_length(example: Example, prefix: Optional[TaskPrefix]) -> int:
     return k
 
 
-def _row_cache(prefixes: Sequence[Optional[TaskPrefix]], ks: list[int], P: int) -> DynamicCache:
+def _row_cache(prefixes: Sequence[Optional[TaskPrefix]], ks: list[int], P: int):
     """A DynamicCache of B rows and P slots: row i holds its prefix's first P slots (zero-padded), gathered
     from one stack of the batch's distinct prefixes per layer. Slots at or after ks[i] are masked out by
     the caller's attention mask (rows with ks[i] == 0 attend to none of them)."""
@@ -93,7 +88,7 @@ def _row_cache(prefixes: Sequence[Optional[TaskPrefix]], ks: list[int], P: int) 
         return torch.stack([F.pad(r, (0, 0, 0, P - r.shape[1])) for r in rows])  # (K, heads, P, d)
 
     layers = [(stacked(li, 0)[slot], stacked(li, 1)[slot]) for li in range(len(distinct[0].layers))]
-    return DynamicCache(ddp_cache_data=layers)  # (B, heads, P, d) per layer
+    return make_cache(layers)  # (B, heads, P, d) per layer
 
 
 @torch.no_grad()
@@ -123,6 +118,8 @@ class PrefixCache:
         self.model, self.tokenizer = model, tokenizer
         self.enabled = enabled
         self._entries: dict[str, Optional[TaskPrefix]] = {}
+        self.rows = 0  # rows prefilled through `prefill` (metrics)
+        self.hits = 0  # of those, rows whose prompt start came from the cache
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
@@ -150,7 +147,7 @@ class PrefixCache:
             emb = self.model.embed(ids_t, vids_t, [key])  # (1, P, H)
             _, past = self.model.step(emb, torch.ones(1, len(ids), dtype=torch.long, device=dev),
                                       torch.arange(len(ids), device=dev)[None])
-            if not plain_kv_cache(past):
+            if not editable_cache(past):
                 log.warning("prefix cache switched off: %s's KV cache is not a plain DynamicLayer cache",
                             type(self.model.lm).__name__)
                 self.enabled, self._entries = False, {}
@@ -164,7 +161,17 @@ class PrefixCache:
         self._entries.pop(key, None)
 
     def prefill(self, model: PromptLearningModel, examples: Sequence[Example], pad_id: int) -> tuple:
-        """A `generation.Prefill` that uses the cached prefixes of the examples' tasks (plain when off)."""
+        """A `generation.Prefill` that uses the cached prefixes of the examples' tasks (plain when off); counts
+        the rows it prefills (`rows`) and those that found their prompt start cached (`hits`)."""
+        self.rows += len(examples)
         if not self.enabled:
             return prefill_plain(model, examples, pad_id)
-        return prefill_with_prefixes(model, examples, [self._entries.get(e.taskname) for e in examples], pad_id)
+        prefixes = [self._entries.get(e.taskname) for e in examples]
+        self.hits += sum(shared_length(e, p) > 0 for e, p in zip(examples, prefixes))
+        return prefill_with_prefixes(model, examples, prefixes, pad_id)
+
+    def run_tokens(self, example: Example) -> int:
+        """How many prompt tokens of `example` a prefill runs (those after its cached prompt start)."""
+        if not self.enabled:
+            return len(example)
+        return len(example) - shared_length(example, self._entries.get(example.taskname))

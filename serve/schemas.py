@@ -231,8 +231,24 @@ class ServerSettings(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16, as in training
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
         "auto", description="auto: the replica's CUDA GPU when it has one (ray_actor_options num_gpus), else CPU")
-    max_batch_size: int = Field(16, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, allow_inf_nan=False)
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: requests join and leave the running batch between decoding "
+        "steps; static: a batch is formed when the last one has ended and runs until its longest row ends")
+    max_batch_size: int = Field(16, ge=1, le=512, description="rows decoded together at most")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, allow_inf_nan=False,
+                                        description="static batching: how long an empty batch waits to fill")
+    max_prompt_tokens: int = Field(4096, ge=1, description="longest prompt (virtual tokens included) a request "
+                                   "may have; longer ones are a 422 naming this limit")
+    kv_budget_tokens: int = Field(65536, ge=1, description="KV-cache slots the running rows of a replica may "
+                                  "hold: rows x the longest row's prompt + max_tokens")
+    max_queue: int = Field(64, ge=1, description="requests waiting for room at most; beyond, a 503 with "
+                           "Retry-After")
+    prefill_chunk_tokens: int = Field(256, ge=1, description="prompt tokens prefilled per decoding step while "
+                                      "other rows decode (longer prompts are prefilled in chunks)")
+    threads: Optional[int] = Field(None, ge=1, le=256, description="torch threads of a replica, and the CPUs "
+                                   "build_app reserves for it (ray_actor_options num_cpus); None: the CPUs Ray "
+                                   "gave the replica (1 when build_app picks), for `promptray serve` the machine's "
+                                   "cores shared among the replicas")
     prompt_cache_bytes: int = Field(256 * 2**20, ge=0, description="LRU bound of loaded prompts + prefix caches")
     refresh_s: float = Field(10.0, ge=0, allow_inf_nan=False,
                              description="how old the manifest may get before it is read again")

@@ -21,6 +21,7 @@ import torch
 
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example
+from promptray.platform.generation.kv_rows import cut_left, join_caches, leading_padding, pad_left, select_cache
 from promptray.platform.generation.logprobs import Decode, TokenLogprob, text_offsets, token_logprobs
 from promptray.platform.generation.sampling import GenerationParams, choose_tokens, process_logits
 from promptray.platform.model.prompt_model import PromptLearningModel
@@ -160,13 +161,17 @@ class DecodeBatch:
     and generated ids (-1 for virtual placeholders and padding) for the repetition penalty; `logits` (B, V)
     float32, the next-token logits of each row; `past`, the KV cache; `mask` (B, T) long, the attention mask
     over the cache and new tokens; `pos`, the position ids of the last forward (the prompt pass's, then
-    (B, 1)). Prompts are left-padded (`collate(side="left")`) so every row's next token is in the last column."""
+    (B, 1)). Prompts are left-padded (`collate(side="left")`) so every row's next token is in the last column.
+
+    A step is `choose()` (tokens and events) then `forward()`; between them rows may leave (`keep`), and
+    between steps whole batches may join (`join`): platform/generation/scheduler.py runs a batch that way."""
 
     def __init__(self, model: PromptLearningModel, examples: Sequence[Example], rows: Sequence[DecodeRow],
                  pad_id: int, prefill: Prefill = prefill_plain):
         self.model, self.rows = model, list(rows)
         self.seen = seen_tokens(examples, pad_id).to(model.device)  # (B, T)
         self.logits, self.past, self.mask, self.pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T) x2
+        self.chosen: Optional[torch.Tensor] = None  # (B,) tokens chosen by `choose`, not yet fed
 
     @property
     def done(self) -> bool:
@@ -193,21 +198,68 @@ class DecodeBatch:
                 out[i] = lp
         return out
 
-    def step(self) -> list[Optional[RowEvent]]:
-        """Choose each row's next token, report one event (or None) per row, and run the next forward pass
-        unless every row is finished (finished rows are still computed, their tokens ignored)."""
+    @classmethod
+    def of_state(cls, model: PromptLearningModel, rows: Sequence[DecodeRow], seen: torch.Tensor,
+                 logits: torch.Tensor, past, mask: torch.Tensor, pos: torch.Tensor) -> DecodeBatch:
+        """A batch from a finished prompt pass (a `Prefill`'s logits (B, V), cache, mask (B, T), positions
+        (B, t)) and seen ids (B, S): what the scheduler makes of newly prefilled rows before they join."""
+        batch = cls.__new__(cls)
+        batch.model, batch.rows, batch.seen = model, list(rows), seen
+        batch.logits, batch.past, batch.mask, batch.pos = logits, past, mask, pos[:, -1:]  # pos (B, 1)
+        batch.chosen = None
+        return batch
+
+    def choose(self) -> list[Optional[RowEvent]]:
+        """Choose each row's next token from its logits and report one event (or None) per row (finished rows:
+        None, their choice ignored). The choices are kept for `forward`."""
         rows = self.rows
         nxt = choose_tokens(self.logits, self.seen, [r.params for r in rows], [r.generator for r in rows],
                             self._banned())  # (B,)
         logprobs = self._logprobs(nxt)
-        events = [None if r.done else r.advance(t, lp) for r, t, lp in zip(rows, nxt.tolist(), logprobs)]
+        self.chosen = nxt
+        return [None if r.done else r.advance(t, lp) for r, t, lp in zip(rows, nxt.tolist(), logprobs)]
+
+    def forward(self) -> None:
+        """Feed the chosen tokens (B,): the next forward pass, extending seen ids, mask, positions and cache."""
+        nxt, self.chosen = self.chosen, None
+        self.seen = torch.cat([self.seen, nxt[:, None]], dim=1)  # (B, S+1)
+        self.mask = torch.cat([self.mask, torch.ones_like(nxt)[:, None]], dim=1)  # (B, T+1)
+        self.pos = self.pos[:, -1:] + 1  # (B, 1)
+        self.logits, self.past = self.model.step(self.model.token_embeddings(nxt[:, None]), self.mask, self.pos,
+                                                 self.past)
+
+    def step(self) -> list[Optional[RowEvent]]:
+        """Choose each row's next token, report one event (or None) per row, and run the next forward pass
+        unless every row is finished (finished rows are still computed, their tokens ignored)."""
+        events = self.choose()
         if not self.done:
-            self.seen = torch.cat([self.seen, nxt[:, None]], dim=1)  # (B, S+1)
-            self.mask = torch.cat([self.mask, torch.ones_like(nxt)[:, None]], dim=1)  # (B, T+1)
-            self.pos = self.pos[:, -1:] + 1  # (B, 1)
-            self.logits, self.past = self.model.step(self.model.token_embeddings(nxt[:, None]), self.mask, self.pos,
-                                                     self.past)
+            self.forward()
         return events
+
+    def keep(self, idx: Sequence[int]) -> None:
+        """Keep only rows `idx` (in that order, at least one; their chosen tokens too) and drop the leading cache
+        slots and seen columns no remaining row uses. Needs an `editable_cache`."""
+        sel = torch.tensor(list(idx), dtype=torch.long, device=self.logits.device)  # (b,)
+        mask, seen = self.mask[sel], self.seen[sel]  # (b, T), (b, S)
+        cut = leading_padding(mask)
+        self.past = select_cache(self.past, sel, cut)
+        self.mask, self.logits, self.pos = cut_left(mask, cut), self.logits[sel], self.pos[sel]
+        self.seen = cut_left(seen, min(leading_padding(seen >= 0), seen.shape[1] - 1))
+        self.chosen = self.chosen[sel] if self.chosen is not None else None
+        self.rows = [self.rows[i] for i in idx]
+
+    def join(self, other: DecodeBatch) -> None:
+        """Append `other`'s rows (caches, masks and seen ids left-padded to common lengths; positions are each
+        row's own). Both batches must be between steps (no pending choice) and have `editable_cache`s."""
+        ta, tb = self.mask.shape[1], other.mask.shape[1]
+        sa, sb = self.seen.shape[1], other.seen.shape[1]
+        T, S = max(ta, tb), max(sa, sb)
+        self.past = join_caches(self.past, other.past, ta, tb)
+        self.mask = torch.cat([pad_left(self.mask, T - ta), pad_left(other.mask, T - tb)])  # (B, T)
+        self.seen = torch.cat([pad_left(self.seen, S - sa, -1), pad_left(other.seen, S - sb, -1)])  # (B, S)
+        self.logits = torch.cat([self.logits, other.logits])  # (B, V)
+        self.pos = torch.cat([self.pos[:, -1:], other.pos[:, -1:]])  # (B, 1)
+        self.rows += other.rows
 
 
 @torch.no_grad()

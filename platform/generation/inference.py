@@ -21,9 +21,10 @@ from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example, Source, build_examples, shortest_example
 from promptray.platform.data.encoding import add_bos_by_task, warn_bos_overrides
 from promptray.platform.errors import ConfigError, DatasetError
-from promptray.platform.generation.decode import DecodeRow, GenerationParams, decode_rows
+from promptray.platform.generation.decode import DecodeRow, GenerationParams
 from promptray.platform.generation.loading import PromptModel, load_prompt_model
 from promptray.platform.generation.logprobs import openai_logprobs
+from promptray.platform.generation.scheduler import Limits, Scheduler, run_to_end
 from promptray.platform.model.prompt_model import PromptLearningModel
 from promptray.platform.table.table import PromptTable
 
@@ -103,18 +104,26 @@ class Generated:
 
 def predict_rows(engine: PromptModel, examples: Sequence[Example], params: GenerationParams,
                  batch_size: int = 8, progress: bool = False) -> list[Generated]:
-    """Each example's generation (input order kept); batches mix tasks, grouped by length to cut padding.
-    Sampling draws from one generator seeded with `params.seed` per batch."""
-    tok, device = engine.tokenizer, engine.model.device
+    """Each example's generation (input order kept), through the scheduler that serving runs
+    (platform/generation/scheduler.py): at most `batch_size` rows decode at once, of any tasks, shortest
+    prompts first; greedy decoding is continuous (a row that ends makes room for the next at once). Sampling
+    draws from one generator seeded with `params.seed` per group of `batch_size` consecutive examples, run as
+    static batches, so a seeded run gives the same texts as before the scheduler."""
+    tok = engine.tokenizer
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    out: list[Optional[Generated]] = [None] * len(examples)
-    for s in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress, unit="batch"):
-        idx = order[s:s + batch_size]
-        gen = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
-        rows = [DecodeRow(params, tok.eos_token_id, generator=gen) for _ in idx]
-        for i, row in zip(idx, decode_rows(engine.model, [examples[i] for i in idx], rows, tok.pad_token_id)):
-            out[i] = _generated(row, engine.decode)
-    return out  # type: ignore[return-value]
+    rows: dict[int, DecodeRow] = {}
+    for s in range(0, len(order), batch_size):
+        gen = torch.Generator(engine.model.device).manual_seed(params.seed) if params.seed is not None else None
+        rows.update({i: DecodeRow(params, tok.eos_token_id, generator=gen) for i in order[s:s + batch_size]})
+    limits = Limits(max_rows=batch_size, kv_budget_tokens=2**62, max_waiting=batch_size)
+    scheduler = Scheduler(engine.model, tok.pad_token_id, limits=limits,
+                          policy="continuous" if params.is_greedy else "static")
+    with tqdm(total=len(examples), desc="generating", disable=not progress, unit="example") as bar:
+        for out in run_to_end(scheduler, [(i, examples[i], rows[i]) for i in order]):
+            if out.error is not None:
+                raise out.error
+            bar.update(int(out.event.finish_reason is not None))
+    return [_generated(rows[i], engine.decode) for i in range(len(examples))]
 
 
 def _generated(row: DecodeRow, decode) -> Generated:

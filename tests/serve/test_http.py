@@ -13,7 +13,7 @@ from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import load_inference_engine, predict, prepare
 from promptray.platform.table.table import PromptTable
 
-from serve_helpers import API_KEY, make_prompt
+from serve_helpers import API_KEY, make_prompt, wait_ready
 
 pytestmark = pytest.mark.ray
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -245,3 +245,66 @@ def test_chunked_body_over_the_limit_is_413_and_under_it_is_served(server):
     assert ok.status_code == 200, ok.text
     whole = post(server, "/v1/generate", {**INPUTS[0], "max_tokens": N, "greedy": True}).json()
     assert ok.json()["completions"][0]["text"] == whole["completions"][0]["text"]
+
+
+@pytest.fixture(scope="module")
+def tight(server, table_uri, tiny_gpt2_path):
+    """App "tight" at /tight: one running row, one waiting request."""
+    from ray import serve
+
+    from promptray.serve.app import build_app
+    from promptray.serve.schemas import ServerSettings
+
+    settings = ServerSettings(table=table_uri, model=str(tiny_gpt2_path), precision="fp32", max_batch_size=1,
+                              max_queue=1, api_keys_env=None, threads=1)
+    serve.run(build_app(settings, ray_actor_options={"num_cpus": 0}), name="tight", route_prefix="/tight",
+              blocking=False)
+    wait_ready(f"{server}/tight/healthz")
+    yield f"{server}/tight"
+    serve.delete("tight")
+
+
+def test_beyond_the_queue_a_503_with_retry_after_and_metrics_count_it(tight):
+    body = {**INPUTS[2], "max_tokens": 200, "min_tokens": 200, "greedy": True}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: post(tight, "/v1/generate", body), range(6)))
+    busy = [a for a in answers if a.status_code == 503]
+    ok = [a for a in answers if a.status_code == 200]
+    assert busy and ok and len(busy) + len(ok) == 6
+    error = busy[0].json()["error"]
+    assert error["code"] == "server_overloaded" and error["type"] == "server_error"
+    assert int(busy[0].headers["Retry-After"]) == error["retry_after_s"] >= 1
+    assert "max_waiting 1" in error["message"]
+    assert len({a.json()["completions"][0]["text"] for a in ok}) == 1  # the same greedy answer each time
+    metrics = requests.get(f"{tight}/metrics", timeout=30)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    lines = dict(line.rsplit(" ", 1) for line in metrics.text.splitlines() if line and not line.startswith("#"))
+    assert float(lines['promptray_requests_total{outcome="rejected"}']) == len(busy)
+    assert float(lines['promptray_requests_total{outcome="finished"}']) == len(ok)
+    assert float(lines["promptray_generated_tokens_total"]) == 200 * len(ok)
+    assert float(lines["promptray_queue_depth"]) == 0 and float(lines["promptray_kv_budget_tokens"]) == 65536
+    health = requests.get(f"{tight}/healthz", timeout=30).json()["scheduler"]
+    assert health["requests"]["rejected"] == len(busy) and health["tokens_generated"] == 200 * len(ok)
+
+
+def _counters(base: str) -> dict[str, float]:
+    text = requests.get(f"{base}/metrics", timeout=30).text
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                     if line and not line.startswith("#"))}
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_row(tight):
+    import time
+
+    before = _counters(tight)
+    body = {**INPUTS[2], "max_tokens": 200, "min_tokens": 200, "greedy": True, "stream": True}
+    with requests.post(f"{tight}/v1/generate", json=body, stream=True, timeout=60) as r:
+        first = next(line for line in r.iter_lines() if line.startswith(b"data: "))
+    assert json.loads(first[6:])["finish_reason"] is None  # the connection closes mid-answer
+    key = 'promptray_requests_total{outcome="cancelled"}'
+    deadline = time.monotonic() + 30
+    while _counters(tight)[key] == before[key] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = _counters(tight)
+    assert after[key] == before[key] + 1 and after["promptray_running_rows"] == 0
+    assert after["promptray_generated_tokens_total"] - before["promptray_generated_tokens_total"] < 200

@@ -77,6 +77,25 @@ def test_cli_serve_arguments():
     assert args.fn.__name__ == "cmd_serve"
 
 
+def test_cli_serve_scheduling_flags_reach_the_settings():
+    from promptray.jobs.cli import serve_settings
+    from promptray.platform.errors import ConfigError
+
+    args = build_parser().parse_args(["serve", "--table", "t", "--batching", "static", "--threads", "3",
+                                      "--max-queue", "5", "--kv-budget-tokens", "4096", "--max-prompt-tokens", "512",
+                                      "--replicas", "2", "--max-replicas", "4"])
+    s = serve_settings(args)
+    assert (s.batching, s.threads, s.max_queue, s.kv_budget_tokens, s.max_prompt_tokens) == \
+        ("static", 3, 5, 4096, 512)
+    assert args.max_replicas == 4
+    bad = build_parser().parse_args(["serve", "--table", "t", "--replicas", "3", "--max-replicas", "2",
+                                     "--max-queue", "0"])
+    with pytest.raises(ConfigError) as err:
+        serve_settings(bad)
+    assert err.value.problems == ["--max-replicas 2: give at least --replicas (3)",
+                                  "--max-queue 0: input should be greater than or equal to 1"]
+
+
 def _call_body_limit(chunks, limit: int, headers=()) -> tuple[list[dict], int, list[bytes]]:
     """Run BodyLimit over a request whose body arrives as `chunks` (an iterator, maybe endless): (the messages
     it sent, how many chunks it read, the body the app behind it saw)."""

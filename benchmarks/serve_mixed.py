@@ -1,0 +1,193 @@
+"""Serving a mixed workload over HTTP: static batches vs continuous batching, side by side in one run.
+
+Workload: smollm2-135m, 4 tasks with 5, 20, 50 and 100 text-initialised virtual tokens (untrained: speed does
+not depend on the values), the demo's movie-review snippets as inputs; request i asks task i % 4, and is a
+short one (4 tokens) for even i, a long one (48 tokens) for odd i, with `min_tokens` = `max_tokens` so every
+request generates exactly its class's tokens (greedy). A closed loop of `--clients` (16) concurrent
+connections streams `/v1/generate` (SSE) until `--requests` are answered.
+
+Sides: the same Serve app (`build_app`, one replica, --threads torch threads and CPUs, bf16, prefix cache on,
+max_batch_size 16) with `batching: static` (a batch forms when the last one ended, waits up to 10 ms to fill
+and runs until its longest row ends: the server of main before the scheduler) and `batching: continuous`,
+deployed one after the other on one local Ray, each warmed up (every task loaded) before timing.
+
+Per side: completion tokens/s, requests/s, errors; time to first token (first SSE event with text) and
+latency p50/p99 per class, as the client sees them (the client shares the machine with the server).
+Targets of issue 15: continuous >= 2.5x static's completion tokens/s, short p50 <= half of static's, no errors.
+
+    python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--threads 2] [--gpu]
+
+Results: benchmarks/results/serve_bench_mixed.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.common import MODEL
+
+VIRTUAL = {"sentiment": 5, "polarity": 20, "tone": 50, "verdict": 100}
+INIT = "Say whether the critic liked the film: answer positive or negative, nothing else, in one word"
+SHORT, LONG = 4, 48
+TOKENS_TARGET, SHORT_P50_TARGET = 2.5, 0.5
+
+
+def build_mixed_table(uri: str) -> dict[str, str]:
+    """Publish the 4 tasks (5..100 text-initialised virtual tokens) for smollm2-135m."""
+    from promptray.platform.model.fingerprint import fingerprint_model
+    from promptray.platform.model.hub import load_base_model
+    from promptray.platform.model.prompt_encoder import init_from_text
+    from promptray.platform.table.table import PromptTable, TaskPrompt
+
+    lm, tok = load_base_model(MODEL)
+    fp, vocab = fingerprint_model(lm, MODEL), lm.get_input_embeddings()
+    prompts = []
+    for name, n in VIRTUAL.items():
+        template = {"taskname": name, "prompt_template": f"<|VIRTUAL_PROMPT_0|> {name.title()} of: {{sentence}}\n"
+                    "Answer: {label}", "total_virtual_tokens": n, "virtual_token_splits": [n],
+                    "truncate_field": "sentence", "answer_field": "label"}
+        prompts.append(TaskPrompt(taskname=name, embeddings=init_from_text(INIT, n, tok, vocab), template=template,
+                                  style="prompt-tuning", base_model=fp, source={"job": "serve_bench_mixed"}))
+    return PromptTable(uri).publish(prompts)
+
+
+def workload(sentences: list[str], n: int) -> list[dict]:
+    """Request i: task i % 4, snippet i, short (even i) or long (odd i); exactly max_tokens tokens each."""
+    names = list(VIRTUAL)
+    out = []
+    for i in range(n):
+        k = SHORT if i % 2 == 0 else LONG
+        out.append({"taskname": names[i % 4], "fields": {"sentence": sentences[i % len(sentences)]},
+                    "max_tokens": k, "min_tokens": k, "greedy": True, "stream": True})
+    return out
+
+
+def one_request(session, url: str, body: dict) -> dict:
+    """Stream one request: its latency, time to first token, tokens and status."""
+    t0 = time.perf_counter()
+    ttft, text, status = None, "", None
+    with session.post(url, json=body, stream=True, timeout=600) as r:
+        status = r.status_code
+        if status == 200:
+            for line in r.iter_lines():
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event["text"] and ttft is None:
+                    ttft = time.perf_counter() - t0
+                text += event["text"]
+    return {"status": status, "latency": time.perf_counter() - t0, "ttft": ttft, "text": text,
+            "class": "short" if body["max_tokens"] == SHORT else "long", "tokens": body["max_tokens"]}
+
+
+def closed_loop(base: str, reqs: list[dict], clients: int) -> tuple[list[dict], float]:
+    """`clients` connections, each sending its next request when the last one ended; (results, seconds)."""
+    import requests
+
+    pending, lock, results = iter(range(len(reqs))), threading.Lock(), [None] * len(reqs)
+
+    def worker():
+        with requests.Session() as s:
+            while True:
+                with lock:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                results[i] = one_request(s, f"{base}/v1/generate", reqs[i])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(worker) for _ in range(clients)]:
+            f.result()
+    return results, time.perf_counter() - t0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
+    return round(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo), 4)
+
+
+def summarize(results: list[dict], seconds: float) -> dict:
+    ok = [r for r in results if r["status"] == 200]
+    per_class = {}
+    for c in ("short", "long"):
+        rs = [r for r in ok if r["class"] == c]
+        lat, ttft = [r["latency"] for r in rs], [r["ttft"] for r in rs if r["ttft"] is not None]
+        per_class[c] = {"requests": len(rs), "latency_p50_s": pct(lat, 50), "latency_p99_s": pct(lat, 99),
+                        "ttft_p50_s": pct(ttft, 50) if ttft else None, "ttft_p99_s": pct(ttft, 99) if ttft else None}
+    tokens = sum(r["tokens"] for r in ok)
+    ttft_all = [r["ttft"] for r in ok if r["ttft"] is not None]
+    return {"seconds": round(seconds, 3), "requests": len(results), "errors": len(results) - len(ok),
+            "error_statuses": sorted({r["status"] for r in results if r["status"] != 200}),
+            "completion_tokens": tokens, "completion_tokens_per_s": round(tokens / seconds, 2),
+            "requests_per_s": round(len(ok) / seconds, 3),
+            "ttft_mean_s": round(statistics.fmean(ttft_all), 4) if ttft_all else None, "per_class": per_class}
+
+
+def run_side(serve, build_app, settings, base: str, reqs: list[dict], clients: int, actor: dict) -> dict:
+    """Deploy one side, warm it up, measure, read its /healthz, delete it."""
+    import requests
+
+    serve.run(build_app(settings, ray_actor_options=actor), name="bench", route_prefix="/")
+    warm = workload(["A fine, warm film."], 4)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda b: requests.post(f"{base}/v1/generate", json={**b, "stream": False}, timeout=600)
+                      .raise_for_status(), warm))
+    results, seconds = closed_loop(base, reqs, clients)
+    health = requests.get(f"{base}/healthz", timeout=30).json()
+    serve.delete("bench")
+    out = summarize(results, seconds)
+    out["server"] = {k: health.get(k) for k in ("batching", "precision", "device", "torch_threads")}
+    out["server"]["scheduler"] = health.get("scheduler")
+    return out, [r["text"] for r in results]
+
+
+def run_mixed(work: Path, n_requests: int, clients: int, threads: int, gpu: bool) -> dict:
+    import ray
+    from ray import serve
+
+    from benchmarks.common import read_jsonl, sentiment_splits
+    from promptray.platform.ports import free_ports
+    from promptray.serve.app import build_app
+    from promptray.serve.schemas import ServerSettings
+
+    sentences = [r["sentence"] for r in read_jsonl(sentiment_splits(work / "data")["test"])]
+    uri = str(work / "mixed_table")
+    versions = build_mixed_table(uri)
+    reqs = workload(sentences, n_requests)
+    port = free_ports(1)[0]
+    actor = {"num_cpus": threads, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+             **({"num_gpus": 1} if gpu else {})}
+    ray.init(address="local", num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+    sides, texts = {}, {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        base = f"http://127.0.0.1:{port}"
+        for policy in ("static", "continuous"):
+            settings = ServerSettings(table=uri, model=MODEL, precision="auto", accelerator="cuda" if gpu else "cpu",
+                                      batching=policy, max_batch_size=16, batch_wait_timeout_s=0.01,
+                                      threads=threads, api_keys_env=None)
+            sides[policy], texts[policy] = run_side(serve, build_app, settings, base, reqs, clients, actor)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    s, c = sides["static"], sides["continuous"]
+    ratio = round(c["completion_tokens_per_s"] / s["completion_tokens_per_s"], 2)
+    short = round(c["per_class"]["short"]["latency_p50_s"] / s["per_class"]["short"]["latency_p50_s"], 3)
+    same = sum(a == b for a, b in zip(texts["static"], texts["continuous"])) / len(reqs)
+    return {"settings": {"model": MODEL, "virtual_tokens": VIRTUAL, "classes": {"short": SHORT, "long": LONG},
+                         "requests": n_requests, "clients": clients, "threads": threads, "gpu": gpu,
+                         "table_versions": versions},
+            "sides": sides, "identical_texts_static_vs_continuous": round(same, 3),
+            "targets": {"completion_tokens_per_s_ratio": ratio, "met_tokens": ratio >= TOKENS_TARGET,
+                        "short_p50_ratio": short, "met_short_p50": short <= SHORT_P50_TARGET,
+                        "no_errors": s["errors"] == c["errors"] == 0}}
