@@ -26,13 +26,12 @@ from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_config import SearchConfig
 from promptray.jobs.search_objective import objective, task_labels, validation_sample
 from promptray.jobs.search_plan import Bracket, plan_search
+from promptray.jobs.search_report import error_line
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
+from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.pack import PackLoop, candidate_records
 from promptray.platform.train.trainer import prepare_engine
-
-CANDIDATES = "candidates.json"
 
 
 def candidate_configs(base: dict, task: str, bracket: Bracket, data: dict, out: Path) -> dict[str, JobConfig]:
@@ -125,8 +124,11 @@ class PackRun:
         self.send(metrics)
 
     def table(self) -> list[dict[str, Any]]:
-        """One entry per candidate: name, choice, state, steps, best value and step, curve, and whether it is
-        the pack's best."""
-        return [{"candidate": n, "choice": self.choices[n], "state": c.state, "steps": c.done,
+        """One entry per candidate: name, choice, state, steps, best value and step, curve, whether it is the
+        pack's best, and for a candidate whose data failed its error (state "error")."""
+        rows = [{"candidate": n, "choice": self.choices[n], "state": c.state, "steps": c.done,
                  "best": c.best, "best_step": c.best_step, "is_best": n == self.best, "curve": c.curve}
                 for n, c in self.pack.candidates.items()]
+        return rows + [{"candidate": n, "choice": self.choices[n], "state": "error", "steps": 0, "best": None,
+                        "best_step": None, "is_best": False, "curve": [], "error": error_line(e)}
+                       for n, e in self.pack.failed.items()]

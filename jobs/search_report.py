@@ -67,8 +67,9 @@ def pack_rows(grid, group: str, metric: str, trials_root: Path) -> list[dict[str
             continue
         for c in json.loads(path.read_text()):
             ok = c["best"] is not None
+            error = c.get("error") or (error_line(r.error) if r.error else None)
             rows.append({"group": group, "trial_id": trial_id, "candidate": c["candidate"],
-                         "status": "ok" if ok else "error", "error": error_line(r.error) if r.error else None,
+                         "status": "ok" if ok else "error", "error": error,
                          metric: c["best"], "iterations": len(c["curve"]), "last_step": c["steps"],
                          "best_step": c["best_step"], "state": c["state"], "pack_best": c["is_best"],
                          "workers": 1, "curve": [[x["step"], x.get(metric)] for x in c["curve"]],

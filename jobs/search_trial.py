@@ -32,6 +32,7 @@ from promptray.platform.train.loop import StepInfo
 from promptray.platform.train.trainer import build_loop
 
 BEST_PROMPTS = "best_prompts.pt"
+CANDIDATES = "candidates.json"  # a packed trial's candidates (search_pack.py)
 PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)
 # Tune needs a non-empty head bundle per trial; the driver of a multi-worker trial only waits on its Train
 # controller, so it asks for a little memory and no CPU (every CPU of the node stays for the Train workers).

@@ -24,7 +24,7 @@ import torch
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.dataset import Example, Record, read_records
 from promptray.platform.data.encoding import TaskEncoding
-from promptray.platform.errors import ConfigError
+from promptray.platform.errors import ConfigError, DatasetError, PromptrayError
 from promptray.platform.generation.loading import PromptModel
 from promptray.platform.model.prompt_encoder import PromptBank
 from promptray.platform.train.distributed import Dist
@@ -76,8 +76,11 @@ class PackLoop:
     `validate(name, objective)` records a validation; `stop(name)` ends a candidate; `prompts(name)` is its
     best (else current) float32 (n, H) prompt on the CPU.
 
+    A candidate whose data fail (`steps.load_data`'s ConfigError: too few usable examples at its count; a
+    DatasetError) is left out and kept in `failed` (name -> the error); the others train.
+
     Errors: ConfigError for a p-tuning candidate, one that does not tune `task` alone, or candidates whose
-    batch settings differ; those of `steps.load_data` (too few usable examples) and of the data readers."""
+    batch settings differ; the first candidate's data error when every candidate's data fail."""
 
     def __init__(self, engine: Engine, task: str, candidates: dict[str, PromptLearningConfig], *,
                  metric: str = "val_loss", mode: str = "min", group: Dist = Dist(),
@@ -89,10 +92,20 @@ class PackLoop:
         d = first.model.data
         self.records = (read_records(d.train_ds, endpoint_url=first.storage.endpoint_url),
                         read_records(d.validation_ds or [], endpoint_url=first.storage.endpoint_url))
-        engine.model.bank = self._bank(candidates)
+        for name, cfg in candidates.items():
+            engine.templates[name] = _template(cfg, task).model_copy(update={"taskname": name})
+        self.candidates: dict[str, Candidate] = {}
+        self.failed: dict[str, PromptrayError] = {}  # candidates whose data do not fit (the others train)
+        for name, cfg in candidates.items():
+            try:
+                self.candidates[name] = self._candidate(name, cfg)
+            except (ConfigError, DatasetError) as e:
+                self.failed[name] = e
+        if not self.candidates:
+            raise next(iter(self.failed.values()))
+        engine.model.bank = self._bank({n: candidates[n] for n in self.candidates})
         if device is not None:
             engine.model.bank.to(device)
-        self.candidates = {n: self._candidate(n, c) for n, c in candidates.items()}
         self.optimizer = torch.optim.AdamW([self._group(c) for c in self.candidates.values()])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lr_lambda(c.cfg, c.steps) for c in self.candidates.values()])
@@ -109,7 +122,6 @@ class PackLoop:
             template = _template(cfg, self.task)
             alone = build_bank(cfg, {self.task: template}, {}, e.tokenizer, vocab)
             bank.add_tuned(name, alone.get(self.task).detach())
-            e.templates[name] = template.model_copy(update={"taskname": name})
         return bank
 
     def _candidate(self, name: str, cfg: PromptLearningConfig) -> Candidate:

@@ -17,7 +17,7 @@ from promptray.platform.train.trainer import build_loop, prepare_engine
 
 WORDS = "apple river stone cloud green tiger music paper candle window garden silver".split()
 # (tokens, init, lr, schedule): every candidate differs from the others in all of them
-CANDIDATES = {"c0": (4, "random", 0.1, None),
+CANDIDATES = {"c0": (4, "random", 0.1, None), "big": (250, "random", 0.1, None),  # big: no example fits 256
               "c1": (2, "text", 0.03, {"name": "CosineAnnealing", "warmup_steps": 1, "min_lr": 0.003}),
               "c2": (6, "vocab", 0.05, {"name": "CosineAnnealing", "min_lr": 0.0})}
 
@@ -44,7 +44,7 @@ def candidate_config(tmp_path: Path, model: Path, name: str, steps: int = 4) -> 
 
 
 def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, tiny_gpt2_path):
-    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n) for n in CANDIDATES}
+    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n) for n in ("c0", "c1", "c2")}
     pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs)
     curves = {n: [] for n in cfgs}
     for step in range(1, 5):
@@ -93,3 +93,16 @@ def test_packs_take_prompt_tuning_candidates_of_one_task_with_equal_batches(tmp_
     assert len(e.value.problems) == 2
     assert "candidates differ in micro_batch_size" in e.value.problems[0]
     assert "pack candidate 'c1': packs train prompt-tuning candidates of one new task 'a'" in e.value.problems[1]
+
+
+def test_a_candidate_whose_examples_do_not_fit_is_left_out_with_its_error(tmp_path, tiny_gpt2_path):
+    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n, steps=1) for n in ("c0", "big")}
+    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs)
+    assert list(pack.candidates) == ["c0"] and list(pack.failed) == ["big"]
+    assert pack.failed["big"].problems[0].startswith(
+        "model.data.train_ds: 0 usable training examples for new tasks ['big']")
+    assert pack.engine.model.bank.names == ["c0"]
+    pack.step()
+    assert pack.candidate_steps == 1
+    with pytest.raises(ConfigError, match="0 usable training examples"):
+        PackLoop(prepare_engine(cfgs["c0"]), "a", {"big": cfgs["big"]})
