@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     search_s = time.perf_counter() - t0
     rows = [["search", search["payload"]["best"]["sentiment"]["config"], budget,
              held_out_accuracy(search["payload"]["table"], data["test"], n_test)]]
-    seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1)}
+    seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1),
+               "candidates_per_hour": round(len(search["trials"]) * 3600 / search_s, 1)}
     for tokens in (20, 100):
         t1 = time.perf_counter()
         rows.append([f"fixed {tokens}", {"sentiment.total_virtual_tokens": tokens, "lr": 3e-2}, budget,
