@@ -14,9 +14,8 @@ from typing import Any
 import torch
 
 from promptray.jobs.config import JobConfig, load_job_config
-from promptray.jobs.search_pack import CANDIDATES
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
+from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
 from promptray.platform.errors import PromptrayError
 from promptray.platform.train.publishing import publish_tasks, task_prompts
 from promptray.platform.train.trainer import prepare_engine
