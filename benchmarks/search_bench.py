@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
                     "200 validation / 400 test examples) to fit about 20 minutes on 2 CPUs shared with other "
                     "work; rerun that with --steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 "
                     "--n-test 400")}
+    if args.budget:  # the packed search: no per-trial steps, no ASHA; rungs from the plan, label ranking
+        settings.update({"steps_per_trial": None, "val_check_interval": "the plan's rungs", "asha": None,
+                         "metric": "val_accuracy (label ranking of ' positive' / ' negative')",
+                         "successive_halving": {"reduction_factor": 2, "grace_fraction": 0.25},
+                         "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
                                   "machine": info, "rows": rows, "trials": trial_summary(search["trials"]),
                                   "seconds": seconds})
