@@ -59,16 +59,17 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     if device is not None:
         engine.model.to(device)
     pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device)
-    PackRun(pack, s, bracket, out, tune.report).run()
+    PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
 
 
 class PackRun:
     """Runs a pack through its bracket: validations at every rung (and every trainer.val_check_interval steps
     when that is a step count), a cut at each rung, a report to Tune after each round of validations."""
 
-    def __init__(self, pack: PackLoop, s: SearchConfig, bracket: Bracket, out: Path, send):
+    def __init__(self, pack: PackLoop, s: SearchConfig, bracket: Bracket, choices: dict[str, dict], out: Path,
+                 send):
         self.pack, self.s, self.bracket, self.out, self.send = pack, s, bracket, out, send
-        self.choices = dict(zip(pack.candidates, bracket.candidates))
+        self.choices = choices  # candidate name -> its choice, failed candidates included
         every = next(iter(pack.candidates.values())).cfg.trainer.val_check_interval
         self.every = every if isinstance(every, int) else None
         self.objectives = self._objectives() if s.metric == "val_accuracy" else {}
@@ -118,7 +119,8 @@ class PackRun:
         metrics = {metric: p.candidates[best].best, "step": step, "total_steps": self.bracket.max_steps,
                    "candidate_steps": p.candidate_steps, "running": len(p.running), "best_candidate": best,
                    "workers": 1}
-        for i, c in enumerate(p.candidates.values()):
+        for name, c in p.candidates.items():
+            i = name.rsplit(".c", 1)[-1]  # the candidate's index in its bracket
             metrics[f"cand/{i}/{metric}"] = c.best
             metrics[f"cand/{i}/steps"] = c.done
         self.send(metrics)

@@ -149,7 +149,8 @@ def plot_curves(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], met
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label,
                     linestyle="--" if r.get("state") == "stopped" else "-", linewidth=3 if r is best else 1)
         ax.set(title=task, xlabel="optimizer steps", ylabel=metric)
-        ax.legend(fontsize=6)
+        if mine:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     path = run_dir / "search_plot.png"
     fig.savefig(path)

@@ -58,3 +58,20 @@ def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publish
     saved = torch.load(run_dir / "trials" / best["trial_id"] / "best_prompts.pt", weights_only=True)
     torch.testing.assert_close(prompt.embeddings, saved["a"])
     assert (run_dir / "search_plot.png").stat().st_size > 0
+
+
+@pytest.mark.ray
+def test_a_candidate_whose_examples_do_not_fit_is_an_error_row_and_the_pack_goes_on(tmp_path, tiny_gpt2_path,
+                                                                                   ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 11], budget_steps=6)
+    raw["model"]["data"]["max_seq_length"] = 16  # 11 virtual tokens fit the template, not these records
+    payload = run_search(prepare_search_config(raw))
+    trials = {t["config/a.total_virtual_tokens"]: t for t in
+              json.loads((Path(payload["run_dir"]) / "trials.json").read_text())}
+    bad, good = trials[11], trials[2]
+    assert bad["status"] == "error" and bad["state"] == "error" and bad["last_step"] == 0
+    assert bad["error"].startswith("ConfigError: model.data.train_ds: 0 usable training examples for new tasks "
+                                   "['a.c1']"), bad["error"]
+    assert good["status"] == "ok" and good["state"] == "finished" and good["last_step"] == 4
+    assert payload["trials_errored"] == 1 and payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 2
+    assert len(PromptTable(payload["table"]).history("a")) == 1
