@@ -16,6 +16,8 @@ budget (100-step trials, counts {5, 10, 20, 50, 100}, two samples each, 200 vali
 examples) is `--steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 --n-test 400` (well over an hour
 on 2 CPUs).
 --quick: 10-step trials, 2 counts, 40 validation and 40 test examples (a smoke check; the numbers mean little).
+--budget N: the budget search instead (search.budget_steps N: one packed trial, successive halving, the
+objective label ranking on --n-val records); the fixed prompts train N steps each.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ LR = {"min": 3e-3, "max": 1e-1}
 
 
 def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int,
-               fixed_lr: bool = False) -> dict:
+               fixed_lr: bool = False, budget: int | None = None, n_val: int | None = None,
+               train_best: bool = False) -> dict:
     raw = sentiment_config(out, data, steps, MODEL)
     raw["name"] = "search_bench"
     raw["model"]["nemo_path"] = str(out / "search_table")
@@ -47,6 +50,9 @@ def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: in
                      "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2, "seed": 0}
     if not fixed_lr:  # else every trial uses the config's lr (model.optim.lr 3e-2), like the fixed prompts
         raw["search"]["lr"] = LR
+    if budget:  # packed successive halving within `budget` optimizer steps, validated at the rungs only
+        raw["search"].update({"budget_steps": budget, "val_samples": n_val, "train_best": train_best})
+        raw["trainer"]["val_check_interval"] = 1.0
     return raw
 
 
@@ -57,10 +63,12 @@ def held_out_accuracy(table_uri: str, test_file: Path, n_test: int) -> float:
 
 
 def run_search_variant(out: Path, data: dict, steps: int, counts: list[int], samples: int,
-                       fixed_lr: bool = False) -> dict:
+                       fixed_lr: bool = False, budget: int | None = None, n_val: int | None = None,
+                       train_best: bool = False) -> dict:
     from promptray.jobs.search import prepare_search_config, run_search
 
-    payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples, fixed_lr)))
+    payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples, fixed_lr, budget,
+                                                          n_val, train_best)))
     trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
     used = sum(t["last_step"] for t in trials if t["status"] == "ok")
     return {"payload": payload, "steps_used": used, "trials": trials}
@@ -86,7 +94,7 @@ def trial_summary(trials: list[dict]) -> list[dict]:
     return [{"total_virtual_tokens": t.get("config/sentiment.total_virtual_tokens"),
              "lr": round(t["config/lr"], 5) if "config/lr" in t else None, "status": t["status"],
              "best_val_accuracy": t.get("val_accuracy"), "validations": t.get("iterations"),
-             "steps": t.get("last_step")} for t in trials]
+             "steps": t.get("last_step"), "state": t.get("state")} for t in trials]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-test", type=int, help="test examples (default 200; --quick 40)")
     p.add_argument("--fixed-lr", action="store_true",
                    help="search the token count only (lr 3e-2, as the fixed prompts)")
+    p.add_argument("--budget", type=int, help="search.budget_steps: a packed successive-halving search within this "
+                   "many optimizer steps over all candidates (validation: --n-val records, label ranking)")
+    p.add_argument("--train-best", action="store_true", help="with --budget: search.train_best (the best "
+                   "candidate trains on alone in a last rung)")
     p.add_argument("--out", default="search_bench", help="results file name under benchmarks/results/ (no .json)")
     args = p.parse_args(argv)
     steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
@@ -115,12 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()  # its load average is the one at the start
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr)
+    search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr, args.budget, n_val,
+                                args.train_best)
     budget = search["steps_used"]
     search_s = time.perf_counter() - t0
     rows = [["search", search["payload"]["best"]["sentiment"]["config"], budget,
              held_out_accuracy(search["payload"]["table"], data["test"], n_test)]]
-    seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1)}
+    seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1),
+               "candidates_per_hour": round(len(search["trials"]) * 3600 / search_s, 1)}
     for tokens in (20, 100):
         t1 = time.perf_counter()
         rows.append([f"fixed {tokens}", {"sentiment.total_virtual_tokens": tokens, "lr": 3e-2}, budget,
@@ -134,11 +148,17 @@ def main(argv: list[str] | None = None) -> None:
                 "n_validation": n_val, "n_test": n_test,
                 "metric": "val_accuracy (greedy, 4 tokens)", "asha": {"grace_period": 1, "reduction_factor": 2},
                 "max_concurrent_trials": 1, "ray_num_cpus": args.num_cpus or os.cpu_count(),
+                "budget_steps": args.budget, "train_best": args.train_best,
                 "budget_note": None if args.quick else (
                     "reduced from the issue's first budget (100-step trials, counts 5,10,20,50,100 x 2 samples, "
                     "200 validation / 400 test examples) to fit about 20 minutes on 2 CPUs shared with other "
                     "work; rerun that with --steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 "
                     "--n-test 400")}
+    if args.budget:  # the packed search: no per-trial steps, no ASHA; rungs from the plan, label ranking
+        settings.update({"steps_per_trial": None, "val_check_interval": "the plan's rungs", "asha": None,
+                         "metric": "val_accuracy (label ranking of ' positive' / ' negative')",
+                         "successive_halving": {"reduction_factor": 2, "grace_fraction": 0.25},
+                         "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
                                   "machine": info, "rows": rows, "trials": trial_summary(search["trials"]),
                                   "seconds": seconds})

@@ -32,10 +32,14 @@ from typing import Any, Optional
 from promptray.jobs.cli_common import MissingDependencyError, parse_anywhere, require_ray
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.faults import FAULTS_ENV, faults_from_env
+from promptray.jobs.search_pack import run_pack
+from promptray.jobs.search_plan import plan_search
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
     errored,
+    pack_rows,
+    plot_curves,
     plot_trials,
     publish_best,
     trial_rows,
@@ -104,18 +108,33 @@ def _release_callback(trials_root: Path):
     return ReleaseStopped()
 
 
+def _space(cfg: JobConfig, tasks: list[str]) -> tuple[dict, Any, int]:
+    """(param space, scheduler, samples): a budget search runs one packed trial per bracket (the successive
+    halving is inside each pack, so Tune runs them first-in first-out); otherwise a trial per sample of the
+    space, stopped early by ASHA."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = cfg.search
+    if s.budget_steps is not None:
+        brackets = len(plan_search(s, tasks[0], s.seed).brackets)
+        return {"bracket": tune.grid_search(list(range(brackets)))}, FIFOScheduler(), 1
+    asha = ASHAScheduler(max_t=10_000, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return param_space(s, tasks, cfg.model.virtual_prompt_style), asha, s.num_samples
+
+
 def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume: bool):
     """The Ray Tune Tuner of one search group (tasks searched together): restored from run_dir/tune/<group>
     when it exists, else a new one with ASHA and the group's param space. ConfigError when `resume` is asked
     and there is nothing to resume."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     s, run_dir = cfg.search, cfg.run_dir
     base = cfg.model_dump(mode="json")
+    fn = run_pack if s.budget_steps is not None else run_trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, tasks=tasks, data=data, trials_root=str(run_dir / "trials")),
+        tune.with_parameters(fn, base=base, tasks=tasks, data=data, trials_root=str(run_dir / "trials")),
         trial_resources(cfg))
     path = run_dir / "tune" / group
     if tune.Tuner.can_restore(str(path)):
@@ -126,13 +145,13 @@ def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume
     callbacks = [_release_callback(run_dir / "trials")]
     stop_after = faults_from_env().stop_after_trials
     callbacks += [_crash_callback(run_dir, stop_after)] if stop_after else []
-    asha = ASHAScheduler(max_t=10_000, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    space, scheduler, samples = _space(cfg, tasks)
     return tune.Tuner(
-        trainable, param_space=param_space(s, tasks, cfg.model.virtual_prompt_style),
-        tune_config=tune.TuneConfig(metric=s.metric, mode=s.metric_mode, scheduler=asha,
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.metric_mode, scheduler=scheduler,
                                     search_alg=BasicVariantGenerator(random_state=s.seed,
                                                                      max_concurrent=s.max_concurrent_trials),
-                                    num_samples=s.num_samples,
+                                    num_samples=samples,
                                     time_budget_s=s.time_budget_s),
         run_config=tune.RunConfig(name=group, storage_path=str(run_dir / "tune"), callbacks=callbacks,
                                   verbose=0))
@@ -157,11 +176,13 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
     for group, tasks in groups.items():
         data = split_data(cfg, tasks, run_dir / "data") if len(groups) > 1 else {}
         grid = _fit(build_tuner(cfg, group, tasks, data, resume))
-        rows += trial_rows(grid, group, tasks, s.metric, s.metric_mode)
+        rows += (pack_rows(grid, group, s.metric, run_dir / "trials") if s.budget_steps is not None
+                 else trial_rows(grid, group, tasks, s.metric, s.metric_mode))
     csv_path, _ = write_tables(run_dir, rows)  # also when a group failed: its trials' errors are in there
     if errored(rows):
         log.warning("%d of %d trial(s) erred; their errors are in %s", errored(rows), len(rows), csv_path)
-    plot = plot_trials(run_dir, rows, list(cfg.model.new_tasks), s.metric)
+    plotter = plot_curves if s.budget_steps is not None else plot_trials
+    plot = plotter(run_dir, rows, list(cfg.model.new_tasks), s.metric)
     best = {g: (tasks, best_row(rows, g, s.metric, s.metric_mode)) for g, tasks in groups.items()}
     versions = publish_best(cfg, best, search_id, run_dir / "trials")
     return {"search_id": search_id, "table": cfg.table_uri, "versions": versions, "metric": s.metric,
@@ -169,6 +190,7 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
                          "config": {k.removeprefix("config/"): v for k, v in r.items() if k.startswith("config/")}}
                      for g, (_, r) in best.items()},
             "trials": len(rows), "trials_errored": errored(rows), "run_dir": str(run_dir),
+            "optimizer_steps": sum(int(r.get("last_step") or 0) for r in rows),
             "trials_csv": str(csv_path), "plot": str(plot),
             "tune_dir": str(run_dir / "tune")}
 

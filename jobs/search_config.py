@@ -88,6 +88,7 @@ class TaskSpace(_Section):
     lr: Optional[LogRange] = None  # independent (prompt-tuning) searches only; joint ones use search.lr
     init: Optional[list[Literal["text", "random", "vocab"]]] = None
     init_text: Optional[str] = None  # for init 'text' (default: model.prompt_tuning.new_prompt_init_text)
+    labels: Optional[list[str]] = None  # val_accuracy: the closed label set (default: the data's, see max_labels)
 
     @field_validator("total_virtual_tokens", mode="before")
     @classmethod
@@ -124,6 +125,15 @@ class SearchConfig(_Section):
     grace_period: Int = Field(1, ge=1, le=MAX_STEPS)  # validations before ASHA may stop a trial
     reduction_factor: Float = Field(2.0, gt=1, le=MAX_COUNT)
     tokens_to_generate: Int = Field(8, ge=1, le=MAX_COUNT)  # val_accuracy: greedy answer length
+    # val_accuracy: label ranking when a task's answers form a closed set (tasks.<t>.labels, else at most
+    # max_labels distinct answers in its data), greedy exact match otherwise; on val_samples records (None: all)
+    val_samples: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
+    max_labels: Int = Field(20, ge=2, le=MAX_COUNT)
+    # budget mode (search_plan.py): total optimizer steps over all candidates, packed successive halving
+    budget_steps: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)
+    brackets: Int = Field(1, ge=1, le=MAX_COUNT)  # packed trials (Hyperband brackets), one Tune trial each
+    grace_fraction: Float = Field(0.25, gt=0.0, le=1.0)  # first rung >= this share of the full length
+    train_best: bool = False  # the bracket's best trains on alone in a last rung (the end of the budget)
 
     @property
     def metric_mode(self) -> str:
@@ -237,4 +247,28 @@ def _run_problems(cfg: JobConfig) -> list[str]:
                                           if t.get("taskname") in cfg.model.new_tasks):
         problems.append("search.metric: val_accuracy needs answer_field in every new task's template; "
                         "set it, or use metric: val_loss")
+    problems += [f"search.tasks.{name}.labels: {space.labels} has fewer than 2 labels; give the task's answers "
+                 "or drop it"
+                 for name, space in s.tasks.items() if space.labels is not None and len(space.labels) < 2]
+    return problems + (_budget_problems(cfg) if s.budget_steps is not None else [])
+
+
+def _budget_problems(cfg: JobConfig) -> list[str]:
+    """A budget search trains packs of prompt-tuning candidates of one task in one worker (search_plan.py)."""
+    from promptray.jobs.search_plan import PlanError, plan_search  # it builds on this module
+
+    s, problems = cfg.search, []
+    if s.joint(cfg.model.virtual_prompt_style):
+        problems.append("search.budget_steps: packed candidates are prompt-tuning prompts (a p-tuning encoder is "
+                        "shared by the tasks it tunes); drop p-tuning from search.style / model.virtual_prompt_style, "
+                        "or drop budget_steps")
+    if cfg.world_size > 1:
+        problems.append(f"search.budget_steps: a pack trains in one worker, but the job runs {cfg.world_size}; set "
+                        "ray.num_workers: 1 (packs spread over the cluster as separate trials: search.brackets)")
+    for task in s.tasks:
+        if s.tasks[task].counts:
+            try:
+                plan_search(s, task, s.seed)
+            except PlanError as e:
+                problems.append(str(e))
     return problems

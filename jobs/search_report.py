@@ -1,5 +1,6 @@
-"""What a finished search leaves: the trials table (CSV / JSON), the metric-vs-token-count plot, and the best
-trial's prompts published with provenance (the only thing a search publishes)."""
+"""What a finished search leaves: the trials table (CSV / JSON: one row per trial, or per candidate of a packed
+trial, with its curve, steps and state), the plot (metric vs token count, or every candidate's curve), and
+the best trial's or candidate's prompts published with provenance (the only thing a search publishes)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, trial_dir
+from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
 from promptray.platform.errors import PromptrayError
 from promptray.platform.train.publishing import publish_tasks, task_prompts
 from promptray.platform.train.trainer import prepare_engine
@@ -41,10 +42,38 @@ def _row(r, group: str, metric: str, mode: str) -> dict[str, Any]:
                     "iterations": int(df["training_iteration"].max()), "last_step": int(df["step"].max()),
                     "total_steps": int(df["total_steps"].max()),
                     "workers": int(df["workers"].max()) if "workers" in df else 1})
+        row["state"] = "finished" if row["last_step"] >= row["total_steps"] else "stopped"
+        row["curve"] = [[int(st), float(v)] for st, v in zip(df["step"], df[metric]) if v == v]
     return {**row, **{f"config/{k}": v for k, v in (r.config or {}).items()}}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def pack_rows(grid, group: str, metric: str, trials_root: Path) -> list[dict[str, Any]]:
+    """One row per candidate of each packed trial (from its candidates.json): the pack's trial id, the
+    candidate, its choice (config/...), best value, validations, steps trained, state (finished, stopped by
+    a rung's cut, running when the pack ended early) and curve ([step, value] per validation). A pack that
+    erred before any report is one error row."""
+    rows = []
+    for r in grid:
+        trial_id = (r.metrics or {}).get("trial_id")
+        path = trial_dir(str(trials_root), trial_id) / CANDIDATES if trial_id else None
+        if path is None or not path.is_file():
+            rows.append({"group": group, "trial_id": trial_id, "status": "error",
+                         "error": error_line(r.error) if r.error else "no candidate reported",
+                         **{f"config/{k}": v for k, v in (r.config or {}).items()}})
+            continue
+        for c in json.loads(path.read_text()):
+            ok = c["best"] is not None
+            error = c.get("error") or (error_line(r.error) if r.error else None)
+            rows.append({"group": group, "trial_id": trial_id, "candidate": c["candidate"],
+                         "status": "ok" if ok else "error", "error": error,
+                         metric: c["best"], "iterations": len(c["curve"]), "last_step": c["steps"],
+                         "best_step": c["best_step"], "state": c["state"], "pack_best": c["is_best"],
+                         "workers": 1, "curve": [[x["step"], x.get(metric)] for x in c["curve"]],
+                         **{f"config/{k}": v for k, v in c["choice"].items()}})
+    return rows
 
 
 def error_line(error: BaseException) -> str:
@@ -98,6 +127,33 @@ def plot_trials(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], met
                if r["status"] == "ok" and f"config/{task}.total_virtual_tokens" in r]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts])
         ax.set(title=task, xlabel="total virtual tokens", ylabel=metric)
+    fig.tight_layout()
+    path = run_dir / "search_plot.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], metric: str) -> Path:
+    """Every candidate's curve (metric vs optimizer steps) per task: solid to the end, dashed where a rung cut
+    it, the published one thick."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["status"] == "ok" and f"config/{task}.total_virtual_tokens" in r]
+        best = (min if metric == "val_loss" else max)(mine, key=lambda r: r[metric], default=None)
+        for r in mine:
+            pts = [p for p in r.get("curve") or [] if p[1] is not None]
+            lr = r.get("config/lr", r.get(f"config/{task}.lr"))
+            label = f"{r[f'config/{task}.total_virtual_tokens']} tok" + (f", lr {lr:.2g}" if lr else "")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label,
+                    linestyle="--" if r.get("state") == "stopped" else "-", linewidth=3 if r is best else 1)
+        ax.set(title=task, xlabel="optimizer steps", ylabel=metric)
+        if mine:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     path = run_dir / "search_plot.png"
     fig.savefig(path)

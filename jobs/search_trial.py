@@ -19,11 +19,12 @@ from typing import Any, Optional
 import torch
 
 from promptray.jobs.config import JobConfig, load_job_config
+from promptray.jobs.search_config import SearchConfig
+from promptray.jobs.search_objective import objective, task_labels, validation_sample
 from promptray.jobs.search_space import trial_config
 from promptray.jobs.trainer_factory import torch_trainer, worker_start
+from promptray.platform.data.dataset import read_records
 from promptray.platform.data.encoding import TaskEncoding
-from promptray.platform.generation.decode import GenerationParams
-from promptray.platform.generation.inference import exact_match, predict, prepare
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.distributed import Dist
 from promptray.platform.train.engine import Engine
@@ -31,6 +32,7 @@ from promptray.platform.train.loop import StepInfo
 from promptray.platform.train.trainer import build_loop
 
 BEST_PROMPTS = "best_prompts.pt"
+CANDIDATES = "candidates.json"  # a packed trial's candidates (search_pack.py)
 PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)
 # Tune needs a non-empty head bundle per trial; the driver of a multi-worker trial only waits on its Train
 # controller, so it asks for a little memory and no CPU (every CPU of the node stays for the Train workers).
@@ -59,22 +61,21 @@ def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, 
     raw = trial_config(base, tasks, choice, str(out))
     raw["model"]["data"].update(data)
     cfg = load_job_config(raw)
-    metric, tokens = base["search"]["metric"], int(base["search"].get("tokens_to_generate", 8))
     if cfg.world_size > 1:
-        _run_workers(cfg, metric, tokens, out, trial_id)
+        _run_workers(cfg, base["search"], out, trial_id)
         return
     device = resolve_device("gpu") if cfg.ray.use_gpu else None  # the trial's GPU (Ray sets CUDA_VISIBLE_DEVICES)
     loop = build_loop(cfg, device=device)
-    loop.run(_Reporter(cfg, loop.engine, metric, tokens, out, tune.report))
+    loop.run(_Reporter(cfg, loop.engine, SearchConfig.model_validate(base["search"]), out, tune.report))
 
 
-def _run_workers(cfg: JobConfig, metric: str, tokens: int, out: Path, trial_id: str) -> None:
+def _run_workers(cfg: JobConfig, search: dict, out: Path, trial_id: str) -> None:
     """A multi-worker trial: a TorchTrainer (the train job's scaling settings) whose reports reach Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from promptray.jobs.train import fit_trainer  # a worker's PromptrayError comes out as itself
 
-    fit_trainer(torch_trainer(cfg, trial_worker_loop, {"metric": metric, "tokens": tokens, "out": str(out)},
+    fit_trainer(torch_trainer(cfg, trial_worker_loop, {"search": search, "out": str(out)},
                               f"{cfg.name}-{trial_id}", callbacks=[TuneReportCallback()]))
 
 
@@ -92,7 +93,7 @@ def trial_worker_loop(config: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / PLACEMENT_GROUP).write_text(ray.get_runtime_context().get_placement_group_id() or "")
     loop = build_loop(cfg, group, device, progress=False)
-    loop.run(_Reporter(cfg, loop.engine, config["metric"], int(config["tokens"]), out,
+    loop.run(_Reporter(cfg, loop.engine, SearchConfig.model_validate(config["search"]), out,
                        lambda metrics: report(metrics, None, group), group))
 
 
@@ -124,12 +125,12 @@ class _Reporter:
     """The loop's per-step callback: at each validation, the objective to `send` (tune.report, or
     ray.train.report on every Train worker) and, on the main worker, the best prompts to disk."""
 
-    def __init__(self, cfg: JobConfig, engine: Engine, metric: str, tokens: int, out: Path,
+    def __init__(self, cfg: JobConfig, engine: Engine, search: SearchConfig, out: Path,
                  send: Callable[[dict[str, Any]], None], group: Dist = Dist()):
-        self.cfg, self.engine, self.metric, self.tokens, self.out = cfg, engine, metric, tokens, out
+        self.cfg, self.engine, self.search, self.metric, self.out = cfg, engine, search, search.metric, out
         self.send, self.group = send, group
         self.best: Optional[float] = None
-        self.examples = None
+        self.objectives = None
 
     def __call__(self, info: StepInfo) -> None:
         rec = info.record
@@ -149,20 +150,20 @@ class _Reporter:
         self.send(metrics)
 
     def _accuracy(self) -> float:
-        """Greedy exact match on the whole validation set. Every worker computes it (the prompts are
-        replicated, so the values agree; with model.sharding: fsdp each forward needs every worker)."""
-        e = self.engine
-        d = self.cfg.model.data
+        """The mean over the trial's tasks of search_objective's val_accuracy (label ranking or greedy exact
+        match on the fixed validation sample). Every worker computes it (the prompts are replicated, so the
+        values agree; with model.sharding: fsdp each forward needs every worker)."""
+        if self.objectives is None:
+            self.objectives = self._objectives()
+        values = [o() for o in self.objectives]
+        return round(sum(values) / len(values), 5)
+
+    def _objectives(self) -> list:
+        e, d, s = self.engine, self.cfg.model.data, self.search
         trained = TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)  # what this trial trains with
         ie = e.new_tasks_model(trained)
-        if self.examples is None:
-            self.examples = prepare(ie, d.validation_ds, self.tokens, key="search.tokens_to_generate",
-                                    endpoint_url=self.cfg.storage.endpoint_url)  # formatted as trained
-        e.model.eval()
-        try:
-            preds = predict(ie, self.examples, GenerationParams(max_new_tokens=self.tokens),
-                            batch_size=self.cfg.model.micro_batch_size)
-        finally:
-            e.model.train()
-        hits = [bool(exact_match(p, x.reference)) for p, x in zip(preds, self.examples)]
-        return round(sum(hits) / max(1, len(hits)), 5)
+        url = self.cfg.storage.endpoint_url
+        train, val = read_records(d.train_ds, endpoint_url=url), read_records(d.validation_ds, endpoint_url=url)
+        sample = validation_sample(s, val)
+        return [objective(s, self.cfg, ie, t, sample, task_labels(s, e.templates[t], train + val))
+                for t in e.new_tasks]

@@ -87,30 +87,35 @@ def length_limit_name(cfg: PromptLearningConfig, limit: int) -> tuple[str, str]:
     return f"max_seq_length {limit} ({key})", f"raise {key}, lower total_virtual_tokens or shorten those records"
 
 
-def load_data(cfg: PromptLearningConfig, engine: Engine) -> tuple[list[Example], list[Example]]:
-    """(training, validation) examples of the new tasks, at most min(max_seq_length, the model's positions)
-    tokens long. ConfigError when fewer training examples than micro_batch_size remain; the data readers'
-    errors (DatasetError) for missing or malformed files."""
-    templates = [engine.templates[n] for n in engine.new_tasks]
+def load_data(cfg: PromptLearningConfig, engine: Engine, *, tasks: Optional[list[str]] = None,
+              sources: Optional[tuple[list, list]] = None) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples of the new tasks (or of `tasks`, names in `engine.templates`), at most
+    min(max_seq_length, the model's positions) tokens long, from model.data's files (or from `sources`:
+    (training, validation) records already read, e.g. a search pack's candidates). ConfigError when fewer
+    training examples than micro_batch_size remain; the data readers' errors (DatasetError) for missing or
+    malformed files."""
+    names = tasks or engine.new_tasks
+    templates = [engine.templates[n] for n in names]
     d = cfg.model.data
+    train_src, val_src = sources if sources is not None else (d.train_ds, d.validation_ds or [])
     max_len = min(cfg.max_seq_length, engine.model.max_positions)
     if max_len < cfg.max_seq_length:
         log.info("max_seq_length %d exceeds the base model's %d positions; using %d", cfg.max_seq_length,
                  engine.model.max_positions, max_len)
-    hint = (f" (training data may only hold records of model.new_tasks {engine.new_tasks}; existing tasks are "
+    hint = (f" (training data may only hold records of model.new_tasks {names}; existing tasks are "
             "frozen)")
     kw = dict(templates=templates, tokenizer=engine.tokenizer, max_seq_length=max_len,
               add_eos=d.add_eos, add_bos=d.add_bos, unknown_hint=hint,
               endpoint_url=cfg.storage.endpoint_url)
-    train, stats = build_examples(d.train_ds, **kw)
+    train, stats = build_examples(train_src, **kw)
     log.info("training data: %s", stats.summary())
-    val = build_examples(d.validation_ds, **kw)[0] if d.validation_ds else []
+    val = build_examples(val_src, **kw)[0] if val_src else []
     if len(train) < cfg.model.micro_batch_size:
         dropped = sum(stats.dropped.values())
         limit, fix = length_limit_name(cfg, max_len)
         why = f"; {stats.dropped_reasons(engine.templates, limit)}; {fix}" if dropped else ""
         raise ConfigError(f"model.data.train_ds: {len(train)} usable training examples for new tasks "
-                          f"{engine.new_tasks}; need at least micro_batch_size={cfg.model.micro_batch_size} "
+                          f"{names}; need at least micro_batch_size={cfg.model.micro_batch_size} "
                           f"({stats.summary()}{why})")
     return train, val
 

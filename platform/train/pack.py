@@ -1,0 +1,221 @@
+"""Packed candidates: several prompt-tuning candidates of one task trained in one process on one frozen model.
+
+A search candidate is a full training config of the task (its virtual-token count and splits, its init, its
+learning rate and schedule). A pack holds each candidate as its own prompt in the model's bank (named by the
+candidate), its own AdamW parameter group and LambdaLR schedule (`steps.lr_lambda` of its config), its own
+gradient clipping, its own micro-batch stream over the same records (read once) rendered with its template,
+and its own best-so-far prompt. The base model is loaded once for the pack.
+
+Each optimizer step runs every live candidate's accumulation micro-batches through `steps.train_step`
+exactly as a run of that candidate alone would (its parameter is the only one with a gradient, so AdamW and
+clipping see only it): a candidate trained in a pack ends equal, within float tolerance, to the same candidate
+trained alone (tests/platform/train/test_pack.py). `stop(name)` takes a candidate out (successive halving):
+it trains no more and costs nothing from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import torch
+
+from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.data.dataset import Example, Record, read_records
+from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.errors import ConfigError, DatasetError, PromptrayError
+from promptray.platform.generation.loading import PromptModel
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.train.distributed import Dist
+from promptray.platform.train.engine import Engine, build_bank
+from promptray.platform.train.steps import (
+    load_data,
+    lr_lambda,
+    micro_batches,
+    total_steps,
+    train_step,
+    val_batches,
+    validation_loss,
+)
+
+State = Literal["running", "stopped", "finished"]
+
+
+@dataclass
+class Candidate:
+    """One candidate of a pack: its config, examples, stream, and what it has done so far. `curve` holds one
+    record per validation ({"step", "val_loss", and the objective's value when one is given})."""
+
+    name: str
+    cfg: PromptLearningConfig
+    train: list[Example]
+    val: list[Example]
+    steps: int  # planned optimizer steps (the schedule's length)
+    stream: Any = None
+    done: int = 0  # optimizer steps trained
+    state: State = "running"
+    last_loss: Optional[float] = None
+    best: Optional[float] = None
+    best_step: Optional[int] = None
+    best_prompt: Optional[torch.Tensor] = None  # float32 (n, H) on the CPU, at `best`
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+
+def candidate_records(records: list[Record], task: str, name: str) -> list[Record]:
+    """The task's records as records of candidate `name` (a pack reads its data once)."""
+    return [Record({**r.data, "taskname": name}, r.origin) for r in records if r.data.get("taskname") == task]
+
+
+class PackLoop:
+    """Train `candidates` (name -> that candidate's config: prompt tuning, one new task `task`, the same data
+    and batch settings) on `engine` (built from any of them: its base model, existing tasks and tokenizer).
+
+    `metric` ("val_loss", or the name of the value `validate`'s objective returns) and `mode` ("min"/"max")
+    decide each candidate's best prompt. `step()` trains every running candidate one optimizer step;
+    `validate(name, objective)` records a validation; `stop(name)` ends a candidate; `prompts(name)` is its
+    best (else current) float32 (n, H) prompt on the CPU.
+
+    A candidate whose data fail (`steps.load_data`'s ConfigError: too few usable examples at its count; a
+    DatasetError) is left out and kept in `failed` (name -> the error); the others train.
+
+    Errors: ConfigError for a p-tuning candidate, one that does not tune `task` alone, or candidates whose
+    batch settings differ; the first candidate's data error when every candidate's data fail."""
+
+    def __init__(self, engine: Engine, task: str, candidates: dict[str, PromptLearningConfig], *,
+                 metric: str = "val_loss", mode: str = "min", group: Dist = Dist(),
+                 device: Optional[torch.device] = None):
+        _check_candidates(task, candidates)
+        self.engine, self.task, self.group, self.device = engine, task, group, device
+        self.metric, self.mode = metric, mode
+        first = next(iter(candidates.values()))
+        d = first.model.data
+        self.records = (read_records(d.train_ds, endpoint_url=first.storage.endpoint_url),
+                        read_records(d.validation_ds or [], endpoint_url=first.storage.endpoint_url))
+        for name, cfg in candidates.items():
+            engine.templates[name] = _template(cfg, task).model_copy(update={"taskname": name})
+        self.candidates: dict[str, Candidate] = {}
+        self.failed: dict[str, PromptrayError] = {}  # candidates whose data do not fit (the others train)
+        for name, cfg in candidates.items():
+            try:
+                self.candidates[name] = self._candidate(name, cfg)
+            except (ConfigError, DatasetError) as e:
+                self.failed[name] = e
+        if not self.candidates:
+            raise next(iter(self.failed.values()))
+        engine.model.bank = self._bank({n: candidates[n] for n in self.candidates})
+        if device is not None:
+            engine.model.bank.to(device)
+        self.optimizer = torch.optim.AdamW([self._group(c) for c in self.candidates.values()])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [lr_lambda(c.cfg, c.steps) for c in self.candidates.values()])
+        self.step_count = 0
+
+    def _bank(self, candidates: dict[str, PromptLearningConfig]) -> PromptBank:
+        """The engine's frozen tasks plus one tuned prompt per candidate, initialised as a run of that candidate
+        alone initialises its task's prompt (engine.build_bank with the candidate's config)."""
+        e, vocab = self.engine, self.engine.model.lm.get_input_embeddings()
+        bank = PromptBank(e.model.hidden_size)
+        for name, prompt in e.existing.items():
+            bank.add_frozen(name, prompt.embeddings)
+        for name, cfg in candidates.items():
+            template = _template(cfg, self.task)
+            alone = build_bank(cfg, {self.task: template}, {}, e.tokenizer, vocab)
+            bank.add_tuned(name, alone.get(self.task).detach())
+        return bank
+
+    def _candidate(self, name: str, cfg: PromptLearningConfig) -> Candidate:
+        train_rec, val_rec = (candidate_records(r, self.task, name) for r in self.records)
+        train, val = load_data(cfg, self.engine, tasks=[name], sources=(train_rec, val_rec))
+        c = Candidate(name, cfg, train, val, total_steps(cfg, len(train)))
+        c.stream = micro_batches(train, cfg, self.engine.tokenizer.pad_token_id, self.group.rank, self.group.world)
+        return c
+
+    def _group(self, c: Candidate) -> dict[str, Any]:
+        o = c.cfg.model.optim
+        return {"params": [self.engine.model.bank.get(c.name)], "lr": o.lr, "betas": tuple(o.betas), "eps": o.eps,
+                "weight_decay": o.weight_decay}
+
+    # ------------------------------------------------------------------ training
+    @property
+    def running(self) -> list[str]:
+        return [n for n, c in self.candidates.items() if c.state == "running"]
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step of every running candidate: name -> its step loss (mean token cross-entropy).
+        A candidate that reaches its planned steps is then "finished"."""
+        self.engine.model.train()
+        losses = {}
+        for name in self.running:
+            c = self.candidates[name]
+            acc = c.cfg.accumulation_for(self.group.world)
+            loss, _, _ = train_step(self.engine, c.stream, acc, self.optimizer, c.cfg.trainer.gradient_clip_val,
+                                    self.group, self.device)
+            c.done, c.last_loss, losses[name] = c.done + 1, loss, loss
+            if c.done >= c.steps:
+                c.state = "finished"
+        self.scheduler.step()
+        self.step_count += 1
+        return losses
+
+    def validate(self, name: str, objective: Optional[Callable[[], float]] = None) -> dict[str, Any]:
+        """Candidate `name`'s validation record at its current step: val_loss (unless `objective` scores another
+        metric) and, with `objective`, its value under `metric`; keeps the candidate's prompt when it is its best
+        so far."""
+        c, model = self.candidates[name], self.engine.model
+        cfg, pad = c.cfg, self.engine.tokenizer.pad_token_id
+        rec: dict[str, Any] = {"step": c.done}
+        if objective is None or self.metric == "val_loss":
+            rec["val_loss"] = round(validation_loss(self.engine, c.val, cfg.model.micro_batch_size, pad,
+                                                    val_batches(cfg, len(c.val)), self.group, self.device), 5)
+        if objective is not None:
+            rec[self.metric] = round(objective(), 5)
+        model.train()
+        value = rec[self.metric]
+        if c.best is None or (value < c.best if self.mode == "min" else value > c.best):
+            c.best, c.best_step = value, c.done
+            c.best_prompt = model.bank.export([name])[name]
+        c.curve.append(rec)
+        return rec
+
+    def stop(self, name: str) -> None:
+        """Candidate `name` trains no more (a successive-halving cut)."""
+        if self.candidates[name].state == "running":
+            self.candidates[name].state = "stopped"
+
+    def prompts(self, name: str) -> torch.Tensor:
+        """The candidate's best-validated float32 (n, H) prompt (its current one before any validation)."""
+        c = self.candidates[name]
+        return c.best_prompt if c.best_prompt is not None else self.engine.model.bank.export([name])[name]
+
+    def prompt_model(self, name: str) -> PromptModel:
+        """Candidate `name` as a `PromptModel` sharing the pack's model (what its objective scores), formatted as
+        it trains (model.data.add_bos / add_eos)."""
+        e, d = self.engine, self.candidates[name].cfg.model.data
+        return PromptModel(e.model, e.tokenizer, {name: e.templates[name]}, {name: None}, e.fingerprint,
+                           {name: TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)})
+
+    @property
+    def candidate_steps(self) -> int:
+        """Optimizer steps trained, summed over the candidates (the search budget's unit)."""
+        return sum(c.done for c in self.candidates.values())
+
+
+def _template(cfg: PromptLearningConfig, task: str):
+    return next(t for t in cfg.templates if t.taskname == task)
+
+
+def _check_candidates(task: str, candidates: dict[str, PromptLearningConfig]) -> None:
+    problems = []
+    shared = {(c.model.micro_batch_size, c.global_batch_size, c.model.seed) for c in candidates.values()}
+    if len(shared) > 1:
+        problems.append(f"pack of task {task!r}: candidates differ in micro_batch_size, global_batch_size or seed "
+                        f"{sorted(shared)}; a pack trains them over the same batches, give them equal ones")
+    for name, c in candidates.items():
+        if c.model.virtual_prompt_style != "prompt-tuning" or c.model.new_tasks != [task]:
+            problems.append(f"pack candidate {name!r}: packs train prompt-tuning candidates of one new task "
+                            f"{task!r}; got style {c.model.virtual_prompt_style!r}, new_tasks {c.model.new_tasks}")
+    if not candidates:
+        problems.append(f"pack of task {task!r}: no candidates")
+    if problems:
+        raise ConfigError(problems)

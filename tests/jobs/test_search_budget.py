@@ -1,0 +1,77 @@
+"""A budget search end to end: one packed Tune trial trains every candidate within search.budget_steps, cuts
+them at the planned rungs by label-ranking accuracy, reports every candidate's curve, steps and state, and
+publishes the best candidate once."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from test_search import WORDS, search_config
+
+from promptray.jobs.search import prepare_search_config, run_search
+from promptray.jobs.search_plan import plan_search
+from promptray.platform.table.table import PromptTable
+
+
+@pytest.mark.ray
+def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publishes_the_best(tmp_path,
+                                                                                          tiny_gpt2_path, ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [8, 1], num_samples=2, budget_steps=24, metric="val_accuracy",
+                        lr={"min": 0.01, "max": 0.3}, val_samples=8)
+    rng = random.Random(1)  # a closed label set: two labels, so the objective is label ranking
+    rows = [{"taskname": "a", "text": " ".join(rng.sample(WORDS, 3)), "label": rng.choice(["yes", "no"])}
+            for _ in range(16)]
+    Path(raw["model"]["data"]["train_ds"][0]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = prepare_search_config(raw)
+    (bracket,) = plan_search(cfg.search, "a", cfg.search.seed).brackets
+    assert bracket.steps == [3, 6, 12] and bracket.keep == [2, 1, 1]
+    payload = run_search(cfg)
+    run_dir = Path(payload["run_dir"])
+    trials = json.loads((run_dir / "trials.json").read_text())
+    assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 1  # four candidates, one packed trial
+    assert sorted(t["last_step"] for t in trials) == [3, 3, 6, 12]  # cut at 3 and 6; the last trains to 12
+    assert payload["optimizer_steps"] == 24 <= cfg.search.budget_steps
+    assert sorted(t["state"] for t in trials) == ["finished", "stopped", "stopped", "stopped"]
+    for t in trials:
+        assert [p[0] for p in t["curve"]][-1] == t["last_step"] and t["iterations"] == len(t["curve"])
+        assert all(0.0 <= p[1] <= 1.0 for p in t["curve"])
+        assert t["val_accuracy"] == max(p[1] for p in t["curve"])
+
+    def at_rung(t):  # the best value by step 3, what the first cut ranks by
+        return max(p[1] for p in t["curve"] if p[0] <= 3)
+
+    survivors, cut = [t for t in trials if t["last_step"] >= 6], [t for t in trials if t["last_step"] == 3]
+    assert min(map(at_rung, survivors)) >= max(map(at_rung, cut))  # the best two went on
+    best = payload["best"]["a"]
+    top = max(trials, key=lambda t: t["val_accuracy"])
+    assert best["val_accuracy"] == top["val_accuracy"] and best["config"]["a.total_virtual_tokens"] == \
+        top["config/a.total_virtual_tokens"]
+    table = PromptTable(payload["table"])
+    assert len(table.history("a")) == 1
+    prompt = table.get("a")
+    assert prompt.num_virtual_tokens == top["config/a.total_virtual_tokens"]
+    assert prompt.source["trial_config"] == best["config"] and prompt.metrics["val_accuracy"] == best["val_accuracy"]
+    saved = torch.load(run_dir / "trials" / best["trial_id"] / "best_prompts.pt", weights_only=True)
+    torch.testing.assert_close(prompt.embeddings, saved["a"])
+    assert (run_dir / "search_plot.png").stat().st_size > 0
+
+
+@pytest.mark.ray
+def test_a_candidate_whose_examples_do_not_fit_is_an_error_row_and_the_pack_goes_on(tmp_path, tiny_gpt2_path,
+                                                                                   ray_local):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 11], budget_steps=6)
+    raw["model"]["data"]["max_seq_length"] = 16  # 11 virtual tokens fit the template, not these records
+    payload = run_search(prepare_search_config(raw))
+    trials = {t["config/a.total_virtual_tokens"]: t for t in
+              json.loads((Path(payload["run_dir"]) / "trials.json").read_text())}
+    bad, good = trials[11], trials[2]
+    assert bad["status"] == "error" and bad["state"] == "error" and bad["last_step"] == 0
+    assert bad["error"].startswith("ConfigError: model.data.train_ds: 0 usable training examples for new tasks "
+                                   "['a.c1']"), bad["error"]
+    assert good["status"] == "ok" and good["state"] == "finished" and good["last_step"] == 4
+    assert payload["trials_errored"] == 1 and payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 2
+    assert len(PromptTable(payload["table"]).history("a")) == 1

@@ -1,0 +1,73 @@
+"""Budget plans: rungs that fit search.budget_steps with a grace share for large prompts, learning rates
+stratified per count, brackets, and budget problems reported with the rest of the config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from test_search import search_config
+
+from promptray.jobs.config import load_job_config
+from promptray.jobs.search_config import SearchConfig
+from promptray.jobs.search_plan import candidates, plan_bracket, plan_search
+from promptray.platform.errors import ConfigError
+
+
+def space(**kw) -> SearchConfig:
+    return SearchConfig.model_validate({"tasks": {"a": {"total_virtual_tokens": [5, 20, 50, 100],
+                                                        "init": ["text", "random"]}},
+                                        "lr": {"min": 3e-3, "max": 1e-1}, "num_samples": 2, "budget_steps": 400,
+                                        **kw})
+
+
+def test_a_bracket_fits_the_budget_and_gives_every_candidate_a_quarter_of_the_length_first():
+    plan = plan_search(space(), "a", seed=0)
+    (b,) = plan.brackets
+    assert len(b.candidates) == 8
+    assert b.steps == [25, 50, 100] and b.keep == [4, 2, 2]  # 8 -> 4 -> 2 finish; the first rung is 100/4
+    assert b.cost == plan.cost == 8 * 25 + 4 * 25 + 2 * 50 == 400
+    best = plan_search(space(train_best=True), "a", seed=0).brackets[0]
+    assert best.steps == [20, 40, 80, 160] and best.keep == [4, 2, 1, 1]  # the best alone trains on to 160
+    assert best.cost == 8 * 20 + 4 * 20 + 2 * 40 + 1 * 80 == 400
+    wide = plan_search(space(reduction_factor=3, grace_fraction=0.2), "a", seed=0).brackets[0]
+    assert wide.keep == [2, 2] and wide.steps == [33, 100]  # one cut: a second (1/9) would go below a fifth
+    assert wide.cost == 8 * 33 + 2 * 67 == 398  # 101 steps would cost 406
+    assert plan_bracket(wide.candidates, 7, 3, 0.2) is None  # not even one step each
+
+
+def test_learning_rates_are_stratified_per_count_and_inits_cycle():
+    s = space(num_samples=4)
+    pool = candidates(s, "a", seed=3)
+    assert pool == candidates(s, "a", seed=3) and pool != candidates(s, "a", seed=4)
+    for count in (5, 20, 50, 100):
+        mine = [c for c in pool if c["a.total_virtual_tokens"] == count]
+        where = sorted((math.log(c["lr"]) - math.log(3e-3)) / (math.log(1e-1) - math.log(3e-3)) for c in mine)
+        assert [int(u * 4) for u in where] == [0, 1, 2, 3]  # one learning rate in each quarter of the log range
+        assert sorted(c["a.init"] for c in mine) == ["random", "random", "text", "text"]
+
+
+def test_brackets_split_the_candidates_and_the_budget_later_ones_cut_less():
+    plan = plan_search(space(brackets=2), "a", seed=0)
+    first, second = plan.brackets
+    assert len(first.candidates) == len(second.candidates) == 4
+    assert len(first.keep) == 3 and len(second.keep) == 2  # bracket 1 allows one cut fewer
+    assert first.cost <= 200 and second.cost <= 200
+
+
+def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
+    raw = search_config(tmp_path, tmp_path / "no-model", [2, 4], budget_steps=3, num_samples=2, val_samples=0,
+                        style=["p-tuning"])
+    raw["ray"] = {"num_workers": 2}
+    raw["model"]["micro_batch_size"] = 2
+    raw["search"]["tasks"]["a"]["labels"] = ["x"]
+    with pytest.raises(ConfigError) as e:
+        load_job_config(raw)
+    problems = e.value.problems
+    assert "search.val_samples: got 0; use a value >= 1" in problems
+    assert "search.tasks.a.labels: ['x'] has fewer than 2 labels; give the task's answers or drop it" in problems
+    assert any(p.startswith("search.budget_steps: packed candidates are prompt-tuning prompts") for p in problems)
+    assert any(p.startswith("search.budget_steps: a pack trains in one worker, but the job runs 2") for p in problems)
+    assert ("search.budget_steps: 3 cannot train the 4 candidate(s) of task 'a' (4 in bracket 0) to a first rung; "
+            "give at least 16 steps, or fewer counts / num_samples / brackets") in problems
+    assert len(problems) == 5

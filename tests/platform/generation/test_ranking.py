@@ -1,0 +1,105 @@
+"""The search's validation objective: closed label sets, the fixed sample, label-ranking accuracy against an
+independent scoring of every label, and the exact-match fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptray.platform.data.dataset import Record
+from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.errors import DatasetError
+from promptray.platform.generation.inference import exact_match, predict, prepare
+from promptray.platform.generation.loading import PromptModel
+from promptray.platform.generation.logprobs import prompt_logprobs
+from promptray.platform.generation.ranking import (
+    ValidationObjective,
+    closed_labels,
+    ranking_set,
+    sample_records,
+)
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.prompt_encoder import PromptBank
+from promptray.platform.model.prompt_model import PromptLearningModel
+
+from mixed_tasks import TEMPLATE_A, TEMPLATE_C
+
+REVIEWS = ["A warm, funny film.", "Dull and far too long.", "Fine.", "I loved every minute of it!",
+           "The plot made no sense at all.", "Great cast, weak ending."]
+
+
+def records(labels: list[str], task: str = "c") -> list[Record]:
+    return [Record({"taskname": task, "text": t, "label": lab}, f"v.jsonl:{i + 1}")
+            for i, (t, lab) in enumerate(zip(REVIEWS, labels))]
+
+
+def prompt_model(tiny_gpt2, add_eos: bool) -> PromptModel:
+    lm, tok = tiny_gpt2
+    bank = PromptBank(lm.get_input_embeddings().weight.shape[1])
+    bank.add_frozen("c", torch.randn(6, bank.hidden, generator=torch.Generator().manual_seed(5)))
+    bank.add_frozen("a", torch.randn(3, bank.hidden, generator=torch.Generator().manual_seed(6)))
+    model = PromptLearningModel(lm, bank).eval()
+    return PromptModel(model, tok, {"c": TEMPLATE_C, "a": TEMPLATE_A}, {"c": None, "a": None},
+                       fingerprint_model(lm, "tiny"), {"c": TaskEncoding(add_eos=add_eos), "a": TaskEncoding()})
+
+
+def test_a_closed_label_set_is_a_few_repeated_answers_and_free_form_answers_are_not():
+    rows = records([" positive", " negative", " positive", " neutral", " negative", " positive"])
+    assert closed_labels(TEMPLATE_C, rows, max_labels=20) == [" positive", " negative", " neutral"]
+    assert closed_labels(TEMPLATE_C, rows, max_labels=2) is None  # more labels than allowed
+    free = records([f" answer {i}" for i in range(6)])
+    assert closed_labels(TEMPLATE_C, free, max_labels=20) is None  # every answer once: free-form
+    assert closed_labels(TEMPLATE_A, rows, max_labels=20) is None  # no record of task a
+
+
+def test_the_validation_sample_is_fixed_by_the_seed_and_keeps_file_order():
+    rows = records([" positive"] * 6)
+    first = sample_records(rows, 3, seed=7)
+    assert first == sample_records(rows, 3, seed=7) and len(first) == 3
+    assert [r.origin for r in first] == sorted((r.origin for r in first), key=lambda o: int(o.split(":")[1]))
+    assert sample_records(rows, None, 0) == rows and sample_records(rows, 10, 0) == rows
+
+
+@pytest.mark.parametrize("add_eos", [True, False])
+def test_label_ranking_picks_the_label_an_independent_scoring_ranks_first(tiny_gpt2, add_eos):
+    engine = prompt_model(tiny_gpt2, add_eos)
+    labels = [" positive", " negative", " so-so"]
+    rows = records([" positive", " negative", " positive", " negative", " so-so", " unheard-of"])
+    rs = ranking_set(engine, "c", rows, labels, max_seq_length=128)
+    assert rs.gold == [0, 1, 0, 1, 2, -1]  # an answer outside the labels is never right
+    eos = engine.tokenizer.eos_token_id
+    assert all((e.input_ids[-1] == eos and e.loss_mask[-1] == 1) == add_eos for e in rs.examples)
+    expected = []
+    for r, gold in enumerate(rs.gold):  # each label's answer log-probability, through another code path
+        scores = []
+        for j in range(len(labels)):
+            e = rs.examples[r * len(labels) + j]
+            got = prompt_logprobs(engine.model, e, engine.tokenizer.pad_token_id, k=0)
+            scores.append(sum(lp.logprob for t, lp in got if e.loss_mask[t]))
+        expected.append(max(range(len(labels)), key=scores.__getitem__) == gold)
+    objective = ValidationObjective(engine, "c", rows, labels, max_seq_length=128)
+    assert objective.kind == "label_ranking"
+    engine.model.train()
+    assert objective() == pytest.approx(sum(expected) / len(expected))
+    assert engine.model.training  # scored in eval mode, then back to the mode it was in
+
+
+def test_without_labels_the_objective_is_greedy_exact_match_and_an_empty_sample_is_an_error(tiny_gpt2):
+    engine = prompt_model(tiny_gpt2, add_eos=True)
+    rows = records([" positive", " negative", " fine", " bad", " good", " ok"])
+    objective = ValidationObjective(engine, "c", rows, None, max_seq_length=128, tokens_to_generate=3)
+    assert objective.kind == "exact_match"
+    examples = prepare(engine, rows, 3)
+    preds = predict(engine, examples, objective_params(3))
+    assert objective() == pytest.approx(sum(bool(exact_match(p, x.reference))
+                                            for p, x in zip(preds, examples)) / 6)
+    with pytest.raises(DatasetError, match="task 'a': no validation record"):
+        ValidationObjective(engine, "a", rows, None, max_seq_length=128)
+    with pytest.raises(DatasetError, match="no validation record to rank fits 8 tokens"):
+        ranking_set(engine, "c", rows, [" positive", " negative"], max_seq_length=8)
+
+
+def objective_params(tokens: int):
+    from promptray.platform.generation.decode import GenerationParams
+
+    return GenerationParams(max_new_tokens=tokens)
