@@ -46,7 +46,7 @@ def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: in
     raw["name"] = "search_bench"
     raw["model"]["nemo_path"] = str(out / "search_table")
     raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": counts}},
-                     "metric": "val_accuracy", "tokens_to_generate": 4, "num_samples": samples,
+                     "metric": "val_accuracy", "max_new_tokens": 4, "num_samples": samples,
                      "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2, "seed": 0}
     if not fixed_lr:  # else every trial uses the config's lr (model.optim.lr 3e-2), like the fixed prompts
         raw["search"]["lr"] = LR

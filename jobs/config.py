@@ -47,10 +47,10 @@ class JobConfig(PromptLearningConfig):
                 for name, space in (self.search.tasks.items() if self.search else [])}
 
     def generation_budget(self) -> Optional[tuple[str, int]]:
-        """A val_accuracy search generates search.tokens_to_generate tokens after each validation prompt."""
+        """A val_accuracy search generates search.max_new_tokens tokens after each validation prompt."""
         if self.search is None or self.search.metric != "val_accuracy":
             return None
-        return "search.tokens_to_generate", self.search.tokens_to_generate
+        return "search.max_new_tokens", self.search.max_new_tokens
 
 
 def load_job_config(source: Union[str, Path, dict], overrides: Overrides = None, *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from promptray.platform.config.loader import describe_error
 from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
@@ -124,7 +124,9 @@ class SearchConfig(_Section):
     seed: Int = Field(0, ge=0, le=2**32 - 1)
     grace_period: Int = Field(1, ge=1, le=MAX_STEPS)  # validations before ASHA may stop a trial
     reduction_factor: Float = Field(2.0, gt=1, le=MAX_COUNT)
-    tokens_to_generate: Int = Field(8, ge=1, le=MAX_COUNT)  # val_accuracy: greedy answer length
+    # val_accuracy: greedy answer length (Hugging Face's name; the old key tokens_to_generate is still read)
+    max_new_tokens: Int = Field(8, ge=1, le=MAX_COUNT,
+                                validation_alias=AliasChoices("max_new_tokens", "tokens_to_generate"))
     # val_accuracy: label ranking when a task's answers form a closed set (tasks.<t>.labels, else at most
     # max_labels distinct answers in its data), greedy exact match otherwise; on val_samples records (None: all)
     val_samples: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)

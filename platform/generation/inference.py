@@ -57,7 +57,7 @@ def prepare(engine: PromptModel, sources: Iterable[Source], max_new_tokens: int,
     (tokens generated per record) leaves a task's template (virtual tokens + its own text) no room in the
     model's positions; DatasetError naming the part that cannot be cut when records do not fit. `key`: the
     config key that set max_new_tokens, named in messages (NeMo's inference.tokens_to_generate by default,
-    or search.tokens_to_generate). `endpoint_url`: the S3-compatible
+    or search.max_new_tokens). `endpoint_url`: the S3-compatible
     server of s3:// sources (None: boto3's own lookup)."""
     positions = min(engine.model.max_positions, max_seq_length or engine.model.max_positions)
     bos = add_bos_by_task(engine.encodings, engine.templates, add_bos)

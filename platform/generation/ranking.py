@@ -5,7 +5,7 @@ label ranking: every label is scored as the answer after the prompt (the sum of 
 tokens, and of EOS when the task trains with EOS: one forward per label, no generation) and the best-scored
 label is the prediction (lm-evaluation-harness's multiple-choice `acc`; Brown et al. 2020, "Language Models
 are Few-Shot Learners", section 2.4). Otherwise it is greedy exact match (`inference.exact_match`) of up to
-`tokens_to_generate` tokens. Either way on a fixed sample of the validation records (`sample_records`), so
+`max_new_tokens` tokens. Either way on a fixed sample of the validation records (`sample_records`), so
 every candidate is judged on the same examples.
 """
 
@@ -102,20 +102,20 @@ class ValidationObjective:
     model holds now (in eval mode; the model's train/eval mode is restored).
 
     `engine` holds the task (`engine.templates[task]`, its prompt in the bank under that name); `records`
-    the validation sample; `max_seq_length` the longest ranking example; `tokens_to_generate` the greedy
+    the validation sample; `max_seq_length` the longest ranking example; `max_new_tokens` the greedy
     answer length (exact match; `key` names it in errors). Errors: DatasetError (nothing to rank, records
-    that leave no room to generate), ConfigError (no room at all for `tokens_to_generate`)."""
+    that leave no room to generate), ConfigError (no room at all for `max_new_tokens`)."""
 
     def __init__(self, engine: PromptModel, task: str, records: Sequence[Record], labels: Optional[list[str]], *,
-                 max_seq_length: int, tokens_to_generate: int = 8, batch_size: int = 16,
-                 key: str = "search.tokens_to_generate"):
-        self.engine, self.batch_size, self.tokens = engine, batch_size, tokens_to_generate
+                 max_seq_length: int, max_new_tokens: int = 8, batch_size: int = 16,
+                 key: str = "search.max_new_tokens"):
+        self.engine, self.batch_size, self.tokens = engine, batch_size, max_new_tokens
         self.kind: Literal["label_ranking", "exact_match"] = "label_ranking" if labels else "exact_match"
         mine = [r for r in records if r.data.get("taskname") == task]
         if labels:
             self.ranking = ranking_set(engine, task, mine, labels, max_seq_length)
         else:
-            self.examples = prepare(engine, mine, tokens_to_generate, key=key)
+            self.examples = prepare(engine, mine, max_new_tokens, key=key)
             if not self.examples:
                 raise DatasetError(f"task {task!r}: no validation record to judge the candidates on; give "
                                    "validation records of the task")

@@ -135,7 +135,7 @@ def template_limit_problems(cfg: PromptLearningConfig, limits: ModelLimits, toke
 
 def _generation_problems(cfg: PromptLearningConfig, template: TaskTemplate, counts: list[int],
                          limits: ModelLimits, tokenizer, where: str) -> list[str]:
-    """A val_accuracy search generates search.tokens_to_generate tokens after each validation prompt: the
+    """A val_accuracy search generates search.max_new_tokens tokens after each validation prompt: the
     counts whose shortest prompt (virtual tokens + template text up to the answer) leaves it no room."""
     from promptray.platform.data.dataset import shortest_example
 

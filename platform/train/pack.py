@@ -128,7 +128,7 @@ class PackLoop:
         train_rec, val_rec = (candidate_records(r, self.task, name) for r in self.records)
         train, val = load_data(cfg, self.engine, tasks=[name], sources=(train_rec, val_rec))
         c = Candidate(name, cfg, train, val, total_steps(cfg, len(train)))
-        c.stream = micro_batches(train, cfg, self.engine.tokenizer.pad_token_id, self.group.rank, self.group.world)
+        c.stream = micro_batches(train, cfg, self.engine.tokenizer.pad_token_id, self.group.rank, self.group.world_size)
         return c
 
     def _group(self, c: Candidate) -> dict[str, Any]:
@@ -148,7 +148,7 @@ class PackLoop:
         losses = {}
         for name in self.running:
             c = self.candidates[name]
-            acc = c.cfg.accumulation_for(self.group.world)
+            acc = c.cfg.accumulation_for(self.group.world_size)
             loss, _, _ = train_step(self.engine, c.stream, acc, self.optimizer, c.cfg.trainer.gradient_clip_val,
                                     self.group, self.device)
             c.done, c.last_loss, losses[name] = c.done + 1, loss, loss

@@ -92,14 +92,14 @@ def test_a_dict_over_a_list_replaces_it():
 
 def test_every_problem_of_a_search_config_comes_in_one_report():
     raw = with_search(num_samples=0, max_concurrent_trials=0, cpus_per_trial=0, time_budget_s=-1, seed=-1,
-                      grace_period=0, reduction_factor=1, tokens_to_generate=0, metric="acc", style=["lora"])
+                      grace_period=0, reduction_factor=1, max_new_tokens=0, metric="acc", style=["lora"])
     raw["search"]["tasks"]["nope"] = {"total_virtual_tokens": [4]}
     raw["model"]["micro_batch_size"] = 0
     problems = job_problems_of(raw, ["search.tasks.sentiment.total_virtual_tokens={min:10,max:5,step:0}"])
     keys = [p.split(":")[0] for p in problems]
     assert sorted(keys) == sorted(["search.num_samples", "search.max_concurrent_trials", "search.cpus_per_trial",
                     "search.time_budget_s", "search.seed", "search.grace_period", "search.reduction_factor",
-                    "search.tokens_to_generate", "search.metric", "search.style.0", "model.micro_batch_size",
+                    "search.max_new_tokens", "search.metric", "search.style.0", "model.micro_batch_size",
                     "search.tasks.sentiment.total_virtual_tokens", "search.tasks.nope"]), problems
     sentiment = problems[keys.index("search.tasks.sentiment.total_virtual_tokens")]
     assert "step: got 0; use a value >= 1" in sentiment
@@ -143,3 +143,10 @@ def test_bad_faults_name_the_variable():
         faults_from_env({FAULTS_ENV: '{"fail_at": 3}'})
     with pytest.raises(ConfigError, match="not JSON"):
         faults_from_env({FAULTS_ENV: "fail_at_step=3"})
+
+
+def test_search_max_new_tokens_keeps_reading_the_old_key():
+    """search.max_new_tokens (Hugging Face's name) was search.tokens_to_generate: configs with either load."""
+    assert load_job_config(with_search(max_new_tokens=5)).search.max_new_tokens == 5
+    assert load_job_config(with_search(tokens_to_generate=6)).search.max_new_tokens == 6
+    assert load_job_config(with_search()).search.max_new_tokens == 8

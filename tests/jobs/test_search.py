@@ -132,7 +132,7 @@ def test_a_crashed_search_resumes_and_finishes(tmp_path, tiny_gpt2_path, ray_loc
 @pytest.mark.ray
 def test_tasks_are_searched_independently_with_splits_and_an_accuracy_objective(tmp_path, tiny_gpt2_path,
                                                                                 ray_local):
-    raw = search_config(tmp_path, tiny_gpt2_path, [2], num_samples=2, metric="val_accuracy", tokens_to_generate=3)
+    raw = search_config(tmp_path, tiny_gpt2_path, [2], num_samples=2, metric="val_accuracy", max_new_tokens=3)
     raw["trainer"]["max_steps"] = 2
     data = Path(raw["model"]["data"]["train_ds"][0])
     rows = [json.loads(line) for line in data.read_text().splitlines()]

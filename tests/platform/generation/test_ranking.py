@@ -87,7 +87,7 @@ def test_label_ranking_picks_the_label_an_independent_scoring_ranks_first(tiny_g
 def test_without_labels_the_objective_is_greedy_exact_match_and_an_empty_sample_is_an_error(tiny_gpt2):
     engine = prompt_model(tiny_gpt2, add_eos=True)
     rows = records([" positive", " negative", " fine", " bad", " good", " ok"])
-    objective = ValidationObjective(engine, "c", rows, None, max_seq_length=128, tokens_to_generate=3)
+    objective = ValidationObjective(engine, "c", rows, None, max_seq_length=128, max_new_tokens=3)
     assert objective.kind == "exact_match"
     examples = prepare(engine, rows, 3)
     preds = predict(engine, examples, objective_params(3))

@@ -109,7 +109,7 @@ def test_the_templates_own_text_counts_against_max_seq_length_issue13(tiny_gpt2_
     assert model_limit_problems(cfg) == []  # exactly full: fits
 
 
-def test_a_val_accuracy_search_leaves_room_for_tokens_to_generate(tiny_gpt2_path, tmp_path):
+def test_a_val_accuracy_search_leaves_room_for_max_new_tokens(tiny_gpt2_path, tmp_path):
     """tiny-gpt2 takes 256 positions: 20 virtual + the prompt's text + 240 generated do not fit; 5 do."""
     from promptray.platform.model.hub import load_tokenizer
     from promptray.platform.model.limits import model_limit_problems
@@ -118,9 +118,9 @@ def test_a_val_accuracy_search_leaves_room_for_tokens_to_generate(tiny_gpt2_path
     raw = _sentiment_config(tiny_gpt2_path, tmp_path)
     raw["model"]["data"]["validation_ds"] = ["unused.jsonl"]
     search = {"tasks": {"sentiment": {"total_virtual_tokens": [5, 20]}}, "metric": "val_accuracy",
-              "tokens_to_generate": 240}
+              "max_new_tokens": 240}
     assert model_limit_problems(load_job_config({**raw, "search": search})) == [
         f"search.tasks.sentiment.total_virtual_tokens: 20 virtual tokens + {text} tokens of the template's text up "
-        "to the answer + search.tokens_to_generate 240 exceed the 256 positions of base model "
-        f"'{tiny_gpt2_path}'; use at most {256 - text - 240} virtual tokens or lower search.tokens_to_generate"]
+        "to the answer + search.max_new_tokens 240 exceed the 256 positions of base model "
+        f"'{tiny_gpt2_path}'; use at most {256 - text - 240} virtual tokens or lower search.max_new_tokens"]
     assert 5 <= 256 - text - 240 < 20
