@@ -23,6 +23,7 @@ BAR = re.compile(r"\d+%\|")  # what a tqdm bar draws
 
 
 def _run_demo(out: Path, *flags: str, timeout: float = 540) -> subprocess.CompletedProcess:
+    out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.run([*PROMPTRAY, "demo", "--out", str(out), "--no-progress", *flags], cwd=out.parent,
                           capture_output=True, text=True, timeout=timeout)
 
