@@ -152,7 +152,8 @@ def test_an_error_after_the_cluster_started_stops_it_too(tmp_path):
 @pytest.mark.slow
 def test_in_process_demo_scores_what_it_says(tmp_path):
     out = tmp_path / "demo"
-    proc = _run_demo(out, "--in-process", "--steps", "4", "--question-steps", "4", "--n-test", "8", timeout=400)
+    proc = _run_demo(out, "--in-process", "--quick", "--steps", "4", "--question-steps", "4", "--n-test", "8",
+                     timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not BAR.search(proc.stdout + proc.stderr), "--no-progress showed a progress bar"
     result = json.loads((out / "demo_result.json").read_text())
