@@ -84,7 +84,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     require_ray("the demo runs Ray jobs and Ray Serve")
     if not args.verbose:  # Ray's job client logs each upload at INFO ("Uploading package ...")
-        for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):  # the latter sets its own level
+        import ray.job_submission  # noqa: F401  (its module sets its logger's level when imported: first)
+
+        for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
             logging.getLogger(name).setLevel(logging.WARNING)
     run_platform_demo(args.out, plan, progress=not args.no_progress)
     return 0

@@ -68,6 +68,7 @@ def test_quick_demo_runs_the_platform_journey_and_stops_everything(tmp_path):
     stages = [line[:5] for line in proc.stdout.splitlines() if re.match(r"\[\d/6\] ", line)]
     assert stages == [f"[{i}/6]" for i in range(1, 7)]
     assert not BAR.search(proc.stdout + proc.stderr), "--no-progress showed a progress bar"
+    assert not re.search(r"\bINFO\b", proc.stderr), proc.stderr  # Ray's job client's log lines stay out
     result = json.loads((out / "demo_result.json").read_text())
 
     from promptray.platform.table.table import PromptTable
