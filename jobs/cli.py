@@ -3,10 +3,11 @@
     promptray train CONFIG.yaml [model.new_tasks=[squad] trainer.max_steps=100 ...]
     promptray infer virtual_prompt_model_file=TABLE data_paths=[a.jsonl,b.jsonl] [gpt_model_file=MODEL]
                     [inference.greedy=True inference.tokens_to_generate=20 ...] [output_file=preds.jsonl]
-    promptray demo [--steps 150] [--out runs/demo]
+    promptray demo [--quick] [--in-process] [--steps 150] [--out runs/demo] [--no-progress]
     promptray data demo OUT_DIR
     promptray table ls|show|history|rollback|rm|gc|export-peft|import-peft ...   (see jobs/table_cli.py)
-    promptray serve --table URI [--model NAME] [--port 8000] [--replicas 1]   (HTTP API, see serve/app.py)
+    promptray serve --table URI [--model NAME] [--port 8000] [--replicas 1] [--address auto --detach]
+                    (HTTP API, see serve/app.py)
 
 Errors from user input print one clear message (exit 2), never a traceback; warnings print as one log line.
 """
@@ -25,6 +26,7 @@ from typing import Optional
 
 from promptray.jobs import table_cli
 from promptray.jobs.cli_common import MissingDependencyError, missing_extra, parse_anywhere  # noqa: F401
+from promptray.jobs.serving import APP_NAME, ServerStartError, deploy, import_serving  # noqa: F401
 from promptray.platform.errors import ConfigError, PromptrayError
 
 
@@ -34,6 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from promptray.platform.train.trainer import train
 
     cfg = load_job_config(args.config, args.overrides, check_files=True)
+    if args.no_progress:
+        quiet_progress_bars()
     result = train(cfg, progress=not args.no_progress)
     print(json.dumps({"table": result.table_uri, "versions": result.versions, "steps": result.steps,
                       "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s, 1),
@@ -46,18 +50,58 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from promptray.platform.generation.infer_config import load_infer_config, run_inference
 
     cfg = load_infer_config(args.config, args.overrides)
+    if args.no_progress:
+        quiet_progress_bars()
     summary = run_inference(cfg, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """`promptray demo`: the end-to-end example (platform/demo.py) in --out."""
-    from promptray.platform.demo import run_demo
+def demo_plan(args: argparse.Namespace):
+    """The demo's plan: --quick's or the full one, with the flags given explicitly on top."""
+    from dataclasses import replace
 
-    run_demo(args.out, steps=args.steps, question_steps=args.question_steps, n_test=args.n_test,
-             model=args.model, progress=not args.no_progress)
+    from promptray.jobs.demo import QUICK, DemoPlan
+
+    flags = {"steps": args.steps, "question_steps": args.question_steps, "n_test": args.n_test,
+             "model": args.model, "num_cpus": args.num_cpus}
+    problems = [f"--{k.replace('_', '-')} {v}: give a number >= 1" for k, v in flags.items()
+                if isinstance(v, int) and v < 1]
+    if problems:
+        raise ConfigError(problems, title="invalid demo flags")
+    return replace(QUICK if args.quick else DemoPlan(), **{k: v for k, v in flags.items() if v is not None})
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    plan = demo_plan(args)
+    if args.no_progress:
+        quiet_progress_bars()
+    if args.in_process:
+        from promptray.platform.demo import run_demo
+
+        run_demo(args.out, steps=plan.steps, question_steps=plan.question_steps, n_test=plan.n_test,
+                 model=plan.model, progress=not args.no_progress, val_batches=plan.val_batches)
+        return 0
+    from promptray.jobs.cli_common import require_ray
+    from promptray.jobs.demo import run_platform_demo
+
+    require_ray("the demo runs Ray jobs and Ray Serve")
+    if not args.verbose:  # Ray's job client logs each upload at INFO ("Uploading package ...")
+        import ray.job_submission  # noqa: F401  (its module sets its logger's level when imported: first)
+
+        for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    run_platform_demo(args.out, plan, progress=not args.no_progress)
     return 0
+
+
+def quiet_progress_bars() -> None:
+    """--no-progress: Hugging Face's own bars (weights loading) off too, for this process."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -70,20 +114,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-class ServerStartError(PromptrayError):
-    """The server started but cannot serve (its replica said why)."""
-
-
 def _import_serving():
     """ray, ray.serve and the app, or MissingDependencyError saying what to install (the `ray` extra)."""
-    try:
-        import ray
-        from ray import serve
-
-        from promptray.serve.app import build_app
-    except ModuleNotFoundError as e:
-        raise missing_extra(e, "serving needs Ray Serve and FastAPI") from None
-    return ray, serve, build_app
+    return import_serving()
 
 
 # `promptray serve` flags that are ServerSettings fields: field -> flag
@@ -109,6 +142,9 @@ def serve_settings(args: argparse.Namespace):
         problems.append(f"--port {args.port}: give a TCP port from 1 to 65535")
     if not args.host.strip():
         problems.append("--host '': give an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+    if args.detach and not args.address:
+        problems.append("--detach without --address: the embedded local Ray ends with this command; give the "
+                        "cluster to deploy on (--address auto inside a Ray job or on a cluster node)")
     try:
         settings = ServerSettings(**{field: getattr(args, field) for field in SERVE_FLAGS})
     except ValidationError as e:
@@ -123,34 +159,39 @@ def serve_settings(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve every task of a table over HTTP: serve.run on an embedded local Ray, until Ctrl-C.
-    A replica that cannot serve (e.g. no task fits the base model) stops it with exit 2 and the reason."""
+    """Serve every task of a table over HTTP: serve.run on an embedded local Ray (or the cluster at --address),
+    until Ctrl-C; with --detach, deploy and return (the app keeps serving on the cluster). A replica that
+    cannot serve (e.g. no task fits the base model) stops it with exit 2 and the reason."""
     settings = serve_settings(args)  # every flag checked before Ray starts
-    ray, serve, build_app = _import_serving()
-    ray.init(address="local", include_dashboard=False, configure_logging=False)
+    serving = _import_serving()
+    ray, serve, _ = serving
+    if args.address:
+        ray.init(address=args.address, configure_logging=False)
+    else:
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
+    deployed = False
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        gpus = ray.cluster_resources().get("GPU", 0) if args.accelerator in ("auto", "gpu") else 0
-        if settings.threads is None:  # the machine's cores, shared among the replicas
-            settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // (args.max_replicas
-                                                                                                or args.replicas))})
-        actor = {"num_cpus": settings.threads, **({"num_gpus": 1} if gpus >= 1 else {})}  # Ray hides GPUs otherwise
-        autoscale = None if args.max_replicas is None else {"min_replicas": args.replicas,
-                                                            "max_replicas": args.max_replicas}
-        handle = serve.run(build_app(settings, num_replicas=args.replicas, ray_actor_options=actor,
-                                     autoscaling_config=autoscale), name="promptray", route_prefix="/")
-        problem = handle.startup_problem.remote().result()
-        if problem:
-            raise ServerStartError(problem)
-        print(f"promptray serving {args.table} at http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops",
-              flush=True)
+        if settings.threads is None and not args.address:  # the machine's cores, shared among the replicas
+            settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1)
+                                                                  // (args.max_replicas or args.replicas))})
+        deploy(settings, host=args.host, port=args.port, replicas=args.replicas, max_replicas=args.max_replicas,
+               serving=serving)
+        url = f"http://{args.host}:{args.port}"
+        if args.detach:
+            deployed = True
+            print(f"promptray serving {args.table} at {url} (API docs at /docs) on the Ray cluster at "
+                  f"{args.address}; it serves until `serve shutdown` or the cluster stops", flush=True)
+            return 0
+        print(f"promptray serving {args.table} at {url} (API docs at /docs); Ctrl-C stops", flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too stops it cleanly
         while True:
             time.sleep(3600)  # Ctrl-C raises KeyboardInterrupt here
     finally:
-        serve.shutdown()
+        if args.detach and not deployed:
+            serve.delete(APP_NAME)  # a failed detached deployment leaves nothing on the cluster
+        elif not args.detach:
+            serve.shutdown()
         ray.shutdown()
-    return 0
 
 
 def _add_serve(sub) -> None:
@@ -160,6 +201,10 @@ def _add_serve(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--address", help="deploy on this Ray cluster (its GCS address, or auto inside a Ray job) "
+                   "instead of an embedded local Ray")
+    s.add_argument("--detach", action="store_true", help="with --address: deploy, print the URL and return; the "
+                   "app keeps serving on the cluster")
     s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto",
                    help="auto/gpu: one GPU per replica when the machine has GPUs; cpu: never")
@@ -168,7 +213,8 @@ def _add_serve(sub) -> None:
     s.add_argument("--batching", choices=["continuous", "static"], default="continuous",
                    help="continuous: requests join and leave the running batch between steps; static: classic")
     s.add_argument("--threads", type=int, default=None,
-                   help="torch threads (and CPUs reserved) per replica (default: the cores / replicas)")
+                   help="torch threads (and CPUs reserved) per replica (default: the cores / replicas; "
+                   "with --address: 1)")
     s.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together at most")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; beyond, 503 + Retry-After")
     s.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV-cache slots of the running rows")
@@ -194,12 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", help="optional YAML with the same keys")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(fn=cmd_infer)
-    d = sub.add_parser("demo", help="tune smollm2-135m on movie-review sentiment and show what it learned")
+    d = sub.add_parser("demo", help="the platform's journey: two Ray Train jobs into one prompt table, Ray Serve "
+                       "over HTTP, zero-shot vs tuned accuracy (--in-process: the engine alone)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=150)
-    d.add_argument("--question-steps", type=int, default=100)
-    d.add_argument("--n-test", type=int, default=400)
-    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--quick", action="store_true", help="a short run (12 steps per job, 32 + 16 held-out examples)")
+    d.add_argument("--in-process", action="store_true", help="the engine alone in this process: no Ray, no server")
+    d.add_argument("--steps", type=int, help="sentiment training steps (default 150; --quick 12)")
+    d.add_argument("--question-steps", type=int, help="question-type training steps (default 100; --quick 12)")
+    d.add_argument("--n-test", type=int, help="held-out sentiment examples scored, question type half as many "
+                   "(default 400; --quick 32)")
+    d.add_argument("--model", help="base model (default smollm2-135m)")
+    d.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray cluster (default: all)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
     dd = sub.add_parser("data", help="write bundled example data sets as .jsonl")

@@ -2,7 +2,8 @@
 
     promptray table ls URI [--deleted]             current tasks (version, tokens, style, base model, created)
     promptray table show URI TASK [--version V]    one task: template, encoding, metadata, metrics, embedding stats
-    promptray table history URI TASK               every version of a task, oldest first, and the event log
+    promptray table history URI TASK               every version of a task, oldest first (the current one
+                                                   marked *), and the event log
     promptray table rollback URI TASK VERSION      make an earlier version current (a new manifest generation)
     promptray table rm URI TASK                    remove a task from the current set (kept in history)
     promptray table gc URI [--dry-run] [--grace-seconds S]   delete objects no version references
@@ -71,16 +72,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    """`promptray table history URI TASK`: the task's versions and its log of events (publish, rollback, delete)."""
+    """Every version of a task, oldest first, the current one marked (`*` in CURRENT; `current` in --json,
+    null for a deleted task), then the task's event log."""
     table = _table(args)
     versions = table.history(args.task)
     events = table.log(args.task)
-    data = {"versions": [asdict(v) for v in versions], "events": [asdict(e) for e in events]}
+    current = next((i.version for i in table.describe() if i.taskname == args.task), None)
+    data = {"current": current, "versions": [asdict(v) for v in versions], "events": [asdict(e) for e in events]}
     if args.json:
         _print(args, data)
         return 0
-    _print(args, data, [[v.version, v.num_virtual_tokens, v.style, v.created_at] for v in versions],
-           ["VERSION", "TOKENS", "STYLE", "CREATED"])
+    _print(args, data, [["*" if v.version == current else "", v.version, v.num_virtual_tokens, v.style, v.created_at]
+                        for v in versions], ["CURRENT", "VERSION", "TOKENS", "STYLE", "CREATED"])
+    if current is None:
+        print(f"(task {args.task!r} is deleted: no version is current; `promptray table rollback` restores one)")
     if events:
         print()
         _print(args, data, [[e.generation, e.action, e.version, e.at] for e in events],

@@ -9,7 +9,8 @@ otherwise it starts an embedded local Ray just for this run (never a `ray start`
 Stdout contract (parsed by the SDK from job logs; one JSON object per line, lines start at column 0):
     PROMPTRAY_METRICS {"step": 3, "total_steps": 10, "loss": ..., "tokens_per_s": ..., ...}
         once per logged metrics record (a step retried after a worker failure is printed again)
-    PROMPTRAY_RESULT {"table": uri, "versions": {task: version}, "steps": n, "best_val_loss": x, "run_dir": path}
+    PROMPTRAY_RESULT {"table": uri, "versions": {task: version}, "steps": n, "best_val_loss": x, "best_step": n,
+                      "run_dir": path}
         exactly once, at the end of a successful run
 Exit codes: 0 success; 2 invalid input (a clear message on stderr, no traceback); 1 training failed.
 """

@@ -97,7 +97,14 @@ class Client:
     @property
     def address(self) -> Optional[str]:
         """The dashboard address (for the embedded cluster: once it has started)."""
-        return self.settings.address or (self._cluster.dashboard_url if self._cluster else None)
+        return self.settings.address or (self._cluster.dashboard_url if self._cluster and self._cluster.ports
+                                         else None)
+
+    @property
+    def cluster(self) -> Optional[LocalCluster]:
+        """The embedded cluster this client started (its PIDs, temp dir, ports), or None (an `address` was
+        given, or it has not started yet)."""
+        return self._cluster
 
     def __repr__(self) -> str:
         return f"Client(address={self.address or '(embedded, not started)'!r}, table={self.table!r})"
@@ -106,8 +113,14 @@ class Client:
         """Connect now (start the embedded cluster if needed); later calls reuse the connection."""
         if self._jobs is None:
             if self.settings.address is None and self._cluster is None:
-                self._cluster = LocalCluster(num_cpus=self.settings.num_cpus or os.cpu_count() or 1).start()
+                # kept before it starts, so that close() stops what a start interrupted (Ctrl-C) left running
+                self._cluster = LocalCluster(num_cpus=self.settings.num_cpus or os.cpu_count() or 1)
                 atexit.register(self.close)
+                try:
+                    self._cluster.start()
+                except BaseException:
+                    self.close()
+                    raise
             token = self._cluster.token if self._cluster else find_token(self.settings.auth_token)
             self._jobs = RayJobs(self.address, token)
         return self._jobs

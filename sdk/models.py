@@ -52,6 +52,7 @@ class TuningResult(BaseModel):
     versions: dict[str, str]
     steps: int
     best_val_loss: Optional[float] = None
+    best_step: Optional[int] = None  # the step whose prompts were published (lowest validation loss, else the last)
     run_dir: Optional[str] = None
 
     @property

@@ -44,7 +44,8 @@ class TrainResult:
     """What a finished run returns (`TrainLoop.finish` on the main worker): where and which versions it
     published, step count, best validation and final training loss (mean token cross-entropy, nats; None
     without validation data / before a step), throughput in tokens per second of training time, the run
-    folder, its metrics.jsonl and learning-curve plot, and the new tasks' published float32 (n, H) prompts."""
+    folder, its metrics.jsonl and learning-curve plot, the new tasks' published float32 (n, H) prompts, and the
+    step they are from."""
 
     table_uri: str
     versions: dict[str, str]  # taskname -> published version
@@ -56,6 +57,7 @@ class TrainResult:
     metrics_path: Path
     plot_path: Optional[Path]
     prompts: dict[str, torch.Tensor] = field(default_factory=dict)  # the published new-task embeddings
+    best_step: Optional[int] = None  # the step whose prompts were published (lowest val_loss, else the last)
 
 
 @dataclass
@@ -189,14 +191,16 @@ class TrainLoop:
             return None
         s, cfg, run_dir = self.state, self.cfg, self.cfg.run_dir
         prompts = self.best_prompts if self.best_prompts is not None else self.engine.model.bank.export()
-        plot = plot_learning_curve(self.writer.records, run_dir / "learning_curve.png", title=cfg.name)
+        published_step = s.best_step or self.steps  # without validation data: the last step's prompts
+        plot = plot_learning_curve(self.writer.records, run_dir / "learning_curve.png", title=cfg.name,
+                                   published_step=published_step)
         tok_s = s.tokens / max(s.train_s, 1e-9)
-        metrics = {"best_val_loss": s.best_val, "best_step": s.best_step or self.steps,
+        metrics = {"best_val_loss": s.best_val, "best_step": published_step,
                    "final_train_loss": s.last_loss, "steps": self.steps, "tokens_per_s": round(tok_s, 1)}
         versions = publish_prompts(cfg, self.engine, prompts, metrics, run) if publish else {}
         write_summary(run_dir, cfg, metrics, versions)
         return TrainResult(cfg.table_uri, versions, self.steps, s.best_val, s.last_loss, tok_s, run_dir,
-                           self.writer.path, plot, prompts)
+                           self.writer.path, plot, prompts, published_step)
 
     # ------------------------------------------------------------------ checkpoint state
     def _trainable(self) -> dict[str, torch.nn.Parameter]:

@@ -216,3 +216,15 @@ def test_infer_tokens_to_generate_beyond_the_models_positions_is_named_up_front_
             "exceed the model's 256 positions; use at most 250 (less for long inputs)") in err
     assert "max_seq_length=-" not in err and "truncate_field" not in err and "Traceback" not in err
     assert main(base + [f"inference.tokens_to_generate={256 - 3 - text}", "--no-progress"]) == 0  # the most: runs
+
+
+def test_serve_detach_and_threads_are_checked_before_ray_starts(capsys, monkeypatch):
+    import promptray.jobs.cli as cli
+
+    monkeypatch.setattr(cli, "_import_serving", lambda: pytest.fail("Ray must not start on bad flags"))
+    assert main(["serve", "--table", "t", "--detach", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "promptray serve: error: invalid serve flags (2 problems):",
+        "  - --detach without --address: the embedded local Ray ends with this command; give the cluster to "
+        "deploy on (--address auto inside a Ray job or on a cluster node)",
+        "  - --threads 0: input should be greater than or equal to 1"]

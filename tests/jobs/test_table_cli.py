@@ -139,3 +139,22 @@ def test_a_python_warning_under_the_cli_is_one_log_line(table, tmp_path, capsys,
     assert code == 0 and "UserWarning" not in err and "warnings.warn" not in err
     path = str(adapter / "promptray_task.json")
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("promptray", f"ignoring {path!r}: not valid JSON")]
+
+
+def test_history_marks_the_current_version(table, capsys):
+    first, second = (v.version for v in table.history("a"))
+
+    def marked() -> dict[str, bool]:
+        code, out, _ = _run(capsys, "table", "history", table.uri, "a")
+        lines = out.splitlines()
+        assert code == 0 and lines[0].split()[:2] == ["CURRENT", "VERSION"]
+        return {line.split()[-4]: line.startswith("*") for line in lines[1:3]}
+
+    assert marked() == {first: False, second: True}
+    assert json.loads(_run(capsys, "table", "history", table.uri, "a", "--json")[1])["current"] == second
+    _run(capsys, "table", "rollback", table.uri, "a", first)
+    assert marked() == {first: True, second: False}
+    _run(capsys, "table", "rm", table.uri, "a")
+    code, out, _ = _run(capsys, "table", "history", table.uri, "a")
+    assert "*" not in out and "is deleted: no version is current" in out
+    assert json.loads(_run(capsys, "table", "history", table.uri, "a", "--json")[1])["current"] is None
