@@ -40,7 +40,7 @@ def metrics_line(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
 
 
 def result_payload(result: TrainResult) -> dict[str, Any]:
-    """The JSON-ready result of a run: table, versions, steps, best_val_loss, run_dir."""
+    """The JSON-ready result of a run: table, versions, steps, best_val_loss, best_step, run_dir."""
     return {"table": result.table_uri, "versions": result.versions, "steps": result.steps,
             "best_val_loss": result.best_val_loss, "best_step": result.best_step, "run_dir": str(result.run_dir)}
 

@@ -82,9 +82,10 @@ def test_cli_one_worker_on_embedded_ray_prints_the_contract_and_publishes(tmp_pa
     assert [m["step"] for m in metrics if "val_loss" in m] == [2, 4]
     assert len(results) == 1
     result = results[0]
-    assert list(result) == ["table", "versions", "steps", "best_val_loss", "run_dir"]
+    assert list(result) == ["table", "versions", "steps", "best_val_loss", "best_step", "run_dir"]
     assert result["table"] == str(tmp_path / "table") and result["steps"] == 4
     assert result["best_val_loss"] == min(m["val_loss"] for m in metrics if "val_loss" in m)
+    assert result["best_step"] == min((m for m in metrics if "val_loss" in m), key=lambda m: m["val_loss"])["step"]
     run_dir = Path(result["run_dir"])
     assert {"metrics.jsonl", "learning_curve.png", "summary.json"} <= {p.name for p in run_dir.iterdir()}
     assert json.loads((run_dir / "summary.json").read_text())["versions"] == result["versions"]
