@@ -6,16 +6,24 @@ short one (4 tokens) for even i, a long one (48 tokens) for odd i, with `min_tok
 request generates exactly its class's tokens (greedy). A closed loop of `--clients` (16) concurrent
 connections streams `/v1/generate` (SSE) until `--requests` are answered.
 
-Sides: the same Serve app (`build_app`, one replica, --threads torch threads and CPUs, bf16, prefix cache on,
-max_batch_size 16) with `batching: static` (a batch forms when the last one ended, waits up to 10 ms to fill
-and runs until its longest row ends: the server of main before the scheduler) and `batching: continuous`,
-deployed one after the other on one local Ray, each warmed up (every task loaded) before timing.
+Sides, back to back on the same workload and client:
+- "baseline": the server of `--baseline-commit` (default 93ec0ea, main before issue 15: `@serve.batch` static
+  batches, max_batch_size 16, 10 ms wait), run first in a child process with its own local Ray and Serve and
+  the commit's code (benchmarks/serve_baseline.py; the JSON records the commit and the `serve/app.py` file its
+  Ray workers import);
+- "static" and "continuous": this commit's app (`build_app`, one replica, --threads torch threads and CPUs, bf16,
+  prefix cache on, max_batch_size 16) with `batching: static` (a batch forms when the last one ended, waits up
+  to 10 ms to fill and runs until its longest row ends) and `batching: continuous`, deployed one after the
+  other on one local Ray.
+Each side is warmed up (every task loaded) before timing; the load average is recorded around each.
 
 Per side: completion tokens/s, requests/s, errors; time to first token (first SSE event with text) and
 latency p50/p99 per class, as the client sees them (the client shares the machine with the server).
-Targets of issue 15: continuous >= 2.5x static's completion tokens/s, short p50 <= half of static's, no errors.
+Targets of issue 15, against the baseline (main's server): continuous >= 2.5x its completion tokens/s, short
+p50 <= half of its, no errors; the same ratios against the static policy are reported too.
 
-    python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--threads 2] [--gpu]
+    python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--threads 1] [--gpu]
+        [--baseline-commit 93ec0ea | --no-baseline]
 
 Results: benchmarks/results/serve_bench_mixed.json.
 """
