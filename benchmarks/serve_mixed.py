@@ -17,13 +17,16 @@ Sides, back to back on the same workload and client:
   other on one local Ray.
 Each side is warmed up (every task loaded) before timing; the load average is recorded around each.
 
+Then (`--overhead-rounds`, default 3; 0 skips it) the virtual tokens' overhead against the bare base model on the
+continuous scheduler, in-process, same requests and closed loop (benchmarks/serve_overhead.py).
+
 Per side: completion tokens/s, requests/s, errors; time to first token (first SSE event with text) and
 latency p50/p99 per class, as the client sees them (the client shares the machine with the server).
 Targets of issue 15, against the baseline (main's server): continuous >= 2.5x its completion tokens/s, short
 p50 <= half of its, no errors; the same ratios against the static policy are reported too.
 
     python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--threads 1] [--gpu]
-        [--baseline-commit 93ec0ea | --no-baseline]
+        [--baseline-commit 93ec0ea | --no-baseline] [--overhead-rounds 3] [--only-overhead]
 
 Results: benchmarks/results/serve_bench_mixed.json.
 """
@@ -40,6 +43,7 @@ from pathlib import Path
 
 from benchmarks.common import MODEL
 from benchmarks.serve_baseline import baseline_server, head_commit
+from benchmarks.serve_overhead import run_overhead
 
 VIRTUAL = {"sentiment": 5, "polarity": 20, "tone": 50, "verdict": 100}
 INIT = "Say whether the critic liked the film: answer positive or negative, nothing else, in one word"
@@ -195,22 +199,39 @@ def ratios(c: dict, other: dict) -> dict:
             "no_errors": c["errors"] == other["errors"] == 0}
 
 
+def mixed_requests(work: Path, n_requests: int) -> tuple[str, dict[str, str], list[dict]]:
+    """(table uri, published versions, request bodies) of the mixed workload, the table built under `work`."""
+    from benchmarks.common import read_jsonl, sentiment_splits
+
+    sentences = [r["sentence"] for r in read_jsonl(sentiment_splits(work / "data")["test"])]
+    uri = str(work / "mixed_table")
+    return uri, build_mixed_table(uri), workload(sentences, n_requests)
+
+
+def run_overhead_only(work: Path, n_requests: int, clients: int, threads: int, gpu: bool, rounds: int) -> dict:
+    """`--only-overhead`: the virtual tokens' overhead on the continuous scheduler, no HTTP sides."""
+    uri, versions, reqs = mixed_requests(work, n_requests)
+    overhead = run_overhead(uri, MODEL, reqs, clients, rounds, threads, gpu)
+    return {"settings": {"model": MODEL, "virtual_tokens": VIRTUAL, "classes": {"short": SHORT, "long": LONG},
+                         "requests": n_requests, "clients": clients, "threads": threads, "gpu": gpu,
+                         "table_versions": versions, "commit": head_commit()},
+            "virtual_tokens_overhead": overhead}
+
+
 def run_mixed(work: Path, n_requests: int, clients: int, threads: int, gpu: bool,
-              baseline_commit: str | None = None) -> dict:
+              baseline_commit: str | None = None, overhead_rounds: int = 0) -> dict:
     """Sides: `baseline_commit`'s server (when given; first, in its own process and Ray), then this commit's
-    app with static and with continuous batching (one local Ray), back to back on the same workload."""
+    app with static and with continuous batching (one local Ray), back to back on the same workload; then,
+    with `overhead_rounds`, the virtual tokens' overhead on the continuous scheduler in-process
+    (benchmarks/serve_overhead.py)."""
     import ray
     from ray import serve
 
-    from benchmarks.common import read_jsonl, sentiment_splits
     from promptray.platform.ports import free_ports
     from promptray.serve.app import build_app
     from promptray.serve.schemas import ServerSettings
 
-    sentences = [r["sentence"] for r in read_jsonl(sentiment_splits(work / "data")["test"])]
-    uri = str(work / "mixed_table")
-    versions = build_mixed_table(uri)
-    reqs = workload(sentences, n_requests)
+    uri, versions, reqs = mixed_requests(work, n_requests)
     sides, texts = {}, {}
     if baseline_commit:
         sides["baseline"], texts["baseline"] = run_baseline(baseline_commit, work, uri, reqs, clients, threads, gpu)
@@ -235,7 +256,10 @@ def run_mixed(work: Path, n_requests: int, clients: int, threads: int, gpu: bool
     targets = {"vs_static_policy": ratios(sides["continuous"], sides["static"])}
     if "baseline" in sides:
         targets = {"vs_baseline": ratios(sides["continuous"], sides["baseline"]), **targets}
+    overhead = run_overhead(uri, MODEL, reqs, clients, overhead_rounds, threads, gpu) if overhead_rounds else None
+    if overhead:
+        targets["virtual_tokens_overhead_vs_bare"] = {k: overhead[k] for k in ("slowdown_vs_bare", "met")}
     return {"settings": {"model": MODEL, "virtual_tokens": VIRTUAL, "classes": {"short": SHORT, "long": LONG},
                          "requests": n_requests, "clients": clients, "threads": threads, "gpu": gpu,
                          "baseline_commit": baseline_commit, "table_versions": versions},
-            "sides": sides, "identical_texts": same, "targets": targets}
+            "sides": sides, "identical_texts": same, "virtual_tokens_overhead": overhead, "targets": targets}
