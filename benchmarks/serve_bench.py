@@ -55,6 +55,7 @@ from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, tabl
 N_VIRTUAL = 100
 MAX_TOKENS = 4
 LEVELS = (8, 32)  # HTTP concurrency and offline batch size
+BASELINE_COMMIT = "93ec0ea"  # main before issue 15 (`@serve.batch` static batches)
 SPEEDUP_TARGET, OVERHEAD_TARGET = 5.0, 0.10
 TASKS = {  # taskname: (template wording before the review, label line, init text)
     "sentiment": ("Review:", "Sentiment:", "Classify the sentiment of this movie review as positive or negative"),
@@ -524,6 +525,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--requests", type=int, default=96, help="--mixed: requests per side")
     ap.add_argument("--clients", type=int, default=16, help="--mixed: concurrent clients")
     ap.add_argument("--gpu", action="store_true", help="--mixed: the replica on a CUDA GPU")
+    ap.add_argument("--baseline-commit", default=BASELINE_COMMIT,
+                    help="--mixed: also serve this commit's server (own process and Ray) as the 'baseline' side; "
+                         f"default {BASELINE_COMMIT} (main before issue 15) when the repository has it")
+    ap.add_argument("--no-baseline", action="store_true", help="--mixed: static and continuous sides only")
+    ap.add_argument("--overhead-rounds", type=int, default=3,
+                    help="--mixed: alternating rounds per side of the virtual tokens' overhead vs the bare base "
+                         "model on the continuous scheduler (in-process; 0: skip)")
+    ap.add_argument("--only-overhead", action="store_true",
+                    help="--mixed: only that overhead measurement (results/serve_bench_overhead.json)")
     a = ap.parse_args(argv)
     if a.mixed:
         return main_mixed(a)
@@ -558,12 +568,18 @@ def main(argv=None) -> dict:
 def main_mixed(a) -> dict:
     """`--mixed`: run benchmarks/serve_mixed.py, write results/serve_bench_mixed.json, print the table."""
     from benchmarks.common import machine, table, write_result
-    from benchmarks.serve_mixed import run_mixed
+    from benchmarks.serve_baseline import commit_exists
+    from benchmarks.serve_mixed import run_mixed, run_overhead_only
 
+    if a.only_overhead:
+        return main_overhead(a, run_overhead_only)
+    baseline = None if a.no_baseline or not commit_exists(a.baseline_commit) else a.baseline_commit
+    if baseline is None and not a.no_baseline:
+        print(f"no commit {a.baseline_commit} in this repository: no baseline side")
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_mixed_"))
     try:
         result = {"benchmark": "serve_bench_mixed", "machine": machine(),
-                  **run_mixed(work, a.requests, a.clients, a.threads, a.gpu)}
+                  **run_mixed(work, a.requests, a.clients, a.threads, a.gpu, baseline, a.overhead_rounds)}
     finally:
         if not a.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -573,9 +589,41 @@ def main_mixed(a) -> dict:
              v["per_class"]["short"]["latency_p50_s"], v["per_class"]["short"]["latency_p99_s"],
              v["per_class"]["long"]["latency_p50_s"], v["per_class"]["long"]["latency_p99_s"]]
             for name, v in result["sides"].items()]
-    print(table(rows, ["batching", "compl tok/s", "req/s", "errors", "TTFT mean s", "short p50", "short p99",
+    print(table(rows, ["side", "compl tok/s", "req/s", "errors", "TTFT mean s", "short p50", "short p99",
                        "long p50", "long p99"]))
-    print(f"targets: {result['targets']}\nwrote {path}")
+    for against, t in result["targets"].items():
+        print(f"continuous {against}: {t}")
+    if result["virtual_tokens_overhead"]:
+        print_overhead(result["virtual_tokens_overhead"])
+    print(f"wrote {path}")
+    return result
+
+
+def print_overhead(o: dict) -> None:
+    print(table([[s, v["seconds_median"], v["completion_tokens_per_s"], v["prompt_tokens_mean"], v["decoding_steps"],
+                  v["mean_rows_per_step"], v["mean_cache_width"], v["prefill_s"], v["decode_s"]]
+                 for s, v in o["sides"].items()],
+                ["overhead side", "s (median)", "compl tok/s", "prompt tokens", "steps", "rows/step", "cache width",
+                 "prefill s", "decode s"]))
+    print(f"virtual tokens vs bare base model: {o['slowdown_vs_bare']:+.1%} (target <= {o['target_max_slowdown']:.0%}: "
+          f"{'met' if o['met'] else 'NOT met'}), load {o['load_average_1_5_15min']}")
+
+
+def main_overhead(a, run_overhead_only) -> dict:
+    """`--mixed --only-overhead`: write results/serve_bench_overhead.json, print the table."""
+    from benchmarks.common import machine, write_result
+
+    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_overhead_"))
+    try:
+        result = {"benchmark": "serve_bench_overhead", "machine": machine(),
+                  **run_overhead_only(work, a.requests, a.clients, a.threads, a.gpu, max(1, a.overhead_rounds))}
+    finally:
+        if not a.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_result("serve_bench_overhead", result)
+    print_overhead(result["virtual_tokens_overhead"])
+    print(f"wrote {path}")
     return result
 
 

@@ -6,16 +6,27 @@ short one (4 tokens) for even i, a long one (48 tokens) for odd i, with `min_tok
 request generates exactly its class's tokens (greedy). A closed loop of `--clients` (16) concurrent
 connections streams `/v1/generate` (SSE) until `--requests` are answered.
 
-Sides: the same Serve app (`build_app`, one replica, --threads torch threads and CPUs, bf16, prefix cache on,
-max_batch_size 16) with `batching: static` (a batch forms when the last one ended, waits up to 10 ms to fill
-and runs until its longest row ends: the server of main before the scheduler) and `batching: continuous`,
-deployed one after the other on one local Ray, each warmed up (every task loaded) before timing.
+Sides, back to back on the same workload and client:
+- "baseline": the server of `--baseline-commit` (default 93ec0ea, main before issue 15: `@serve.batch` static
+  batches, max_batch_size 16, 10 ms wait), run first in a child process with its own local Ray and Serve and
+  the commit's code (benchmarks/serve_baseline.py; the JSON records the commit and the `serve/app.py` file its
+  Ray workers import);
+- "static" and "continuous": this commit's app (`build_app`, one replica, --threads torch threads and CPUs, bf16,
+  prefix cache on, max_batch_size 16) with `batching: static` (a batch forms when the last one ended, waits up
+  to 10 ms to fill and runs until its longest row ends) and `batching: continuous`, deployed one after the
+  other on one local Ray.
+Each side is warmed up (every task loaded) before timing; the load average is recorded around each.
+
+Then (`--overhead-rounds`, default 3; 0 skips it) the virtual tokens' overhead against the bare base model on the
+continuous scheduler, in-process, same requests and closed loop (benchmarks/serve_overhead.py).
 
 Per side: completion tokens/s, requests/s, errors; time to first token (first SSE event with text) and
 latency p50/p99 per class, as the client sees them (the client shares the machine with the server).
-Targets of issue 15: continuous >= 2.5x static's completion tokens/s, short p50 <= half of static's, no errors.
+Targets of issue 15, against the baseline (main's server): continuous >= 2.5x its completion tokens/s, short
+p50 <= half of its, no errors; the same ratios against the static policy are reported too.
 
-    python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--threads 2] [--gpu]
+    python -m benchmarks.serve_bench --mixed [--requests 96] [--clients 16] [--threads 1] [--gpu]
+        [--baseline-commit 93ec0ea | --no-baseline] [--overhead-rounds 3] [--only-overhead]
 
 Results: benchmarks/results/serve_bench_mixed.json.
 """
@@ -31,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import MODEL
+from benchmarks.serve_baseline import baseline_server, head_commit
+from benchmarks.serve_overhead import run_overhead
 
 VIRTUAL = {"sentiment": 5, "polarity": 20, "tone": 50, "verdict": 100}
 INIT = "Say whether the critic liked the film: answer positive or negative, nothing else, in one word"
@@ -132,43 +145,101 @@ def summarize(results: list[dict], seconds: float) -> dict:
             "ttft_mean_s": round(statistics.fmean(ttft_all), 4) if ttft_all else None, "per_class": per_class}
 
 
-def run_side(serve, build_app, settings, base: str, reqs: list[dict], clients: int, actor: dict) -> dict:
-    """Deploy one side, warm it up, measure, read its /healthz, delete it."""
+def measure(base: str, reqs: list[dict], clients: int) -> tuple[dict, list[str], dict]:
+    """Warm a deployed server up (every task loaded), run the closed loop, read /healthz: (summary, texts, health)."""
     import requests
 
-    serve.run(build_app(settings, ray_actor_options=actor), name="bench", route_prefix="/")
     warm = workload(["A fine, warm film."], 4)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda b: requests.post(f"{base}/v1/generate", json={**b, "stream": False}, timeout=600)
                       .raise_for_status(), warm))
+    load0 = os.getloadavg()
     results, seconds = closed_loop(base, reqs, clients)
     health = requests.get(f"{base}/healthz", timeout=30).json()
-    serve.delete("bench")
     out = summarize(results, seconds)
+    out["load_average_1_5_15min"] = {"start": [round(x, 2) for x in load0],
+                                     "end": [round(x, 2) for x in os.getloadavg()]}
     out["server"] = {k: health.get(k) for k in ("batching", "precision", "device", "torch_threads")}
+    return out, [r["text"] for r in results], health
+
+
+def run_side(serve, build_app, settings, base: str, reqs: list[dict], clients: int, actor: dict) -> dict:
+    """Deploy one side of this commit's app, measure it, delete it."""
+    serve.run(build_app(settings, ray_actor_options=actor), name="bench", route_prefix="/")
+    try:
+        out, texts, health = measure(base, reqs, clients)
+    finally:
+        serve.delete("bench")
     out["server"]["scheduler"] = health.get("scheduler")
-    return out, [r["text"] for r in results]
+    out["server"]["commit"] = head_commit()
+    return out, texts
 
 
-def run_mixed(work: Path, n_requests: int, clients: int, threads: int, gpu: bool) -> dict:
+def run_baseline(commit: str, work: Path, uri: str, reqs: list[dict], clients: int, threads: int,
+                 gpu: bool) -> tuple[dict, list[str]]:
+    """The server of `commit` (`@serve.batch`), in its own process with its own Ray: measure it."""
+    from promptray.platform.ports import free_ports
+
+    port = free_ports(1)[0]
+    with baseline_server(commit, work, table=uri, model=MODEL, port=port, threads=threads, gpu=gpu) as info:
+        out, texts, health = measure(f"http://127.0.0.1:{port}", reqs, clients)
+    b = health.get("batches") or {}
+    out["server"].update(batching="serve.batch", commit=info["commit"], driver_app_file=info["driver_app_file"],
+                         worker_app_file=info["worker_app_file"], batches=b,
+                         mean_rows_per_batch=round(b["rows"] / b["batches"], 2) if b.get("batches") else None)
+    return out, texts
+
+
+def ratios(c: dict, other: dict) -> dict:
+    """Continuous side against another: completion tokens/s ratio, short-request p50 ratio, targets met."""
+    tokens = round(c["completion_tokens_per_s"] / other["completion_tokens_per_s"], 2)
+    short = round(c["per_class"]["short"]["latency_p50_s"] / other["per_class"]["short"]["latency_p50_s"], 3)
+    return {"completion_tokens_per_s_ratio": tokens, "met_tokens": tokens >= TOKENS_TARGET,
+            "short_p50_ratio": short, "met_short_p50": short <= SHORT_P50_TARGET,
+            "no_errors": c["errors"] == other["errors"] == 0}
+
+
+def mixed_requests(work: Path, n_requests: int) -> tuple[str, dict[str, str], list[dict]]:
+    """(table uri, published versions, request bodies) of the mixed workload, the table built under `work`."""
+    from benchmarks.common import read_jsonl, sentiment_splits
+
+    sentences = [r["sentence"] for r in read_jsonl(sentiment_splits(work / "data")["test"])]
+    uri = str(work / "mixed_table")
+    return uri, build_mixed_table(uri), workload(sentences, n_requests)
+
+
+def run_overhead_only(work: Path, n_requests: int, clients: int, threads: int, gpu: bool, rounds: int) -> dict:
+    """`--only-overhead`: the virtual tokens' overhead on the continuous scheduler, no HTTP sides."""
+    uri, versions, reqs = mixed_requests(work, n_requests)
+    overhead = run_overhead(uri, MODEL, reqs, clients, rounds, threads, gpu)
+    return {"settings": {"model": MODEL, "virtual_tokens": VIRTUAL, "classes": {"short": SHORT, "long": LONG},
+                         "requests": n_requests, "clients": clients, "threads": threads, "gpu": gpu,
+                         "table_versions": versions, "commit": head_commit()},
+            "virtual_tokens_overhead": overhead}
+
+
+def run_mixed(work: Path, n_requests: int, clients: int, threads: int, gpu: bool,
+              baseline_commit: str | None = None, overhead_rounds: int = 0) -> dict:
+    """Sides: `baseline_commit`'s server (when given; first, in its own process and Ray), then this commit's
+    app with static and with continuous batching (one local Ray), back to back on the same workload; then,
+    with `overhead_rounds`, the virtual tokens' overhead on the continuous scheduler in-process
+    (benchmarks/serve_overhead.py)."""
     import ray
     from ray import serve
 
-    from benchmarks.common import read_jsonl, sentiment_splits
     from promptray.platform.ports import free_ports
     from promptray.serve.app import build_app
     from promptray.serve.schemas import ServerSettings
 
-    sentences = [r["sentence"] for r in read_jsonl(sentiment_splits(work / "data")["test"])]
-    uri = str(work / "mixed_table")
-    versions = build_mixed_table(uri)
-    reqs = workload(sentences, n_requests)
+    uri, versions, reqs = mixed_requests(work, n_requests)
+    sides, texts = {}, {}
+    if baseline_commit:
+        sides["baseline"], texts["baseline"] = run_baseline(baseline_commit, work, uri, reqs, clients, threads, gpu)
     port = free_ports(1)[0]
     actor = {"num_cpus": threads, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}},
              **({"num_gpus": 1} if gpu else {})}
     ray.init(address="local", num_cpus=max(threads, os.cpu_count() or 1), include_dashboard=False,
              configure_logging=False, log_to_driver=False)
-    sides, texts = {}, {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base = f"http://127.0.0.1:{port}"
@@ -180,14 +251,15 @@ def run_mixed(work: Path, n_requests: int, clients: int, threads: int, gpu: bool
     finally:
         serve.shutdown()
         ray.shutdown()
-    s, c = sides["static"], sides["continuous"]
-    ratio = round(c["completion_tokens_per_s"] / s["completion_tokens_per_s"], 2)
-    short = round(c["per_class"]["short"]["latency_p50_s"] / s["per_class"]["short"]["latency_p50_s"], 3)
-    same = sum(a == b for a, b in zip(texts["static"], texts["continuous"])) / len(reqs)
+    same = {f"{a}_vs_continuous": round(sum(x == y for x, y in zip(texts[a], texts["continuous"])) / len(reqs), 3)
+            for a in texts if a != "continuous"}
+    targets = {"vs_static_policy": ratios(sides["continuous"], sides["static"])}
+    if "baseline" in sides:
+        targets = {"vs_baseline": ratios(sides["continuous"], sides["baseline"]), **targets}
+    overhead = run_overhead(uri, MODEL, reqs, clients, overhead_rounds, threads, gpu) if overhead_rounds else None
+    if overhead:
+        targets["virtual_tokens_overhead_vs_bare"] = {k: overhead[k] for k in ("slowdown_vs_bare", "met")}
     return {"settings": {"model": MODEL, "virtual_tokens": VIRTUAL, "classes": {"short": SHORT, "long": LONG},
                          "requests": n_requests, "clients": clients, "threads": threads, "gpu": gpu,
-                         "table_versions": versions},
-            "sides": sides, "identical_texts_static_vs_continuous": round(same, 3),
-            "targets": {"completion_tokens_per_s_ratio": ratio, "met_tokens": ratio >= TOKENS_TARGET,
-                        "short_p50_ratio": short, "met_short_p50": short <= SHORT_P50_TARGET,
-                        "no_errors": s["errors"] == c["errors"] == 0}}
+                         "baseline_commit": baseline_commit, "table_versions": versions},
+            "sides": sides, "identical_texts": same, "virtual_tokens_overhead": overhead, "targets": targets}
