@@ -142,37 +142,55 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ stop
     def pids(self) -> list[int]:
-        """PIDs of this cluster's processes: its process group, and anything naming its temp dir."""
+        """PIDs of this cluster's processes: its process group, anything naming its temp dir or working in it (a
+        job's entrypoint runs in a session of its own, in a working dir under the temp dir), and their children."""
+        return sorted(p.pid for p in self._processes())
+
+    def _processes(self) -> set:
         import psutil
 
-        found = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
+        root = str(self.temp_dir) if self.temp_dir is not None else None
+        found = set()
+        for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
             try:
-                in_group = self.pgid is not None and os.getpgid(p.info["pid"]) == self.pgid
-                names_dir = self.temp_dir is not None and str(self.temp_dir) in " ".join(p.info["cmdline"] or ())
+                in_group = self.pgid is not None and os.getpgid(p.pid) == self.pgid
+                names_dir = root is not None and root in " ".join(p.info["cmdline"] or ())
+                works_in = root is not None and (p.info["cwd"] or "").startswith(root)
+                if (in_group or names_dir or works_in) and p.pid != os.getpid():
+                    found.add(p)
+                    found.update(c for c in p.children(recursive=True) if c.pid != os.getpid())
             except (ProcessLookupError, psutil.Error):
                 continue
-            if (in_group or names_dir) and p.info["pid"] != os.getpid():
-                found.append(p.info["pid"])
         return found
 
-    def _signal_all(self, sig: int) -> None:
-        for pid in self.pids():
+    @staticmethod
+    def _signal_all(processes: set, sig: int) -> set:
+        """Send `sig` to each process still running (psutil checks it is the same process, not a reused PID);
+        the ones still running."""
+        import psutil
+
+        alive = set()
+        for p in processes:
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    p.send_signal(sig)
+                    alive.add(p)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return alive
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM to every process of this cluster, SIGKILL to those left after `grace` s; remove the temp dir."""
-        self._signal_all(signal.SIGTERM)
+        """SIGTERM to every process of this cluster, SIGKILL to those left after `grace` s; remove the temp dir.
+        The processes found before the first signal are kept track of, so a job's entrypoint that its killed
+        parent left behind is stopped too."""
+        known = self._processes()
+        self._signal_all(known, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while self.pids() and time.monotonic() < deadline:
+        while self._signal_all(known | self._processes(), 0) and time.monotonic() < deadline:
             time.sleep(0.25)
         for _ in range(20):
-            if not self.pids():
+            if not self._signal_all(known | self._processes(), signal.SIGKILL):
                 break
-            self._signal_all(signal.SIGKILL)
             time.sleep(0.25)
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)

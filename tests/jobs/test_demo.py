@@ -33,15 +33,32 @@ def _cluster_processes(temp_dir: str, pgid: int) -> list[int]:
     import psutil
 
     found = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+    for p in psutil.process_iter(["pid", "cmdline", "status", "cwd"]):
         try:
             if p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if os.getpgid(p.info["pid"]) == pgid or temp_dir in " ".join(p.info["cmdline"] or ()):
+            if (os.getpgid(p.info["pid"]) == pgid or temp_dir in " ".join(p.info["cmdline"] or ())
+                    or (p.info["cwd"] or "").startswith(temp_dir)):  # a job's entrypoint: own session, cwd in it
                 found.append(p.info["pid"])
         except (ProcessLookupError, psutil.Error):
             continue
     return found
+
+
+def _wait_for_job_process(temp_dir: str, timeout: float = 120) -> bool:
+    """Whether the job's entrypoint (`promptray.jobs.train`, working in the cluster's temp dir) started in time."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["cmdline", "cwd"]):
+            if "promptray.jobs.train" in " ".join(p.info["cmdline"] or ()) and (p.info["cwd"] or "").startswith(
+                    temp_dir):
+                return True
+        time.sleep(0.5)
+    return False
 
 
 def _cluster_line(stdout: str) -> tuple[str, int]:
@@ -123,10 +140,12 @@ def test_ctrl_c_stops_everything_by_pid(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     try:
-        for line in proc.stdout:  # interrupt while the first job runs
+        for line in proc.stdout:  # interrupt while the first job's training process runs
             lines.append(line)
             if "submitted with Client.submit_tuning" in line:
                 break
+        temp_dir, _ = _cluster_line("".join(lines))
+        assert _wait_for_job_process(temp_dir), "the job's training process never started"
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=120)
     finally:
