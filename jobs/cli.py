@@ -145,6 +145,9 @@ def serve_settings(args: argparse.Namespace):
     if args.detach and not args.address:
         problems.append("--detach without --address: the embedded local Ray ends with this command; give the "
                         "cluster to deploy on (--address auto inside a Ray job or on a cluster node)")
+    if not args.model and "://" not in args.table and not os.path.isdir(args.table):
+        problems.append(f"--table {args.table!r}: no prompt table there (no such folder); give the folder a job "
+                        "published to, an s3:// table, or --model to serve a table that jobs will publish to later")
     try:
         settings = ServerSettings(**{field: getattr(args, field) for field in SERVE_FLAGS})
     except ValidationError as e:

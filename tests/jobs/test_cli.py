@@ -222,9 +222,22 @@ def test_serve_detach_and_threads_are_checked_before_ray_starts(capsys, monkeypa
     import promptray.jobs.cli as cli
 
     monkeypatch.setattr(cli, "_import_serving", lambda: pytest.fail("Ray must not start on bad flags"))
-    assert main(["serve", "--table", "t", "--detach", "--threads", "0"]) == 2
+    assert main(["serve", "--table", "s3://b/t", "--detach", "--threads", "0"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "promptray serve: error: invalid serve flags (2 problems):",
         "  - --detach without --address: the embedded local Ray ends with this command; give the cluster to "
         "deploy on (--address auto inside a Ray job or on a cluster node)",
         "  - --threads 0: input should be greater than or equal to 1"]
+
+
+def test_serve_refuses_a_local_table_that_does_not_exist_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """A newcomer's typo in --table is named at once (it used to start Ray and Serve and fail after ~40 s)."""
+    import promptray.jobs.cli as cli
+
+    monkeypatch.setattr(cli, "_import_serving", lambda: pytest.fail("Ray must not start on a missing table"))
+    missing = str(tmp_path / "no-such-table")
+    assert main(["serve", "--table", missing]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "promptray serve: error: invalid serve flags (1 problem):",
+        f"  - --table {missing!r}: no prompt table there (no such folder); give the folder a job published to, an "
+        "s3:// table, or --model to serve a table that jobs will publish to later"]

@@ -81,14 +81,14 @@ def test_cli_serve_scheduling_flags_reach_the_settings():
     from promptray.jobs.cli import serve_settings
     from promptray.platform.errors import ConfigError
 
-    args = build_parser().parse_args(["serve", "--table", "t", "--batching", "static", "--threads", "3",
+    args = build_parser().parse_args(["serve", "--table", "s3://b/t", "--batching", "static", "--threads", "3",
                                       "--max-queue", "5", "--kv-budget-tokens", "4096", "--max-prompt-tokens", "512",
                                       "--replicas", "2", "--max-replicas", "4"])
     s = serve_settings(args)
     assert (s.batching, s.threads, s.max_queue, s.kv_budget_tokens, s.max_prompt_tokens) == \
         ("static", 3, 5, 4096, 512)
     assert args.max_replicas == 4
-    bad = build_parser().parse_args(["serve", "--table", "t", "--replicas", "3", "--max-replicas", "2",
+    bad = build_parser().parse_args(["serve", "--table", "s3://b/t", "--replicas", "3", "--max-replicas", "2",
                                      "--max-queue", "0"])
     with pytest.raises(ConfigError) as err:
         serve_settings(bad)
@@ -249,7 +249,7 @@ def test_cli_serve_checks_every_flag_before_ray_starts(capsys, monkeypatch):  # 
     import promptray.jobs.cli as cli
 
     monkeypatch.setattr(cli, "_import_serving", lambda: pytest.fail("Ray must not start on bad flags"))
-    argv = ["serve", "--table", "t", "--replicas", "0", "--max-batch-size", "-1", "--refresh-s", "-1",
+    argv = ["serve", "--table", "s3://b/t", "--replicas", "0", "--max-batch-size", "-1", "--refresh-s", "-1",
             "--port=70000"]
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [
@@ -258,7 +258,7 @@ def test_cli_serve_checks_every_flag_before_ray_starts(capsys, monkeypatch):  # 
         "  - --port 70000: give a TCP port from 1 to 65535",
         "  - --max-batch-size -1: input should be greater than or equal to 1",
         "  - --refresh-s -1.0: input should be greater than or equal to 0"]
-    assert cli.main(["serve", "--table", "t", "--port=-5", "--refresh-s", "nan"]) == 2
+    assert cli.main(["serve", "--table", "s3://b/t", "--port=-5", "--refresh-s", "nan"]) == 2
     assert capsys.readouterr().err.splitlines()[1:] == ["  - --port -5: give a TCP port from 1 to 65535",
                                                         "  - --refresh-s nan: input should be a finite number"]
 
