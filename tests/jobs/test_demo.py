@@ -23,9 +23,23 @@ BAR = re.compile(r"\d+%\|")  # what a tqdm bar draws
 
 
 def _run_demo(out: Path, *flags: str, timeout: float = 540) -> subprocess.CompletedProcess:
+    """Run `promptray demo`; past `timeout` s it gets SIGTERM (it then stops its cluster, as on Ctrl-C) before the
+    test fails, so a slow run leaves no Ray cluster behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([*PROMPTRAY, "demo", "--out", str(out), "--no-progress", *flags], cwd=out.parent,
-                          capture_output=True, text=True, timeout=timeout)
+    args = [*PROMPTRAY, "demo", "--out", str(out), "--no-progress", *flags]
+    with subprocess.Popen(args, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                stdout, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            pytest.fail(f"promptray demo {' '.join(flags)} ran past {timeout} s (stopped)\n{stdout[-2000:]}"
+                        f"\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
 def _cluster_processes(temp_dir: str, pgid: int) -> list[int]:
