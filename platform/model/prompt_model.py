@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import DynamicLayer
 
 from promptray.platform.data.batching import Batch, to_device
+from promptray.platform.model.attention import DECODE_ATTENTION, register_decode_attention
 from promptray.platform.model.devices import model_device
 from promptray.platform.model.limits import max_positions_of
 from promptray.platform.model.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
@@ -92,15 +93,16 @@ class PromptLearningModel(nn.Module):
         return self
 
     def set_train_attention(self, kind: str) -> None:
-        """How a bf16 frozen model attends while training on the CPU (inference always uses SDPA):
-        "eager" (HF eager attention: bf16 scores), "math" (SDPA's math backend, which computes bf16 inputs in
-        float32) or "sdpa" (SDPA as dispatched: the CPU flash kernel, float32 accumulators, slow backward).
-        No effect on a GPU, in fp32, for a fine-tuned model or one without SDPA."""
+        """How a bf16 frozen model attends while training on the CPU (inference uses SDPA, with decoding
+        steps in platform/model/attention.py): "eager" (HF eager attention: bf16 scores), "math" (SDPA's math
+        backend, which computes bf16 inputs in float32) or "sdpa" (SDPA as dispatched: the CPU flash kernel,
+        float32 accumulators, slow backward). No effect on a GPU, in fp32, for a fine-tuned model or one
+        without SDPA."""
         if kind not in TRAIN_ATTENTION:
             raise ValueError(f"train attention {kind!r}: use one of {TRAIN_ATTENTION}")
         if self._attention is None:
             return
-        self._attention = ("eager", "sdpa") if kind == "eager" else ("sdpa", "sdpa")
+        self._attention = ("eager" if kind == "eager" else "sdpa", DECODE_ATTENTION)
         self._math_sdpa = kind == "math"
         self.train(self.training)
 
@@ -311,18 +313,21 @@ def _columns_needed(loss_mask: torch.Tensor) -> int:
 
 
 def _attention_per_mode(lm: nn.Module, precision: Precision) -> Optional[tuple[str, str]]:
-    """bf16 on the CPU: ("eager", "sdpa"), eager attention for training and SDPA for inference. Eager trains
-    faster (SDPA's CPU flash-attention backward took ~22% of a step, benchmarks/results/train_profile.json);
-    SDPA decodes faster, and both are equally close to fp32 (benchmarks/README.md). None elsewhere."""
+    """bf16 on the CPU: ("eager", DECODE_ATTENTION), eager attention for training and SDPA for inference, with
+    single-token decoding steps in float32 matmuls (platform/model/attention.py: the CPU flash kernel is slow for
+    one bf16 query). Eager trains faster (SDPA's CPU flash-attention backward took ~22% of a step,
+    benchmarks/results/train_profile.json); both are equally close to fp32 (benchmarks/README.md). None
+    elsewhere."""
     on_cpu = next(lm.parameters()).device.type == "cpu"
-    if precision != "bf16" or not on_cpu or getattr(lm.config, "_attn_implementation", None) != "sdpa":
+    current = getattr(lm.config, "_attn_implementation", None)
+    if precision != "bf16" or not on_cpu or current not in ("sdpa", DECODE_ATTENTION):
         return None
     try:
         lm.set_attn_implementation("eager")
-        lm.set_attn_implementation("sdpa")
+        lm.set_attn_implementation(register_decode_attention())
     except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
         return None
-    return ("eager", "sdpa")
+    return ("eager", DECODE_ATTENTION)
 
 
 def _sliding(config) -> bool:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from promptray.platform.data.batching import collate
 from promptray.platform.data.dataset import Example, build_examples
 from promptray.platform.data.templates import TaskTemplate
+from promptray.platform.model.attention import DECODE_ATTENTION
 from promptray.platform.model.prompt_encoder import PromptBank, PromptEncoder, init_random
 from promptray.platform.model.prompt_model import PromptLearningModel
 
@@ -221,7 +222,7 @@ def test_bf16_casts_lm_and_keeps_prompts_float32(fixture, request):
     model.train()
     assert lm.config._attn_implementation == "eager"  # faster than SDPA's backward in bf16 on the CPU
     model.eval()
-    assert lm.config._attn_implementation == "sdpa" and not lm.training  # decodes faster
+    assert lm.config._attn_implementation == DECODE_ATTENTION and not lm.training  # decodes faster
     model.train()
     assert all(p.dtype == torch.bfloat16 for p in lm.parameters())
     assert model.compute_dtype == torch.bfloat16
@@ -255,7 +256,7 @@ def test_train_attention_choices_for_bf16_on_the_cpu(tiny_llama):
         losses[kind] = float(model.loss(batch)[0].detach())
         assert flash_on and all(on == (kind != "math") for on in flash_on)  # math: flash off while training
         model.eval()
-        assert lm.config._attn_implementation == "sdpa"  # inference: SDPA whatever the training choice
+        assert lm.config._attn_implementation == DECODE_ATTENTION  # inference: whatever the training choice
         flash_on.clear()
         model.loss(batch)
         assert flash_on and all(flash_on)
