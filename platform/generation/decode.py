@@ -21,7 +21,14 @@ import torch
 
 from promptray.platform.data.batching import collate, to_device
 from promptray.platform.data.dataset import Example
-from promptray.platform.generation.kv_rows import cut_left, join_caches, leading_padding, pad_left, select_cache
+from promptray.platform.generation.kv_rows import (
+    cut_left,
+    join_caches,
+    leading_padding,
+    pad_left,
+    select_cache,
+    with_room,
+)
 from promptray.platform.generation.logprobs import Decode, TokenLogprob, text_offsets, token_logprobs
 from promptray.platform.generation.sampling import GenerationParams, choose_tokens, process_logits
 from promptray.platform.model.prompt_model import PromptLearningModel
@@ -171,6 +178,7 @@ class DecodeBatch:
         self.model, self.rows = model, list(rows)
         self.seen = seen_tokens(examples, pad_id).to(model.device)  # (B, T)
         self.logits, self.past, self.mask, self.pos = prefill(model, examples, pad_id)  # (B, V), cache, (B, T) x2
+        self.past = with_room(self.past)  # steps write in place (kv_rows.RoomyLayer)
         self.chosen: Optional[torch.Tensor] = None  # (B,) tokens chosen by `choose`, not yet fed
 
     @property
@@ -205,7 +213,7 @@ class DecodeBatch:
         (B, t)) and seen ids (B, S): what the scheduler makes of newly prefilled rows before they join."""
         batch = cls.__new__(cls)
         batch.model, batch.rows, batch.seen = model, list(rows), seen
-        batch.logits, batch.past, batch.mask, batch.pos = logits, past, mask, pos[:, -1:]  # pos (B, 1)
+        batch.logits, batch.past, batch.mask, batch.pos = logits, with_room(past), mask, pos[:, -1:]  # pos (B, 1)
         batch.chosen = None
         return batch
 
