@@ -42,11 +42,17 @@ from promptray.platform.errors import PromptrayError
 from promptray.platform.generation.scheduler import QueueFullError
 from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import Prepared, ServeEngine, input_fields
-from promptray.serve.errors import InputFieldError, ServerBusyError, ServerNotReadyError, UnknownTaskError
+from promptray.serve.errors import (
+    InputFieldError,
+    InputTooLongError,
+    ServerBusyError,
+    ServerNotReadyError,
+    UnknownTaskError,
+)
 from promptray.serve.http import make_api
 from promptray.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from promptray.serve.metrics import ReplicaMetrics
-from promptray.serve.runner import SchedulerRunner, Ticket
+from promptray.serve.runner import SchedulerRunner, Ticket, merge_streams
 from promptray.serve.schemas import (
     Completion,
     CompletionRequest,
@@ -91,13 +97,14 @@ def _prompt_fields(fields: list[str], prompt, param: str = "prompt") -> dict:
 
 def encode_at(engine: ServeEngine, taskname: str, fields: dict, version: Optional[str], params,
               where: tuple[str, bool]):
-    """`engine.encode`, with an InputFieldError's `param` placed at `where` = (the body's place of the fields,
-    whether a field's name goes under it): `fields.foo` becomes `inputs.1.fields.foo`, or `prompt.foo` for a
-    JSON-object prompt; fields parsed from a string prompt name just `prompt` (or `prompt.2`)."""
+    """`engine.encode`, with an InputFieldError's or InputTooLongError's `param` placed at `where` = (the body's
+    place of the fields, whether a field's name goes under it): `fields.foo` becomes `inputs.1.fields.foo`, or
+    `prompt.foo` for a JSON-object prompt; fields parsed from a string prompt name just `prompt` (or
+    `prompt.2`); a too-long input names the place of its fields."""
     place, nested = where
     try:
         return engine.encode(taskname, fields, version, params)
-    except InputFieldError as e:
+    except (InputFieldError, InputTooLongError) as e:
         e.param = place + e.param.removeprefix("fields") if nested and e.param else place
         raise
 
@@ -171,36 +178,15 @@ class PromptServer:
     async def _run(self, tickets: list[Ticket]) -> AsyncIterator[tuple[int, object]]:
         """(input index, RowEvent) as they come, over all inputs of a request; leaving early (the client went
         away) cancels the inputs still running."""
-        if len(tickets) == 1:
-            try:
-                async for event in self.runner.events(tickets[0]):
-                    yield 0, event
-            finally:  # closed early: the inner generator may not be closed yet
-                self.runner.cancel(tickets[0])
-            return
-        merged: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i: int, ticket: Ticket) -> None:
-            try:
-                async for event in self.runner.events(ticket):
-                    merged.put_nowait((i, event, None))
-                merged.put_nowait((i, None, None))
-            except Exception as exc:  # noqa: BLE001 - raised by the request's handler below
-                merged.put_nowait((i, None, exc))
-
-        tasks = [asyncio.create_task(pump(i, t)) for i, t in enumerate(tickets)]
+        streams = [self.runner.events(t) for t in tickets]
         try:
-            for _ in range(len(tasks)):
-                while True:
-                    i, event, exc = await merged.get()
-                    if exc is not None:
-                        raise exc
-                    if event is None:
-                        break
+            if len(streams) == 1:
+                async for event in streams[0]:
+                    yield 0, event
+            else:
+                async for i, event in merge_streams(streams):
                     yield i, event
-        finally:
-            for task in tasks:
-                task.cancel()
+        finally:  # closed early: the inner generators may not be closed yet
             for t in tickets:
                 self.runner.cancel(t)
 

@@ -172,7 +172,7 @@ class ServeEngine:
             raise InputTooLongError(
                 f"the prompt of task {taskname!r} has {n} tokens (with {task.template.total_virtual_tokens} "
                 f"virtual) + max_tokens {params.max_tokens} > the model's {self.model.max_positions} positions; "
-                "shorten the input or lower max_tokens", prompt_tokens=n, max_tokens=params.max_tokens,
+                "shorten the input or lower max_tokens", param="fields", prompt_tokens=n, max_tokens=params.max_tokens,
                 max_positions=self.model.max_positions)
         example.taskname = task.key
         self._check_room(taskname, len(example), params.max_tokens)
@@ -184,13 +184,13 @@ class ServeEngine:
         if prompt_tokens > s.max_prompt_tokens:
             raise InputTooLongError(
                 f"the prompt of task {taskname!r} has {prompt_tokens} tokens (virtual ones included), more than "
-                f"this server's max_prompt_tokens {s.max_prompt_tokens}; shorten the input",
+                f"this server's max_prompt_tokens {s.max_prompt_tokens}; shorten the input", param="fields",
                 prompt_tokens=prompt_tokens, max_prompt_tokens=s.max_prompt_tokens)
         if prompt_tokens + max_tokens > s.kv_budget_tokens:
             raise InputTooLongError(
                 f"the prompt of task {taskname!r} has {prompt_tokens} tokens + max_tokens {max_tokens} > this "
                 f"server's kv_budget_tokens {s.kv_budget_tokens}; shorten the input or lower max_tokens",
-                prompt_tokens=prompt_tokens, max_tokens=max_tokens, kv_budget_tokens=s.kv_budget_tokens)
+                param="fields", prompt_tokens=prompt_tokens, max_tokens=max_tokens, kv_budget_tokens=s.kv_budget_tokens)
 
     @staticmethod
     def _check_fields(task: LoadedTask, fields: dict) -> None:

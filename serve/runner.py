@@ -115,3 +115,33 @@ class SchedulerRunner:
         """Stop the thread after its current step (open rows get nothing more)."""
         self._closed = True
         self._wake.set()
+
+
+async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
+    """(stream index, item) from several async iterators, in the order items arrive; an exception of one is
+    raised here; leaving early cancels the tasks still reading."""
+    merged: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream: AsyncIterator) -> None:
+        try:
+            async for item in stream:
+                merged.put_nowait((i, item, None))
+            merged.put_nowait((i, done, None))
+        except Exception as exc:  # noqa: BLE001 - raised to the reader below
+            merged.put_nowait((i, done, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        finished = 0
+        while finished < len(tasks):
+            i, item, exc = await merged.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                finished += 1
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()

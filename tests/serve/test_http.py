@@ -212,7 +212,10 @@ def test_too_long_input_reports_token_counts_and_body_limit_is_413(server):
     r = post(server, "/v1/generate", {"taskname": "sent", "fields": {"text": "word " * 240}, "max_tokens": 8})
     detail = r.json()["error"]
     assert r.status_code == 422 and detail["prompt_tokens"] > 240 and detail["max_positions"] == 256
-    assert detail["code"] == "context_length_exceeded"
+    assert detail["code"] == "context_length_exceeded" and detail["param"] == "fields"
+    batch = post(server, "/v1/generate", {"inputs": [{"taskname": "sent", "fields": {"text": "ok"}},
+                                                     {"taskname": "sent", "fields": {"text": "word " * 240}}]})
+    assert batch.status_code == 422 and batch.json()["error"]["param"] == "inputs.1.fields"
     big = post(server, "/v1/generate", {"taskname": "sent", "fields": {"text": "x" * 5000}})
     assert big.status_code == 413 and "limit is 4096" in big.text
 
