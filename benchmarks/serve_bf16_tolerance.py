@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections import deque
 from pathlib import Path
 
 from benchmarks.common import MODEL, machine, write_result
+from benchmarks.serve_overhead import drive
 
 TOLERANCE = 0.5  # nats
 
@@ -37,17 +37,8 @@ def deviation(ref, got) -> tuple[float, float | None]:
 def run_pattern(engine, prepared: list, clients: int, per_step: int) -> list:
     """Rows of every request after running them with at most `clients` in flight, `per_step` new ones per
     step at most."""
-    sched, rows = engine.scheduler(), [engine.row(p) for p in prepared]
-    pending, in_flight = deque(range(len(prepared))), 0
-    while pending or not sched.idle:
-        for _ in range(min(per_step, clients - in_flight, len(pending))):
-            i = pending.popleft()
-            sched.submit(i, prepared[i].example, rows[i])
-            in_flight += 1
-        for out in sched.step():
-            if out.error is not None:
-                raise out.error
-            in_flight -= out.event.finish_reason is not None
+    rows = [engine.row(p) for p in prepared]
+    drive(engine.scheduler(), prepared, rows, clients, per_step)
     return rows
 
 

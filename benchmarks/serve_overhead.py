@@ -22,6 +22,8 @@ import os
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Optional
 
 VIRTUAL, BARE = "virtual", "bare"
 OVERHEAD_TARGET = 0.10
@@ -38,18 +40,14 @@ def timed(fn, spent: list[float]):
     return run
 
 
-def closed_loop(engine, prepared: list, clients: int) -> tuple[float, int, dict]:
-    """Run `prepared` through a fresh continuous scheduler, at most `clients` in flight: (seconds, completion
-    tokens, where the time went: decoding steps, rows per step, mean cache width (KV positions each running row
-    attends over, padding included), seconds in prompt passes and in decoding passes)."""
-    sched = engine.scheduler()
-    prefill, decode = [0.0], [0.0]
-    sched._prefill, sched._decode = timed(sched._prefill, prefill), timed(sched._decode, decode)  # timing only
-    rows = [engine.row(p) for p in prepared]
-    pending, in_flight, widths = deque(range(len(prepared))), 0, []
-    t0 = time.perf_counter()
+def drive(sched, prepared: list, rows: list, clients: int, per_step: Optional[int] = None,
+          on_step: Optional[Callable] = None) -> None:
+    """Submit prepared[i] (its example) with rows[i] to scheduler `sched`, at most `clients` in flight and
+    `per_step` new ones per step (None: no limit), and step until every row ends; `on_step(sched)` after each
+    step. A request's error is raised."""
+    pending, in_flight = deque(range(len(prepared))), 0
     while pending or not sched.idle:
-        while pending and in_flight < clients:
+        for _ in range(min(per_step or clients, clients - in_flight, len(pending))):
             i = pending.popleft()
             sched.submit(i, prepared[i].example, rows[i])
             in_flight += 1
@@ -57,9 +55,26 @@ def closed_loop(engine, prepared: list, clients: int) -> tuple[float, int, dict]
             if out.error is not None:
                 raise out.error
             in_flight -= out.event.finish_reason is not None
+        if on_step is not None:
+            on_step(sched)
+
+
+def closed_loop(engine, prepared: list, clients: int) -> tuple[float, int, dict]:
+    """Run `prepared` through a fresh continuous scheduler, at most `clients` in flight: (seconds, completion
+    tokens, where the time went: decoding steps, rows per step, mean cache width (KV positions each running row
+    attends over, padding included), seconds in prompt passes and in decoding passes)."""
+    sched = engine.scheduler()
+    prefill, decode = [0.0], [0.0]
+    sched._prefill, sched._decode = timed(sched._prefill, prefill), timed(sched._decode, decode)  # timing only
+    rows, widths = [engine.row(p) for p in prepared], []
+
+    def width(sched) -> None:
         snap = sched.snapshot()
         if snap["running"]:
             widths.append(snap["kv_tokens_held"] / snap["running"])
+
+    t0 = time.perf_counter()
+    drive(sched, prepared, rows, clients, on_step=width)
     seconds = time.perf_counter() - t0
     steps = sched.stats.steps
     where = {"decoding_steps": steps["batches"], "mean_rows_per_step": round(steps["rows"] / steps["batches"], 2),
