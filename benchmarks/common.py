@@ -144,3 +144,31 @@ def peft_train_step(model, optimizer, batch: dict, clip: Optional[float] = 1.0) 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
+
+
+def closed_loop_clients(n: int, clients: int, send) -> float:
+    """Requests 0..n-1 from `clients` threads, each with its own `requests.Session` and sending its next request
+    when its last one answered: `send(session, i)` per request. Seconds of the whole loop; a send's error is
+    raised."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    pending, lock = iter(range(n)), threading.Lock()
+
+    def worker() -> None:
+        with requests.Session() as s:
+            while True:
+                with lock:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                send(s, i)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(worker) for _ in range(clients)]:
+            f.result()
+    return time.perf_counter() - t0

@@ -42,7 +42,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,7 +49,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, table, write_result
+from benchmarks.common import (
+    MODEL,
+    closed_loop_clients,
+    machine,
+    read_jsonl,
+    sentiment_splits,
+    table,
+    write_result,
+)
 
 N_VIRTUAL = 100
 MAX_TOKENS = 4
@@ -115,33 +122,20 @@ def http_level(base: str, reqs: list[dict], concurrency: int, progress: bool) ->
     import requests
 
     body = {"max_tokens": MAX_TOKENS, "greedy": True}
-    pending = iter(range(len(reqs)))
-    lock = threading.Lock()
     latency, tokens, prompt_tokens, texts = [0.0] * len(reqs), [0] * len(reqs), [0] * len(reqs), [""] * len(reqs)
     bar = tqdm(total=len(reqs), desc=f"HTTP c={concurrency}", unit="req", disable=not progress)
 
-    def worker() -> None:
-        with requests.Session() as s:
-            while True:
-                with lock:
-                    i = next(pending, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                r = s.post(f"{base}/v1/generate", json={**reqs[i], **body}, timeout=300)
-                latency[i] = time.perf_counter() - t0
-                r.raise_for_status()
-                c = r.json()["completions"][0]
-                tokens[i], prompt_tokens[i], texts[i] = (c["usage"]["completion_tokens"],
-                                                         c["usage"]["prompt_tokens"], c["text"])
-                bar.update(1)
+    def send(s, i: int) -> None:
+        t0 = time.perf_counter()
+        r = s.post(f"{base}/v1/generate", json={**reqs[i], **body}, timeout=300)
+        latency[i] = time.perf_counter() - t0
+        r.raise_for_status()
+        c = r.json()["completions"][0]
+        tokens[i], prompt_tokens[i], texts[i] = c["usage"]["completion_tokens"], c["usage"]["prompt_tokens"], c["text"]
+        bar.update(1)
 
     before = requests.get(f"{base}/healthz", timeout=30).json()["batches"]
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for f in [pool.submit(worker) for _ in range(concurrency)]:
-            f.result()
-    wall = time.perf_counter() - t0
+    wall = closed_loop_clients(len(reqs), concurrency, send)
     bar.close()
     after = requests.get(f"{base}/healthz", timeout=30).json()["batches"]
     batches = after["batches"] - before["batches"]
@@ -567,7 +561,7 @@ def main(argv=None) -> dict:
 
 def main_mixed(a) -> dict:
     """`--mixed`: run benchmarks/serve_mixed.py, write results/serve_bench_mixed.json, print the table."""
-    from benchmarks.common import machine, table, write_result
+    from benchmarks.common import table
     from benchmarks.serve_baseline import commit_exists
     from benchmarks.serve_mixed import run_mixed, run_overhead_only
 
@@ -576,15 +570,8 @@ def main_mixed(a) -> dict:
     baseline = None if a.no_baseline or not commit_exists(a.baseline_commit) else a.baseline_commit
     if baseline is None and not a.no_baseline:
         print(f"no commit {a.baseline_commit} in this repository: no baseline side")
-    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_mixed_"))
-    try:
-        result = {"benchmark": "serve_bench_mixed", "machine": machine(),
-                  **run_mixed(work, a.requests, a.clients, a.threads, a.gpu, baseline, a.overhead_rounds)}
-    finally:
-        if not a.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    result["machine"]["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    path = write_result("serve_bench_mixed", result)
+    result, path = measured(a, "serve_bench_mixed", lambda work: run_mixed(
+        work, a.requests, a.clients, a.threads, a.gpu, baseline, a.overhead_rounds))
     rows = [[name, v["completion_tokens_per_s"], v["requests_per_s"], v["errors"], v["ttft_mean_s"],
              v["per_class"]["short"]["latency_p50_s"], v["per_class"]["short"]["latency_p99_s"],
              v["per_class"]["long"]["latency_p50_s"], v["per_class"]["long"]["latency_p99_s"]]
@@ -611,21 +598,26 @@ def print_overhead(o: dict) -> None:
 
 def main_overhead(a, run_overhead_only) -> dict:
     """`--mixed --only-overhead`: write results/serve_bench_overhead.json, print the table."""
-    from benchmarks.common import machine, write_result
-
-    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="promptray_overhead_"))
-    try:
-        result = {"benchmark": "serve_bench_overhead", "machine": machine(),
-                  **run_overhead_only(work, a.requests, a.clients, a.threads, a.gpu, max(1, a.overhead_rounds))}
-    finally:
-        if not a.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    result["machine"]["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    path = write_result("serve_bench_overhead", result)
+    result, path = measured(a, "serve_bench_overhead", lambda work: run_overhead_only(
+        work, a.requests, a.clients, a.threads, a.gpu, max(1, a.overhead_rounds)))
     print_overhead(result["virtual_tokens_overhead"])
     print(f"wrote {path}")
     return result
 
+
+def measured(a, name: str, run) -> tuple[dict, Path]:
+    """`run(work dir)` in --work-dir (kept) or a temporary folder (removed after); its result with the machine
+    and the load at the end, written to results/`name`.json: (result, path)."""
+    from benchmarks.common import machine, write_result
+
+    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix=f"promptray_{name}_"))
+    try:
+        result = {"benchmark": name, "machine": machine(), **run(work)}
+    finally:
+        if not a.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result, write_result(name, result)
 
 if __name__ == "__main__":
     main()

@@ -36,12 +36,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import MODEL
+from benchmarks.common import MODEL, closed_loop_clients
 from benchmarks.serve_baseline import baseline_server, head_commit
 from benchmarks.serve_overhead import run_overhead
 
@@ -101,24 +100,12 @@ def one_request(session, url: str, body: dict) -> dict:
 
 def closed_loop(base: str, reqs: list[dict], clients: int) -> tuple[list[dict], float]:
     """`clients` connections, each sending its next request when the last one ended; (results, seconds)."""
-    import requests
+    results = [None] * len(reqs)
 
-    pending, lock, results = iter(range(len(reqs))), threading.Lock(), [None] * len(reqs)
+    def send(s, i: int) -> None:
+        results[i] = one_request(s, f"{base}/v1/generate", reqs[i])
 
-    def worker():
-        with requests.Session() as s:
-            while True:
-                with lock:
-                    i = next(pending, None)
-                if i is None:
-                    return
-                results[i] = one_request(s, f"{base}/v1/generate", reqs[i])
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for f in [pool.submit(worker) for _ in range(clients)]:
-            f.result()
-    return results, time.perf_counter() - t0
+    return results, closed_loop_clients(len(reqs), clients, send)
 
 
 def pct(xs: list[float], q: float) -> float:
