@@ -153,8 +153,12 @@ def serve_settings(args: argparse.Namespace):
     except ValidationError as e:
         settings = None
         for err in e.errors(include_url=False):
-            flag = SERVE_FLAGS.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "serve"
             msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule between flags: its message names them
+                problems.append(msg.replace("kv_budget_tokens", "--kv-budget-tokens").replace(
+                    "max_prompt_tokens", "--max-prompt-tokens"))
+                continue
+            flag = SERVE_FLAGS.get(str(err["loc"][0]), str(err["loc"][0]))
             problems.append(f"{flag} {err.get('input')!r}: {msg[0].lower() + msg[1:]}")
     if problems:
         raise ConfigError(problems, title="invalid serve flags")
@@ -201,14 +205,15 @@ def _add_serve(sub) -> None:
     s = sub.add_parser("serve", help="serve every task of a prompt table over HTTP (Ray Serve, one base model)")
     s.add_argument("--table", required=True, help="prompt table URI: a local path or s3://bucket/prefix")
     s.add_argument("--model", help="base model (default: the one the table's prompts were trained on)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port")
+    s.add_argument("--replicas", type=int, default=1, help="replicas, each with its own base model and scheduler")
     s.add_argument("--address", help="deploy on this Ray cluster (its GCS address, or auto inside a Ray job) "
                    "instead of an embedded local Ray")
     s.add_argument("--detach", action="store_true", help="with --address: deploy, print the URL and return; the "
                    "app keeps serving on the cluster")
-    s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="base model dtype (auto: bf16, as prompts are trained)")
     s.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto",
                    help="auto/gpu: one GPU per replica when the machine has GPUs; cpu: never")
     s.add_argument("--max-replicas", type=int, default=None,
@@ -220,8 +225,11 @@ def _add_serve(sub) -> None:
                    "with --address: 1)")
     s.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together at most")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; beyond, 503 + Retry-After")
-    s.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV-cache slots of the running rows")
-    s.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest prompt accepted (tokens)")
+    s.add_argument("--kv-budget-tokens", type=int, default=65536,
+                   help="KV-cache slots of a replica's running rows (at least --max-prompt-tokens)")
+    s.add_argument("--max-prompt-tokens", type=int, default=4096,
+                   help="longest prompt in tokens, virtual ones included (longer: cut at the template's "
+                   "truncate_field, else a 422)")
     s.add_argument("--refresh-s", type=float, default=10.0, help="re-read the table's manifest this often")
     s.add_argument("--api-keys-file", help="bearer keys, one a line (also: env PROMPTRAY_API_KEYS=k1,k2)")
     s.set_defaults(fn=cmd_serve)

@@ -39,12 +39,13 @@ from fastapi.responses import Response, StreamingResponse
 from ray import serve
 
 from promptray.platform.errors import PromptrayError
-from promptray.platform.generation.scheduler import QueueFullError
+from promptray.platform.generation.scheduler import QueueFullError, RequestTooLargeError
 from promptray.serve.auth import ApiKeys, BodyLimit
 from promptray.serve.engine import Prepared, ServeEngine, input_fields
 from promptray.serve.errors import (
     InputFieldError,
     InputTooLongError,
+    RequestValidationFailed,
     ServerBusyError,
     ServerNotReadyError,
     UnknownTaskError,
@@ -164,16 +165,13 @@ class PromptServer:
 
     def _submit(self, prepared: list[Prepared]) -> list[Ticket]:
         """Queue every input of a request in the scheduler, all or none: ServerBusyError (503 with Retry-After)
-        when the waiting queue is full."""
-        tickets: list[Ticket] = []
+        when they do not fit the waiting queue now, a 422 when they never could (too many in one request)."""
         try:
-            for p in prepared:
-                tickets.append(self.runner.submit(p.example, self.engine.row(p)))
+            return self.runner.submit([(p.example, self.engine.row(p)) for p in prepared])
         except QueueFullError as e:
-            for t in tickets:
-                self.runner.cancel(t)
             raise ServerBusyError(str(e), retry_after_s=e.retry_after_s) from None
-        return tickets
+        except RequestTooLargeError as e:
+            raise RequestValidationFailed(str(e), param="inputs") from None
 
     async def _run(self, tickets: list[Ticket]) -> AsyncIterator[tuple[int, object]]:
         """(input index, RowEvent) as they come, over all inputs of a request; leaving early (the client went

@@ -162,35 +162,32 @@ class ServeEngine:
         its task version was trained (BOS first when it was trained with add_bos)."""
         task = self.prompts.resolve(taskname, version)
         self._check_fields(task, fields)
-        limit = self.model.max_positions - params.max_tokens
+        limit, why = self._prompt_limit(params.max_tokens)
         tok, record = Tokenization.of(self.tokenizer), Record({"taskname": taskname, **fields}, "request")
         bos = task.encoding.add_bos
         example, truncated = encode_record(task.template, record, tok, limit, add_bos=bos, inference=True)
         if example is None:
             full, _ = encode_record(task.template, record, tok, UNLIMITED, add_bos=bos, inference=True)
             n = len(full) if full is not None else -1
+            hint = " or lower max_tokens" if "max_tokens" in why else ""
             raise InputTooLongError(
                 f"the prompt of task {taskname!r} has {n} tokens (with {task.template.total_virtual_tokens} "
-                f"virtual) + max_tokens {params.max_tokens} > the model's {self.model.max_positions} positions; "
-                "shorten the input or lower max_tokens", param="fields", prompt_tokens=n, max_tokens=params.max_tokens,
-                max_positions=self.model.max_positions)
+                f"virtual), more than {limit} ({why}), and its template has no truncate_field to cut; shorten the "
+                f"input{hint}", param="fields", prompt_tokens=n, max_tokens=params.max_tokens,
+                max_positions=self.model.max_positions, max_prompt_tokens=self.settings.max_prompt_tokens,
+                kv_budget_tokens=self.settings.kv_budget_tokens)
         example.taskname = task.key
-        self._check_room(taskname, len(example), params.max_tokens)
         return Prepared(task, example, params, truncated)
 
-    def _check_room(self, taskname: str, prompt_tokens: int, max_tokens: int) -> None:
-        """InputTooLongError when the prompt exceeds max_prompt_tokens or prompt + max_tokens the KV budget."""
-        s = self.settings
-        if prompt_tokens > s.max_prompt_tokens:
-            raise InputTooLongError(
-                f"the prompt of task {taskname!r} has {prompt_tokens} tokens (virtual ones included), more than "
-                f"this server's max_prompt_tokens {s.max_prompt_tokens}; shorten the input", param="fields",
-                prompt_tokens=prompt_tokens, max_prompt_tokens=s.max_prompt_tokens)
-        if prompt_tokens + max_tokens > s.kv_budget_tokens:
-            raise InputTooLongError(
-                f"the prompt of task {taskname!r} has {prompt_tokens} tokens + max_tokens {max_tokens} > this "
-                f"server's kv_budget_tokens {s.kv_budget_tokens}; shorten the input or lower max_tokens",
-                param="fields", prompt_tokens=prompt_tokens, max_tokens=max_tokens, kv_budget_tokens=s.kv_budget_tokens)
+    def _prompt_limit(self, max_tokens: int) -> tuple[int, str]:
+        """(most prompt tokens, virtual ones included, a request may have, what sets it): the model's positions
+        and the server's KV budget, each less max_tokens, and max_prompt_tokens. A longer prompt is cut at its
+        template's truncate_field (the response says `truncated`), or refused when it has none."""
+        s, positions = self.settings, self.model.max_positions
+        return min((positions - max_tokens, f"the model's {positions} positions less max_tokens {max_tokens}"),
+                   (s.max_prompt_tokens, f"this server's max_prompt_tokens {s.max_prompt_tokens}"),
+                   (s.kv_budget_tokens - max_tokens,
+                    f"this server's kv_budget_tokens {s.kv_budget_tokens} less max_tokens {max_tokens}"))
 
     @staticmethod
     def _check_fields(task: LoadedTask, fields: dict) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -109,7 +110,33 @@ TYPE_HINTS = {
     "int_type": "give an integer (not a string, a boolean or a fraction)",
     "bool_type": "give true or false (not a string or a number)",
     "finite_number": "NaN and infinity are not allowed; give a finite number",
+    "field_value_type": "give a string, a number or true/false",
 }
+# pydantic's tags of the members of a template field's value type (serve/schemas.py FieldValue)
+_FIELD_VALUE_TAGS = {"str": "string_type", "int": "int_type", "float": "float_type", "bool": "bool_type"}
+
+
+def _merge_field_values(errors: list[dict]) -> list[dict]:
+    """One error per template field whose value fits none of FieldValue's types (pydantic reports one per
+    member, at `fields.<name>.str`, `.int`, ...)."""
+    out, seen = [], set()
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        if loc and _FIELD_VALUE_TAGS.get(str(loc[-1])) == e.get("type") and "fields" in loc:
+            if loc[:-1] not in seen:
+                seen.add(loc[:-1])
+                out.append({**e, "loc": loc[:-1], "type": "field_value_type"})
+        else:
+            out.append(e)
+    return out
+
+
+def _json(value) -> str:
+    """`value` as JSON spells it (null, true), else its repr."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _suggest(name: str, known: dict) -> str:
@@ -131,7 +158,7 @@ def _readable(error: dict, known: dict) -> str:
     if error.get("type") == "extra_forbidden":
         return f"unknown parameter {name!r}: this route does not take it{_suggest(name, known)} (see /docs)"
     if error.get("type") in TYPE_HINTS:
-        msg = f"{TYPE_HINTS[error['type']]}, got {error.get('input')!r}"
+        msg = f"{TYPE_HINTS[error['type']]}, got {_json(error.get('input'))}"
     else:
         msg = error.get("msg", "invalid value").removeprefix("Value error, ")
     return f"{name}: {msg}" if name else msg
@@ -152,8 +179,9 @@ def validation_problem(errors: list[dict], known: dict | None = None) -> ServeEr
     if loc == ("body",) and kind in ("model_attributes_type", "dict_type", "model_type"):
         return RequestValidationFailed("the request body must be a JSON object of the route's parameters "
                                        "(see /docs)", param=None)
+    errors = _merge_field_values(errors)
     problems = [_readable(e, known or {}) for e in errors]
-    return RequestValidationFailed("; ".join(problems), param=_param(first), problems=problems)
+    return RequestValidationFailed("; ".join(problems), param=_param(errors[0]), problems=problems)
 
 
 class JsonBody:

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from promptray.platform.data.dataset import Example
@@ -70,18 +70,21 @@ class SchedulerRunner:
             except RuntimeError:  # its event loop has closed: nobody is listening
                 self._open.pop(out.rid, None)
 
-    def submit(self, example: Example, row: DecodeRow) -> Ticket:
-        """Queue one row (call on the event loop). Raises what `Scheduler.submit` raises (QueueFullError,
-        RequestTooLargeError)."""
-        rid, queue = next(self._ids), asyncio.Queue()
-        self._open[rid] = (asyncio.get_running_loop(), queue)
+    def submit(self, rows: Sequence[tuple[Example, DecodeRow]]) -> list[Ticket]:
+        """Queue rows, all or none (call on the event loop). Raises what `Scheduler.submit_many` raises
+        (QueueFullError, RequestTooLargeError)."""
+        loop = asyncio.get_running_loop()
+        tickets = [Ticket(next(self._ids), asyncio.Queue()) for _ in rows]
+        for t in tickets:
+            self._open[t.rid] = (loop, t.queue)
         try:
-            self.scheduler.submit(rid, example, row)
+            self.scheduler.submit_many([(t.rid, e, r) for t, (e, r) in zip(tickets, rows)])
         except Exception:
-            del self._open[rid]
+            for t in tickets:
+                del self._open[t.rid]
             raise
         self._wake.set()
-        return Ticket(rid, queue)
+        return tickets
 
     async def events(self, ticket: Ticket) -> AsyncIterator[RowEvent]:
         """The row's events as they are made, up to the one with its finish_reason; the error that ended it is

@@ -238,7 +238,8 @@ class ServerSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, allow_inf_nan=False,
                                         description="static batching: how long an empty batch waits to fill")
     max_prompt_tokens: int = Field(4096, ge=1, description="longest prompt (virtual tokens included) a request "
-                                   "may have; longer ones are a 422 naming this limit")
+                                   "may have; a longer one is cut at its template's truncate_field, or is a 422 "
+                                   "naming this limit when it has none")
     kv_budget_tokens: int = Field(65536, ge=1, description="KV-cache slots the running rows of a replica may "
                                   "hold: rows x the longest row's prompt + max_tokens")
     max_queue: int = Field(64, ge=1, description="requests waiting for room at most; beyond, a 503 with "
@@ -256,3 +257,11 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(1 * 2**20, ge=1024)
     api_keys_env: Optional[str] = Field("PROMPTRAY_API_KEYS", description="env var of comma-separated keys")
     api_keys_file: Optional[str] = Field(None, description="file with one API key per line")
+
+    @model_validator(mode="after")
+    def _budget_holds_a_prompt(self) -> ServerSettings:
+        if self.kv_budget_tokens < self.max_prompt_tokens:
+            raise ValueError(f"kv_budget_tokens ({self.kv_budget_tokens}) is below max_prompt_tokens "
+                             f"({self.max_prompt_tokens}): prompts the cap allows could never run; raise "
+                             "kv_budget_tokens or lower max_prompt_tokens")
+        return self

@@ -94,20 +94,49 @@ class Scheduler:
     # ------------------------------------------------------------------ from any thread
 
     def submit(self, rid: Hashable, example: Example, row: DecodeRow) -> None:
-        """Queue a request. RequestTooLargeError when it could never fit the KV budget; QueueFullError when
-        `max_waiting` requests are waiting already (counted as rejected)."""
+        """Queue a request (see `submit_many`)."""
+        self.submit_many([(rid, example, row)])
+
+    def submit_many(self, items: Sequence[tuple[Hashable, Example, DecodeRow]]) -> None:
+        """Queue requests (rid, example, row), all or none. RequestTooLargeError when one could never fit the
+        KV budget, or when there are more than the queue and the running batch could ever hold at once
+        (`max_waiting` + `max_rows`); QueueFullError (counted as rejected) when they do not fit now: waiting
+        requests may number `max_waiting` beyond those the next step admits (free rows within the KV budget)."""
+        reqs = [self._request(rid, example, row) for rid, example, row in items]
+        most = self.limits.max_waiting + self.limits.max_rows
+        if len(reqs) > most:
+            raise RequestTooLargeError(
+                f"{len(reqs)} inputs in one request: this server queues {self.limits.max_waiting} and runs "
+                f"{self.limits.max_rows} at once, so it takes at most {most} inputs per request; send fewer")
+        with self._lock:
+            if len(self._waiting) + len(reqs) - self._admissible(reqs) > self.limits.max_waiting:
+                self.stats.count("rejected", len(reqs))
+                raise QueueFullError(f"the server is busy: {len(self._waiting)} requests are waiting (its queue "
+                                     f"holds {self.limits.max_waiting}); retry later", self.retry_after_s())
+            self._waiting.extend(reqs)
+
+    def _admissible(self, extra: Sequence[Request]) -> int:
+        """How many of the waiting requests, then `extra`, the next step would admit (as `_admit` and `_fits`
+        decide, first come first served). Reads copies of what the stepping thread changes."""
+        members = [*self._running.copy().values(), *list(self._filling)]
+        if self.static and (self._batch is not None or members):
+            return 0
+        count, top, n = len(members), max((r.reserve for r in members), default=0), 0
+        for req in [*self._waiting, *extra]:
+            top = max(top, req.reserve)
+            if count and (count >= self.limits.max_rows or (count + 1) * top > self.limits.kv_budget_tokens):
+                break
+            count, n = count + 1, n + 1
+        return n
+
+    def _request(self, rid: Hashable, example: Example, row: DecodeRow) -> Request:
+        """A Request; RequestTooLargeError when it could never fit the KV budget."""
         reserve = len(example) + row.params.max_new_tokens
         if reserve > self.limits.kv_budget_tokens:
             raise RequestTooLargeError(
                 f"the prompt's {len(example)} tokens + max_new_tokens {row.params.max_new_tokens} exceed the KV "
                 f"budget of {self.limits.kv_budget_tokens} tokens per replica")
-        req = Request(rid, example, row, self.clock(), reserve, self.run_tokens(example))
-        with self._lock:
-            if len(self._waiting) >= self.limits.max_waiting:
-                self.stats.count("rejected")
-                raise QueueFullError(f"the server is busy: {len(self._waiting)} requests are waiting "
-                                     f"(max_waiting {self.limits.max_waiting}); retry later", self.retry_after_s())
-            self._waiting.append(req)
+        return Request(rid, example, row, self.clock(), reserve, self.run_tokens(example))
 
     def cancel(self, rid: Hashable) -> None:
         """Forget request `rid` at the next step (waiting, being prefilled or running); no more outputs."""

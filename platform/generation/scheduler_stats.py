@@ -73,9 +73,9 @@ class SchedulerStats:
         s["batches"], s["rows"], s["max_rows"] = s["batches"] + 1, s["rows"] + rows, max(s["max_rows"], rows)
         s["mixed_task_batches"] += tasks > 1
 
-    def count(self, outcome: str) -> None:
-        """One request more with `outcome` (finished, cancelled, failed, rejected)."""
-        self.requests[outcome] += 1
+    def count(self, outcome: str, n: int = 1) -> None:
+        """`n` requests more with `outcome` (finished, cancelled, failed, rejected)."""
+        self.requests[outcome] += n
 
     def summary(self) -> dict:
         """The numbers as plain JSON values (what /healthz shows)."""

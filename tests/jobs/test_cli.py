@@ -241,3 +241,15 @@ def test_serve_refuses_a_local_table_that_does_not_exist_before_ray_starts(tmp_p
         "promptray serve: error: invalid serve flags (1 problem):",
         f"  - --table {missing!r}: no prompt table there (no such folder); give the folder a job published to, an "
         "s3:// table, or --model to serve a table that jobs will publish to later"]
+
+
+def test_serve_refuses_a_kv_budget_below_the_prompt_cap_before_ray_starts(capsys, monkeypatch):
+    """Found by a new user: --kv-budget-tokens 10 started a server on which every request was refused."""
+    import promptray.jobs.cli as cli
+
+    monkeypatch.setattr(cli, "_import_serving", lambda: pytest.fail("Ray must not start on bad flags"))
+    assert main(["serve", "--table", "s3://b/t", "--kv-budget-tokens", "10"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "promptray serve: error: invalid serve flags (1 problem):",
+        "  - --kv-budget-tokens (10) is below --max-prompt-tokens (4096): prompts the cap allows could never run; "
+        "raise --kv-budget-tokens or lower --max-prompt-tokens"]

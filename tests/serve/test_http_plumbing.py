@@ -150,18 +150,29 @@ def test_serve_without_ray_says_what_to_install(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("extra,param,message", [  # issue 13, F12: strict JSON types, NaN/inf refused
-    ({"temperature": True}, "temperature", "temperature: give a number (not a string or a boolean), got True"),
-    ({"greedy": "yes"}, "greedy", "greedy: give true or false (not a string or a number), got 'yes'"),
+    ({"temperature": True}, "temperature", "temperature: give a number (not a string or a boolean), got true"),
+    ({"greedy": "yes"}, "greedy", 'greedy: give true or false (not a string or a number), got "yes"'),
     ({"greedy": 1}, "greedy", "greedy: give true or false (not a string or a number), got 1"),
-    ({"temperature": "nan"}, "temperature", "temperature: give a number (not a string or a boolean), got 'nan'"),
+    ({"temperature": "nan"}, "temperature", "temperature: give a number (not a string or a boolean), got \"nan\""),
     ({"max_tokens": 2.5}, "max_tokens", "max_tokens: give an integer (not a string, a boolean or a fraction), "
                                         "got 2.5"),
-    ({"echo": "true"}, "echo", "echo: give true or false (not a string or a number), got 'true'"),
+    ({"echo": "true"}, "echo", 'echo: give true or false (not a string or a number), got "true"'),
 ])
 def test_numbers_and_booleans_are_strict_json_types(client, extra, param, message):
     r = client.post("/v1/completions", json={"model": "a", "prompt": "hi", **extra})
     err = error(r)
     assert r.status_code == 422 and err["param"] == param and err["message"] == message, err
+
+
+@pytest.mark.parametrize("value,got", [(None, "null"), ([1], "[1]"), ({"a": 1}, '{"a": 1}')])
+def test_a_field_value_of_no_json_scalar_type_is_one_problem(client, value, got):
+    """Found by a new user: pydantic's one error per member of the field type (`fields.text.str`, `.int`, ...)
+    and Python spellings (None) came out as four problems naming a param that does not exist."""
+    r = client.post("/v1/generate", json={"taskname": "a", "fields": {"text": value}},
+                    headers={"Authorization": "Bearer k1"})
+    err = error(r)
+    assert r.status_code == 422 and err["param"] == "fields.text"
+    assert err["message"] == f"fields.text: give a string, a number or true/false, got {got}"
 
 
 @pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity"])

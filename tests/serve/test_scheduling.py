@@ -5,6 +5,7 @@ them, a full queue is a 503 with Retry-After, and /metrics and /healthz count wh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -30,7 +31,7 @@ async def answer(runner: SchedulerRunner, engine: ServeEngine, x: dict, params, 
     await asyncio.sleep(delay)
     p = engine.encode(x["taskname"], x["fields"], None, params)
     text, generated = "", 0
-    async for e in runner.events(runner.submit(p.example, engine.row(p))):
+    async for e in runner.events(runner.submit([(p.example, engine.row(p))])[0]):
         text, generated = text + e.text, e.generated
     return text, generated
 
@@ -79,7 +80,7 @@ def test_a_listener_that_leaves_cancels_its_row(table_uri, tiny_gpt2_path):
 
     async def main():
         p = engine.encode(x["taskname"], x["fields"], None, params)
-        events = runner.events(runner.submit(p.example, engine.row(p)))
+        events = runner.events(runner.submit([(p.example, engine.row(p))])[0])
         first = [await events.__anext__() for _ in range(2)]
         await events.aclose()  # what a client disconnect does to the handler
         for _ in range(200):
@@ -104,13 +105,30 @@ def test_prompt_cap_and_kv_budget_are_422s_naming_the_limit(table_uri, tiny_gpt2
     with pytest.raises(InputTooLongError) as long:
         engine.encode("sent", {"text": "word " * 30}, None, SamplingParams(max_tokens=4))
     assert long.value.status == 422 and long.value.detail["max_prompt_tokens"] == 20
-    assert "more than this server's max_prompt_tokens 20" in long.value.message
+    assert "more than 20 (this server's max_prompt_tokens 20)" in long.value.message
+    assert long.value.param == "fields" and "no truncate_field" in long.value.message
     over = 40 - ok.prompt_tokens + 1
     with pytest.raises(InputTooLongError) as budget:
         engine.encode("sent", {"text": "hi"}, None, SamplingParams(max_tokens=over))
-    assert f"+ max_tokens {over} > this server's kv_budget_tokens 40" in budget.value.message
+    assert f"(this server's kv_budget_tokens 40 less max_tokens {over})" in budget.value.message
+    assert budget.value.message.endswith("shorten the input or lower max_tokens")
     engine.encode("sent", {"text": "hi"}, None, SamplingParams(max_tokens=over - 1))  # exactly at the budget
 
+
+def test_a_truncatable_input_is_cut_to_the_prompt_cap_whatever_max_tokens(table_uri, tiny_gpt2_path, monkeypatch):
+    """Found by a new user: a long input was refused with max_tokens 3 but cut (and served) with max_tokens
+    4096: truncation fitted the model's positions only, never max_prompt_tokens or the KV budget."""
+    engine = engine_of(table_uri, tiny_gpt2_path, max_prompt_tokens=20, kv_budget_tokens=40)
+    resolve = engine.prompts.resolve
+
+    def truncatable(taskname, version):
+        task = resolve(taskname, version)
+        return dataclasses.replace(task, template=task.template.model_copy(update={"truncate_field": "text"}))
+
+    monkeypatch.setattr(engine.prompts, "resolve", truncatable)
+    for max_tokens, most in ((2, 20), (30, 10)):  # max_prompt_tokens binds, then the KV budget
+        p = engine.encode("sent", {"text": "word " * 30}, None, SamplingParams(max_tokens=max_tokens))
+        assert p.truncated and p.prompt_tokens == most
 
 def test_a_full_queue_is_a_503_with_retry_after_in_openais_shape():
     r = error_response(ServerBusyError("the server is busy", retry_after_s=3))
@@ -128,3 +146,26 @@ def test_deployment_options_match_the_schedulers_capacity():
     assert auto["autoscaling_config"] == {"target_ongoing_requests": 8, "min_replicas": 1, "max_replicas": 4}
     assert "num_replicas" not in auto
     assert deployment_options(ServerSettings(table="t"))["ray_actor_options"] == {"num_cpus": 1}  # threads unset
+
+
+def test_a_request_of_several_inputs_is_queued_whole_on_an_idle_server(table_uri, tiny_gpt2_path):
+    """Found by a new user: with max_queue 3 a request of 4 inputs got a 503 on an idle server, forever."""
+    from promptray.platform.generation.scheduler import QueueFullError, RequestTooLargeError
+
+    engine = engine_of(table_uri, tiny_gpt2_path, max_batch_size=2, max_queue=3)
+    p = engine.encode("sent", {"text": "hi"}, None, SamplingParams(max_tokens=3))
+
+    async def go():
+        runner = SchedulerRunner(engine.scheduler())
+        runner.scheduler.step = lambda: []  # nothing runs: the queue only fills
+        try:
+            accepted = runner.submit([(p.example, engine.row(p)) for _ in range(5)])  # 2 rows free + 3 waiting
+            with pytest.raises(QueueFullError, match="its queue holds 3"):
+                runner.submit([(p.example, engine.row(p))])
+            with pytest.raises(RequestTooLargeError, match="at most 5 inputs per request"):
+                runner.submit([(p.example, engine.row(p)) for _ in range(6)])
+            return len(accepted), runner.open_requests
+        finally:
+            runner.close()
+
+    assert asyncio.run(go()) == (5, 5)

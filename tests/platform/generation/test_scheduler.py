@@ -119,18 +119,20 @@ def test_the_kv_budget_queues_requests_and_a_full_queue_refuses(request):
     longest = max(len(e) for e in exs) + n
     sched = Scheduler(model, pad, limits=Limits(max_rows=8, kv_budget_tokens=2 * longest, max_waiting=3))
     rows = [row(n, eos) for _ in exs]
-    for i in range(3):
+    for i in range(5):  # the next step admits 2 (the KV budget), 3 wait
         sched.submit(i, exs[i], rows[i])
     with pytest.raises(QueueFullError) as full:
-        sched.submit(3, exs[3], rows[3])  # the queue holds 3 until a step admits
-    assert full.value.retry_after_s >= 1 and "max_waiting 3" in str(full.value)
+        sched.submit(5, exs[0], row(n, eos))
+    assert full.value.retry_after_s >= 1 and "its queue holds 3" in str(full.value)
     assert sched.stats.requests["rejected"] == 1
+    with pytest.raises(RequestTooLargeError, match="at most 11 inputs per request"):
+        sched.submit_many([(10 + i, exs[0], row(n, eos)) for i in range(12)])  # never: 3 queued + 8 rows
     sched.step()
     snap = sched.snapshot()
-    assert snap["running"] == 2 and snap["waiting"] == 1  # the budget holds the third back
+    assert snap["running"] == 2 and snap["waiting"] == 3  # the budget holds the others back
     assert snap["kv_tokens_reserved"] <= 2 * longest
-    sched.submit(3, exs[3], rows[3])  # room in the queue now
-    sched.submit(4, exs[4], rows[4])
+    with pytest.raises(QueueFullError):
+        sched.submit(5, exs[0], row(n, eos))
     done, snaps = drive(sched, {})
     assert all(s["kv_tokens_reserved"] <= 2 * longest for s in snaps) and sorted(done) == [0, 1, 2, 3, 4]
     assert [r.output_ids for r in rows] == expected
