@@ -234,7 +234,7 @@ class PlatformDemo:
             records = [json.loads(line) for line in test.read_text(encoding="utf-8").splitlines()[:n]]
             scores[task] = served_accuracy(base, task, TASK_FIELDS[task], records, progress=self.progress)
             scores[task]["zero_shot"] = accuracy(engine, held_out(engine, test, n, zero_shot=True), params,
-                                                 progress=self.progress)
+                                                 progress=self.progress, desc=f"{task} zero-shot")
             s = scores[task]
             self.say(f"{task:14s} zero-shot {s['zero_shot']:6.1%}  ->  tuned {s['tuned']:6.1%}  "
                      f"({s['n_test']} held-out examples; served version {', '.join(s['versions'])})")

@@ -84,9 +84,11 @@ def questions_config(out: Path, data: dict[str, Path], steps: int, model: str, v
     return cfg
 
 
-def accuracy(engine, examples, params, batch_size: int = 16, progress: bool = True) -> float:
-    """Share (0-1) of `examples` whose generated text exactly matches the reference (normalized)."""
-    preds = predict(engine, examples, params, batch_size, progress=progress)
+def accuracy(engine, examples, params, batch_size: int = 16, progress: bool = True,
+             desc: str = "generating") -> float:
+    """Share (0-1) of `examples` whose generated text exactly matches the reference (normalized); `desc`
+    labels the progress bar."""
+    preds = predict(engine, examples, params, batch_size, progress=progress, desc=desc)
     return sum(bool(exact_match(p, e.reference)) for p, e in zip(preds, examples)) / max(1, len(examples))
 
 
@@ -118,8 +120,8 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 150, question_steps
         tuned = held_out(engine, data[name]["test"], n)
         scores[name] = {"n_test": len(tuned),
                         "zero_shot": accuracy(engine, held_out(engine, data[name]["test"], n, zero_shot=True),
-                                              params, progress=progress),
-                        "tuned": accuracy(engine, tuned, params, progress=progress)}
+                                              params, progress=progress, desc=f"{name} zero-shot"),
+                        "tuned": accuracy(engine, tuned, params, progress=progress, desc=f"{name} tuned")}
         print(f"      {name:14s} zero-shot {scores[name]['zero_shot']:.1%}  ->  tuned {scores[name]['tuned']:.1%}"
               f"  ({len(tuned)} held-out examples)")
     print("[4/4] one mixed batch: both tasks, 20 and 8 virtual tokens, in one forward pass")

@@ -103,12 +103,13 @@ class Generated:
 
 
 def predict_rows(engine: PromptModel, examples: Sequence[Example], params: GenerationParams,
-                 batch_size: int = 8, progress: bool = False) -> list[Generated]:
+                 batch_size: int = 8, progress: bool = False, desc: str = "generating") -> list[Generated]:
     """Each example's generation (input order kept), through the scheduler that serving runs
     (platform/generation/scheduler.py): at most `batch_size` rows decode at once, of any tasks, shortest
     prompts first; greedy decoding is continuous (a row that ends makes room for the next at once). Sampling
     draws from one generator seeded with `params.seed` per group of `batch_size` consecutive examples, run as
-    static batches, so a seeded run gives the same texts as before the scheduler."""
+    static batches, so a seeded run gives the same texts as before the scheduler. `desc` labels the progress
+    bar (examples finished)."""
     tok = engine.tokenizer
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     rows: dict[int, DecodeRow] = {}
@@ -118,7 +119,7 @@ def predict_rows(engine: PromptModel, examples: Sequence[Example], params: Gener
     limits = Limits(max_rows=batch_size, kv_budget_tokens=2**62, max_waiting=batch_size)
     scheduler = Scheduler(engine.model, tok.pad_token_id, limits=limits,
                           policy="continuous" if params.is_greedy else "static")
-    with tqdm(total=len(examples), desc="generating", disable=not progress, unit="example") as bar:
+    with tqdm(total=len(examples), desc=desc, disable=not progress, unit="example") as bar:
         for out in run_to_end(scheduler, [(i, examples[i], rows[i]) for i in order]):
             if out.error is not None:
                 raise out.error
@@ -133,9 +134,9 @@ def _generated(row: DecodeRow, decode) -> Generated:
 
 
 def predict(engine: PromptModel, examples: Sequence[Example], params: GenerationParams, batch_size: int = 8,
-            progress: bool = False) -> list[str]:
+            progress: bool = False, desc: str = "generating") -> list[str]:
     """Generated text per example (see `predict_rows`)."""
-    return [g.text for g in predict_rows(engine, examples, params, batch_size, progress)]
+    return [g.text for g in predict_rows(engine, examples, params, batch_size, progress, desc)]
 
 
 def text_ids(example: Example) -> list[int]:
