@@ -58,7 +58,8 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     engine = prepare_engine(first)
     if device is not None:
         engine.model.to(device)
-    pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device)
+    pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device,
+                    shared_forward=s.shared_forward)
     PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
 
 
