@@ -203,6 +203,21 @@ class PromptLearningModel(nn.Module):
         by its own token count (platform/train/pack.py)."""
         return self._terms(batch).by_task()
 
+    @torch.no_grad()
+    def target_logprobs(self, batch: Batch) -> torch.Tensor:
+        """(B,) float32: per row, the sum of the log-probabilities of its target tokens (loss_mask) given what
+        precedes them. One forward; the output layer runs only at the positions that predict a target (an
+        answer of a few tokens after a long prompt costs the body's forward, not B x T x vocab logits)."""
+        L = _columns_needed(batch.loss_mask)
+        targets = batch.loss_mask[:, 1:L + 1]  # (B, L)
+        labels = batch.input_ids[:, 1:L + 1][targets]  # (N,)
+        with self.autocast():
+            emb = self.embed(batch.input_ids[:, :L], batch.virtual_ids[:, :L], batch.tasknames)  # (B, L, H)
+            logits = self._target_logits(emb, batch.attention_mask[:, :L], batch.position_ids[:, :L], targets)
+        logp = logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)  # (N,)
+        rows = targets.nonzero(as_tuple=True)[0]  # (N,) the row of each target
+        return torch.zeros(len(batch), dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+
     def _terms(self, batch: Batch) -> _Targets:
         with self._train_kernels():
             for kind in self.fast_paths if self.share_prefix else ():
