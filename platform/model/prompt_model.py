@@ -33,29 +33,31 @@ TRAIN_ATTENTION = ("eager", "math", "sdpa")
 
 
 class _Targets:
-    """The loss terms of one forward pass: `logits` (N, V) float and `labels` (N,) of its N targets, and
-    `owner` (N,) the index into `tasks` of each target's task."""
+    """The loss terms of one forward pass: `logits` (N, V) float and `labels` (N,) of its N targets, `rows`
+    (N,) the layout row of each target and `row_tasks` (R,) each layout row's task (a packed layout: one
+    "row" per token; the plain and split layouts keep the batch's rows)."""
 
-    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, tasks: list[str]):
-        self.logits, self.labels, self.owner, self.tasks = logits, labels, owner, tasks
-
-    @classmethod
-    def of_rows(cls, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                row_tasks: list[str]) -> _Targets:
-        """`targets` (R, L) bool marks the targets row by row (in `labels`' order); `row_tasks` (R,) names
-        each row's task (a packed row: each token is a row of its own)."""
-        tasks = list(dict.fromkeys(row_tasks))
-        index = torch.tensor([tasks.index(t) for t in row_tasks], device=targets.device)  # (R,)
-        return cls(logits, labels, index[targets.nonzero(as_tuple=True)[0]], tasks)
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, row_tasks: list[str]):
+        """`targets` (R, L) bool marks the targets row by row, in `labels`' order."""
+        self.logits, self.labels, self.row_tasks = logits, labels, row_tasks
+        self.rows = targets.nonzero(as_tuple=True)[0]  # (N,)
 
     def total(self) -> tuple[torch.Tensor, int]:
         return F.cross_entropy(self.logits, self.labels, reduction="sum"), int(self.labels.numel())
 
     def by_task(self) -> dict[str, tuple[torch.Tensor, int]]:
+        tasks = list(dict.fromkeys(self.row_tasks))
+        index = torch.tensor([tasks.index(t) for t in self.row_tasks], device=self.rows.device)  # (R,)
+        owner = index[self.rows]  # (N,)
         each = F.cross_entropy(self.logits, self.labels, reduction="none")  # (N,)
-        sums = torch.zeros(len(self.tasks), dtype=each.dtype, device=each.device).index_add(0, self.owner, each)
-        counts = torch.bincount(self.owner, minlength=len(self.tasks)).tolist()  # (K,)
-        return {t: (sums[i], counts[i]) for i, t in enumerate(self.tasks)}
+        sums = torch.zeros(len(tasks), dtype=each.dtype, device=each.device).index_add(0, owner, each)
+        counts = torch.bincount(owner, minlength=len(tasks)).tolist()  # (K,)
+        return {t: (sums[i], counts[i]) for i, t in enumerate(tasks)}
+
+    def row_logprobs(self) -> torch.Tensor:
+        """(R,) per layout row: the sum of its targets' log-probabilities."""
+        logp = self.logits.log_softmax(-1).gather(-1, self.labels[:, None]).squeeze(-1)  # (N,)
+        return torch.zeros(len(self.row_tasks), dtype=logp.dtype, device=logp.device).index_add(0, self.rows, logp)
 
 
 class PromptLearningModel(nn.Module):
@@ -206,17 +208,19 @@ class PromptLearningModel(nn.Module):
     @torch.no_grad()
     def target_logprobs(self, batch: Batch) -> torch.Tensor:
         """(B,) float32: per row, the sum of the log-probabilities of its target tokens (loss_mask) given what
-        precedes them. One forward; the output layer runs only at the positions that predict a target (an
-        answer of a few tokens after a long prompt costs the body's forward, not B x T x vocab logits)."""
-        L = _columns_needed(batch.loss_mask)
-        targets = batch.loss_mask[:, 1:L + 1]  # (B, L)
-        labels = batch.input_ids[:, 1:L + 1][targets]  # (N,)
-        with self.autocast():
-            emb = self.embed(batch.input_ids[:, :L], batch.virtual_ids[:, :L], batch.tasknames)  # (B, L, H)
-            logits = self._target_logits(emb, batch.attention_mask[:, :L], batch.position_ids[:, :L], targets)
-        logp = logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)  # (N,)
-        rows = targets.nonzero(as_tuple=True)[0]  # (N,) the row of each target
-        return torch.zeros(len(batch), dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+        precedes them. One forward; the output layer runs only at the positions that predict a target, and
+        the rows of a task that share a prompt start run it once (the split layout of prefix.py, checked
+        once against the plain forward as in `loss`): scoring several answers after a long prompt costs
+        little more than the answers."""
+        terms = None
+        if self.share_prefix and "split" in self.fast_paths:
+            layout = split_shared_prefix(to_device(batch, torch.device("cpu")))
+            layout = to_device(layout, batch.input_ids.device)
+            terms = self._terms_layout("split", layout) if layout is not None else None
+            if terms is not None and "split" not in self._verified:
+                self._verify("split", layout, terms, batch)
+                terms = terms if "split" in self._verified else None  # switched off: the plain forward
+        return (terms or self._terms_plain(batch)).row_logprobs()
 
     def _terms(self, batch: Batch) -> _Targets:
         with self._train_kernels():
@@ -267,7 +271,7 @@ class PromptLearningModel(nn.Module):
         with self.autocast():
             emb = self.embed(batch.input_ids[:, :L], batch.virtual_ids[:, :L], batch.tasknames)  # (B, L, H)
             logits = self._target_logits(emb, batch.attention_mask[:, :L], batch.position_ids[:, :L], targets)
-        return _Targets.of_rows(logits, labels, targets, batch.tasknames)
+        return _Targets(logits, labels, targets, batch.tasknames)
 
     def _terms_packed(self, p: PackedBatch) -> _Targets:
         """The targets of one packed row: a block mask keeps each row to its task's prefix and itself."""
@@ -277,7 +281,7 @@ class PromptLearningModel(nn.Module):
             bias = torch.zeros(p.allowed.shape, dtype=emb.dtype, device=emb.device)
             bias = bias.masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
             logits = self._target_logits(emb, bias[None, None], p.position_ids, p.targets)  # (N, V)
-        return _Targets.of_rows(logits, p.labels, p.targets[0][:, None], p.tasknames)
+        return _Targets(logits, p.labels, p.targets[0][:, None], p.tasknames)
 
     def _target_logits(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                        targets: torch.Tensor, past=None) -> torch.Tensor:
@@ -305,7 +309,7 @@ class PromptLearningModel(nn.Module):
             past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per task
             emb = self.embed(s.input_ids[:, :L], s.virtual_ids[:, :L], s.tasknames)  # (B, L, H)
             logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
-        return _Targets.of_rows(logits, labels, targets, s.tasknames)
+        return _Targets(logits, labels, targets, s.tasknames)
 
     def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
              past=None) -> tuple[torch.Tensor, object]:
