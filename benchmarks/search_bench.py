@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.update({"steps_per_trial": None, "val_check_interval": "the plan's rungs", "asha": None,
                          "metric": "val_accuracy (label ranking of the task's labels)",
                          "successive_halving": {"reduction_factor": 2, "grace_fraction": 0.25},
+                         "shared_forward": True, "lr_sampling": "Latin hypercube over counts x samples strata",
                          "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
                                   "machine": info, "rows": rows, "trials": trial_summary(search["trials"], task),
