@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                          "shared_forward": True, "lr_sampling": "Latin hypercube over counts x samples strata",
                          "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
-                                  "machine": info, "rows": rows, "trials": trial_summary(search["trials"], task),
+                                  "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                                  "rows": rows, "trials": trial_summary(search["trials"], task),
                                   "seconds": seconds})
 
 
