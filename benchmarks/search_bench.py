@@ -1,4 +1,5 @@
-"""Search vs fixed prompts at the same compute: the demo's movie-review sentiment task on smollm2-135m.
+"""Search vs fixed prompts at the same compute: the demo's movie-review sentiment task (or, with `--task
+question_type`, its six-class TREC question-type task) on smollm2-135m.
 
 The search (`promptray.jobs.search`, val_accuracy objective, ASHA) tries total_virtual_tokens in `--counts`
 and lr log-uniform in [3e-3, 1e-1]; its compute is the optimizer steps its trials actually ran (ASHA stops
@@ -18,6 +19,10 @@ on 2 CPUs).
 --quick: 10-step trials, 2 counts, 40 validation and 40 test examples (a smoke check; the numbers mean little).
 --budget N: the budget search instead (search.budget_steps N: one packed trial, successive halving, the
 objective label ranking on --n-val records); the fixed prompts train N steps each.
+--task question_type: the demo's TREC question types (abbreviation, description, entity, person, location,
+number; the demo's fixed split: 200 validation, 400 test) as a prompt-tuning task of one 20-token text-
+initialised block (`QUESTION_TEMPLATE`, `QUESTION_INIT`), lr 3e-2 as sentiment's; the default there is
+fixed 20 only (`--fixed 20,100` adds others).
 """
 
 from __future__ import annotations
@@ -31,21 +36,47 @@ from pathlib import Path
 
 from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, table, write_result
 from promptray.platform.config.schema import load_config
-from promptray.platform.demo import accuracy, sentiment_config
+from promptray.platform.data.demo_data import trec_questions, write_splits
+from promptray.platform.demo import MAX_ANSWER_TOKENS, N_TEST_SPLIT, N_VAL, accuracy, sentiment_config
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import load_inference_engine, prepare
 from promptray.platform.train.trainer import train
 
 LR = {"min": 3e-3, "max": 1e-1}
+TASKS = ("sentiment", "question_type")
+# the TREC task for prompt tuning: one block of virtual tokens before the question, as sentiment's
+QUESTION_TEMPLATE = {"taskname": "question_type",
+                     "prompt_template": "<|VIRTUAL_PROMPT_0|> Question: {question}\nType: {label}",
+                     "total_virtual_tokens": 20, "virtual_token_splits": [20], "truncate_field": "question",
+                     "answer_only_loss": True, "answer_field": "label"}
+QUESTION_INIT = "Classify the type of this question as abbreviation, description, entity, person, location or number"
+
+
+def task_config(task: str, out: Path, data: dict, steps: int) -> dict:
+    """The training config of `task` (the demo's sentiment run, or the same settings on the TREC task)."""
+    raw = sentiment_config(out, data, steps, MODEL)
+    if task == "question_type":
+        m = raw["model"]
+        m.update({"new_tasks": [task], "task_templates": [dict(QUESTION_TEMPLATE)]})
+        m["prompt_tuning"]["new_prompt_init_text"] = [QUESTION_INIT]
+        raw["exp_manager"] = {"explicit_log_dir": str(out / task)}
+    return raw
+
+
+def task_splits(task: str, out_dir: Path, n_test: int) -> dict:
+    """The demo's fixed split of `task` (200 validation; 400 test examples, or n_test when more)."""
+    if task == "question_type":
+        return write_splits("questions", trec_questions(), out_dir, n_val=N_VAL, n_test=max(n_test, N_TEST_SPLIT))
+    return sentiment_splits(out_dir, max(n_test, 400))
 
 
 def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int,
                fixed_lr: bool = False, budget: int | None = None, n_val: int | None = None,
-               train_best: bool = False) -> dict:
-    raw = sentiment_config(out, data, steps, MODEL)
+               train_best: bool = False, task: str = "sentiment") -> dict:
+    raw = task_config(task, out, data, steps)
     raw["name"] = "search_bench"
     raw["model"]["nemo_path"] = str(out / "search_table")
-    raw["search"] = {"tasks": {"sentiment": {"total_virtual_tokens": counts}},
+    raw["search"] = {"tasks": {task: {"total_virtual_tokens": counts}},
                      "metric": "val_accuracy", "max_new_tokens": 4, "num_samples": samples,
                      "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2, "seed": 0}
     if not fixed_lr:  # else every trial uses the config's lr (model.optim.lr 3e-2), like the fixed prompts
@@ -58,24 +89,24 @@ def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: in
 
 def held_out_accuracy(table_uri: str, test_file: Path, n_test: int) -> float:
     engine = load_inference_engine(table_uri, precision="bf16")
-    params = GenerationParams(max_new_tokens=4, greedy=True)
-    return accuracy(engine, prepare(engine, [test_file], 4)[:n_test], params)
+    params = GenerationParams(max_new_tokens=MAX_ANSWER_TOKENS, greedy=True)
+    return accuracy(engine, prepare(engine, [test_file], MAX_ANSWER_TOKENS)[:n_test], params)
 
 
 def run_search_variant(out: Path, data: dict, steps: int, counts: list[int], samples: int,
                        fixed_lr: bool = False, budget: int | None = None, n_val: int | None = None,
-                       train_best: bool = False) -> dict:
+                       train_best: bool = False, task: str = "sentiment") -> dict:
     from promptray.jobs.search import prepare_search_config, run_search
 
     payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples, fixed_lr, budget,
-                                                          n_val, train_best)))
+                                                          n_val, train_best, task)))
     trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
     used = sum(t["last_step"] for t in trials if t["status"] == "ok")
     return {"payload": payload, "steps_used": used, "trials": trials}
 
 
-def run_fixed(out: Path, data: dict, tokens: int, steps: int) -> str:
-    raw = sentiment_config(out / f"fixed{tokens}", data, steps, MODEL)
+def run_fixed(out: Path, data: dict, tokens: int, steps: int, task: str = "sentiment") -> str:
+    raw = task_config(task, out / f"fixed{tokens}", data, steps)
     t = raw["model"]["task_templates"][0]
     raw["model"]["task_templates"] = [{**t, "total_virtual_tokens": tokens, "virtual_token_splits": [tokens]}]
     train(load_config(raw), progress=False)
@@ -85,13 +116,13 @@ def run_fixed(out: Path, data: dict, tokens: int, steps: int) -> str:
 def cut_validation(data: dict, n_val: int) -> dict:
     """The demo's validation split cut to its first n_val examples (the search validates on it)."""
     rows = read_jsonl(data["validation"])[:n_val]
-    path = Path(data["validation"]).with_name(f"sentiment_validation_{n_val}.jsonl")
+    path = Path(data["validation"]).with_name(f"{Path(data['validation']).stem}_{n_val}.jsonl")
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {**data, "validation": path}
 
 
-def trial_summary(trials: list[dict]) -> list[dict]:
-    return [{"total_virtual_tokens": t.get("config/sentiment.total_virtual_tokens"),
+def trial_summary(trials: list[dict], task: str = "sentiment") -> list[dict]:
+    return [{"total_virtual_tokens": t.get(f"config/{task}.total_virtual_tokens"),
              "lr": round(t["config/lr"], 5) if "config/lr" in t else None, "status": t["status"],
              "best_val_accuracy": t.get("val_accuracy"), "validations": t.get("iterations"),
              "steps": t.get("last_step"), "state": t.get("state")} for t in trials]
@@ -113,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
                    "many optimizer steps over all candidates (validation: --n-val records, label ranking)")
     p.add_argument("--train-best", action="store_true", help="with --budget: search.train_best (the best "
                    "candidate trains on alone in a last rung)")
+    p.add_argument("--task", choices=TASKS, default="sentiment", help="the demo's sentiment task (default) or its "
+                   "TREC question-type task (6 classes)")
+    p.add_argument("--fixed", help="comma-separated token counts of the fixed prompts (default 20,100 for "
+                   "sentiment, 20 for question_type)")
     p.add_argument("--out", default="search_bench", help="results file name under benchmarks/results/ (no .json)")
     args = p.parse_args(argv)
     steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
@@ -121,29 +156,31 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(c) for c in args.counts.split(",")] if args.counts else counts
     n_val, n_test = args.n_val or n_val, args.n_test or n_test
     out = args.work_dir or Path(tempfile.mkdtemp(prefix="search-bench-"))
-    data = cut_validation(sentiment_splits(out / "data", max(n_test, 400)), n_val)
+    task = args.task
+    fixed = [int(c) for c in args.fixed.split(",")] if args.fixed else ([20, 100] if task == "sentiment" else [20])
+    data = cut_validation(task_splits(task, out / "data", n_test), n_val)
     import ray
 
     info = machine()  # its load average is the one at the start
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr, args.budget, n_val,
-                                args.train_best)
+                                args.train_best, task)
     budget = search["steps_used"]
     search_s = time.perf_counter() - t0
-    rows = [["search", search["payload"]["best"]["sentiment"]["config"], budget,
+    rows = [["search", search["payload"]["best"][task]["config"], budget,
              held_out_accuracy(search["payload"]["table"], data["test"], n_test)]]
     seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1),
                "candidates_per_hour": round(len(search["trials"]) * 3600 / search_s, 1)}
-    for tokens in (20, 100):
+    for tokens in fixed:
         t1 = time.perf_counter()
-        rows.append([f"fixed {tokens}", {"sentiment.total_virtual_tokens": tokens, "lr": 3e-2}, budget,
-                     held_out_accuracy(run_fixed(out, data, tokens, budget), data["test"], n_test)])
+        rows.append([f"fixed {tokens}", {f"{task}.total_virtual_tokens": tokens, "lr": 3e-2}, budget,
+                     held_out_accuracy(run_fixed(out, data, tokens, budget, task), data["test"], n_test)])
         seconds[f"fixed {tokens} (train + test accuracy)"] = round(time.perf_counter() - t1, 1)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     ray.shutdown()
     print(table(rows, ["variant", "config", "optimizer steps", "test accuracy"]))
-    settings = {"model": MODEL, "steps_per_trial": steps, "val_check_interval": max(1, steps // 4),
+    settings = {"task": task, "model": MODEL, "steps_per_trial": steps, "val_check_interval": max(1, steps // 4),
                 "counts": counts, "samples_per_count": samples, "lr": 3e-2 if args.fixed_lr else LR,
                 "n_validation": n_val, "n_test": n_test,
                 "metric": "val_accuracy (greedy, 4 tokens)", "asha": {"grace_period": 1, "reduction_factor": 2},
@@ -156,11 +193,13 @@ def main(argv: list[str] | None = None) -> None:
                     "--n-test 400")}
     if args.budget:  # the packed search: no per-trial steps, no ASHA; rungs from the plan, label ranking
         settings.update({"steps_per_trial": None, "val_check_interval": "the plan's rungs", "asha": None,
-                         "metric": "val_accuracy (label ranking of ' positive' / ' negative')",
+                         "metric": "val_accuracy (label ranking of the task's labels)",
                          "successive_halving": {"reduction_factor": 2, "grace_fraction": 0.25},
+                         "shared_forward": True, "lr_sampling": "Latin hypercube over counts x samples strata",
                          "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
-                                  "machine": info, "rows": rows, "trials": trial_summary(search["trials"]),
+                                  "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                                  "rows": rows, "trials": trial_summary(search["trials"], task),
                                   "seconds": seconds})
 
 

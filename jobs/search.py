@@ -38,6 +38,7 @@ from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
     errored,
+    finalists,
     pack_rows,
     plot_curves,
     plot_trials,
@@ -183,7 +184,8 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
         log.warning("%d of %d trial(s) erred; their errors are in %s", errored(rows), len(rows), csv_path)
     plotter = plot_curves if s.budget_steps is not None else plot_trials
     plot = plotter(run_dir, rows, list(cfg.model.new_tasks), s.metric)
-    best = {g: (tasks, best_row(rows, g, s.metric, s.metric_mode)) for g, tasks in groups.items()}
+    pool = finalists(rows) if s.budget_steps is not None else rows  # a budget search: the packs' survivors
+    best = {g: (tasks, best_row(pool, g, s.metric, s.metric_mode)) for g, tasks in groups.items()}
     versions = publish_best(cfg, best, search_id, run_dir / "trials")
     return {"search_id": search_id, "table": cfg.table_uri, "versions": versions, "metric": s.metric,
             "best": {g: {"trial_id": r["trial_id"], s.metric: r[s.metric],

@@ -136,6 +136,7 @@ class SearchConfig(_Section):
     brackets: Int = Field(1, ge=1, le=MAX_COUNT)  # packed trials (Hyperband brackets), one Tune trial each
     grace_fraction: Float = Field(0.25, gt=0.0, le=1.0)  # first rung >= this share of the full length
     train_best: bool = False  # the bracket's best trains on alone in a last rung (the end of the budget)
+    shared_forward: bool = True  # a pack's candidates share each micro-step's forward pass (platform/train/pack.py)
 
     @property
     def metric_mode(self) -> str:

@@ -58,7 +58,8 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     engine = prepare_engine(first)
     if device is not None:
         engine.model.to(device)
-    pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device)
+    pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device,
+                    shared_forward=s.shared_forward)
     PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
 
 
@@ -109,6 +110,8 @@ class PackRun:
     def _report(self, step: int) -> None:
         p, metric = self.pack, self.s.metric
         scored = [n for n, c in p.candidates.items() if c.best is not None]
+        survivors = [n for n in scored if p.candidates[n].state != "stopped"]
+        scored = survivors or scored  # the pack's best is its best surviving candidate (see `table`)
         pick = min if self.s.metric_mode == "min" else max
         best = pick(scored, key=lambda n: p.candidates[n].best)
         if best != self.best or p.candidates[best].best_step == p.candidates[best].done:
@@ -127,7 +130,13 @@ class PackRun:
 
     def table(self) -> list[dict[str, Any]]:
         """One entry per candidate: name, choice, state, steps, best value and step, curve, whether it is the
-        pack's best, and for a candidate whose data failed its error (state "error")."""
+        pack's best, and for a candidate whose data failed its error (state "error").
+
+        The pack's best (what the search publishes) is the best of the candidates not cut by a rung: the
+        last rung's survivors at the end (successive halving's result; with train_best the one that trained
+        to the end of the budget). A cut candidate's value was measured after fewer steps on a noisy sample;
+        letting it override the later rungs would publish the luckiest early reading (a winner's curse)
+        and waste the steps given to the survivors."""
         rows = [{"candidate": n, "choice": self.choices[n], "state": c.state, "steps": c.done,
                  "best": c.best, "best_step": c.best_step, "is_best": n == self.best, "curve": c.curve}
                 for n, c in self.pack.candidates.items()]

@@ -2,9 +2,11 @@
 
 `search.budget_steps` is the total number of optimizer steps over all candidates (a candidate that trains 40
 steps uses 40). The candidates are every candidate count x `search.num_samples` samples, each with its own
-learning rate, init and split drawn jointly: per count, the learning rates are stratified over the log range
-(one per equal-width stratum, at a seeded random point inside it), so every count meets the whole range and no
-count is judged on an unlucky learning rate alone; the inits cycle through the choices. The candidates are dealt
+learning rate, init and split drawn jointly: the learning rates are a Latin hypercube over the log range (the
+range cut into counts x num_samples equal-width strata, one candidate at a seeded random point in each), laid
+out so that the samples of every count fall in distinct 1/num_samples blocks: every count meets the whole
+range, no count is judged on an unlucky learning rate alone, and no two candidates try nearly the same rate;
+the inits cycle through the choices. The candidates are dealt
 to `search.brackets` brackets; each bracket is one packed trial (one Tune trial, one model load).
 
 Inside a bracket of n candidates, successive halving (Jamieson & Talwalkar 2016; Li et al. 2018, "Hyperband"):
@@ -66,16 +68,18 @@ class PlanError(ValueError):
 
 def candidates(s: SearchConfig, task: str, seed: int) -> list[dict[str, Any]]:
     """Every candidate of `task`'s space as a trial choice (the keys search_space.trial_config reads):
-    count x num_samples, learning rates stratified per count, inits cycled, splits drawn."""
+    count x num_samples, learning rates a Latin hypercube (stratified per count and over all), inits cycled,
+    splits drawn."""
     sp, rng = s.tasks[task], random.Random(seed)
     lr_key, lr = (f"{task}.lr", sp.lr) if sp.lr is not None else ("lr", s.lr)
-    out = []
+    out, n_counts = [], len(sp.counts)
+    within = [rng.sample(range(n_counts), n_counts) for _ in range(s.num_samples)]  # block -> count's sub-stratum
     for ci, count in enumerate(sp.counts):
-        strata = rng.sample(range(s.num_samples), s.num_samples)  # which stratum each sample takes
+        blocks = rng.sample(range(s.num_samples), s.num_samples)  # which block of the range each sample takes
         for j in range(s.num_samples):
             choice: dict[str, Any] = {f"{task}.total_virtual_tokens": count}
-            if lr is not None:
-                u = (strata[j] + rng.random()) / s.num_samples  # in [0, 1): one point per stratum
+            if lr is not None:  # u in [0, 1): one point in each of the counts x samples strata
+                u = (blocks[j] * n_counts + within[blocks[j]][ci] + rng.random()) / (n_counts * s.num_samples)
                 choice[lr_key] = math.exp(math.log(lr.min) + u * (math.log(lr.max) - math.log(lr.min)))
             if sp.init:
                 choice[f"{task}.init"] = sp.init[(ci + j) % len(sp.init)]

@@ -103,6 +103,12 @@ def best_row(rows: list[dict[str, Any]], group: str, metric: str, mode: str) -> 
     return (min if mode == "min" else max)(ok, key=lambda r: r[metric])
 
 
+def finalists(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a budget search that may be published: each pack's best surviving candidate (`pack_best`,
+    search_pack.PackRun.table) and the error rows (so best_row can name an error when nothing reported)."""
+    return [r for r in rows if r.get("pack_best") or r["status"] != "ok"]
+
+
 def write_tables(run_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
     """Write every trial row to run_dir/trials.csv and trials.json; returns their paths."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -144,7 +150,8 @@ def plot_curves(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], met
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["status"] == "ok" and f"config/{task}.total_virtual_tokens" in r]
-        best = (min if metric == "val_loss" else max)(mine, key=lambda r: r[metric], default=None)
+        pool = [r for r in mine if r.get("pack_best")] or mine  # what the search publishes
+        best = (min if metric == "val_loss" else max)(pool, key=lambda r: r[metric], default=None)
         for r in mine:
             pts = [p for p in r.get("curve") or [] if p[1] is not None]
             lr = r.get("config/lr", r.get(f"config/{task}.lr"))

@@ -56,7 +56,7 @@ def trial_config(base: dict, tasks: list[str], choice: dict[str, Any], trial_dir
     m = raw["model"]
     style = choice.get("style", (s.style or [m["virtual_prompt_style"]])[0])
     m["virtual_prompt_style"], m["seed"] = style, s.seed
-    m["optim"]["lr"] = choice.get("lr", choice.get(f"{tasks[0]}.lr", m["optim"]["lr"]))
+    _apply_lr(m["optim"], choice.get("lr", choice.get(f"{tasks[0]}.lr")))
     for t in m["task_templates"]:
         if t["taskname"] in tasks:
             _apply_tokens(t, s, choice)
@@ -64,6 +64,20 @@ def trial_config(base: dict, tasks: list[str], choice: dict[str, Any], trial_dir
     m["new_tasks"] = list(tasks)
     raw["exp_manager"] = {**raw.get("exp_manager", {}), "explicit_log_dir": trial_dir}
     return raw  # the ray section stays: a trial runs as many workers as the train job would
+
+
+def _apply_lr(optim: dict, lr: Any) -> None:
+    """A searched learning rate scales the whole schedule: model.optim.lr becomes `lr` (None: unchanged) and
+    sched.min_lr keeps its ratio to it. A fixed min_lr under a searched peak would change the schedule's
+    shape with the lr (a candidate near min_lr would train at a nearly constant rate, one below it would
+    be a config error), so lr would be confounded with the decay."""
+    base = optim["lr"]
+    if lr is None or not base:
+        return
+    optim["lr"] = lr
+    sched = optim.get("sched")
+    if sched and sched.get("min_lr"):
+        sched["min_lr"] = sched["min_lr"] * lr / base
 
 
 def _apply_tokens(template: dict, s: SearchConfig, choice: dict[str, Any]) -> None:

@@ -58,6 +58,23 @@ def collate(examples: Sequence[Example], pad_id: int, side: Literal["right", "le
                  t["attention_mask"], position_ids)
 
 
+def concat_batches(batches: Sequence[Batch], pad_id: int) -> Batch:
+    """Right-padded batches as one, rows in order, padded to the longest: the batch `collate` makes of all
+    their examples (a mixed-task batch when their tasks differ)."""
+    T = max(b.input_ids.shape[1] for b in batches)
+    fills = {"input_ids": pad_id, "virtual_ids": -1, "loss_mask": False, "attention_mask": 0}
+
+    def padded(b: Batch, key: str) -> torch.Tensor:  # (B_i, T)
+        t = getattr(b, key)
+        return torch.cat([t, torch.full((t.shape[0], T - t.shape[1]), fills[key], dtype=t.dtype,
+                                        device=t.device)], dim=1)
+
+    t = {k: torch.cat([padded(b, k) for b in batches]) for k in fills}
+    position_ids = (t["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # (B, T), as collate's
+    return Batch([n for b in batches for n in b.tasknames], t["input_ids"], t["virtual_ids"], t["loss_mask"],
+                 t["attention_mask"], position_ids)
+
+
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
                            shuffle: bool = True, group_batches: int = 16) -> list[list[int]]:
     """Index batches for one epoch: shuffle, sort by length inside groups of `group_batches` batches,

@@ -182,17 +182,13 @@ def strip_virtual(examples: Sequence[Example]) -> list[Example]:
 @torch.no_grad()
 def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad_id: int,
                     batch_size: int = 16) -> list[float]:
-    """Sum of log-probabilities of each example's target tokens (loss_mask) given the rest."""
+    """Sum of log-probabilities of each example's target tokens (loss_mask) given the rest
+    (`PromptLearningModel.target_logprobs`, `batch_size` examples per forward)."""
     model.eval()
     out: list[float] = []
     for s in range(0, len(examples), batch_size):
         batch = to_device(collate(examples[s:s + batch_size], pad_id), model.device)
-        with model.autocast():
-            emb = model.embed(batch.input_ids, batch.virtual_ids, batch.tasknames)  # (B, T, H)
-            logits = model.lm(inputs_embeds=emb, attention_mask=batch.attention_mask,
-                              position_ids=batch.position_ids).logits[:, :-1].float()  # (B, T-1, V)
-        logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-        out += (logp * batch.loss_mask[:, 1:]).sum(-1).tolist()
+        out += model.target_logprobs(batch).tolist()
     return out
 
 

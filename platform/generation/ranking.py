@@ -89,8 +89,10 @@ def ranking_set(engine: PromptModel, task: str, records: Sequence[Record], label
 
 
 def label_ranking_accuracy(engine: PromptModel, rs: RankingSet, batch_size: int = 16) -> float:
-    """The share of records whose own answer gets the highest answer log-probability among `rs.labels`."""
-    scores = answer_logprobs(engine.model, rs.examples, engine.tokenizer.pad_token_id, batch_size)
+    """The share of records whose own answer gets the highest answer log-probability among `rs.labels`;
+    `batch_size` records (each with every label) per forward."""
+    scores = answer_logprobs(engine.model, rs.examples, engine.tokenizer.pad_token_id,
+                             batch_size * len(rs.labels))
     n = len(rs.labels)
     hits = [max(range(n), key=lambda j: scores[r * n + j]) == g for r, g in enumerate(rs.gold)]
     return sum(hits) / len(hits)

@@ -33,6 +33,34 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TRAIN_ATTENTION = ("eager", "math", "sdpa")
 
 
+class _Targets:
+    """The loss terms of one forward pass: `logits` (N, V) float and `labels` (N,) of its N targets, `rows`
+    (N,) the layout row of each target and `row_tasks` (R,) each layout row's task (a packed layout: one
+    "row" per token; the plain and split layouts keep the batch's rows)."""
+
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, row_tasks: list[str]):
+        """`targets` (R, L) bool marks the targets row by row, in `labels`' order."""
+        self.logits, self.labels, self.row_tasks = logits, labels, row_tasks
+        self.rows = targets.nonzero(as_tuple=True)[0]  # (N,)
+
+    def total(self) -> tuple[torch.Tensor, int]:
+        return F.cross_entropy(self.logits, self.labels, reduction="sum"), int(self.labels.numel())
+
+    def by_task(self) -> dict[str, tuple[torch.Tensor, int]]:
+        tasks = list(dict.fromkeys(self.row_tasks))
+        index = torch.tensor([tasks.index(t) for t in self.row_tasks], device=self.rows.device)  # (R,)
+        owner = index[self.rows]  # (N,)
+        each = F.cross_entropy(self.logits, self.labels, reduction="none")  # (N,)
+        sums = torch.zeros(len(tasks), dtype=each.dtype, device=each.device).index_add(0, owner, each)
+        counts = torch.bincount(owner, minlength=len(tasks)).tolist()  # (K,)
+        return {t: (sums[i], counts[i]) for i, t in enumerate(tasks)}
+
+    def row_logprobs(self) -> torch.Tensor:
+        """(R,) per layout row: the sum of its targets' log-probabilities."""
+        logp = self.logits.log_softmax(-1).gather(-1, self.labels[:, None]).squeeze(-1)  # (N,)
+        return torch.zeros(len(self.row_tasks), dtype=logp.dtype, device=logp.device).index_add(0, self.rows, logp)
+
+
 class PromptLearningModel(nn.Module):
     """A Hugging Face causal LM (`lm`) with the soft prompts of a `PromptBank` (`bank`) at its virtual positions.
 
@@ -170,25 +198,52 @@ class PromptLearningModel(nn.Module):
         Each task's shared prompt start is computed once per batch when that saves work (prefix.py): a
         packed single row, or prefixes then remainders. Each layout is checked once against the plain
         forward on its first batch and switched off, with a warning, if the model does not honour it."""
+        return self._terms(batch).total()
+
+    def task_losses(self, batch: Batch) -> dict[str, tuple[torch.Tensor, int]]:
+        """Per task of a mixed batch: (sum of its rows' token cross-entropies, its number of target tokens),
+        from one forward pass (the same layouts as `loss`). A task's sum depends only on its own rows, so
+        its gradient reaches only its own prompt: several prompts can train on one forward, each normalised
+        by its own token count (platform/train/pack.py)."""
+        return self._terms(batch).by_task()
+
+    @torch.no_grad()
+    def target_logprobs(self, batch: Batch) -> torch.Tensor:
+        """(B,) float32: per row, the sum of the log-probabilities of its target tokens (loss_mask) given what
+        precedes them. One forward; the output layer runs only at the positions that predict a target, and
+        the rows of a task that share a prompt start run it once (the split layout of prefix.py, checked
+        once against the plain forward as in `loss`): scoring several answers after a long prompt costs
+        little more than the answers."""
+        terms = None
+        if self.share_prefix and "split" in self.fast_paths:
+            layout = split_shared_prefix(to_device(batch, torch.device("cpu")))
+            layout = to_device(layout, batch.input_ids.device)
+            terms = self._terms_layout("split", layout) if layout is not None else None
+            if terms is not None and "split" not in self._verified:
+                self._verify("split", layout, terms, batch)
+                terms = terms if "split" in self._verified else None  # switched off: the plain forward
+        return (terms or self._terms_plain(batch)).row_logprobs()
+
+    def _terms(self, batch: Batch) -> _Targets:
         with self._train_kernels():
             for kind in self.fast_paths if self.share_prefix else ():
                 host = to_device(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
                 layout = to_device(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
                                    batch.input_ids.device)
-                out = self._loss_layout(kind, layout) if layout is not None else None
+                out = self._terms_layout(kind, layout) if layout is not None else None
                 if out is not None:
                     return out if kind in self._verified else self._verify(kind, layout, out, batch)
-            return self._loss_plain(batch)
+            return self._terms_plain(batch)
 
-    def _loss_layout(self, kind: str, layout) -> Optional[tuple[torch.Tensor, int]]:
+    def _terms_layout(self, kind: str, layout) -> Optional[_Targets]:
         try:
-            return self._loss_packed(layout) if kind == "packed" else self._loss_shared(layout)
+            return self._terms_packed(layout) if kind == "packed" else self._terms_shared(layout)
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # a model that cannot take the layout
             log.warning("shared-prefix %s batches switched off for this model: %s", kind, exc)
             self.fast_paths = [k for k in self.fast_paths if k != kind]
             return None
 
-    def _verify(self, kind: str, layout, out: tuple[torch.Tensor, int], batch: Batch) -> tuple[torch.Tensor, int]:
+    def _verify(self, kind: str, layout, out: _Targets, batch: Batch) -> _Targets:
         """Compare a layout's loss with the plain forward's on this batch; keep the layout only if they agree.
         Both run again without dropout and without touching the RNG, so the check neither fails because of
         p-tuning dropout nor shifts the random stream (a resumed run stays equal to an uninterrupted one)."""
@@ -196,7 +251,8 @@ class PromptLearningModel(nn.Module):
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 self._dropout(False)
-                fast, ref = self._loss_layout(kind, layout), self._loss_plain(batch)
+                again = self._terms_layout(kind, layout)
+                fast, ref = (again.total() if again is not None else None), self._terms_plain(batch).total()
         finally:
             self._dropout(was_training)
         tol = 2e-2 if self.precision == "bf16" else 1e-4
@@ -208,26 +264,26 @@ class PromptLearningModel(nn.Module):
         log.warning("shared-prefix %s batches switched off: loss %s differs from the plain forward's %.6g",
                     kind, "n/a" if fast is None else f"{float(fast[0]):.6g}", float(ref[0]))
         self.fast_paths = [k for k in self.fast_paths if k != kind]
-        return self.loss(batch)
+        return self._terms(batch)
 
-    def _loss_plain(self, batch: Batch) -> tuple[torch.Tensor, int]:
+    def _terms_plain(self, batch: Batch) -> _Targets:
         L = _columns_needed(batch.loss_mask)
         targets = batch.loss_mask[:, 1:L + 1]  # (B, L): column c of the inputs predicts token c + 1
         labels = batch.input_ids[:, 1:L + 1][targets]  # (N,)
         with self.autocast():
             emb = self.embed(batch.input_ids[:, :L], batch.virtual_ids[:, :L], batch.tasknames)  # (B, L, H)
             logits = self._target_logits(emb, batch.attention_mask[:, :L], batch.position_ids[:, :L], targets)
-        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+        return _Targets(logits, labels, targets, batch.tasknames)
 
-    def _loss_packed(self, p: PackedBatch) -> tuple[torch.Tensor, int]:
-        """The loss over one packed row: a block mask keeps each row to its task's prefix and itself."""
+    def _terms_packed(self, p: PackedBatch) -> _Targets:
+        """The targets of one packed row: a block mask keeps each row to its task's prefix and itself."""
         with self.autocast():
             rows, offsets = self.bank.lookup(p.tasknames)  # (S, H), (M,)
             emb = self._place_virtual(p.input_ids, p.virtual_ids, rows, offsets[None, :])  # (1, M, H)
             bias = torch.zeros(p.allowed.shape, dtype=emb.dtype, device=emb.device)
             bias = bias.masked_fill(~p.allowed, torch.finfo(emb.dtype).min)
             logits = self._target_logits(emb, bias[None, None], p.position_ids, p.targets)  # (N, V)
-        return F.cross_entropy(logits, p.labels, reduction="sum"), int(p.labels.numel())
+        return _Targets(logits, p.labels, p.targets[0][:, None], p.tasknames)
 
     def _target_logits(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                        targets: torch.Tensor, past=None) -> torch.Tensor:
@@ -239,7 +295,7 @@ class PromptLearningModel(nn.Module):
                       use_cache=past is not None, **self._cache_arg(past))
         return out.logits[targets].float()  # (N, V)
 
-    def _loss_shared(self, s: PrefixSplit) -> Optional[tuple[torch.Tensor, int]]:
+    def _terms_shared(self, s: PrefixSplit) -> Optional[_Targets]:
         """The loss with each task's prefix run once (K rows) and its KV cache gathered to the B rows;
         None (and sharing switched off) for models whose cache is not a plain growing KV cache."""
         L, P = _columns_needed(s.loss_mask), s.cache_mask.shape[1]
@@ -255,7 +311,7 @@ class PromptLearningModel(nn.Module):
             past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per task
             emb = self.embed(s.input_ids[:, :L], s.virtual_ids[:, :L], s.tasknames)  # (B, L, H)
             logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
-        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+        return _Targets(logits, labels, targets, s.tasknames)
 
     def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
              past=None) -> tuple[torch.Tensor, object]:

@@ -11,6 +11,13 @@ exactly as a run of that candidate alone would (its parameter is the only one wi
 clipping see only it): a candidate trained in a pack ends equal, within float tolerance, to the same candidate
 trained alone (tests/platform/train/test_pack.py). `stop(name)` takes a candidate out (successive halving):
 it trains no more and costs nothing from then on.
+
+With `shared_forward`, each micro-step runs every live candidate's micro-batch (the same examples, each
+rendered with its own prompt) as ONE mixed-task batch: the model's per-task losses
+(`PromptLearningModel.task_losses`) are each normalised by the candidate's own token count and summed, so
+one backward pass gives every prompt exactly its own gradient (a row's loss depends on its own prompt
+alone, the base model is frozen); clipping is per candidate, then one AdamW step. Fewer, larger forward
+passes: what an accelerator wants; the same end state within float tolerance (tested).
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from typing import Any, Literal, Optional
 import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
+from promptray.platform.data.batching import concat_batches, to_device
 from promptray.platform.data.dataset import Example, Record, read_records
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import ConfigError, DatasetError, PromptrayError
 from promptray.platform.generation.loading import PromptModel
 from promptray.platform.model.prompt_encoder import PromptBank
-from promptray.platform.train.distributed import Dist
+from promptray.platform.train.distributed import Dist, average_gradients
 from promptray.platform.train.engine import Engine, build_bank
 from promptray.platform.train.steps import (
     load_data,
@@ -72,9 +80,11 @@ class PackLoop:
     and batch settings) on `engine` (built from any of them: its base model, existing tasks and tokenizer).
 
     `metric` ("val_loss", or the name of the value `validate`'s objective returns) and `mode` ("min"/"max")
-    decide each candidate's best prompt. `step()` trains every running candidate one optimizer step;
-    `validate(name, objective)` records a validation; `stop(name)` ends a candidate; `prompts(name)` is its
-    best (else current) float32 (n, H) prompt on the CPU.
+    decide each candidate's best prompt. `shared_forward`: the running candidates' micro-batches go through
+    one mixed-task forward pass per micro-step instead of one each (same gradients; see the module doc).
+    `step()` trains every running candidate one optimizer step; `validate(name, objective)` records a
+    validation; `stop(name)` ends a candidate; `prompts(name)` is its best (else current) float32 (n, H)
+    prompt on the CPU.
 
     A candidate whose data fail (`steps.load_data`'s ConfigError: too few usable examples at its count; a
     DatasetError) is left out and kept in `failed` (name -> the error); the others train.
@@ -84,9 +94,10 @@ class PackLoop:
 
     def __init__(self, engine: Engine, task: str, candidates: dict[str, PromptLearningConfig], *,
                  metric: str = "val_loss", mode: str = "min", group: Dist = Dist(),
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, shared_forward: bool = False):
         _check_candidates(task, candidates)
         self.engine, self.task, self.group, self.device = engine, task, group, device
+        self.shared_forward = shared_forward
         self.metric, self.mode = metric, mode
         first = next(iter(candidates.values()))
         d = first.model.data
@@ -145,17 +156,48 @@ class PackLoop:
         """One optimizer step of every running candidate: name -> its step loss (mean token cross-entropy).
         A candidate that reaches its planned steps is then "finished"."""
         self.engine.model.train()
-        losses = {}
-        for name in self.running:
+        names = self.running
+        losses = self._shared_step(names) if self.shared_forward and len(names) > 1 else {
+            name: self._own_step(self.candidates[name]) for name in names}
+        for name, loss in losses.items():
             c = self.candidates[name]
-            acc = c.cfg.accumulation_for(self.group.world_size)
-            loss, _, _ = train_step(self.engine, c.stream, acc, self.optimizer, c.cfg.trainer.gradient_clip_val,
-                                    self.group, self.device)
-            c.done, c.last_loss, losses[name] = c.done + 1, loss, loss
+            c.done, c.last_loss = c.done + 1, loss
             if c.done >= c.steps:
                 c.state = "finished"
         self.scheduler.step()
         self.step_count += 1
+        return losses
+
+    def _own_step(self, c: Candidate) -> float:
+        """Candidate `c` alone: its micro-batches through `steps.train_step` (its own forward passes)."""
+        acc = c.cfg.accumulation_for(self.group.world_size)
+        loss, _, _ = train_step(self.engine, c.stream, acc, self.optimizer, c.cfg.trainer.gradient_clip_val,
+                                self.group, self.device)
+        return loss
+
+    def _shared_step(self, names: list[str]) -> dict[str, float]:
+        """Candidates `names` on shared forward passes: micro-batch by micro-batch, every candidate's rows in
+        one mixed-task batch (`PromptLearningModel.task_losses`), each candidate's loss normalised by its own
+        token count, so each prompt gets the gradient it gets alone; then each candidate's own clipping and
+        one AdamW step of all groups (a parameter without a gradient is left alone)."""
+        first = self.candidates[names[0]].cfg
+        acc, pad = first.accumulation_for(self.group.world_size), self.engine.tokenizer.pad_token_id
+        losses = dict.fromkeys(names, 0.0)
+        for _ in range(acc):
+            mixed = concat_batches([next(self.candidates[n].stream)[1] for n in names], pad)
+            terms = self.engine.model.task_losses(to_device(mixed, self.device))
+            scaled = {n: terms[n][0] / max(terms[n][1], 1) / acc for n in names}  # as train_step scales
+            sum(scaled.values()).backward()
+            for n in names:
+                losses[n] += float(scaled[n].detach())
+        bank = self.engine.model.bank
+        average_gradients([bank.get(n) for n in names], self.group)
+        for n in names:
+            clip = self.candidates[n].cfg.trainer.gradient_clip_val
+            if clip:
+                torch.nn.utils.clip_grad_norm_([bank.get(n)], clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         return losses
 
     def validate(self, name: str, objective: Optional[Callable[[], float]] = None) -> dict[str, Any]:

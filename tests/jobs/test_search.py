@@ -287,6 +287,22 @@ def test_p_tuning_tasks_are_searched_jointly_and_trial_configs_apply_every_choic
         prepare_search_config(raw)
 
 
+def test_a_searched_lr_scales_the_schedule_min_lr_with_it(tmp_path, tiny_gpt2_path):
+    """The schedule keeps its shape: min_lr / lr stays the base config's ratio (3e-3 / 3e-2 = 0.1), so a
+    candidate lr below the base min_lr is a decaying schedule, not a config error."""
+    from promptray.jobs.search_space import trial_config
+
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], lr={"min": 1e-3, "max": 1e-1})
+    raw["model"]["optim"] = {"lr": 3e-2, "sched": {"name": "CosineAnnealing", "warmup_steps": 2, "min_lr": 3e-3}}
+    base = prepare_search_config(raw).model_dump(mode="json")
+    for lr, min_lr in ((2e-3, 2e-4), (9e-2, 9e-3)):
+        trial = load_job_config(trial_config(base, ["a"], {"a.total_virtual_tokens": 2, "lr": lr},
+                                             str(tmp_path / "t")))
+        assert trial.model.optim.lr == lr and trial.model.optim.sched.min_lr == pytest.approx(min_lr)
+    same = load_job_config(trial_config(base, ["a"], {"a.total_virtual_tokens": 2}, str(tmp_path / "t")))
+    assert (same.model.optim.lr, same.model.optim.sched.min_lr) == (3e-2, 3e-3)  # no lr searched: unchanged
+
+
 def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path, tiny_gpt2_path):
     from promptray.jobs.search_trial import DRIVER_RESOURCES, trial_resources
 

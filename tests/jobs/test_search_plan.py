@@ -36,7 +36,7 @@ def test_a_bracket_fits_the_budget_and_gives_every_candidate_a_quarter_of_the_le
     assert plan_bracket(wide.candidates, 7, 3, 0.2) is None  # not even one step each
 
 
-def test_learning_rates_are_stratified_per_count_and_inits_cycle():
+def test_learning_rates_are_stratified_per_count_and_over_all_candidates_and_inits_cycle():
     s = space(num_samples=4)
     pool = candidates(s, "a", seed=3)
     assert pool == candidates(s, "a", seed=3) and pool != candidates(s, "a", seed=4)
@@ -45,6 +45,9 @@ def test_learning_rates_are_stratified_per_count_and_inits_cycle():
         where = sorted((math.log(c["lr"]) - math.log(3e-3)) / (math.log(1e-1) - math.log(3e-3)) for c in mine)
         assert [int(u * 4) for u in where] == [0, 1, 2, 3]  # one learning rate in each quarter of the log range
         assert sorted(c["a.init"] for c in mine) == ["random", "random", "text", "text"]
+    eighths = sorted(int(8 * (math.log(c["lr"]) - math.log(3e-3)) / (math.log(1e-1) - math.log(3e-3)))
+                     for c in candidates(space(), "a", seed=0))
+    assert eighths == list(range(8))  # 4 counts x 2 samples: one learning rate in each eighth of the range
 
 
 def test_brackets_split_the_candidates_and_the_budget_later_ones_cut_less():

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from promptray.platform.data.batching import collate, epoch_batches, length_grouped_batches
+from promptray.platform.data.batching import collate, concat_batches, epoch_batches, length_grouped_batches
 from promptray.platform.data.dataset import Example
 
 PAD = 7
@@ -40,6 +40,16 @@ def test_collate_right_padding():
     assert batch.position_ids[1, :4].tolist() == [0, 1, 2, 3]
     assert batch.position_ids[2, :2].tolist() == [0, 1]
     assert batch.num_tokens == 5 + 4 + 2
+
+
+def test_concat_batches_is_the_collate_of_all_their_examples():
+    a, b, c = examples()
+    merged = concat_batches([collate([c], PAD), collate([a, b], PAD)], PAD)  # widths 2 and 5
+    whole = collate([c, a, b], PAD)
+    assert merged.tasknames == ["c", "a", "b"]
+    for key in ("input_ids", "virtual_ids", "loss_mask", "attention_mask", "position_ids"):
+        assert torch.equal(getattr(merged, key), getattr(whole, key)), key
+    assert merged.loss_mask.dtype == torch.bool
 
 
 def test_collate_left_padding():

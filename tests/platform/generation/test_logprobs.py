@@ -59,3 +59,27 @@ def test_openai_layout_of_multibyte_text(tiny_gpt2):
     for j, top in enumerate(out["top_logprobs"][1:]):  # the alternatives plus the chosen token
         assert top == {first: -0.5, decode([ids[j + 1]]): -1.0 - j} or \
             (decode([ids[j + 1]]) == first and top == {first: -0.5})
+
+
+@pytest.mark.parametrize("fixture", MODELS)
+def test_answer_scores_with_a_shared_prompt_start_equal_the_plain_forward(fixture, request):
+    """Ranking rows (one per label) of a task share its prompt start: target_logprobs runs it once (the split
+    layout) and gets the plain forward's scores."""
+    lm, tok = request.getfixturevalue(fixture)
+    hidden = lm.get_input_embeddings().weight.shape[1]
+    bank = PromptBank(hidden)
+    bank.add_frozen("b", torch.randn(5, hidden, generator=torch.Generator().manual_seed(4)))
+    records = [{"taskname": "b", "q": q, "answer": a} for q in ("A cat sat on the mat.", "Dogs bark at night.")
+               for a in (" yes", " no", " maybe not")]
+    template = TaskTemplate(taskname="b", prompt_template="<|VIRTUAL_PROMPT_0|> Context: {q} Answer:{answer}",
+                            total_virtual_tokens=5, virtual_token_splits=[5], answer_only_loss=True,
+                            answer_field="answer")
+    exs, _ = build_examples(records, [template], tok, 128, add_eos=True)
+    model = PromptLearningModel(lm, bank).eval()
+    shared = answer_logprobs(model, exs, tok.pad_token_id)
+    if "split" in model.fast_paths:  # models with a plain growing KV cache
+        assert "split" in model._verified
+    model.share_prefix = False
+    plain = answer_logprobs(model, exs, tok.pad_token_id)
+    assert shared == pytest.approx(plain, abs=1e-4)
+    assert len(set(round(x, 4) for x in plain)) == len(plain)  # real, distinct scores

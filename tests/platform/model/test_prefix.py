@@ -108,9 +108,13 @@ def test_layouts_in_bf16_match_within_bf16_rounding(tiny_llama, kind, always_spl
 def test_a_layout_the_model_does_not_honour_is_switched_off(tiny_gpt2, monkeypatch, caplog):
     lm, tokenizer = tiny_gpt2
     model = PromptLearningModel(lm, bank_for(32))
-    real = PromptLearningModel._loss_packed
-    monkeypatch.setattr(PromptLearningModel, "_loss_packed",
-                        lambda self, p: (real(self, p)[0] * 1.5, real(self, p)[1]))  # a model ignoring the mask
+    real = PromptLearningModel._terms_packed
+
+    def wrong(self, p):  # a model ignoring the mask
+        t = real(self, p)
+        t.logits = t.logits * 1.5
+        return t
+    monkeypatch.setattr(PromptLearningModel, "_terms_packed", wrong)
     batch = batch_of(tokenizer)
     value, _, _ = loss_and_grads(model, batch, share=True)
     assert model.fast_paths == ["split"] and "packed" not in model._verified

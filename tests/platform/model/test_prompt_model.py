@@ -352,3 +352,25 @@ def test_loss_and_step_with_scaled_logits(arch):
         logits, _ = model.step(emb, left.attention_mask, left.position_ids)
         ref = lm(inputs_embeds=emb, attention_mask=left.attention_mask, position_ids=left.position_ids).logits
         assert torch.allclose(logits, ref[:, -1].float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["plain", "packed", "split"])
+def test_task_losses_split_one_forward_by_task_and_each_reaches_only_its_prompt(layout, tiny_llama):
+    lm, tokenizer = tiny_llama
+    exs = examples(tokenizer) * 2  # two rows of each task per prefix: every layout applies
+    model = PromptLearningModel(lm, make_bank(32, std=0.05))
+    model.share_prefix, model.fast_paths = layout != "plain", [layout] if layout != "plain" else []
+    mixed = collate(exs, tokenizer.pad_token_id)
+    per_task = model.task_losses(mixed)
+    assert set(per_task) == {"a", "b"}
+    for task, (loss_sum, n) in per_task.items():
+        alone_sum, alone_n = model.loss(collate([e for e in exs if e.taskname == task], tokenizer.pad_token_id))
+        assert n == alone_n and float(loss_sum.detach()) == pytest.approx(float(alone_sum.detach()), rel=1e-5)
+    total, n = model.loss(mixed)
+    assert n == sum(k for _, k in per_task.values())
+    assert float(total.detach()) == pytest.approx(sum(float(s.detach()) for s, _ in per_task.values()), rel=1e-5)
+    if layout != "plain":
+        assert model.fast_paths == [layout] and layout in model._verified  # the layout ran and agreed
+    per_task["a"][0].backward()
+    assert float(model.bank.get("a").grad.abs().sum()) > 0
+    assert model.bank.get("b").grad is None or float(model.bank.get("b").grad.abs().sum()) == 0

@@ -43,9 +43,10 @@ def candidate_config(tmp_path: Path, model: Path, name: str, steps: int = 4) -> 
                   "data": {"train_ds": [str(data)], "validation_ds": [str(data)]}}})
 
 
-def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, tiny_gpt2_path):
+@pytest.mark.parametrize("shared", [False, True], ids=["own_forwards", "shared_forwards"])
+def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, tiny_gpt2_path, shared):
     cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n) for n in ("c0", "c1", "c2")}
-    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs)
+    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, shared_forward=shared)
     curves = {n: [] for n in cfgs}
     for step in range(1, 5):
         pack.step()
@@ -61,25 +62,28 @@ def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, 
         vals = [r["val_loss"] for r in alone.writer.records if "val_loss" in r]
         assert curves[name] == pytest.approx(vals, abs=1e-4)  # the same validation curve
         assert pack.candidates[name].best == pytest.approx(alone.state.best_val, abs=1e-4)
+        assert pack.candidates[name].last_loss == pytest.approx(alone.state.last_loss, rel=1e-5)  # its own mean
         torch.testing.assert_close(pack.prompts(name), alone.best_prompts["a"], atol=1e-5, rtol=1e-4)
         assert pack.scheduler.get_last_lr()[list(cfgs).index(name)] == pytest.approx(alone.scheduler.get_last_lr()[0])
 
 
-def test_a_stopped_candidate_trains_no_more_and_the_others_are_unaffected(tmp_path, tiny_gpt2_path):
-    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n, steps=3) for n in ("c0", "c1")}
-    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs)
+@pytest.mark.parametrize("shared", [False, True], ids=["own_forwards", "shared_forwards"])
+def test_a_stopped_candidate_trains_no_more_and_the_others_are_unaffected(tmp_path, tiny_gpt2_path, shared):
+    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n, steps=3) for n in ("c0", "c1", "c2")}
+    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, shared_forward=shared)
     pack.step()
     pack.stop("c0")
     frozen = pack.engine.model.bank.get("c0").detach().clone()
-    assert set(pack.step()) == {"c1"} and pack.running == ["c1"]
+    assert set(pack.step()) == {"c1", "c2"} and pack.running == ["c1", "c2"]
     pack.step()
     torch.testing.assert_close(pack.engine.model.bank.get("c0").detach(), frozen, atol=0, rtol=0)
     assert pack.candidates["c0"].done == 1 and pack.candidates["c0"].state == "stopped"
-    assert pack.candidate_steps == 4
-    alone = build_loop(cfgs["c1"])
-    alone.run()
-    torch.testing.assert_close(pack.engine.model.bank.get("c1").detach(), alone.engine.model.bank.get("a").detach(),
-                               atol=1e-5, rtol=1e-4)
+    assert pack.candidate_steps == 7
+    for name in ("c1", "c2"):
+        alone = build_loop(cfgs[name])
+        alone.run()
+        torch.testing.assert_close(pack.engine.model.bank.get(name).detach(),
+                                   alone.engine.model.bank.get("a").detach(), atol=1e-5, rtol=1e-4)
 
 
 def test_packs_take_prompt_tuning_candidates_of_one_task_with_equal_batches(tmp_path, tiny_gpt2_path):

@@ -1,0 +1,112 @@
+"""Candidates trained per hour: one Ray Tune trial per candidate (the search before issue 16) vs packed
+candidates (a budget search), the same candidates, steps and validations, in one run.
+
+Both sides run `promptray.jobs.search.run_search` on the demo's sentiment task (smollm2-135m, bf16, batch 8)
+with the same candidates: token counts `--counts` x `--samples` learning rates, each trained `--steps`
+optimizer steps and validated every `--every` steps by the val_accuracy objective on `--n-val` validation
+records, one trial at a time, nobody stopped early:
+
+- trials: the search without a budget, one Tune trial (own process, own model load and data read) per
+  candidate; ASHA's grace period is the trial's number of validations, so it stops no trial before its end.
+  Each trial also computes the validation loss at every validation, as a training run does.
+- packed: `search.budget_steps` = candidates x steps with `grace_fraction: 1` (one rung: no cut), so one
+  Tune trial trains every candidate in one process (platform/train/pack.py) and validates it at the same
+  steps by the objective alone; each candidate its own forward passes (`search.shared_forward: false`).
+- packed_shared: the same with `search.shared_forward: true`: each micro-step one mixed-task forward pass
+  over every candidate's rows.
+
+Candidates per hour = candidates x 3600 / the search's wall time (run_search, Ray already started). Both
+sides validate by label ranking (today's trials validated by greedy generation, issue 16 added the
+ranking objective to both paths), so the ratio is what packing itself buys. Other work on the machine slows
+both sides; the load average at the start and at the end is recorded.
+
+    python -m benchmarks.search_throughput [--quick] [--counts 5,20,50,100] [--samples 2] [--steps 32]
+                                           [--every 8] [--n-val 80] [--num-cpus N] [--out NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import machine, table, write_result
+from benchmarks.search_bench import cut_validation, search_raw, task_splits
+
+
+def side_config(out: Path, data: dict, steps: int, every: int, counts: list[int], samples: int, n_val: int,
+                packed: bool, shared: bool = False) -> dict:
+    """The search config of one side (the search_bench config: lr log-uniform in [3e-3, 0.1])."""
+    raw = search_raw(out, data, steps, counts, samples, n_val=n_val)
+    raw["trainer"]["val_check_interval"] = every
+    raw["search"]["val_samples"] = n_val
+    if packed:
+        raw["search"].update({"budget_steps": len(counts) * samples * steps, "grace_fraction": 1.0,
+                              "shared_forward": shared})
+    else:
+        raw["search"]["grace_period"] = max(1, steps // every)  # ASHA's first rung is the trial's last report
+    return raw
+
+
+def run_side(out: Path, raw: dict) -> dict:
+    from promptray.jobs.search import prepare_search_config, run_search
+
+    t0 = time.perf_counter()
+    payload = run_search(prepare_search_config(raw))
+    seconds = time.perf_counter() - t0
+    trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
+    ok = [t for t in trials if t["status"] == "ok"]
+    return {"seconds": round(seconds, 1), "candidates": len(ok), "tune_trials": len({t["trial_id"] for t in ok}),
+            "optimizer_steps": sum(t["last_step"] for t in ok),
+            "validations": sum(t.get("iterations") or 0 for t in ok),
+            "candidates_per_hour": round(len(ok) * 3600 / seconds, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2 counts x 1 sample, 4 steps, 16 validation records")
+    p.add_argument("--counts", help="comma-separated token counts (default 5,20,50,100)")
+    p.add_argument("--samples", type=int, help="learning rates per count (default 2)")
+    p.add_argument("--steps", type=int, help="optimizer steps per candidate (default 32)")
+    p.add_argument("--every", type=int, help="validate every N steps (default 8)")
+    p.add_argument("--n-val", type=int, help="validation records (default 80)")
+    p.add_argument("--num-cpus", type=int)
+    p.add_argument("--work-dir", type=Path)
+    p.add_argument("--out", default="search_throughput", help="results file name under benchmarks/results/")
+    args = p.parse_args(argv)
+    counts, samples, steps, every, n_val = ([5, 20], 1, 4, 2, 16) if args.quick else ([5, 20, 50, 100], 2, 32, 8, 80)
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else counts
+    samples, steps = args.samples or samples, args.steps or steps
+    every, n_val = args.every or every, args.n_val or n_val
+    out = args.work_dir or Path(tempfile.mkdtemp(prefix="search-throughput-"))
+    data = cut_validation(task_splits("sentiment", out / "data", 400), n_val)
+    import ray
+
+    info = machine()
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    sides = {}
+    for name, packed, shared in (("trials", False, False), ("packed", True, False), ("packed_shared", True, True)):
+        sides[name] = run_side(out, side_config(out / name, data, steps, every, counts, samples, n_val, packed,
+                                                shared))
+        print(name, sides[name], flush=True)
+    ray.shutdown()
+    per_hour = {k: v["candidates_per_hour"] for k, v in sides.items()}
+    ratios = {k: round(per_hour[k] / per_hour["trials"], 2) for k in ("packed", "packed_shared")}
+    print(table([[k, v["candidates"], v["tune_trials"], v["optimizer_steps"], v["seconds"], v["candidates_per_hour"]]
+                 for k, v in sides.items()],
+                ["side", "candidates", "Tune trials", "optimizer steps", "seconds", "candidates / hour"]))
+    print(", ".join(f"{k} / trials: {v}x" for k, v in ratios.items()))
+    settings = {"task": "sentiment", "counts": counts, "samples_per_count": samples, "steps_per_candidate": steps,
+                "val_check_interval": every, "n_validation": n_val, "objective": "val_accuracy (label ranking)",
+                "lr": {"min": 3e-3, "max": 1e-1}, "max_concurrent_trials": 1,
+                "ray_num_cpus": args.num_cpus or os.cpu_count()}
+    write_result(args.out, {"benchmark": "search_throughput", "quick": args.quick, "settings": settings,
+                            "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                            "sides": sides, "over_trials": ratios})
+
+
+if __name__ == "__main__":
+    main()
