@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -154,9 +155,10 @@ def serve_settings(args: argparse.Namespace):
         settings = None
         for err in e.errors(include_url=False):
             msg = err["msg"].removeprefix("Value error, ")
-            if not err["loc"]:  # a rule between flags: its message names them
-                problems.append(msg.replace("kv_budget_tokens", "--kv-budget-tokens").replace(
-                    "max_prompt_tokens", "--max-prompt-tokens"))
+            if not err["loc"]:  # a rule between settings: its message names them, as flags here
+                for field, flag in SERVE_FLAGS.items():
+                    msg = re.sub(rf"\b{field}\b", flag, msg)
+                problems.append(msg)
                 continue
             flag = SERVE_FLAGS.get(str(err["loc"][0]), str(err["loc"][0]))
             problems.append(f"{flag} {err.get('input')!r}: {msg[0].lower() + msg[1:]}")

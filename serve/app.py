@@ -176,14 +176,9 @@ class PromptServer:
     async def _run(self, tickets: list[Ticket]) -> AsyncIterator[tuple[int, object]]:
         """(input index, RowEvent) as they come, over all inputs of a request; leaving early (the client went
         away) cancels the inputs still running."""
-        streams = [self.runner.events(t) for t in tickets]
         try:
-            if len(streams) == 1:
-                async for event in streams[0]:
-                    yield 0, event
-            else:
-                async for i, event in merge_streams(streams):
-                    yield i, event
+            async for i, event in merge_streams([self.runner.events(t) for t in tickets]):
+                yield i, event
         finally:  # closed early: the inner generators may not be closed yet
             for t in tickets:
                 self.runner.cancel(t)

@@ -169,7 +169,7 @@ class ServeEngine:
         if example is None:
             full, _ = encode_record(task.template, record, tok, UNLIMITED, add_bos=bos, inference=True)
             n = len(full) if full is not None else -1
-            hint = " or lower max_tokens" if "max_tokens" in why else ""
+            hint = "" if limit == self.settings.max_prompt_tokens else " or lower max_tokens"
             raise InputTooLongError(
                 f"the prompt of task {taskname!r} has {n} tokens (with {task.template.total_virtual_tokens} "
                 f"virtual), more than {limit} ({why}), and its template has no truncate_field to cut; shorten the "

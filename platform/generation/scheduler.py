@@ -121,12 +121,11 @@ class Scheduler:
         members = [*self._running.copy().values(), *list(self._filling)]
         if self.static and (self._batch is not None or members):
             return 0
-        count, top, n = len(members), max((r.reserve for r in members), default=0), 0
+        rows, longest, n = len(members), max((r.reserve for r in members), default=0), 0
         for req in [*self._waiting, *extra]:
-            top = max(top, req.reserve)
-            if count and (count >= self.limits.max_rows or (count + 1) * top > self.limits.kv_budget_tokens):
+            if not self._one_more_fits(rows, longest, req.reserve):
                 break
-            count, n = count + 1, n + 1
+            rows, longest, n = rows + 1, max(longest, req.reserve), n + 1
         return n
 
     def _request(self, rid: Hashable, example: Example, row: DecodeRow) -> Request:
@@ -214,9 +213,13 @@ class Scheduler:
 
     def _fits(self, req: Request) -> bool:
         members = self._members()
-        if not members:
-            return True
-        return len(members) < self.limits.max_rows and self._reserved(req) <= self.limits.kv_budget_tokens
+        return self._one_more_fits(len(members), max((r.reserve for r in members), default=0), req.reserve)
+
+    def _one_more_fits(self, rows: int, longest: int, reserve: int) -> bool:
+        """Whether a row reserving `reserve` KV slots may join `rows` rows whose longest reservation is
+        `longest`: any row joins an empty batch; else within max_rows and the KV budget (rows x longest)."""
+        return rows == 0 or (rows < self.limits.max_rows
+                             and (rows + 1) * max(longest, reserve) <= self.limits.kv_budget_tokens)
 
     def _static_ready(self) -> bool:
         """Static policy: the queue holds a full batch, or its oldest request has waited batch_wait_s (the rest

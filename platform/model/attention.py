@@ -33,8 +33,7 @@ _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")  # attention extra
 
 
 def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                             attention_mask: Optional[torch.Tensor], scaling: float,
-                             causal: bool = True) -> torch.Tensor:
+                      attention_mask: Optional[torch.Tensor], scaling: float, causal: bool = True) -> torch.Tensor:
     """softmax(q k^T * scaling + mask) v with the query heads grouped by the key/value head they share
     (grouped-query attention without repeating keys and values per query head).
 
