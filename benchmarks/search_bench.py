@@ -72,7 +72,9 @@ def task_splits(task: str, out_dir: Path, n_test: int) -> dict:
 
 def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int,
                fixed_lr: bool = False, budget: int | None = None, n_val: int | None = None,
-               train_best: bool = False, task: str = "sentiment") -> dict:
+               train_best: bool = False, task: str = "sentiment", plan: dict | None = None) -> dict:
+    """The search's config; `plan`: search keys that override the defaults below (lr, reduction_factor,
+    grace_fraction, brackets)."""
     raw = task_config(task, out, data, steps)
     raw["name"] = "search_bench"
     raw["model"]["nemo_path"] = str(out / "search_table")
@@ -84,6 +86,7 @@ def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: in
     if budget:  # packed successive halving within `budget` optimizer steps, validated at the rungs only
         raw["search"].update({"budget_steps": budget, "val_samples": n_val, "train_best": train_best})
         raw["trainer"]["val_check_interval"] = 1.0
+    raw["search"].update(plan or {})
     return raw
 
 
@@ -95,11 +98,11 @@ def held_out_accuracy(table_uri: str, test_file: Path, n_test: int) -> float:
 
 def run_search_variant(out: Path, data: dict, steps: int, counts: list[int], samples: int,
                        fixed_lr: bool = False, budget: int | None = None, n_val: int | None = None,
-                       train_best: bool = False, task: str = "sentiment") -> dict:
+                       train_best: bool = False, task: str = "sentiment", plan: dict | None = None) -> dict:
     from promptray.jobs.search import prepare_search_config, run_search
 
     payload = run_search(prepare_search_config(search_raw(out, data, steps, counts, samples, fixed_lr, budget,
-                                                          n_val, train_best, task)))
+                                                          n_val, train_best, task, plan)))
     trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
     used = sum(t["last_step"] for t in trials if t["status"] == "ok")
     return {"payload": payload, "steps_used": used, "trials": trials}
@@ -128,6 +131,18 @@ def trial_summary(trials: list[dict], task: str = "sentiment") -> list[dict]:
              "steps": t.get("last_step"), "state": t.get("state")} for t in trials]
 
 
+def plan_options(args) -> dict:
+    """The search keys the command line sets (--lr, --reduction-factor, --grace-fraction, --brackets)."""
+    plan: dict = {}
+    if args.lr:
+        low, high = (float(x) for x in args.lr.split(","))
+        plan["lr"] = {"min": low, "max": high}
+    for key in ("reduction_factor", "grace_fraction", "brackets"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    return plan
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -148,6 +163,10 @@ def main(argv: list[str] | None = None) -> None:
                    "TREC question-type task (6 classes)")
     p.add_argument("--fixed", help="comma-separated token counts of the fixed prompts (default 20,100 for "
                    "sentiment, 20 for question_type)")
+    p.add_argument("--lr", help="MIN,MAX: the searched learning-rate range (default 3e-3,0.1)")
+    p.add_argument("--reduction-factor", type=float, help="search.reduction_factor (default 2)")
+    p.add_argument("--grace-fraction", type=float, help="with --budget: search.grace_fraction (default 0.25)")
+    p.add_argument("--brackets", type=int, help="with --budget: search.brackets (default 1)")
     p.add_argument("--out", default="search_bench", help="results file name under benchmarks/results/ (no .json)")
     args = p.parse_args(argv)
     steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
@@ -159,13 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     task = args.task
     fixed = [int(c) for c in args.fixed.split(",")] if args.fixed else ([20, 100] if task == "sentiment" else [20])
     data = cut_validation(task_splits(task, out / "data", n_test), n_val)
+    plan = plan_options(args)
     import ray
 
     info = machine()  # its load average is the one at the start
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr, args.budget, n_val,
-                                args.train_best, task)
+                                args.train_best, task, plan)
     budget = search["steps_used"]
     search_s = time.perf_counter() - t0
     rows = [["search", search["payload"]["best"][task]["config"], budget,
@@ -181,9 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     ray.shutdown()
     print(table(rows, ["variant", "config", "optimizer steps", "test accuracy"]))
     settings = {"task": task, "model": MODEL, "steps_per_trial": steps, "val_check_interval": max(1, steps // 4),
-                "counts": counts, "samples_per_count": samples, "lr": 3e-2 if args.fixed_lr else LR,
+                "counts": counts, "samples_per_count": samples, "lr": 3e-2 if args.fixed_lr else plan.get("lr", LR),
                 "n_validation": n_val, "n_test": n_test,
-                "metric": "val_accuracy (greedy, 4 tokens)", "asha": {"grace_period": 1, "reduction_factor": 2},
+                "metric": "val_accuracy (greedy, 4 tokens)",
+                "asha": {"grace_period": 1, "reduction_factor": plan.get("reduction_factor", 2)},
                 "max_concurrent_trials": 1, "ray_num_cpus": args.num_cpus or os.cpu_count(),
                 "budget_steps": args.budget, "train_best": args.train_best,
                 "budget_note": None if args.quick else (
@@ -194,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.budget:  # the packed search: no per-trial steps, no ASHA; rungs from the plan, label ranking
         settings.update({"steps_per_trial": None, "val_check_interval": "the plan's rungs", "asha": None,
                          "metric": "val_accuracy (label ranking of the task's labels)",
-                         "successive_halving": {"reduction_factor": 2, "grace_fraction": 0.25},
+                         "successive_halving": {"reduction_factor": plan.get("reduction_factor", 2),
+                                                "grace_fraction": plan.get("grace_fraction", 0.25),
+                                                "brackets": plan.get("brackets", 1)},
                          "shared_forward": True, "lr_sampling": "Latin hypercube over counts x samples strata",
                          "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,

@@ -1,6 +1,6 @@
 """`python -m promptray.jobs.search`: search virtual-token counts, splits, lr, init and style with Ray Tune.
 
-    python -m promptray.jobs.search --config X.yaml [overrides ...] [--resume] [--address ADDR] [--num-cpus N]
+    python -m promptray.jobs.search --config X.yaml [overrides ...] [--resume] [--plan] [--address ADDR] [--num-cpus N]
 
 Each trial is a real training run of the engine (nothing published) that reports the objective
 (`search.metric`) at every validation; ASHA stops bad trials early. A trial runs as many workers as the train
@@ -33,7 +33,7 @@ from promptray.jobs.cli_common import MissingDependencyError, parse_anywhere, re
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.faults import FAULTS_ENV, faults_from_env
 from promptray.jobs.search_pack import run_pack
-from promptray.jobs.search_plan import plan_search
+from promptray.jobs.search_plan import Plan, plan_search
 from promptray.jobs.search_report import (
     SearchFailed,
     best_row,
@@ -173,7 +173,9 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
     s, run_dir = cfg.search, cfg.run_dir
     search_id = search_id_for(run_dir, cfg)
     groups = search_groups(cfg)
-    rows = []
+    rows, plans = [], budget_plans(cfg)
+    for group, plan in plans.items():
+        log.info("search plan of %s (search.budget_steps %d):\n%s", group, s.budget_steps, plan.describe())
     for group, tasks in groups.items():
         data = split_data(cfg, tasks, run_dir / "data") if len(groups) > 1 else {}
         grid = _fit(build_tuner(cfg, group, tasks, data, resume))
@@ -192,9 +194,18 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
                          "config": {k.removeprefix("config/"): v for k, v in r.items() if k.startswith("config/")}}
                      for g, (_, r) in best.items()},
             "trials": len(rows), "trials_errored": errored(rows), "run_dir": str(run_dir),
+            **({"plan": {g: p.summary() for g, p in plans.items()}} if plans else {}),
             "optimizer_steps": sum(int(r.get("last_step") or 0) for r in rows),
             "trials_csv": str(csv_path), "plot": str(plot),
             "tune_dir": str(run_dir / "tune")}
+
+
+def budget_plans(cfg: JobConfig) -> dict[str, Plan]:
+    """Each search group's plan (search_plan.py) of a budget search; {} without search.budget_steps."""
+    s = cfg.search
+    if s is None or s.budget_steps is None:
+        return {}
+    return {group: plan_search(s, tasks[0], s.seed) for group, tasks in search_groups(cfg).items()}
 
 
 def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -> JobConfig:
@@ -218,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(it is resumed automatically when present)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: this machine's)")
+    p.add_argument("--plan", action="store_true", help="print a budget search's plan (per bracket: candidates, "
+                   "rungs, optimizer steps, the published candidate's steps) and exit without starting Ray")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
 
@@ -230,6 +243,8 @@ def main(argv: Optional[list[str]] = None, echo: Callable[[str], None] = print) 
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = prepare_search_config(args.config, args.overrides)
+        if args.plan:
+            return _print_plans(cfg, echo)
         require_ray("a search needs Ray Tune")
         connect(args.address, cfg, args.num_cpus)
         payload = run_search(cfg, resume=args.resume)
@@ -240,6 +255,16 @@ def main(argv: Optional[list[str]] = None, echo: Callable[[str], None] = print) 
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     echo(RESULT_PREFIX + json.dumps(payload, default=str))
+    return 0
+
+
+def _print_plans(cfg: JobConfig, echo: Callable[[str], None]) -> int:
+    plans = budget_plans(cfg)
+    if not plans:
+        raise ConfigError("--plan: search.budget_steps is not set; only a budget search is planned ahead (an ASHA "
+                          "search stops trials as their values come in)")
+    for group, plan in plans.items():
+        echo(f"{group} (search.budget_steps {cfg.search.budget_steps}):\n{plan.describe()}")
     return 0
 
 

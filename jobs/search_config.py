@@ -131,6 +131,7 @@ class SearchConfig(_Section):
     # max_labels distinct answers in its data), greedy exact match otherwise; on val_samples records (None: all)
     val_samples: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
     max_labels: Int = Field(20, ge=2, le=MAX_COUNT)
+    label_ranking: bool = True  # false: greedy exact match even for a closed label set (the answer's format counts)
     # budget mode (search_plan.py): total optimizer steps over all candidates, packed successive halving
     budget_steps: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)
     brackets: Int = Field(1, ge=1, le=MAX_COUNT)  # packed trials (Hyperband brackets), one Tune trial each

@@ -15,7 +15,10 @@ from promptray.platform.generation.ranking import ValidationObjective, closed_la
 
 
 def task_labels(s: SearchConfig, template: TaskTemplate, records: list[Record]) -> Optional[list[str]]:
-    """The task's labels: search.tasks.<task>.labels, else the closed set its records show (None: free-form)."""
+    """The task's labels: search.tasks.<task>.labels, else the closed set its records show (None: free-form,
+    or search.label_ranking false: then the objective is greedy exact match)."""
+    if not s.label_ranking:
+        return None
     space = s.tasks.get(template.taskname)
     if space is not None and space.labels:
         return list(space.labels)

@@ -61,6 +61,21 @@ class Plan:
     def cost(self) -> int:
         return sum(b.cost for b in self.brackets)
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Per bracket, what a user checks before the compute is spent: its candidates' number, the rungs
+        (cumulative optimizer steps and the candidates that go on after each), its cost in optimizer steps, and
+        the steps the candidate it publishes trains."""
+        return [{"candidates": len(b.candidates), "rungs": [{"steps": s, "keep": k} for s, k in zip(b.steps, b.keep)],
+                 "optimizer_steps": b.cost, "published_steps": b.max_steps} for b in self.brackets]
+
+    def describe(self) -> str:
+        """One line per bracket, e.g. `bracket 0: 6 candidates, rungs at 50 / 150 / 450 steps keeping 2 / 1 / 1;
+        800 optimizer steps, the published candidate trains 450`."""
+        return "\n".join(
+            f"bracket {i}: {b['candidates']} candidates, rungs at {' / '.join(str(r['steps']) for r in b['rungs'])} "
+            f"steps keeping {' / '.join(str(r['keep']) for r in b['rungs'])}; {b['optimizer_steps']} optimizer "
+            f"steps, the published candidate trains {b['published_steps']}" for i, b in enumerate(self.summary()))
+
 
 class PlanError(ValueError):
     """The budget cannot train the candidates (raised with the key, value and fix in its message)."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 from test_search import search_config
 
 from promptray.jobs.config import load_job_config
+from promptray.jobs.search import main
 from promptray.jobs.search_config import SearchConfig
 from promptray.jobs.search_plan import candidates, plan_bracket, plan_search
 from promptray.platform.errors import ConfigError
@@ -74,3 +76,27 @@ def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
     assert ("search.budget_steps: 3 cannot train the 4 candidate(s) of task 'a' (4 in bracket 0) to a first rung; "
             "give at least 16 steps, or fewer counts / num_samples / brackets") in problems
     assert len(problems) == 5
+
+
+def test_the_plan_says_rungs_cost_and_the_published_candidates_steps():
+    plan = plan_search(space(train_best=True), "a", seed=0)
+    assert plan.summary() == [{"candidates": 8, "rungs": [{"steps": 20, "keep": 4}, {"steps": 40, "keep": 2},
+                                                          {"steps": 80, "keep": 1}, {"steps": 160, "keep": 1}],
+                               "optimizer_steps": 400, "published_steps": 160}]
+    assert plan.describe() == ("bracket 0: 8 candidates, rungs at 20 / 40 / 80 / 160 steps keeping 4 / 2 / 1 / 1; "
+                               "400 optimizer steps, the published candidate trains 160")
+
+
+def test_the_plan_flag_prints_the_plan_and_starts_nothing(tmp_path, tiny_gpt2_path, capsys):
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], budget_steps=16, num_samples=2, train_best=True)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    lines: list[str] = []
+    assert main(["--config", str(path), "--plan"], echo=lines.append) == 0
+    assert lines == ["a (search.budget_steps 16):\nbracket 0: 4 candidates, rungs at 2 / 4 / 8 steps keeping "
+                     "2 / 1 / 1; 16 optimizer steps, the published candidate trains 8"]
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    del raw["search"]["budget_steps"]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(path), "--plan"], echo=lines.append) == 2
+    assert "--plan: search.budget_steps is not set" in capsys.readouterr().err
