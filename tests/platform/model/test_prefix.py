@@ -44,14 +44,14 @@ def test_layouts_decline_when_nothing_is_gained(tiny_gpt2, monkeypatch):
     one_row = batch_of(tokenizer, [r for r in PREFIX_RECORDS if r["taskname"] == "c"][:1])
     left = collate(build_examples(PREFIX_RECORDS[:3], [TEMPLATE_A, TEMPLATE_C], tokenizer, 128)[0], 50256, side="left")
     for b in (one_row, left):  # nothing to share; generation batches (left-padded) are never split
-        assert shared_prefixes(b) == {} and pack_batch(b) is None and split_shared_prefix(b) is None
+        assert shared_prefixes(b) == [] and pack_batch(b) is None and split_shared_prefix(b) is None
 
 
 def test_pack_puts_each_prefix_once_and_keeps_rows_apart(tiny_gpt2):
     _, tokenizer = tiny_gpt2
     batch = batch_of(tokenizer)
     packed = pack_batch(batch)
-    shared = shared_prefixes(batch)
+    shared = {g.task: g.length for g in shared_prefixes(batch)}
     assert shared == {"a": 3 + len(tokenizer.encode(" Question:")), "c": 4 + len(tokenizer.encode(" Review:"))}
     # each row runs from its task's prefix end through the column that predicts its last target (its EOS
     # is a target, never an input); row b (alone) runs from column 0
