@@ -9,16 +9,18 @@ import torch
 from promptray.platform.data.dataset import Record
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import DatasetError
-from promptray.platform.generation.inference import exact_match, predict, prepare
+from promptray.platform.generation.inference import answer_logprobs, exact_match, predict, prepare
 from promptray.platform.generation.loading import PromptModel
 from promptray.platform.generation.logprobs import prompt_logprobs
 from promptray.platform.generation.ranking import (
     ValidationObjective,
     closed_labels,
+    label_ranking_accuracy,
     ranking_set,
     sample_records,
 )
 from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.prefix import shared_prefixes
 from promptray.platform.model.prompt_encoder import PromptBank
 from promptray.platform.model.prompt_model import PromptLearningModel
 
@@ -103,3 +105,33 @@ def objective_params(tokens: int):
     from promptray.platform.generation.decode import GenerationParams
 
     return GenerationParams(max_new_tokens=tokens)
+
+
+def test_label_ranking_keeps_each_records_labels_in_one_batch_and_its_grouping_changes_no_score(tiny_gpt2,
+                                                                                              monkeypatch):
+    """Six labels, some of several tokens, EOS: each forward holds whole records (all L rows of each), their
+    rows share one prompt per record, and the scores and accuracy equal the per-task grouping's and the plain
+    forward's."""
+    engine = prompt_model(tiny_gpt2, add_eos=True)
+    labels = [" positive", " negative", " so-so", " mixed feelings", " neutral", " unclear, at best"]
+    rows = records([" positive", " negative", " so-so", " neutral", " mixed feelings", " negative"])
+    rs = ranking_set(engine, "c", rows, labels, max_seq_length=128)
+    seen, real = [], PromptLearningModel.target_logprobs
+
+    def spy(self, batch):  # the rows of every forward, and the prefix groups they are split into
+        seen.append((batch.input_ids.shape[0], [g.rows for g in shared_prefixes(batch)]))
+        return real(self, batch)
+    monkeypatch.setattr(PromptLearningModel, "target_logprobs", spy)
+    accuracy = {}
+    for how in ("prompt", "task", "plain"):
+        engine.model.share_prefix, engine.model.prefix_group_by = how != "plain", how if how != "plain" else "prompt"
+        accuracy[how] = label_ranking_accuracy(engine, rs, batch_size=4)
+        scores = answer_logprobs(engine.model, rs.examples, engine.tokenizer.pad_token_id, 4 * len(labels))
+        if how == "prompt":
+            reference = scores
+        assert scores == pytest.approx(reference, abs=1e-5)
+    assert accuracy["prompt"] == accuracy["task"] == accuracy["plain"]
+    L = len(labels)
+    assert seen[0] == (4 * L, [tuple(range(r * L, r * L + L)) for r in range(4)])  # 4 records, all labels
+    assert seen[1] == (2 * L, [tuple(range(r * L, r * L + L)) for r in range(2)])  # the last 2 records
+    assert engine.model._verified == {"split"}
