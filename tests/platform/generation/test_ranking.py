@@ -135,3 +135,33 @@ def test_label_ranking_keeps_each_records_labels_in_one_batch_and_its_grouping_c
     assert seen[0] == (4 * L, [tuple(range(r * L, r * L + L)) for r in range(4)])  # 4 records, all labels
     assert seen[1] == (2 * L, [tuple(range(r * L, r * L + L)) for r in range(2)])  # the last 2 records
     assert engine.model._verified == {"split"}
+
+
+@pytest.mark.slow
+def test_on_smollm2_one_prompt_per_record_ranks_the_demo_reviews_as_the_plain_forward(tmp_path):
+    """The search's objective on smollm2-135m (fp32) with the demo's text-initialised sentiment prompt:
+    the same scores and accuracy with each record's prompt run once as with every row in full."""
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.data.dataset import read_records
+    from promptray.platform.data.demo_data import movie_sentiment, write_splits
+    from promptray.platform.demo import sentiment_config
+    from promptray.platform.train.trainer import prepare_engine
+
+    data = write_splits("sentiment", movie_sentiment()[:400], tmp_path / "data", n_val=24, n_test=8)
+    raw = sentiment_config(tmp_path, data, steps=1, model="smollm2-135m")
+    raw["trainer"]["precision"] = 32
+    cfg = load_config(raw)
+    e, d = prepare_engine(cfg), cfg.model.data
+    engine = PromptModel(e.model, e.tokenizer, {"sentiment": e.templates["sentiment"]}, {"sentiment": None},
+                         e.fingerprint, {"sentiment": TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)})
+    val = read_records([data["validation"]])
+    labels = closed_labels(e.templates["sentiment"], read_records([data["train"]]) + val, max_labels=20)
+    assert sorted(labels) == ["negative", "positive"]
+    rs = ranking_set(engine, "sentiment", val, labels, max_seq_length=256)
+    pad, model = engine.tokenizer.pad_token_id, engine.model.eval()
+    shared = answer_logprobs(model, rs.examples, pad, 8 * len(labels))
+    accuracy = label_ranking_accuracy(engine, rs, batch_size=8)
+    assert model._verified == {"split"}
+    model.share_prefix = False
+    assert answer_logprobs(model, rs.examples, pad, 8 * len(labels)) == pytest.approx(shared, abs=2e-4)
+    assert label_ranking_accuracy(engine, rs, batch_size=8) == accuracy
