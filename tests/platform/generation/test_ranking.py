@@ -147,7 +147,7 @@ def test_on_smollm2_one_prompt_per_record_ranks_the_demo_reviews_as_the_plain_fo
     from promptray.platform.demo import sentiment_config
     from promptray.platform.train.trainer import prepare_engine
 
-    data = write_splits("sentiment", movie_sentiment()[:400], tmp_path / "data", n_val=24, n_test=8)
+    data = write_splits("sentiment", movie_sentiment()[:400], tmp_path / "data", n_val=12, n_test=8)
     raw = sentiment_config(tmp_path, data, steps=1, model="smollm2-135m")
     raw["trainer"]["precision"] = 32
     cfg = load_config(raw)
