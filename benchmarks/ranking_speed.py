@@ -41,7 +41,7 @@ from promptray.platform.data.dataset import read_records
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.generation.loading import PromptModel
 from promptray.platform.generation.ranking import ValidationObjective, closed_labels
-from promptray.platform.model.prefix import split_shared_prefix
+from promptray.platform.model.prefix import PrefixSplit, split_shared_prefix
 from promptray.platform.train.trainer import prepare_engine
 
 SIDES = {"prompt": (True, "prompt"), "task": (True, "task"), "plain": (False, "prompt")}  # share, group_by
@@ -74,8 +74,14 @@ def tokens_run(obj: ValidationObjective, side: str) -> int:
         batch = collate(rs.examples[s:s + per], obj.engine.tokenizer.pad_token_id)
         layout = split_shared_prefix(batch, group_by=group_by) if share else None
         rows = batch if layout is None else layout
-        total += len(batch) * columns(rows.loss_mask) + (0 if layout is None else layout.prefix_mask.numel())
+        total += len(batch) * columns(rows.loss_mask) + (0 if layout is None else prefix_tokens(layout))
     return total
+
+
+def prefix_tokens(layout: PrefixSplit) -> int:
+    """Tokens the prefix rows run: whole, or (nested) their shared starts and then their rests."""
+    o = layout.outer
+    return layout.prefix_mask.numel() if o is None else prefix_tokens(o) + o.input_ids.numel()
 
 
 def columns(loss_mask: torch.Tensor) -> int:

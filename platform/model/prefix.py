@@ -26,6 +26,7 @@ comparison point for benchmarks/ranking_speed.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -52,7 +53,11 @@ class PrefixGroup:
 @dataclass
 class PrefixSplit:
     """The split layout of a batch (`split_shared_prefix`): K group prefixes of length P, then the B rows'
-    remainders of length S that read the prefixes' KV cache. All tensors on the batch's device."""
+    remainders of length S that read the prefixes' KV cache. All tensors on the batch's device.
+
+    `outer`: when the K prefixes are whole prompts of several records of a task (grouped by prompt), their
+    own split: the task's start once, then each prompt's rest against it. The prefix cache is then
+    (K, P' = outer P + outer S) and `cache_mask` / `attention_mask` cover those P' slots; else P' = P."""
 
     prefix_ids: torch.Tensor  # (K, P) long; one row per group with a shared prefix, right-padded
     prefix_virtual: torch.Tensor  # (K, P) long
@@ -66,6 +71,7 @@ class PrefixSplit:
     loss_mask: torch.Tensor  # (B, S) bool
     attention_mask: torch.Tensor  # (B, P + S) long; cache slots then remainder
     position_ids: torch.Tensor  # (B, S) long; continuing each row's own positions
+    outer: Optional[PrefixSplit] = None  # the K prefix rows' own split (their task's start once), or None
 
 
 def _common_prefix(rows: torch.Tensor) -> int:
@@ -143,7 +149,26 @@ def split_shared_prefix(batch: Batch, *, group_by: GroupBy = "prompt") -> Option
     P, S = max(g.length for g in groups), int((lengths - row_p).max())
     if len(groups) * P + B * S > MAX_COST * B * T:
         return None
-    return _build(batch, groups, row_p, P, S)
+    split = _build(batch, groups, row_p, P, S)
+    return _nest(split) if group_by == "prompt" else split
+
+
+def _nest(split: PrefixSplit) -> PrefixSplit:
+    """`split` with its K prefix rows split by task (`outer`: each task's start once, then the rest of each
+    prompt) when that saves work, e.g. the prompts of a ranking batch's records; the B rows then read the
+    outer cache slots and the rests' slots of their prefix row."""
+    K, P = split.prefix_ids.shape
+    rows = Batch(list(split.prefix_tasks), split.prefix_ids, split.prefix_virtual,
+                 torch.zeros(K, P, dtype=torch.bool), split.prefix_mask,
+                 (split.prefix_mask.cumsum(-1) - 1).clamp(min=0))  # the prefixes as a batch with no targets
+    outer = split_shared_prefix(rows, group_by="task")
+    if outer is None:
+        return split
+    grouped = split.cache_mask[:, :1]  # (B, 1): 1 for a row that reads a prefix (every prefix is >= 1 long)
+    cache_mask = outer.attention_mask[split.row_group] * grouped  # (B, P'): its prefix row's cache slots
+    suffix_attn = split.attention_mask[:, P:]  # (B, S)
+    return dataclasses.replace(split, outer=outer, cache_mask=cache_mask,
+                               attention_mask=torch.cat([cache_mask, suffix_attn], dim=1))
 
 
 def _build(batch: Batch, groups: list[PrefixGroup], row_p: torch.Tensor, P: int, S: int) -> PrefixSplit:

@@ -307,16 +307,32 @@ class PromptLearningModel(nn.Module):
         targets = s.loss_mask[:, 1:L + 1]  # (B, L)
         labels = s.input_ids[:, 1:L + 1][targets]  # (N,)
         with self.autocast():
-            prefix_emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
-            prefix_pos = (s.prefix_mask.cumsum(-1) - 1).clamp(min=0)  # (K, P)
-            _, past = self.step(prefix_emb, s.prefix_mask, prefix_pos)  # cache: (K, heads, P, d) per layer
-            if not all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None])):
+            past = self._prefix_cache(s)  # (K, heads, P, d) per layer
+            if past is None:
                 self.fast_paths = [k for k in self.fast_paths if k != "split"]  # sliding, linear, quantized
                 return None
             past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per group
             emb = self.embed(s.input_ids[:, :L], s.virtual_ids[:, :L], s.tasknames)  # (B, L, H)
             logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
         return _Targets(logits, labels, targets, s.tasknames)
+
+    def _prefix_cache(self, s: PrefixSplit):
+        """The KV cache of the K prefix rows of `s` (K, heads, P, d) per layer, P = s.cache_mask's width: the
+        prefixes run whole, or (`s.outer`) their shared starts once and then their rests against them. None
+        when the model's cache is not a plain growing KV cache (sliding, linear, quantized)."""
+        o = s.outer
+        if o is None:
+            emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
+            _, past = self.step(emb, s.prefix_mask, (s.prefix_mask.cumsum(-1) - 1).clamp(min=0))
+        else:
+            past = self._prefix_cache(o)  # (K_o, heads, P_o, d)
+            if past is None:
+                return None
+            past.reorder_cache(o.row_group)  # (K, heads, P_o, d)
+            emb = self.embed(o.input_ids, o.virtual_ids, o.tasknames)  # (K, S_o, H)
+            _, past = self.step(emb, o.attention_mask, o.position_ids, past)  # (K, heads, P_o + S_o, d)
+        plain = all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
+        return past if plain else None
 
     def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
              past=None) -> tuple[torch.Tensor, object]:

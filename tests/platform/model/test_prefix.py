@@ -142,6 +142,8 @@ def test_sliding_window_models_fall_back_to_the_full_forward(tmp_path, tiny_llam
 
 def test_layouts_are_planned_on_the_cpu_and_moved_to_the_batchs_device(tiny_gpt2, always_split):
     _, tokenizer = tiny_gpt2
+    nested = split_shared_prefix(ranking_batch(tokenizer, SIX_LABELS))
+    assert to_device(nested, torch.device("meta")).outer.prefix_ids.is_meta  # the prefix rows' own split too
     for obj in (batch_of(tokenizer), pack_batch(batch_of(tokenizer)), split_shared_prefix(batch_of(tokenizer))):
         moved = to_device(obj, torch.device("meta"))  # stands in for an accelerator here
         tensors = {k: v for k, v in vars(moved).items() if isinstance(v, torch.Tensor)}
@@ -176,18 +178,30 @@ def test_a_ranking_batch_runs_each_records_prompt_once_and_the_answers_as_remain
     assert [g.length for g in groups] == [firsts[6 * r] - 1 for r in range(3)]  # the whole prompt but its last
     split = split_shared_prefix(batch)  # under the default cost rule: it saves work
     assert split.prefix_tasks == ["c"] * 3 and split.row_group.tolist() == [r for r in range(3) for _ in range(6)]
+    # the three prompts share their task's start: it runs once (outer), then each prompt's rest against it
+    start = 4 + len(tokenizer.encode(" Review:"))
+    outer = split.outer
+    assert outer.prefix_tasks == ["c"] and outer.prefix_mask.sum(-1).tolist() == [start]
+    assert outer.row_group.tolist() == [0, 0, 0] and outer.cache_mask.sum(-1).tolist() == [start] * 3
+    for k, g in enumerate(groups):  # each prompt's rest continues its own positions
+        n = g.length - start
+        assert outer.input_ids[k, :n].tolist() == batch.input_ids[g.rows[0], start:g.length].tolist()
+        assert outer.position_ids[k, :n].tolist() == list(range(start, g.length))
+        assert int(outer.attention_mask[k].sum()) == g.length
     lengths = batch.attention_mask.sum(-1)
     eos = tokenizer.eos_token_id
     for i in range(len(batch)):  # remainder: the prompt's last token (it predicts the answer), answer, EOS
-        p, n = int(split.cache_mask[i].sum()), int(lengths[i])
+        p, n = int(split.cache_mask[i].sum()), int(lengths[i])  # its prompt's slots: the start and the rest
         assert p == firsts[i] - 1
+        assert split.cache_mask[i].tolist() == outer.attention_mask[i // 6].tolist()
         answer = tokenizer.encode(SIX_LABELS[i % 6])
         assert split.input_ids[i, :n - p].tolist() == [int(batch.input_ids[i, p])] + answer + [eos]
         assert split.loss_mask[i, :n - p].tolist() == [False] + [True] * (len(answer) + 1)
         assert split.position_ids[i, :n - p].tolist() == list(range(p, n))
     # the per-task grouping (the old one) shares only the task's start: virtual tokens and " Review:"
     by_task = shared_prefixes(batch, group_by="task")
-    assert [(g.rows, g.length) for g in by_task] == [(tuple(range(18)), 4 + len(tokenizer.encode(" Review:")))]
+    assert [(g.rows, g.length) for g in by_task] == [(tuple(range(18)), start)]
+    assert split_shared_prefix(batch, group_by="task").outer is None
     with pytest.raises(ValueError, match="group_by 'record'"):
         shared_prefixes(batch, group_by="record")
 
