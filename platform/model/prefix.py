@@ -12,6 +12,8 @@ The groups (`shared_prefixes`), one grouping for both layouts:
   platform/generation/ranking.py) form a group of their own that shares its whole prompt: the prompt runs
   once per record and each row's remainder is the last prompt token (whose hidden state predicts the first
   answer token) and its answer. Scoring L labels then costs one prompt and L short answers, not L full rows.
+  The record prompts of a task share its start in turn (`PrefixSplit.outer`): the split layout applied to
+  the prefix rows, so the task's start runs once per batch, each record's text once, each answer once.
 - The other rows of a task form the task's group: every example of a task starts with the same tokens, its
   virtual tokens and the literal template text before the first data field (e.g. `<|VIRTUAL_PROMPT_0|>
   Review:`). With 20 virtual tokens and short inputs that prefix is often half of every row. A training
