@@ -9,7 +9,8 @@ TREC question-type task (200 validation records, 6 labels; benchmarks/search_ben
 
 Sides, interleaved in one process (the order alternates each round; one untimed warm-up pass each first):
 - prompt: `PromptLearningModel.prefix_group_by = "prompt"` (the default): the L rows of a record share its
-  whole prompt; the prompt runs once per record, each label's answer (+ EOS) against its KV cache.
+  whole prompt; the prompt runs once per record (its task's start once per batch), each label's answer
+  (+ EOS) against its KV cache.
 - task: `prefix_group_by = "task"` (the grouping before): each task's prompt start (virtual tokens and
   the template text before the first field) once per batch, each record's own text once per label.
 - plain: `share_prefix = False`: every row in full.
