@@ -77,7 +77,8 @@ class PromptLearningModel(nn.Module):
       each checked once against the plain forward and switched off with a warning if the model disagrees.
       `share_prefix` (True) turns them on; `prefix_group_by` ("prompt", the default, or "task") is how rows
       are grouped (prefix.py `shared_prefixes`): "prompt" also gives rows identical up to their first target
-      (one record's label-ranking rows) their whole prompt once; "task" shares only each task's start.
+      (one record's label-ranking rows) their whole prompt once, those prompts sharing their task's start in
+      turn (prefix.py `PrefixSplit.outer`); "task" shares only each task's start.
     - `embed(input_ids, virtual_ids, tasknames)`: (B, T, H) input embeddings in the LM's dtype.
     - `step(emb, attention_mask, position_ids, past)`: one decoding pass over `emb` (B, t, H): float32 logits
       of the last position (B, V) and the KV cache (the decode core's and the prefix cache's building block).
