@@ -34,12 +34,16 @@ class Batch:
 
 
 def to_device(obj, device: Optional[torch.device]):
-    """A dataclass of tensors (a batch, a prefix layout) with its tensors on `device`: itself when they are
-    there already or `device` is None (the CPU, where batches are made); None stays None."""
-    tensors = {k: v for k, v in vars(obj).items() if isinstance(v, torch.Tensor)} if obj is not None else {}
-    if device is None or all(v.device == device for v in tensors.values()):
+    """A dataclass of tensors (a batch, a prefix layout) with its tensors, and those of the dataclasses it
+    holds, on `device`: itself when they are there already or `device` is None (the CPU, where batches are
+    made); None stays None."""
+    if obj is None or device is None:
         return obj
-    return dataclasses.replace(obj, **{k: v.to(device) for k, v in tensors.items()})
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else to_device(v, device) for k, v in vars(obj).items()
+             if isinstance(v, torch.Tensor) or (dataclasses.is_dataclass(v) and not isinstance(v, type))}
+    if all(v is getattr(obj, k) for k, v in moved.items()):
+        return obj
+    return dataclasses.replace(obj, **moved)
 
 
 def collate(examples: Sequence[Example], pad_id: int, side: Literal["right", "left"] = "right") -> Batch:

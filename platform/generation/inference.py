@@ -183,7 +183,9 @@ def strip_virtual(examples: Sequence[Example]) -> list[Example]:
 def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad_id: int,
                     batch_size: int = 16) -> list[float]:
     """Sum of log-probabilities of each example's target tokens (loss_mask) given the rest
-    (`PromptLearningModel.target_logprobs`, `batch_size` examples per forward)."""
+    (`PromptLearningModel.target_logprobs`, `batch_size` consecutive examples per forward). Examples identical
+    up to their targets (one record with each candidate answer) run their prompt once when they share a
+    forward: keep them consecutive and within one batch (`label_ranking_accuracy` passes whole records)."""
     model.eval()
     out: list[float] = []
     for s in range(0, len(examples), batch_size):

@@ -2,11 +2,11 @@
 
 For a task with a closed label set (a configured list, or the few answers its data repeats), the accuracy is
 label ranking: every label is scored as the answer after the prompt (the sum of the log-probabilities of its
-tokens, and of EOS when the task trains with EOS: one forward per label, no generation) and the best-scored
-label is the prediction (lm-evaluation-harness's multiple-choice `acc`; Brown et al. 2020, "Language Models
-are Few-Shot Learners", section 2.4). Otherwise it is greedy exact match (`inference.exact_match`) of up to
-`max_new_tokens` tokens. Either way on a fixed sample of the validation records (`sample_records`), so
-every candidate is judged on the same examples.
+tokens, and of EOS when the task trains with EOS; no generation: the record's prompt runs once, each label's
+answer against its KV cache) and the best-scored label is the prediction (lm-evaluation-harness's
+multiple-choice `acc`; Brown et al. 2020, "Language Models are Few-Shot Learners", section 2.4). Otherwise it
+is greedy exact match (`inference.exact_match`) of up to `max_new_tokens` tokens. Either way on a fixed sample
+of the validation records (`sample_records`), so every candidate is judged on the same examples.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def ranking_set(engine: PromptModel, task: str, records: Sequence[Record], label
 
 def label_ranking_accuracy(engine: PromptModel, rs: RankingSet, batch_size: int = 16) -> float:
     """The share of records whose own answer gets the highest answer log-probability among `rs.labels`;
-    `batch_size` records (each with every label) per forward."""
+    `batch_size` records per forward, each with all its labels (its L rows share one pass of its prompt)."""
     scores = answer_logprobs(engine.model, rs.examples, engine.tokenizer.pad_token_id,
                              batch_size * len(rs.labels))
     n = len(rs.labels)

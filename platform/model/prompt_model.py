@@ -22,7 +22,7 @@ from promptray.platform.data.batching import Batch, to_device
 from promptray.platform.model.attention import DECODE_ATTENTION, register_decode_attention
 from promptray.platform.model.devices import model_device
 from promptray.platform.model.limits import max_positions_of
-from promptray.platform.model.prefix import PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
+from promptray.platform.model.prefix import GroupBy, PackedBatch, PrefixSplit, pack_batch, split_shared_prefix
 from promptray.platform.model.prompt_encoder import PromptBank
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ class PromptLearningModel(nn.Module):
       target tokens); token t predicts token t+1, logits only at positions that predict a target. The
       shared-prefix layouts of prefix.py (`pack_batch`, `split_shared_prefix`) are used when they save work,
       each checked once against the plain forward and switched off with a warning if the model disagrees.
+      `share_prefix` (True) turns them on; `prefix_group_by` ("prompt", the default, or "task") is how rows
+      are grouped (prefix.py `shared_prefixes`): "prompt" also gives rows identical up to their first target
+      (one record's label-ranking rows) their whole prompt once, those prompts sharing their task's start in
+      turn (prefix.py `PrefixSplit.outer`); "task" shares only each task's start.
     - `embed(input_ids, virtual_ids, tasknames)`: (B, T, H) input embeddings in the LM's dtype.
     - `step(emb, attention_mask, position_ids, past)`: one decoding pass over `emb` (B, t, H): float32 logits
       of the last position (B, V) and the KV cache (the decode core's and the prefix cache's building block).
@@ -104,9 +108,10 @@ class PromptLearningModel(nn.Module):
                                                            "logits_scaling", "lm_head_multiplier"))
         self._backbone = None if backbone is lm or scaled else backbone  # None: use full forward
         self._cache_kw: Optional[str] = None
-        self.share_prefix = True  # compute each task's constant prompt start once per batch (prefix.py)
+        self.share_prefix = True  # compute each group's constant prompt start once per batch (prefix.py)
+        self.prefix_group_by: GroupBy = "prompt"  # rows that share a prefix: same prompt, else same task
         self.fast_paths = ["split"] if _sliding(lm.config) else ["packed", "split"]  # tried in this order
-        self._verified: set[str] = set()  # compute each task's constant prompt start once per batch (prefix.py)
+        self._verified: set[str] = set()  # the layouts checked against the plain forward (`_verify`)
 
     def train(self, mode: bool = True) -> PromptLearningModel:
         """nn.Module.train, keeping a frozen LM in eval mode; on the CPU in bf16, switches the LM's attention
@@ -211,12 +216,13 @@ class PromptLearningModel(nn.Module):
     def target_logprobs(self, batch: Batch) -> torch.Tensor:
         """(B,) float32: per row, the sum of the log-probabilities of its target tokens (loss_mask) given what
         precedes them. One forward; the output layer runs only at the positions that predict a target, and
-        the rows of a task that share a prompt start run it once (the split layout of prefix.py, checked
-        once against the plain forward as in `loss`): scoring several answers after a long prompt costs
-        little more than the answers."""
+        rows that share a prompt run it once (the split layout of prefix.py, checked once against the plain
+        forward as in `loss`): rows identical up to their answer (one record with each candidate label, kept
+        in one batch) share their whole prompt, so scoring L answers after a prompt costs one prompt and L
+        short answers; other rows of a task share its prompt start."""
         terms = None
         if self.share_prefix and "split" in self.fast_paths:
-            layout = split_shared_prefix(to_device(batch, torch.device("cpu")))
+            layout = split_shared_prefix(to_device(batch, torch.device("cpu")), group_by=self.prefix_group_by)
             layout = to_device(layout, batch.input_ids.device)
             terms = self._terms_layout("split", layout) if layout is not None else None
             if terms is not None and "split" not in self._verified:
@@ -228,8 +234,8 @@ class PromptLearningModel(nn.Module):
         with self._train_kernels():
             for kind in self.fast_paths if self.share_prefix else ():
                 host = to_device(batch, torch.device("cpu"))  # layouts are planned on the CPU, then moved
-                layout = to_device(pack_batch(host) if kind == "packed" else split_shared_prefix(host),
-                                   batch.input_ids.device)
+                plan = pack_batch if kind == "packed" else split_shared_prefix
+                layout = to_device(plan(host, group_by=self.prefix_group_by), batch.input_ids.device)
                 out = self._terms_layout(kind, layout) if layout is not None else None
                 if out is not None:
                     return out if kind in self._verified else self._verify(kind, layout, out, batch)
@@ -296,22 +302,38 @@ class PromptLearningModel(nn.Module):
         return out.logits[targets].float()  # (N, V)
 
     def _terms_shared(self, s: PrefixSplit) -> Optional[_Targets]:
-        """The loss with each task's prefix run once (K rows) and its KV cache gathered to the B rows;
+        """The loss with each group's prefix run once (K rows) and its KV cache gathered to the B rows;
         None (and sharing switched off) for models whose cache is not a plain growing KV cache."""
         L, P = _columns_needed(s.loss_mask), s.cache_mask.shape[1]
         targets = s.loss_mask[:, 1:L + 1]  # (B, L)
         labels = s.input_ids[:, 1:L + 1][targets]  # (N,)
         with self.autocast():
-            prefix_emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
-            prefix_pos = (s.prefix_mask.cumsum(-1) - 1).clamp(min=0)  # (K, P)
-            _, past = self.step(prefix_emb, s.prefix_mask, prefix_pos)  # cache: (K, heads, P, d) per layer
-            if not all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None])):
+            past = self._prefix_cache(s)  # (K, heads, P, d) per layer
+            if past is None:
                 self.fast_paths = [k for k in self.fast_paths if k != "split"]  # sliding, linear, quantized
                 return None
-            past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per task
+            past.reorder_cache(s.row_group)  # (B, heads, P, d): a gather, so gradients sum back per group
             emb = self.embed(s.input_ids[:, :L], s.virtual_ids[:, :L], s.tasknames)  # (B, L, H)
             logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
         return _Targets(logits, labels, targets, s.tasknames)
+
+    def _prefix_cache(self, s: PrefixSplit):
+        """The KV cache of the K prefix rows of `s` (K, heads, P, d) per layer, P = s.cache_mask's width: the
+        prefixes run whole, or (`s.outer`) their shared starts once and then their rests against them. None
+        when the model's cache is not a plain growing KV cache (sliding, linear, quantized)."""
+        o = s.outer
+        if o is None:
+            emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
+            _, past = self.step(emb, s.prefix_mask, (s.prefix_mask.cumsum(-1) - 1).clamp(min=0))
+        else:
+            past = self._prefix_cache(o)  # (K_o, heads, P_o, d)
+            if past is None:
+                return None
+            past.reorder_cache(o.row_group)  # (K, heads, P_o, d)
+            emb = self.embed(o.input_ids, o.virtual_ids, o.tasknames)  # (K, S_o, H)
+            _, past = self.step(emb, o.attention_mask, o.position_ids, past)  # (K, heads, P_o + S_o, d)
+        plain = all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
+        return past if plain else None
 
     def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
              past=None) -> tuple[torch.Tensor, object]:

@@ -9,16 +9,18 @@ import torch
 from promptray.platform.data.dataset import Record
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import DatasetError
-from promptray.platform.generation.inference import exact_match, predict, prepare
+from promptray.platform.generation.inference import answer_logprobs, exact_match, predict, prepare
 from promptray.platform.generation.loading import PromptModel
 from promptray.platform.generation.logprobs import prompt_logprobs
 from promptray.platform.generation.ranking import (
     ValidationObjective,
     closed_labels,
+    label_ranking_accuracy,
     ranking_set,
     sample_records,
 )
 from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.prefix import shared_prefixes
 from promptray.platform.model.prompt_encoder import PromptBank
 from promptray.platform.model.prompt_model import PromptLearningModel
 
@@ -103,3 +105,63 @@ def objective_params(tokens: int):
     from promptray.platform.generation.decode import GenerationParams
 
     return GenerationParams(max_new_tokens=tokens)
+
+
+def test_label_ranking_keeps_each_records_labels_in_one_batch_and_its_grouping_changes_no_score(tiny_gpt2,
+                                                                                              monkeypatch):
+    """Six labels, some of several tokens, EOS: each forward holds whole records (all L rows of each), their
+    rows share one prompt per record, and the scores and accuracy equal the per-task grouping's and the plain
+    forward's."""
+    engine = prompt_model(tiny_gpt2, add_eos=True)
+    labels = [" positive", " negative", " so-so", " mixed feelings", " neutral", " unclear, at best"]
+    rows = records([" positive", " negative", " so-so", " neutral", " mixed feelings", " negative"])
+    rs = ranking_set(engine, "c", rows, labels, max_seq_length=128)
+    seen, real = [], PromptLearningModel.target_logprobs
+
+    def spy(self, batch):  # the rows of every forward, and the prefix groups they are split into
+        seen.append((batch.input_ids.shape[0], [g.rows for g in shared_prefixes(batch)]))
+        return real(self, batch)
+    monkeypatch.setattr(PromptLearningModel, "target_logprobs", spy)
+    accuracy = {}
+    for how in ("prompt", "task", "plain"):
+        engine.model.share_prefix, engine.model.prefix_group_by = how != "plain", how if how != "plain" else "prompt"
+        accuracy[how] = label_ranking_accuracy(engine, rs, batch_size=4)
+        scores = answer_logprobs(engine.model, rs.examples, engine.tokenizer.pad_token_id, 4 * len(labels))
+        if how == "prompt":
+            reference = scores
+        assert scores == pytest.approx(reference, abs=1e-5)
+    assert accuracy["prompt"] == accuracy["task"] == accuracy["plain"]
+    L = len(labels)
+    assert seen[0] == (4 * L, [tuple(range(r * L, r * L + L)) for r in range(4)])  # 4 records, all labels
+    assert seen[1] == (2 * L, [tuple(range(r * L, r * L + L)) for r in range(2)])  # the last 2 records
+    assert engine.model._verified == {"split"}
+
+
+@pytest.mark.slow
+def test_on_smollm2_one_prompt_per_record_ranks_the_demo_reviews_as_the_plain_forward(tmp_path):
+    """The search's objective on smollm2-135m (fp32) with the demo's text-initialised sentiment prompt:
+    the same scores and accuracy with each record's prompt run once as with every row in full."""
+    from promptray.platform.config.schema import load_config
+    from promptray.platform.data.dataset import read_records
+    from promptray.platform.data.demo_data import movie_sentiment, write_splits
+    from promptray.platform.demo import sentiment_config
+    from promptray.platform.train.trainer import prepare_engine
+
+    data = write_splits("sentiment", movie_sentiment()[:400], tmp_path / "data", n_val=12, n_test=8)
+    raw = sentiment_config(tmp_path, data, steps=1, model="smollm2-135m")
+    raw["trainer"]["precision"] = 32
+    cfg = load_config(raw)
+    e, d = prepare_engine(cfg), cfg.model.data
+    engine = PromptModel(e.model, e.tokenizer, {"sentiment": e.templates["sentiment"]}, {"sentiment": None},
+                         e.fingerprint, {"sentiment": TaskEncoding(add_bos=d.add_bos, add_eos=d.add_eos)})
+    val = read_records([data["validation"]])
+    labels = closed_labels(e.templates["sentiment"], read_records([data["train"]]) + val, max_labels=20)
+    assert sorted(labels) == ["negative", "positive"]
+    rs = ranking_set(engine, "sentiment", val, labels, max_seq_length=256)
+    pad, model = engine.tokenizer.pad_token_id, engine.model.eval()
+    shared = answer_logprobs(model, rs.examples, pad, 8 * len(labels))
+    accuracy = label_ranking_accuracy(engine, rs, batch_size=8)
+    assert model._verified == {"split"}
+    model.share_prefix = False
+    assert answer_logprobs(model, rs.examples, pad, 8 * len(labels)) == pytest.approx(shared, abs=2e-4)
+    assert label_ranking_accuracy(engine, rs, batch_size=8) == accuracy
