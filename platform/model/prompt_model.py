@@ -225,9 +225,9 @@ class PromptLearningModel(nn.Module):
             layout = split_shared_prefix(to_device(batch, torch.device("cpu")), group_by=self.prefix_group_by)
             layout = to_device(layout, batch.input_ids.device)
             terms = self._terms_layout("split", layout) if layout is not None else None
-            if terms is not None and "split" not in self._verified:
+            if terms is not None and _checked_as("split", layout) not in self._verified:
                 self._verify("split", layout, terms, batch)
-                terms = terms if "split" in self._verified else None  # switched off: the plain forward
+                terms = terms if _checked_as("split", layout) in self._verified else None  # off: plain forward
         return (terms or self._terms_plain(batch)).row_logprobs()
 
     def _terms(self, batch: Batch) -> _Targets:
@@ -238,7 +238,8 @@ class PromptLearningModel(nn.Module):
                 layout = to_device(plan(host, group_by=self.prefix_group_by), batch.input_ids.device)
                 out = self._terms_layout(kind, layout) if layout is not None else None
                 if out is not None:
-                    return out if kind in self._verified else self._verify(kind, layout, out, batch)
+                    verified = _checked_as(kind, layout) in self._verified
+                    return out if verified else self._verify(kind, layout, out, batch)
             return self._terms_plain(batch)
 
     def _terms_layout(self, kind: str, layout) -> Optional[_Targets]:
@@ -265,7 +266,7 @@ class PromptLearningModel(nn.Module):
         agree = fast is not None and fast[1] == ref[1] and \
             abs(float(fast[0]) - float(ref[0])) <= tol * max(1.0, abs(float(ref[0])))
         if agree:
-            self._verified.add(kind)
+            self._verified.add(_checked_as(kind, layout))
             return out
         log.warning("shared-prefix %s batches switched off: loss %s differs from the plain forward's %.6g",
                     kind, "n/a" if fast is None else f"{float(fast[0]):.6g}", float(ref[0]))
@@ -406,6 +407,12 @@ def _attention_per_mode(lm: nn.Module, precision: Precision) -> Optional[tuple[s
     except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
         return None
     return ("eager", DECODE_ATTENTION)
+
+
+def _checked_as(kind: str, layout) -> str:
+    """The name a layout is verified under: a split whose prefixes nest (prefix.py `PrefixSplit.outer`: record
+    prompts on their task's start) is checked on its own, not covered by a plain split's check."""
+    return f"{kind}+outer" if getattr(layout, "outer", None) is not None else kind
 
 
 def _sliding(config) -> bool:

@@ -134,7 +134,7 @@ def test_label_ranking_keeps_each_records_labels_in_one_batch_and_its_grouping_c
     L = len(labels)
     assert seen[0] == (4 * L, [tuple(range(r * L, r * L + L)) for r in range(4)])  # 4 records, all labels
     assert seen[1] == (2 * L, [tuple(range(r * L, r * L + L)) for r in range(2)])  # the last 2 records
-    assert engine.model._verified == {"split"}
+    assert engine.model._verified == {"split+outer", "split"}  # prompt grouping (nested), task grouping
 
 
 @pytest.mark.slow
@@ -161,7 +161,7 @@ def test_on_smollm2_one_prompt_per_record_ranks_the_demo_reviews_as_the_plain_fo
     pad, model = engine.tokenizer.pad_token_id, engine.model.eval()
     shared = answer_logprobs(model, rs.examples, pad, 8 * len(labels))
     accuracy = label_ranking_accuracy(engine, rs, batch_size=8)
-    assert model._verified == {"split"}
+    assert model._verified == {"split+outer"}
     model.share_prefix = False
     assert answer_logprobs(model, rs.examples, pad, 8 * len(labels)) == pytest.approx(shared, abs=2e-4)
     assert label_ranking_accuracy(engine, rs, batch_size=8) == accuracy

@@ -370,7 +370,8 @@ def test_task_losses_split_one_forward_by_task_and_each_reaches_only_its_prompt(
     assert n == sum(k for _, k in per_task.values())
     assert float(total.detach()) == pytest.approx(sum(float(s.detach()) for s, _ in per_task.values()), rel=1e-5)
     if layout != "plain":
-        assert model.fast_paths == [layout] and layout in model._verified  # the layout ran and agreed
+        checked = {"split": "split+outer"}.get(layout, layout)  # duplicated records: nested split prefixes
+        assert model.fast_paths == [layout] and checked in model._verified  # the layout ran and agreed
     per_task["a"][0].backward()
     assert float(model.bank.get("a").grad.abs().sum()) > 0
     assert model.bank.get("b").grad is None or float(model.bank.get("b").grad.abs().sum()) == 0
