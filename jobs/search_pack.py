@@ -7,7 +7,10 @@ process and a loaded model; a candidate is a prompt inside it. So Ray Tune drive
 bracket, placed on the cluster's workers and nodes with its resources, concurrency, time budget, resume and
 error handling) and its scheduler sees each pack's best value at every report, while each report also carries
 every candidate's own value, steps and state (`cand/<i>/...`), and the successive-halving rule applied at the
-rungs is the same rule Tune's `ASHAScheduler` applies to trials (keep the best 1/eta at each rung).
+rungs is the same rule Tune's `ASHAScheduler` applies to trials (keep the best 1/eta at each rung, by the
+value each reports there). A candidate's value is its latest validation's (`PackLoop(keep="last")`), and its
+kept prompt the one validated then: what is published is the survivor at the end of its schedule, not an
+earlier checkpoint that read higher once on the noisy validation sample.
 
 The pack's run dir (trials/<trial id>/) holds candidates.json (each candidate's choice, curve, steps, state,
 best value; rewritten at every report, so a pack that Tune stops still has it) and best_prompts.pt (the best
@@ -59,7 +62,7 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     if device is not None:
         engine.model.to(device)
     pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device,
-                    shared_forward=s.shared_forward)
+                    shared_forward=s.shared_forward, keep="last")  # rungs compare values at the rung
     PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
 
 
@@ -100,7 +103,7 @@ class PackRun:
                 self._report(step)
 
     def _cut(self, keep: int) -> None:
-        """Successive halving: the `keep` running candidates with the best values so far go on."""
+        """Successive halving: the `keep` running candidates with the best values at this rung go on."""
         running = self.pack.running
         reverse = self.s.metric_mode == "max"
         ranked = sorted(running, key=lambda n: self.pack.candidates[n].best, reverse=reverse)

@@ -80,8 +80,12 @@ class PackLoop:
     and batch settings) on `engine` (built from any of them: its base model, existing tasks and tokenizer).
 
     `metric` ("val_loss", or the name of the value `validate`'s objective returns) and `mode` ("min"/"max")
-    decide each candidate's best prompt. `shared_forward`: the running candidates' micro-batches go through
-    one mixed-task forward pass per micro-step instead of one each (same gradients; see the module doc).
+    decide each candidate's best prompt; `keep="last"` keeps each candidate's latest validated value and
+    prompt instead (`Candidate.best` then holds the latest value: what successive halving compares at a
+    rung, as ASHA compares the values reported at its milestones; the maximum of several noisy readings
+    would favour an early lucky one over the end of the candidate's schedule). `shared_forward`: the running
+    candidates' micro-batches go through one mixed-task forward pass per micro-step instead of one each (same
+    gradients; see the module doc).
     `step()` trains every running candidate one optimizer step; `validate(name, objective)` records a
     validation; `stop(name)` ends a candidate; `prompts(name)` is its best (else current) float32 (n, H)
     prompt on the CPU.
@@ -94,11 +98,12 @@ class PackLoop:
 
     def __init__(self, engine: Engine, task: str, candidates: dict[str, PromptLearningConfig], *,
                  metric: str = "val_loss", mode: str = "min", group: Dist = Dist(),
-                 device: Optional[torch.device] = None, shared_forward: bool = False):
+                 device: Optional[torch.device] = None, shared_forward: bool = False,
+                 keep: Literal["best", "last"] = "best"):
         _check_candidates(task, candidates)
         self.engine, self.task, self.group, self.device = engine, task, group, device
         self.shared_forward = shared_forward
-        self.metric, self.mode = metric, mode
+        self.metric, self.mode, self.keep = metric, mode, keep
         first = next(iter(candidates.values()))
         d = first.model.data
         self.records = (read_records(d.train_ds, endpoint_url=first.storage.endpoint_url),
@@ -203,7 +208,7 @@ class PackLoop:
     def validate(self, name: str, objective: Optional[Callable[[], float]] = None) -> dict[str, Any]:
         """Candidate `name`'s validation record at its current step: val_loss (unless `objective` scores another
         metric) and, with `objective`, its value under `metric`; keeps the candidate's prompt when it is its best
-        so far."""
+        so far (every time with keep="last")."""
         c, model = self.candidates[name], self.engine.model
         cfg, pad = c.cfg, self.engine.tokenizer.pad_token_id
         rec: dict[str, Any] = {"step": c.done}
@@ -214,7 +219,8 @@ class PackLoop:
             rec[self.metric] = round(objective(), 5)
         model.train()
         value = rec[self.metric]
-        if c.best is None or (value < c.best if self.mode == "min" else value > c.best):
+        better = c.best is None or (value < c.best if self.mode == "min" else value > c.best)
+        if better or self.keep == "last":
             c.best, c.best_step = value, c.done
             c.best_prompt = model.bank.export([name])[name]
         c.curve.append(rec)
@@ -226,7 +232,8 @@ class PackLoop:
             self.candidates[name].state = "stopped"
 
     def prompts(self, name: str) -> torch.Tensor:
-        """The candidate's best-validated float32 (n, H) prompt (its current one before any validation)."""
+        """The candidate's kept float32 (n, H) prompt: its best-validated one (its latest validated one with
+        keep="last"; its current one before any validation)."""
         c = self.candidates[name]
         return c.best_prompt if c.best_prompt is not None else self.engine.model.bank.export([name])[name]
 

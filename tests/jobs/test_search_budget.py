@@ -39,10 +39,10 @@ def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publish
     for t in trials:
         assert [p[0] for p in t["curve"]][-1] == t["last_step"] and t["iterations"] == len(t["curve"])
         assert all(0.0 <= p[1] <= 1.0 for p in t["curve"])
-        assert t["val_accuracy"] == max(p[1] for p in t["curve"])
+        assert t["val_accuracy"] == t["curve"][-1][1]  # a candidate's value: its latest validation's
 
-    def at_rung(t):  # the best value by step 3, what the first cut ranks by
-        return max(p[1] for p in t["curve"] if p[0] <= 3)
+    def at_rung(t):  # the value at step 3, what the first cut ranks by
+        return next(p[1] for p in t["curve"] if p[0] == 3)
 
     survivors, cut = [t for t in trials if t["last_step"] >= 6], [t for t in trials if t["last_step"] == 3]
     assert min(map(at_rung, survivors)) >= max(map(at_rung, cut))  # the best two went on

@@ -86,6 +86,29 @@ def test_a_stopped_candidate_trains_no_more_and_the_others_are_unaffected(tmp_pa
                                    alone.engine.model.bank.get("a").detach(), atol=1e-5, rtol=1e-4)
 
 
+def test_keep_last_keeps_each_candidates_latest_validation_even_when_an_earlier_one_was_better(tmp_path,
+                                                                                             tiny_gpt2_path):
+    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n, steps=3) for n in ("c0", "c1")}
+    readings = iter([0.9, 0.4, 0.5, 0.2])  # c0, c1 after step 1; c0, c1 after step 2 (c0 worse, c1 worse)
+    best = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, metric="val_accuracy", mode="max")
+    last = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, metric="val_accuracy", mode="max", keep="last")
+    kept = {}
+    for step in (1, 2):
+        for pack in (best, last):
+            pack.step()
+        for name in cfgs:
+            value = next(readings)
+            for pack in (best, last):
+                pack.validate(name, lambda v=value: v)
+            kept[name, step] = last.engine.model.bank.export([name])[name]
+    for name, (first, second) in {"c0": (0.9, 0.5), "c1": (0.4, 0.2)}.items():
+        assert (best.candidates[name].best, best.candidates[name].best_step) == (first, 1)
+        assert (last.candidates[name].best, last.candidates[name].best_step) == (second, 2)
+        torch.testing.assert_close(best.prompts(name), kept[name, 1], atol=1e-6, rtol=0)  # the same training
+        torch.testing.assert_close(last.prompts(name), kept[name, 2], atol=0, rtol=0)
+        assert not torch.allclose(kept[name, 1], kept[name, 2])  # the prompt moved between the validations
+
+
 def test_packs_take_prompt_tuning_candidates_of_one_task_with_equal_batches(tmp_path, tiny_gpt2_path):
     cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n) for n in ("c0", "c1")}
     raw = cfgs["c1"].model_dump(mode="json")
