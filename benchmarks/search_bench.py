@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task", choices=TASKS, default="sentiment", help="the demo's sentiment task (default) or its "
                    "TREC question-type task (6 classes)")
     p.add_argument("--fixed", help="comma-separated token counts of the fixed prompts (default 20,100 for "
-                   "sentiment, 20 for question_type)")
+                   "sentiment, 20 for question_type; none: the search only)")
     p.add_argument("--lr", help="MIN,MAX: the searched learning-rate range (default 3e-3,0.1)")
     p.add_argument("--reduction-factor", type=float, help="search.reduction_factor (default 2)")
     p.add_argument("--grace-fraction", type=float, help="with --budget: search.grace_fraction (default 0.25)")
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     n_val, n_test = args.n_val or n_val, args.n_test or n_test
     out = args.work_dir or Path(tempfile.mkdtemp(prefix="search-bench-"))
     task = args.task
-    fixed = [int(c) for c in args.fixed.split(",")] if args.fixed else ([20, 100] if task == "sentiment" else [20])
+    fixed = [] if args.fixed == "none" else [int(c) for c in args.fixed.split(",")] if args.fixed else (
+        [20, 100] if task == "sentiment" else [20])
     data = cut_validation(task_splits(task, out / "data", n_test), n_val)
     plan = plan_options(args)
     import ray
