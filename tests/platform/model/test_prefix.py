@@ -70,21 +70,30 @@ def test_pack_puts_each_prefix_once_and_keeps_rows_apart(tiny_gpt2):
     assert packed.tasknames[first] == "c" and packed.tasknames[0] == "a"
 
 
+@pytest.mark.parametrize("records", ["distinct", "ranking"])
 @pytest.mark.parametrize("kind", ["packed", "split"])
 @pytest.mark.parametrize("fixture", MODELS)
-def test_layouts_give_the_full_batch_loss_and_gradients(fixture, kind, request, always_split):
+def test_layouts_give_the_full_batch_loss_and_gradients(fixture, kind, records, request, always_split):
+    """Distinct records (per-task groups) and ranking records (one record's label rows: a group per record,
+    with a lone row of task b in no group) give the plain forward's loss and gradients."""
     lm, tokenizer = request.getfixturevalue(fixture)
     model = PromptLearningModel(lm, bank_for(lm.get_input_embeddings().weight.shape[1]))
     model.fast_paths = [kind]
-    batch = batch_of(tokenizer)
+    if records == "distinct":
+        batch, checked = batch_of(tokenizer), kind
+    else:
+        batch = ranking_batch(tokenizer, SIX_LABELS, ["Loved it.", "Not for me."], extra=PREFIX_RECORDS)
+        assert len(shared_prefixes(batch)) == 4
+        checked = {"split": "split+outer"}.get(kind, kind)  # record prompts on their task's start: checked alone
     shared, n, g_shared = loss_and_grads(model, batch, share=True)
-    assert model.fast_paths == [kind] and model._verified == {kind}  # the layout ran and agreed
+    assert model.fast_paths == [kind] and model._verified == {checked}  # the layout ran and agreed
     full, n_full, g_full = loss_and_grads(model, batch, share=False)
     assert n == n_full == int(batch.loss_mask[:, 1:].sum())
     assert shared == pytest.approx(full, rel=1e-6)
     for a, b in zip(g_shared, g_full):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
-    assert all(float(g.abs().sum()) > 0 for g in g_shared)  # every task's prompt got a gradient
+    if records == "distinct":
+        assert all(float(g.abs().sum()) > 0 for g in g_shared)  # every task's prompt got a gradient
 
     model._backbone = None  # the full-forward path (models that scale their logits) takes the layout too
     shared_full_path, _, _ = loss_and_grads(model, batch, share=True)
@@ -222,25 +231,6 @@ def test_distinct_records_keep_the_per_task_groups_and_leftover_rows_share_their
     # the lone row of task a is in no group; its row reads no prefix
     split = split_shared_prefix(mixed)
     assert split.cache_mask.sum(-1).tolist() == [first - 1, first - 1, c, c, 0]
-
-
-@pytest.mark.parametrize("kind", ["packed", "split"])
-@pytest.mark.parametrize("fixture", MODELS)
-def test_prompt_groups_give_the_full_batch_loss_and_gradients(fixture, kind, request, always_split):
-    lm, tokenizer = request.getfixturevalue(fixture)
-    model = PromptLearningModel(lm, bank_for(lm.get_input_embeddings().weight.shape[1]))
-    model.fast_paths = [kind]
-    extra = PREFIX_RECORDS  # with the lone row of task b, in no group
-    batch = ranking_batch(tokenizer, SIX_LABELS, ["Loved it.", "Not for me."], extra=extra)  # both kinds of group
-    assert len(shared_prefixes(batch)) == 4
-    shared, n, g_shared = loss_and_grads(model, batch, share=True)
-    nested = {"split": "split+outer"}.get(kind, kind)  # record prompts on their task's start: checked on their own
-    assert model.fast_paths == [kind] and model._verified == {nested}
-    full, n_full, g_full = loss_and_grads(model, batch, share=False)
-    assert n == n_full == int(batch.loss_mask[:, 1:].sum())
-    assert shared == pytest.approx(full, rel=1e-6)
-    for a, b in zip(g_shared, g_full):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("add_eos", [True, False])
