@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                          "successive_halving": {"reduction_factor": plan.get("reduction_factor", 2),
                                                 "grace_fraction": plan.get("grace_fraction", 0.25),
                                                 "brackets": plan.get("brackets", 1)},
-                         "shared_forward": True, "lr_sampling": "Latin hypercube over counts x samples strata",
+                         "shared_forward": False, "lr_sampling": "Latin hypercube over counts x samples strata",
                          "budget_note": None})
     write_result(args.out, {"benchmark": "search_bench", "quick": args.quick, "settings": settings,
                                   "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

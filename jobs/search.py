@@ -62,14 +62,36 @@ class SearchInterrupted(PromptrayError):
 
 
 def search_id_for(run_dir: Path, cfg: JobConfig) -> str:
-    """The search's id, kept in run_dir/search.json so a resumed search keeps it."""
-    path = run_dir / "search.json"
+    """The search's id, kept in run_dir/search.json with the search's settings so a resumed search keeps it.
+    A run dir holds one search: a rerun whose settings differ from the recorded ones is a ConfigError naming
+    the changed keys (it would otherwise resume the old search and publish its result again)."""
+    path, settings = run_dir / "search.json", _settings(cfg)
     if path.is_file():
-        return json.loads(path.read_text())["search_id"]
+        saved = json.loads(path.read_text())
+        changed = _changed_keys(saved["settings"], settings) if "settings" in saved else []
+        if changed:
+            more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+            raise ConfigError(f"{run_dir} holds search {saved['search_id']}, run with other settings (changed: "
+                              f"{', '.join(changed[:6])}{more}); a run dir resumes only the same search: give this "
+                              f"one another `name` or `exp_manager.exp_dir`, or delete {run_dir} to start over")
+        return saved["search_id"]
     sid = f"{cfg.name}-search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"search_id": sid}))
+    path.write_text(json.dumps({"search_id": sid, "settings": settings}))
     return sid
+
+
+def _settings(cfg: JobConfig) -> dict[str, Any]:
+    """What makes a search the same search: the whole config but `ray` (where and how it runs)."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k != "ray"}
+
+
+def _changed_keys(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in _changed_keys(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))]
+    return [] if old == new else [where or "(root)"]
 
 
 def _crash_callback(run_dir: Path, after: int):

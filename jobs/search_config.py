@@ -137,7 +137,9 @@ class SearchConfig(_Section):
     brackets: Int = Field(1, ge=1, le=MAX_COUNT)  # packed trials (Hyperband brackets), one Tune trial each
     grace_fraction: Float = Field(0.25, gt=0.0, le=1.0)  # first rung >= this share of the full length
     train_best: bool = False  # the bracket's best trains on alone in a last rung (the end of the budget)
-    shared_forward: bool = True  # a pack's candidates share each micro-step's forward pass (platform/train/pack.py)
+    # a pack's candidates share each micro-step's forward pass (platform/train/pack.py): for accelerators; in bf16
+    # the merged batch rounds differently from each candidate's own (off: one forward per candidate)
+    shared_forward: bool = False
 
     @property
     def metric_mode(self) -> str:

@@ -100,3 +100,19 @@ def test_the_plan_flag_prints_the_plan_and_starts_nothing(tmp_path, tiny_gpt2_pa
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path), "--plan"], echo=lines.append) == 2
     assert "--plan: search.budget_steps is not set" in capsys.readouterr().err
+
+
+def test_a_run_dir_resumes_only_the_same_search(tmp_path):
+    from promptray.jobs.search import search_id_for
+
+    raw = search_config(tmp_path, tmp_path / "no-model", [2, 4], budget_steps=16)
+    cfg = load_job_config(raw)
+    sid = search_id_for(cfg.run_dir, cfg)
+    raw["ray"] = {"resources_per_worker": {"CPU": 2}}  # how it runs is not what it is
+    assert search_id_for(cfg.run_dir, load_job_config(raw)) == sid
+    raw["search"]["label_ranking"], raw["search"]["budget_steps"] = False, 24
+    with pytest.raises(ConfigError) as e:
+        search_id_for(cfg.run_dir, load_job_config(raw))
+    assert e.value.problems[0].startswith(f"{cfg.run_dir} holds search {sid}, run with other settings (changed: "
+                                   "search.budget_steps, search.label_ranking); a run dir resumes only the same "
+                                   "search: give this one another `name` or `exp_manager.exp_dir`")
