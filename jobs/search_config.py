@@ -253,10 +253,23 @@ def _run_problems(cfg: JobConfig) -> list[str]:
                                           if t.get("taskname") in cfg.model.new_tasks):
         problems.append("search.metric: val_accuracy needs answer_field in every new task's template; "
                         "set it, or use metric: val_loss")
-    problems += [f"search.tasks.{name}.labels: {space.labels} has fewer than 2 labels; give the task's answers "
-                 "or drop it"
-                 for name, space in s.tasks.items() if space.labels is not None and len(space.labels) < 2]
+    for name, space in s.tasks.items():
+        problems += _label_problems(f"search.tasks.{name}.labels", space.labels)
     return problems + (_budget_problems(cfg) if s.budget_steps is not None else [])
+
+
+def _label_problems(where: str, labels: Optional[list[str]]) -> list[str]:
+    if labels is None:
+        return []
+    problems = []
+    if len(labels) < 2:
+        problems.append(f"{where}: {labels} has fewer than 2 labels; give the task's answers or drop it")
+    repeated = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if repeated:
+        problems.append(f"{where}: {labels} repeats {repeated}; give each label once")
+    if any(not lab.strip() for lab in labels):
+        problems.append(f"{where}: {labels} has an empty label; give the answers as the data spell them")
+    return problems
 
 
 def _budget_problems(cfg: JobConfig) -> list[str]:

@@ -69,12 +69,19 @@ class Plan:
                  "optimizer_steps": b.cost, "published_steps": b.max_steps} for b in self.brackets]
 
     def describe(self) -> str:
-        """One line per bracket, e.g. `bracket 0: 6 candidates, rungs at 50 / 150 / 450 steps keeping 2 / 1 / 1;
-        800 optimizer steps, the published candidate trains 450`."""
-        return "\n".join(
-            f"bracket {i}: {b['candidates']} candidates, rungs at {' / '.join(str(r['steps']) for r in b['rungs'])} "
-            f"steps keeping {' / '.join(str(r['keep']) for r in b['rungs'])}; {b['optimizer_steps']} optimizer "
-            f"steps, the published candidate trains {b['published_steps']}" for i, b in enumerate(self.summary()))
+        """Per bracket a line, e.g. `bracket 0: 6 candidates, rungs at 50 / 150 / 450 steps keeping 2 / 1 / 1;
+        800 optimizer steps, the published candidate trains 450`, then a line per candidate (`  c0:
+        total_virtual_tokens 20, lr 0.0533, init text`: its choices, named as in trials.csv)."""
+        lines = []
+        for i, (b, bracket) in enumerate(zip(self.summary(), self.brackets)):
+            lines.append(f"bracket {i}: {b['candidates']} candidates, rungs at "
+                         f"{' / '.join(str(r['steps']) for r in b['rungs'])} steps keeping "
+                         f"{' / '.join(str(r['keep']) for r in b['rungs'])}; {b['optimizer_steps']} optimizer "
+                         f"steps, the published candidate trains {b['published_steps']}")
+            lines += [f"  c{j}: " + ", ".join(f"{k.rsplit('.', 1)[-1]} {v:.3g}" if isinstance(v, float) else
+                                              f"{k.rsplit('.', 1)[-1]} {v}" for k, v in choice.items())
+                      for j, choice in enumerate(bracket.candidates)]
+        return "\n".join(lines)
 
 
 class PlanError(ValueError):
@@ -145,17 +152,34 @@ def plan_search(s: SearchConfig, task: str, seed: int) -> Plan:
     """The plan of a budget search of `task` (s.budget_steps set). PlanError when the budget cannot give every
     candidate of a bracket a first rung."""
     pool = candidates(s, task, seed)
-    n_brackets = min(s.brackets, len(pool))
-    share = s.budget_steps // n_brackets
+    if s.brackets > len(pool):
+        raise PlanError(f"search.brackets: {s.brackets} brackets for the {len(pool)} candidate(s) of task {task!r} "
+                        f"(counts x num_samples); give at most {len(pool)}, each bracket takes its share of them")
+    plan = _plan(s, pool, s.budget_steps)
+    if plan is None:
+        raise PlanError(f"search.budget_steps: {s.budget_steps} cannot train the {len(pool)} candidate(s) of task "
+                        f"{task!r} in {s.brackets} bracket(s) to a first rung; give at least "
+                        f"{_least_budget(s, pool)} steps, or fewer counts / num_samples / brackets")
+    return plan
+
+
+def _plan(s: SearchConfig, pool: list[dict[str, Any]], budget: int) -> Optional[Plan]:
     brackets = []
-    for b in range(n_brackets):
-        mine = pool[b::n_brackets]
-        bracket = plan_bracket(mine, share, s.reduction_factor, s.grace_fraction, patience=b,
-                               train_best=s.train_best)
+    for b in range(s.brackets):
+        bracket = plan_bracket(pool[b::s.brackets], budget // s.brackets, s.reduction_factor, s.grace_fraction,
+                               patience=b, train_best=s.train_best)
         if bracket is None:
-            need = len(mine) * n_brackets * math.ceil(1 / s.grace_fraction)
-            raise PlanError(f"search.budget_steps: {s.budget_steps} cannot train the {len(pool)} candidate(s) of "
-                            f"task {task!r} ({len(mine)} in bracket {b}) to a first rung; give at least {need} "
-                            "steps, or fewer counts / num_samples / brackets")
+            return None
         brackets.append(bracket)
     return Plan(brackets)
+
+
+def _least_budget(s: SearchConfig, pool: list[dict[str, Any]]) -> int:
+    """The smallest budget that plans (bisection: a larger budget never plans fewer steps)."""
+    low, high = s.budget_steps, max(2 * s.budget_steps, 2)
+    while _plan(s, pool, high) is None:
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _plan(s, pool, mid) is not None else (mid, high)
+    return high

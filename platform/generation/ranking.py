@@ -85,6 +85,11 @@ def ranking_set(engine: PromptModel, task: str, records: Sequence[Record], label
     if not gold:
         raise DatasetError(f"task {task!r}: no validation record to rank fits {max_seq_length} tokens with "
                            f"every label of {labels}")
+    if all(g < 0 for g in gold):  # every record would score 0: the labels are not the task's answers
+        seen = sorted({str(r.data[target]) for r in records if target in r.data})
+        raise DatasetError(f"task {task!r}: none of the {len(gold)} validation records' answers is among the "
+                           f"labels {labels} (answers seen: {seen[:6]}{' ...' if len(seen) > 6 else ''}); give "
+                           "labels spelled as the answers are")
     return RankingSet(list(labels), examples, gold)
 
 

@@ -3,6 +3,8 @@ greedy exact match (free-form answers, or `search.label_ranking: false`)."""
 
 from __future__ import annotations
 
+import pytest
+
 from promptray.jobs.search_config import SearchConfig
 from promptray.jobs.search_objective import task_labels
 from promptray.platform.data.dataset import Record
@@ -28,3 +30,18 @@ def test_labels_come_from_the_config_else_from_the_data():
 def test_label_ranking_false_scores_every_task_by_greedy_exact_match():
     assert task_labels(search(label_ranking=False), TEMPLATE, ROWS) is None
     assert task_labels(search(label_ranking=False, task={"labels": [" yes", " no"]}), TEMPLATE, ROWS) is None
+
+
+def test_repeated_or_empty_labels_are_config_problems(tmp_path):
+    from test_search import search_config
+
+    from promptray.jobs.config import load_job_config
+    from promptray.platform.errors import ConfigError
+
+    raw = search_config(tmp_path, tmp_path / "no-model", [2], metric="val_accuracy")
+    raw["search"]["tasks"]["a"]["labels"] = ["yes", "", "yes"]
+    with pytest.raises(ConfigError) as e:
+        load_job_config(raw)
+    assert e.value.problems == ["search.tasks.a.labels: ['yes', '', 'yes'] repeats ['yes']; give each label once",
+                        "search.tasks.a.labels: ['yes', '', 'yes'] has an empty label; give the answers as the "
+                        "data spell them"]

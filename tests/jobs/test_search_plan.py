@@ -12,7 +12,7 @@ from test_search import search_config
 from promptray.jobs.config import load_job_config
 from promptray.jobs.search import main
 from promptray.jobs.search_config import SearchConfig
-from promptray.jobs.search_plan import candidates, plan_bracket, plan_search
+from promptray.jobs.search_plan import PlanError, candidates, plan_bracket, plan_search
 from promptray.platform.errors import ConfigError
 
 
@@ -73,8 +73,8 @@ def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
     assert "search.tasks.a.labels: ['x'] has fewer than 2 labels; give the task's answers or drop it" in problems
     assert any(p.startswith("search.budget_steps: packed candidates are prompt-tuning prompts") for p in problems)
     assert any(p.startswith("search.budget_steps: a pack trains in one worker, but the job runs 2") for p in problems)
-    assert ("search.budget_steps: 3 cannot train the 4 candidate(s) of task 'a' (4 in bracket 0) to a first rung; "
-            "give at least 16 steps, or fewer counts / num_samples / brackets") in problems
+    assert ("search.budget_steps: 3 cannot train the 4 candidate(s) of task 'a' in 1 bracket(s) to a first rung; "
+            "give at least 4 steps, or fewer counts / num_samples / brackets") in problems
     assert len(problems) == 5
 
 
@@ -83,8 +83,12 @@ def test_the_plan_says_rungs_cost_and_the_published_candidates_steps():
     assert plan.summary() == [{"candidates": 8, "rungs": [{"steps": 20, "keep": 4}, {"steps": 40, "keep": 2},
                                                           {"steps": 80, "keep": 1}, {"steps": 160, "keep": 1}],
                                "optimizer_steps": 400, "published_steps": 160}]
-    assert plan.describe() == ("bracket 0: 8 candidates, rungs at 20 / 40 / 80 / 160 steps keeping 4 / 2 / 1 / 1; "
-                               "400 optimizer steps, the published candidate trains 160")
+    lines = plan.describe().splitlines()
+    assert lines[0] == ("bracket 0: 8 candidates, rungs at 20 / 40 / 80 / 160 steps keeping 4 / 2 / 1 / 1; "
+                        "400 optimizer steps, the published candidate trains 160")
+    pool = candidates(space(train_best=True), "a", seed=0)
+    assert lines[1:] == [f"  c{i}: total_virtual_tokens {c['a.total_virtual_tokens']}, lr {c['lr']:.3g}, "
+                         f"init {c['a.init']}" for i, c in enumerate(pool)]  # what each candidate tries
 
 
 def test_the_plan_flag_prints_the_plan_and_starts_nothing(tmp_path, tiny_gpt2_path, capsys):
@@ -94,7 +98,8 @@ def test_the_plan_flag_prints_the_plan_and_starts_nothing(tmp_path, tiny_gpt2_pa
     lines: list[str] = []
     assert main(["--config", str(path), "--plan"], echo=lines.append) == 0
     assert lines == ["a (search.budget_steps 16):\nbracket 0: 4 candidates, rungs at 2 / 4 / 8 steps keeping "
-                     "2 / 1 / 1; 16 optimizer steps, the published candidate trains 8"]
+                     "2 / 1 / 1; 16 optimizer steps, the published candidate trains 8\n"
+                     + "\n".join(f"  c{i}: total_virtual_tokens {n}" for i, n in enumerate([2, 2, 4, 4]))]
     assert not (tmp_path / "runs").exists()  # nothing ran
     del raw["search"]["budget_steps"]
     path.write_text(yaml.safe_dump(raw))
@@ -116,3 +121,15 @@ def test_a_run_dir_resumes_only_the_same_search(tmp_path):
     assert e.value.problems[0].startswith(f"{cfg.run_dir} holds search {sid}, run with other settings (changed: "
                                    "search.budget_steps, search.label_ranking); a run dir resumes only the same "
                                    "search: give this one another `name` or `exp_manager.exp_dir`")
+
+
+def test_the_least_budget_named_is_the_least_that_plans_and_brackets_need_candidates():
+    for extra, least in (({}, 8), ({"train_best": True}, 9), ({"brackets": 2}, 8)):
+        with pytest.raises(PlanError) as e:
+            plan_search(space(budget_steps=least - 1, **extra), "a", seed=0)
+        assert f"give at least {least} steps" in str(e.value)
+        assert plan_search(space(budget_steps=least, **extra), "a", seed=0).cost <= least
+    with pytest.raises(PlanError) as e:
+        plan_search(space(brackets=9), "a", seed=0)
+    assert str(e.value) == ("search.brackets: 9 brackets for the 8 candidate(s) of task 'a' (counts x num_samples); "
+                            "give at most 8, each bracket takes its share of them")

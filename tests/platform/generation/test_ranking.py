@@ -165,3 +165,11 @@ def test_on_smollm2_one_prompt_per_record_ranks_the_demo_reviews_as_the_plain_fo
     model.share_prefix = False
     assert answer_logprobs(model, rs.examples, pad, 8 * len(labels)) == pytest.approx(shared, abs=2e-4)
     assert label_ranking_accuracy(engine, rs, batch_size=8) == accuracy
+
+
+def test_labels_that_no_answer_uses_are_an_error_not_a_zero_score(tiny_gpt2):
+    engine = prompt_model(tiny_gpt2, add_eos=False)
+    with pytest.raises(DatasetError) as e:
+        ranking_set(engine, "c", records([" positive", " negative"]), ["foo", "bar"], max_seq_length=128)
+    assert str(e.value) == ("task 'c': none of the 2 validation records' answers is among the labels ['foo', "
+                            "'bar'] (answers seen: [' negative', ' positive']); give labels spelled as the answers are")
