@@ -18,7 +18,8 @@ examples) is `--steps 100 --counts 5,10,20,50,100 --samples 2 --n-val 200 --n-te
 on 2 CPUs).
 --quick: 10-step trials, 2 counts, 40 validation and 40 test examples (a smoke check; the numbers mean little).
 --budget N: the budget search instead (search.budget_steps N: one packed trial, successive halving, the
-objective label ranking on --n-val records); the fixed prompts train N steps each.
+objective label ranking on --n-val records); the fixed prompts train N steps each. --lr MIN,MAX,
+--reduction-factor, --grace-fraction, --brackets set the search's plan; --fixed none runs the search alone.
 --task question_type: the demo's TREC question types (abbreviation, description, entity, person, location,
 number; the demo's fixed split: 200 validation, 400 test) as a prompt-tuning task of one 20-token text-
 initialised block (`QUESTION_TEMPLATE`, `QUESTION_INIT`), lr 3e-2 as sentiment's; the default there is
