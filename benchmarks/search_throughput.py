@@ -8,7 +8,12 @@ records, one trial at a time, nobody stopped early:
 
 - today: the search as it was when issue 16 was filed: one Tune trial per candidate (as `trials` below),
   validated by greedy exact match of up to 4 generated tokens (`search.label_ranking: false`; before issue
-  16 that was the only val_accuracy objective).
+  16 that was the only val_accuracy objective), each trial on 1 CPU (then the default of
+  `search.cpus_per_trial`: one trial at a time left the other cores idle).
+- today_all_cpus: the same with `search.cpus_per_trial` = the machine's CPUs, which a user of that search
+  could have set by hand: what the new default alone buys, and the fair base for what packing buys.
+- trials (and the packed sides): `search.cpus_per_trial` unset, its default now: each trial its share of the
+  cluster's CPUs (all of them, one trial at a time).
 - trials: the search without a budget, one Tune trial (own process, own model load and data read) per
   candidate; ASHA's grace period is the trial's number of validations, so it stops no trial before its end.
   Each trial also computes the validation loss at every validation, as a training run does.
@@ -41,11 +46,12 @@ from benchmarks.search_bench import cut_validation, search_raw, task_splits
 
 
 def side_config(out: Path, data: dict, steps: int, every: int, counts: list[int], samples: int, n_val: int,
-                packed: bool, shared: bool = False, ranking: bool = True) -> dict:
-    """The search config of one side (the search_bench config: lr log-uniform in [3e-3, 0.1])."""
+                packed: bool, shared: bool = False, ranking: bool = True, cpus: float | None = None) -> dict:
+    """The search config of one side (the search_bench config: lr log-uniform in [3e-3, 0.1]); `cpus`:
+    search.cpus_per_trial (None: its default)."""
     raw = search_raw(out, data, steps, counts, samples, n_val=n_val)
     raw["trainer"]["val_check_interval"] = every
-    raw["search"].update({"val_samples": n_val, "label_ranking": ranking})
+    raw["search"].update({"val_samples": n_val, "label_ranking": ranking, "cpus_per_trial": cpus})
     if packed:
         raw["search"].update({"budget_steps": len(counts) * samples * steps, "grace_fraction": 1.0,
                               "shared_forward": shared})
@@ -64,7 +70,7 @@ def run_side(out: Path, raw: dict) -> dict:
     ok = [t for t in trials if t["status"] == "ok"]
     return {"seconds": round(seconds, 1), "candidates": len(ok), "tune_trials": len({t["trial_id"] for t in ok}),
             "optimizer_steps": sum(t["last_step"] for t in ok),
-            "validations": sum(t.get("iterations") or 0 for t in ok),
+            "validations": sum(t.get("iterations") or 0 for t in ok), "cpus_per_trial": payload.get("cpus_per_trial"),
             "candidates_per_hour": round(len(ok) * 3600 / seconds, 1)}
 
 
@@ -90,24 +96,30 @@ def main(argv: list[str] | None = None) -> None:
 
     info = machine()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
     sides = {}
-    for name, packed, shared, ranking in (("today", False, False, False), ("trials", False, False, True),
-                                          ("packed", True, False, True), ("packed_shared", True, True, True)):
+    for name, packed, shared, ranking, side_cpus in (
+            ("today", False, False, False, 1.0), ("today_all_cpus", False, False, False, cpus),
+            ("trials", False, False, True, None), ("packed", True, False, True, None),
+            ("packed_shared", True, True, True, None)):
         sides[name] = run_side(out, side_config(out / name, data, steps, every, counts, samples, n_val, packed,
-                                                shared, ranking))
+                                                shared, ranking, side_cpus))
         print(name, sides[name], flush=True)
     ray.shutdown()
     per_hour = {k: v["candidates_per_hour"] for k, v in sides.items()}
     ratios = {f"{k} / {base}": round(per_hour[k] / per_hour[base], 2)
-              for base in ("today", "trials") for k in ("packed", "packed_shared")}
-    print(table([[k, v["candidates"], v["tune_trials"], v["optimizer_steps"], v["seconds"], v["candidates_per_hour"]]
-                 for k, v in sides.items()],
-                ["side", "candidates", "Tune trials", "optimizer steps", "seconds", "candidates / hour"]))
+              for base in ("today", "today_all_cpus", "trials") for k in ("trials", "packed", "packed_shared")
+              if k != base}
+    print(table([[k, v["candidates"], v["tune_trials"], v["cpus_per_trial"], v["optimizer_steps"], v["seconds"],
+                  v["candidates_per_hour"]] for k, v in sides.items()],
+                ["side", "candidates", "Tune trials", "CPUs per trial", "optimizer steps", "seconds",
+                 "candidates / hour"]))
     print(", ".join(f"{k}: {v}x" for k, v in ratios.items()))
     settings = {"task": "sentiment", "counts": counts, "samples_per_count": samples, "steps_per_candidate": steps,
                 "val_check_interval": every, "n_validation": n_val,
                 "objective": "val_accuracy (today: greedy exact match of 4 tokens; the others: label ranking)",
                 "lr": {"min": 3e-3, "max": 1e-1}, "max_concurrent_trials": 1,
+                "cpus_per_trial": {"today": 1, "today_all_cpus": cpus, "others": "default (auto)"},
                 "ray_num_cpus": args.num_cpus or os.cpu_count()}
     write_result(args.out, {"benchmark": "search_throughput", "quick": args.quick, "settings": settings,
                             "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

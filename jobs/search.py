@@ -2,14 +2,14 @@
 
     python -m promptray.jobs.search --config X.yaml [overrides ...] [--resume] [--plan] [--address ADDR] [--num-cpus N]
 
-Each trial is a real training run of the engine (nothing published) that reports the objective
-(`search.metric`) at every validation; ASHA stops bad trials early. A trial runs as many workers as the train
-job would (ray.num_workers, else trainer.devices x num_nodes): one worker inside the trial's function
-trainable (`search.cpus_per_trial` CPUs), several as a Ray Train V2 `TorchTrainer` started by the function
-trainable (which then reserves no CPU) with `TuneReportCallback` (see search_trial.py); when Tune stops such
-a trial, the driver frees its workers' placement group. Prompt-tuning tasks are searched
-independently (one Tuner per task), p-tuning tasks jointly (they share the encoder). At the end only the best
-trial's prompts are published, with provenance (search id, trial config, metric) in the table's source/metrics.
+Each trial is a real training run of the engine (nothing published) that reports the objective (`search.metric`) at
+every validation; ASHA stops bad trials early. A trial runs as many workers as the train job would (ray.num_workers,
+else trainer.devices x num_nodes): one worker inside the trial's function trainable (`search.cpus_per_trial` CPUs;
+default its share of the cluster's), several as a Ray Train V2 `TorchTrainer` started by the function trainable
+(which then reserves no CPU) with `TuneReportCallback` (see search_trial.py); when Tune stops such a trial, the
+driver frees its workers' placement group. Prompt-tuning tasks are searched independently (one Tuner per task),
+p-tuning tasks jointly (they share the encoder). At the end only the best trial's prompts are published, with
+provenance (search id, trial config, metric) in the table's source/metrics.
 
 Run dir (exp_manager): trials.csv, trials.json, search_plot.png (metric vs virtual-token count per task),
 trials/<trial id>/ (each trial's metrics), tune/<group>/ (Ray Tune's results; a rerun with the same run dir
@@ -47,7 +47,7 @@ from promptray.jobs.search_report import (
     write_tables,
 )
 from promptray.jobs.search_space import param_space, search_groups, split_data
-from promptray.jobs.search_trial import release_placement_group, run_trial, trial_dir, trial_resources
+from promptray.jobs.search_trial import release_placement_group, run_trial, trial_cpus, trial_dir, trial_resources
 from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.platform.model.limits import check_model_limits_on_driver
@@ -65,10 +65,10 @@ def search_id_for(run_dir: Path, cfg: JobConfig) -> str:
     """The search's id, kept in run_dir/search.json with the search's settings so a resumed search keeps it.
     A run dir holds one search: a rerun whose settings differ from the recorded ones is a ConfigError naming
     the changed keys (it would otherwise resume the old search and publish its result again)."""
-    path, settings = run_dir / "search.json", _settings(cfg)
+    path, settings = run_dir / "search.json", _what_it_searches(cfg.model_dump(mode="json"))
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = _changed_keys(saved["settings"], settings) if "settings" in saved else []
+        changed = _changed_keys(_what_it_searches(saved["settings"]), settings) if "settings" in saved else []
         if changed:
             more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
             raise ConfigError(f"{run_dir} holds search {saved['search_id']}, run with other settings (changed: "
@@ -81,9 +81,12 @@ def search_id_for(run_dir: Path, cfg: JobConfig) -> str:
     return sid
 
 
-def _settings(cfg: JobConfig) -> dict[str, Any]:
-    """What makes a search the same search: the whole config but `ray` (where and how it runs)."""
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k != "ray"}
+def _what_it_searches(settings: dict[str, Any]) -> dict[str, Any]:
+    """What makes a search the same search: its settings but where and how it runs (`ray`,
+    `search.cpus_per_trial`)."""
+    kept = {k: v for k, v in settings.items() if k != "ray"}
+    kept["search"] = {k: v for k, v in (kept.get("search") or {}).items() if k != "cpus_per_trial"}
+    return kept
 
 
 def _changed_keys(old: Any, new: Any, where: str = "") -> list[str]:
@@ -146,10 +149,10 @@ def _space(cfg: JobConfig, tasks: list[str]) -> tuple[dict, Any, int]:
     return param_space(s, tasks, cfg.model.virtual_prompt_style), asha, s.num_samples
 
 
-def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume: bool):
-    """The Ray Tune Tuner of one search group (tasks searched together): restored from run_dir/tune/<group>
-    when it exists, else a new one with ASHA and the group's param space. ConfigError when `resume` is asked
-    and there is nothing to resume."""
+def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume: bool, cpus: float):
+    """The Ray Tune Tuner of one search group (tasks searched together), each one-worker trial reserving `cpus`
+    CPUs: restored from run_dir/tune/<group> when it exists, else a new one with ASHA and the group's param
+    space. ConfigError when `resume` is asked and there is nothing to resume."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
@@ -158,7 +161,7 @@ def build_tuner(cfg: JobConfig, group: str, tasks: list[str], data: dict, resume
     fn = run_pack if s.budget_steps is not None else run_trial
     trainable = tune.with_resources(
         tune.with_parameters(fn, base=base, tasks=tasks, data=data, trials_root=str(run_dir / "trials")),
-        trial_resources(cfg))
+        trial_resources(cfg, cpus))
     path = run_dir / "tune" / group
     if tune.Tuner.can_restore(str(path)):
         log.info("resuming the search group %s from %s", group, path)
@@ -196,11 +199,14 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
     search_id = search_id_for(run_dir, cfg)
     groups = search_groups(cfg)
     rows, plans = [], budget_plans(cfg)
+    cpus = trial_cpus(s, node_cpus())
+    if cfg.world_size == 1:
+        log.info("each trial reserves %g CPU(s) (search.cpus_per_trial: %s)", cpus, s.cpus_per_trial or "auto")
     for group, plan in plans.items():
         log.info("search plan of %s (search.budget_steps %d):\n%s", group, s.budget_steps, plan.describe())
     for group, tasks in groups.items():
         data = split_data(cfg, tasks, run_dir / "data") if len(groups) > 1 else {}
-        grid = _fit(build_tuner(cfg, group, tasks, data, resume))
+        grid = _fit(build_tuner(cfg, group, tasks, data, resume, cpus))
         rows += (pack_rows(grid, group, s.metric, run_dir / "trials") if s.budget_steps is not None
                  else trial_rows(grid, group, tasks, s.metric, s.metric_mode))
     csv_path, _ = write_tables(run_dir, rows)  # also when a group failed: its trials' errors are in there
@@ -216,10 +222,18 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
                          "config": {k.removeprefix("config/"): v for k, v in r.items() if k.startswith("config/")}}
                      for g, (_, r) in best.items()},
             "trials": len(rows), "trials_errored": errored(rows), "run_dir": str(run_dir),
+            **({"cpus_per_trial": cpus} if cfg.world_size == 1 else {}),
             **({"plan": {g: p.summary() for g, p in plans.items()}} if plans else {}),
             "optimizer_steps": sum(int(r.get("last_step") or 0) for r in rows),
             "trials_csv": str(csv_path), "plot": str(plot),
             "tune_dir": str(run_dir / "tune")}
+
+
+def node_cpus() -> list[float]:
+    """The CPUs (Ray's "CPU" resource) of each alive node of the connected Ray."""
+    import ray
+
+    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
 def budget_plans(cfg: JobConfig) -> dict[str, Plan]:

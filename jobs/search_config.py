@@ -119,7 +119,8 @@ class SearchConfig(_Section):
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"
     num_samples: Int = Field(1, ge=1, le=MAX_COUNT)  # samples of the other dimensions per token-count grid point
     max_concurrent_trials: Int = Field(1, ge=1, le=MAX_COUNT)
-    cpus_per_trial: Float = Field(1.0, gt=0, le=MAX_COUNT)  # 1-worker trials; else ray.resources_per_worker
+    # 1-worker trials (else ray.resources_per_worker); None: a share of the cluster's CPUs (search_trial.trial_cpus)
+    cpus_per_trial: Optional[Float] = Field(None, gt=0, le=MAX_COUNT)
     time_budget_s: Optional[Float] = Field(None, gt=0.0)
     seed: Int = Field(0, ge=0, le=2**32 - 1)
     grace_period: Int = Field(1, ge=1, le=MAX_STEPS)  # validations before ASHA may stop a trial

@@ -31,7 +31,7 @@ from promptray.jobs.search_objective import objective, task_labels, validation_s
 from promptray.jobs.search_plan import Bracket, plan_search
 from promptray.jobs.search_report import error_line
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
+from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir, use_reserved_cpus
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.pack import PackLoop, candidate_records
 from promptray.platform.train.trainer import prepare_engine
@@ -58,6 +58,7 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     cfgs = candidate_configs(base, task, bracket, data, out)
     first = next(iter(cfgs.values()))
     device = resolve_device("gpu") if first.ray.use_gpu else None
+    use_reserved_cpus()
     engine = prepare_engine(first)
     if device is not None:
         engine.model.to(device)

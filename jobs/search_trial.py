@@ -1,13 +1,14 @@
 """One search trial: a real engine training run (no publishing) reporting the objective to Ray Tune at each
 validation, so ASHA can stop it early; the prompts of its best validation are saved in its own run dir.
 
-A trial runs as many workers as the train job would (`cfg.world_size`: ray.num_workers, else
-trainer.devices x trainer.num_nodes). One worker: the loop runs inside the trial's function trainable, which
-reserves `search.cpus_per_trial`. Several workers (the Ray Train V2 pattern; `Tuner(TorchTrainer)` is gone
-in Ray 2.60): the function trainable reserves no CPU and runs a `TorchTrainer` whose workers reserve their
-own resources (`ray.resources_per_worker`, Ray's default 1 CPU each) and report at each validation;
-`TuneReportCallback` passes rank 0's report on to Tune, so ASHA sees every validation and can stop the trial
-(its Train controller ends with it; the search driver then frees the workers with release_placement_group).
+A trial runs as many workers as the train job would (`cfg.world_size`: ray.num_workers, else trainer.devices x
+trainer.num_nodes). One worker: the loop runs inside the trial's function trainable, which reserves
+`search.cpus_per_trial` (default: its share of the cluster's CPUs, `trial_cpus`) and trains on as many threads.
+Several workers (the Ray Train V2 pattern; `Tuner(TorchTrainer)` is gone in Ray 2.60): the function trainable
+reserves no CPU and runs a `TorchTrainer` whose workers reserve their own resources (`ray.resources_per_worker`,
+Ray's default 1 CPU each) and report at each validation; `TuneReportCallback` passes rank 0's report on to Tune, so
+ASHA sees every validation and can stop the trial (its Train controller ends with it; the search driver then frees
+the workers with release_placement_group).
 """
 
 from __future__ import annotations
@@ -44,12 +45,36 @@ def trial_dir(trials_root: str, trial_id: str) -> Path:
     return Path(trials_root) / trial_id
 
 
-def trial_resources(cfg: JobConfig) -> dict[str, float]:
-    """What Tune reserves for one trial's function trainable (the workers of a multi-worker trial reserve
-    theirs when its TorchTrainer starts them); a one-worker trial with ray.use_gpu gets one GPU."""
+def trial_cpus(search: SearchConfig, node_cpus: list[float]) -> float:
+    """The CPUs a one-worker trial reserves: `search.cpus_per_trial` when set; else an equal share of one
+    node's CPUs (a trial runs on one node) among the `max_concurrent_trials` trials running at once, spread over
+    the nodes, at least 1. `node_cpus`: the CPUs of each alive node (Ray's "CPU" resource). On one 2-CPU
+    machine: 2 CPUs with one trial at a time, 1 with two. Torch trains on as many threads (Ray sets
+    OMP_NUM_THREADS to the trial's CPUs), so the default search uses the machine's cores."""
+    if search.cpus_per_trial is not None:
+        return search.cpus_per_trial
+    nodes = [c for c in node_cpus if c >= 1] or [1.0]
+    per_node = -(-search.max_concurrent_trials // len(nodes))  # trials sharing the largest node, rounded up
+    return float(max(1, int(max(nodes) // per_node)))
+
+
+def use_reserved_cpus() -> int:
+    """Set torch's intra-op threads to the CPUs Ray reserved for this trial (at least 1) and return them: a
+    pooled Ray worker can keep the thread count of an earlier task whatever OMP_NUM_THREADS says now."""
+    import ray
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def trial_resources(cfg: JobConfig, cpus: float) -> dict[str, float]:
+    """What Tune reserves for one trial's function trainable: `cpus` (trial_cpus) CPUs, and one GPU with
+    ray.use_gpu; a multi-worker trial reserves only DRIVER_RESOURCES (its workers reserve theirs when its
+    TorchTrainer starts them)."""
     if cfg.world_size > 1:
         return dict(DRIVER_RESOURCES)
-    return {"cpu": cfg.search.cpus_per_trial, **({"gpu": 1} if cfg.ray.use_gpu else {})}
+    return {"cpu": cpus, **({"gpu": 1} if cfg.ray.use_gpu else {})}
 
 
 def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, trials_root: str) -> None:
@@ -65,6 +90,7 @@ def run_trial(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, 
         _run_workers(cfg, base["search"], out, trial_id)
         return
     device = resolve_device("gpu") if cfg.ray.use_gpu else None  # the trial's GPU (Ray sets CUDA_VISIBLE_DEVICES)
+    use_reserved_cpus()
     loop = build_loop(cfg, device=device)
     loop.run(_Reporter(cfg, loop.engine, SearchConfig.model_validate(base["search"]), out, tune.report))
 

@@ -306,12 +306,28 @@ def test_a_searched_lr_scales_the_schedule_min_lr_with_it(tmp_path, tiny_gpt2_pa
 def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path, tiny_gpt2_path):
     from promptray.jobs.search_trial import DRIVER_RESOURCES, trial_resources
 
-    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4], cpus_per_trial=2)
-    assert trial_resources(prepare_search_config(raw)) == {"cpu": 2}
+    raw = search_config(tmp_path, tiny_gpt2_path, [2, 4])
+    assert trial_resources(prepare_search_config(raw), 2.0) == {"cpu": 2}
     raw["ray"] = {"use_gpu": True}
-    assert trial_resources(prepare_search_config(raw)) == {"cpu": 2, "gpu": 1}  # a one-worker trial's own GPU
+    assert trial_resources(prepare_search_config(raw), 2.0) == {"cpu": 2, "gpu": 1}  # a one-worker trial's GPU
     raw["ray"]["num_workers"], raw["model"]["micro_batch_size"] = 2, 2
-    assert trial_resources(prepare_search_config(raw)) == DRIVER_RESOURCES  # the Train workers reserve theirs
+    assert trial_resources(prepare_search_config(raw), 2.0) == DRIVER_RESOURCES  # the Train workers reserve theirs
+
+
+@pytest.mark.parametrize(("settings", "nodes", "cpus"), [
+    ({}, [2.0], 2.0),  # one trial at a time on a 2-CPU machine: both cores (it was 1)
+    ({"max_concurrent_trials": 2}, [2.0], 1.0),
+    ({"max_concurrent_trials": 3}, [2.0], 1.0),  # at least 1: the third waits
+    ({}, [0.0, 16.0, 16.0, 16.0], 16.0),  # a trial runs on one node; a head node with no CPU is not one
+    ({"max_concurrent_trials": 4}, [16.0, 16.0, 16.0], 8.0),  # 2 trials on a node, 4 at once
+    ({"cpus_per_trial": 0.5, "max_concurrent_trials": 4}, [2.0], 0.5),  # as set
+    ({}, [], 1.0),
+])
+def test_a_trial_gets_its_share_of_the_cluster_cpus_unless_set(tmp_path, settings, nodes, cpus):
+    from promptray.jobs.search_trial import trial_cpus
+
+    s = load_job_config(search_config(tmp_path, tmp_path / "no-model", [2, 4], **settings)).search
+    assert trial_cpus(s, nodes) == cpus
 
 
 def test_candidate_counts_are_checked_against_the_models_positions_before_any_trial(tmp_path, capsys):

@@ -35,6 +35,7 @@ def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publish
     assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 1  # four candidates, one packed trial
     assert sorted(t["last_step"] for t in trials) == [3, 3, 6, 12]  # cut at 3 and 6; the last trains to 12
     assert payload["optimizer_steps"] == 24 <= cfg.search.budget_steps
+    assert payload["cpus_per_trial"] == 2.0  # one pack at a time on ray_local's 2 CPUs: both
     assert sorted(t["state"] for t in trials) == ["finished", "stopped", "stopped", "stopped"]
     for t in trials:
         assert [p[0] for p in t["curve"]][-1] == t["last_step"] and t["iterations"] == len(t["curve"])

@@ -114,6 +114,7 @@ def test_a_run_dir_resumes_only_the_same_search(tmp_path):
     cfg = load_job_config(raw)
     sid = search_id_for(cfg.run_dir, cfg)
     raw["ray"] = {"resources_per_worker": {"CPU": 2}}  # how it runs is not what it is
+    raw["search"]["cpus_per_trial"] = 2
     assert search_id_for(cfg.run_dir, load_job_config(raw)) == sid
     raw["search"]["label_ranking"], raw["search"]["budget_steps"] = False, 24
     with pytest.raises(ConfigError) as e:
