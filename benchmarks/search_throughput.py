@@ -10,6 +10,12 @@ records, one trial at a time, nobody stopped early:
   validated by greedy exact match of up to 4 generated tokens (`search.label_ranking: false`; before issue
   16 that was the only val_accuracy objective), each trial on 1 CPU (then the default of
   `search.cpus_per_trial`: one trial at a time left the other cores idle).
+- today_code (with `--today-python PY`): the same search run by the code issue 16 was filed against, not
+  emulated: PY is a Python whose promptray is a checkout of a103777 (`git worktree add --detach DIR a103777`,
+  a copy of the venv, `pip install -e DIR --no-deps`), in its own local Ray started first (its trials run
+  that Python), the config without the keys that code lacks (val_samples, label_ranking; max_new_tokens under
+  its old name tokens_to_generate; the validation file is cut to --n-val records, so it validates on the same
+  records).
 - today_all_cpus: the same with `search.cpus_per_trial` = the machine's CPUs, which a user of that search
   could have set by hand: what the new default alone buys, and the fair base for what packing buys.
 - trials (and the packed sides): `search.cpus_per_trial` unset, its default now: each trial its share of the
@@ -74,6 +80,47 @@ def run_side(out: Path, raw: dict) -> dict:
             "candidates_per_hour": round(len(ok) * 3600 / seconds, 1)}
 
 
+OLD_DRIVER = """
+import json, sys, time
+from pathlib import Path
+import ray
+from promptray.jobs.search import prepare_search_config, run_search
+raw = json.loads(Path(sys.argv[1]).read_text())
+ray.init(address="local", num_cpus=int(sys.argv[2]), include_dashboard=False)
+t0 = time.perf_counter()
+payload = run_search(prepare_search_config(raw))
+seconds = time.perf_counter() - t0
+trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
+print("TODAY_CODE " + json.dumps({"seconds": seconds, "trials": trials}))
+ray.shutdown()
+"""
+
+
+def run_today_code(python: str, out: Path, raw: dict, cpus: int) -> dict:
+    """The `today` side run by `python` (the code issue 16 was filed against) in its own local Ray."""
+    import subprocess
+
+    s = raw["search"]
+    for key in ("val_samples", "label_ranking"):
+        s.pop(key, None)
+    s["tokens_to_generate"] = s.pop("max_new_tokens")
+    path = out / "today_code.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(raw))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    proc = subprocess.run([python, "-c", OLD_DRIVER, str(path), str(cpus)], env=env, capture_output=True,
+                          text=True, cwd=out, check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("TODAY_CODE ")), None)
+    if line is None:
+        raise RuntimeError(f"--today-python {python}: the search failed: {proc.stderr[-2000:]}")
+    res = json.loads(line.removeprefix("TODAY_CODE "))
+    ok = [t for t in res["trials"] if t["status"] == "ok"]
+    return {"seconds": round(res["seconds"], 1), "candidates": len(ok),
+            "tune_trials": len({t["trial_id"] for t in ok}), "optimizer_steps": sum(t["last_step"] for t in ok),
+            "validations": sum(t.get("iterations") or 0 for t in ok), "cpus_per_trial": 1.0,
+            "candidates_per_hour": round(len(ok) * 3600 / res["seconds"], 1)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 counts x 1 sample, 4 steps, 16 validation records")
@@ -83,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, help="validate every N steps (default 8)")
     p.add_argument("--n-val", type=int, help="validation records (default 80)")
     p.add_argument("--num-cpus", type=int)
+    p.add_argument("--today-python", help="a Python whose promptray is the code issue 16 was filed against "
+                   "(a103777): adds the today_code side")
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--out", default="search_throughput", help="results file name under benchmarks/results/")
     args = p.parse_args(argv)
@@ -92,12 +141,16 @@ def main(argv: list[str] | None = None) -> None:
     every, n_val = args.every or every, args.n_val or n_val
     out = args.work_dir or Path(tempfile.mkdtemp(prefix="search-throughput-"))
     data = cut_validation(task_splits("sentiment", out / "data", 400), n_val)
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
+    sides = {}
+    if args.today_python:  # first, in its own Ray, before this process starts one
+        sides["today_code"] = run_today_code(args.today_python, out / "today_code", side_config(
+            out / "today_code", data, steps, every, counts, samples, n_val, False, False, False, 1.0), int(cpus))
+        print("today_code", sides["today_code"], flush=True)
     import ray
 
     info = machine()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    cpus = float(args.num_cpus or os.cpu_count() or 1)
-    sides = {}
     for name, packed, shared, ranking, side_cpus in (
             ("today", False, False, False, 1.0), ("today_all_cpus", False, False, False, cpus),
             ("trials", False, False, True, None), ("packed", True, False, True, None),
@@ -108,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ray.shutdown()
     per_hour = {k: v["candidates_per_hour"] for k, v in sides.items()}
     ratios = {f"{k} / {base}": round(per_hour[k] / per_hour[base], 2)
-              for base in ("today", "today_all_cpus", "trials") for k in ("trials", "packed", "packed_shared")
-              if k != base}
+              for base in ("today_code", "today", "today_all_cpus", "trials") if base in sides
+              for k in ("trials", "packed", "packed_shared") if k != base}
     print(table([[k, v["candidates"], v["tune_trials"], v["cpus_per_trial"], v["optimizer_steps"], v["seconds"],
                   v["candidates_per_hour"]] for k, v in sides.items()],
                 ["side", "candidates", "Tune trials", "CPUs per trial", "optimizer steps", "seconds",
@@ -119,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                 "val_check_interval": every, "n_validation": n_val,
                 "objective": "val_accuracy (today: greedy exact match of 4 tokens; the others: label ranking)",
                 "lr": {"min": 3e-3, "max": 1e-1}, "max_concurrent_trials": 1,
-                "cpus_per_trial": {"today": 1, "today_all_cpus": cpus, "others": "default (auto)"},
+                "cpus_per_trial": {"today": 1, "today_code": 1, "today_all_cpus": cpus, "others": "default (auto)"},
+                "today_python": args.today_python,
                 "ray_num_cpus": args.num_cpus or os.cpu_count()}
     write_result(args.out, {"benchmark": "search_throughput", "quick": args.quick, "settings": settings,
                             "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
