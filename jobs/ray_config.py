@@ -23,7 +23,7 @@ class RayConfig(BaseModel):
 
     num_workers: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)  # default: trainer.devices x trainer.num_nodes
     use_gpu: bool = False
-    resources_per_worker: Optional[dict[str, Float]] = None  # e.g. {CPU: 2}; Ray's default is 1 CPU
+    resources_per_worker: Optional[dict[str, Float]] = None  # e.g. {CPU: 2}; None: the worker's share of the free CPUs
     checkpoint_every_n_steps: Optional[Int] = Field(None, ge=1, le=MAX_STEPS)  # default: at every validation
     num_to_keep: Optional[Int] = Field(2, ge=1, le=MAX_COUNT)  # checkpoints kept; null keeps all
     max_failures: Int = Field(0, ge=-1, le=MAX_COUNT)  # worker-group restarts from the last checkpoint; -1: no limit

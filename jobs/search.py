@@ -49,6 +49,7 @@ from promptray.jobs.search_report import (
 from promptray.jobs.search_space import param_space, search_groups, split_data
 from promptray.jobs.search_trial import release_placement_group, run_trial, trial_cpus, trial_dir, trial_resources
 from promptray.jobs.train import RESULT_PREFIX, absolutize, connect
+from promptray.jobs.trainer_factory import cluster_cpus, cpu_share
 from promptray.platform.errors import ConfigError, PromptrayError
 from promptray.platform.model.limits import check_model_limits_on_driver
 
@@ -199,9 +200,7 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
     search_id = search_id_for(run_dir, cfg)
     groups = search_groups(cfg)
     rows, plans = [], budget_plans(cfg)
-    cpus = trial_cpus(s, node_cpus())
-    if cfg.world_size == 1:
-        log.info("each trial reserves %g CPU(s) (search.cpus_per_trial: %s)", cpus, s.cpus_per_trial or "auto")
+    cfg, cpus = _with_resources(cfg)
     for group, plan in plans.items():
         log.info("search plan of %s (search.budget_steps %d):\n%s", group, s.budget_steps, plan.describe())
     for group, tasks in groups.items():
@@ -229,11 +228,22 @@ def run_search(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
             "tune_dir": str(run_dir / "tune")}
 
 
-def node_cpus() -> list[float]:
-    """The CPUs (Ray's "CPU" resource) of each alive node of the connected Ray."""
-    import ray
-
-    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+def _with_resources(cfg: JobConfig) -> tuple[JobConfig, float]:
+    """(cfg, the CPUs a one-worker trial reserves) on the connected Ray, decided once when the search starts:
+    `trial_cpus` for one-worker trials; for multi-worker trials, unless ray.resources_per_worker is set, each
+    worker's `cpu_share` with max_concurrent_trials x workers processes at once, written into the config the
+    trials get."""
+    nodes, available = cluster_cpus()
+    s, r = cfg.search, cfg.ray
+    if cfg.world_size == 1:
+        cpus = trial_cpus(s, nodes, available)
+        log.info("each trial reserves %g CPU(s) (search.cpus_per_trial: %s)", cpus, s.cpus_per_trial or "auto")
+        return cfg, cpus
+    if r.resources_per_worker is None:
+        share = {"CPU": cpu_share(s.max_concurrent_trials * cfg.world_size, nodes, available)}
+        cfg = cfg.model_copy(update={"ray": r.model_copy(update={"resources_per_worker": share})})
+    log.info("each trial's %d workers reserve %s each", cfg.world_size, cfg.ray.resources_per_worker)
+    return cfg, 0.0
 
 
 def budget_plans(cfg: JobConfig) -> dict[str, Plan]:

@@ -31,7 +31,8 @@ from promptray.jobs.search_objective import objective, task_labels, validation_s
 from promptray.jobs.search_plan import Bracket, plan_search
 from promptray.jobs.search_report import error_line
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir, use_reserved_cpus
+from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
+from promptray.jobs.trainer_factory import use_reserved_cpus
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.pack import PackLoop, candidate_records
 from promptray.platform.train.trainer import prepare_engine

@@ -23,7 +23,7 @@ from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_config import SearchConfig
 from promptray.jobs.search_objective import objective, task_labels, validation_sample
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.trainer_factory import torch_trainer, worker_start
+from promptray.jobs.trainer_factory import cpu_share, torch_trainer, use_reserved_cpus, worker_resources, worker_start
 from promptray.platform.data.dataset import read_records
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.model.devices import resolve_device
@@ -45,27 +45,13 @@ def trial_dir(trials_root: str, trial_id: str) -> Path:
     return Path(trials_root) / trial_id
 
 
-def trial_cpus(search: SearchConfig, node_cpus: list[float]) -> float:
-    """The CPUs a one-worker trial reserves: `search.cpus_per_trial` when set; else an equal share of one
-    node's CPUs (a trial runs on one node) among the `max_concurrent_trials` trials running at once, spread over
-    the nodes, at least 1. `node_cpus`: the CPUs of each alive node (Ray's "CPU" resource). On one 2-CPU
-    machine: 2 CPUs with one trial at a time, 1 with two. Torch trains on as many threads (Ray sets
-    OMP_NUM_THREADS to the trial's CPUs), so the default search uses the machine's cores."""
+def trial_cpus(search: SearchConfig, node_cpus: list[float], available: Optional[float] = None) -> float:
+    """The CPUs a one-worker trial reserves: `search.cpus_per_trial` when set, else its `cpu_share` of the
+    cluster with `max_concurrent_trials` trials at once (on one 2-CPU machine: 2 CPUs one at a time, 1 with two);
+    `available`: the cluster's CPUs not held by others when the search starts."""
     if search.cpus_per_trial is not None:
         return search.cpus_per_trial
-    nodes = [c for c in node_cpus if c >= 1] or [1.0]
-    per_node = -(-search.max_concurrent_trials // len(nodes))  # trials sharing the largest node, rounded up
-    return float(max(1, int(max(nodes) // per_node)))
-
-
-def use_reserved_cpus() -> int:
-    """Set torch's intra-op threads to the CPUs Ray reserved for this trial (at least 1) and return them: a
-    pooled Ray worker can keep the thread count of an earlier task whatever OMP_NUM_THREADS says now."""
-    import ray
-
-    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    torch.set_num_threads(threads)
-    return threads
+    return cpu_share(search.max_concurrent_trials, node_cpus, available)
 
 
 def trial_resources(cfg: JobConfig, cpus: float) -> dict[str, float]:
@@ -101,8 +87,8 @@ def _run_workers(cfg: JobConfig, search: dict, out: Path, trial_id: str) -> None
 
     from promptray.jobs.train import fit_trainer  # a worker's PromptrayError comes out as itself
 
-    fit_trainer(torch_trainer(cfg, trial_worker_loop, {"search": search, "out": str(out)},
-                              f"{cfg.name}-{trial_id}", callbacks=[TuneReportCallback()]))
+    fit_trainer(torch_trainer(cfg, trial_worker_loop, {"search": search, "out": str(out)}, f"{cfg.name}-{trial_id}",
+                              worker_resources(cfg, cfg.world_size), callbacks=[TuneReportCallback()]))
 
 
 def trial_worker_loop(config: dict[str, Any]) -> None:

@@ -104,7 +104,7 @@ def build_trainer(cfg: JobConfig, metrics_queue=None):
     from ray.train import CheckpointConfig, FailureConfig
 
     from promptray.jobs.train_worker import worker_loop
-    from promptray.jobs.trainer_factory import torch_trainer
+    from promptray.jobs.trainer_factory import torch_trainer, worker_resources
     from promptray.platform.table.manifest import utcnow
 
     r = cfg.ray
@@ -112,8 +112,11 @@ def build_trainer(cfg: JobConfig, metrics_queue=None):
         log.warning("trainer.accelerator: %s applies to one process; Ray Train workers run on the CPU unless "
                     "ray.use_gpu: true", cfg.trainer.accelerator)
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    resources = worker_resources(cfg, cfg.world_size)
+    log.info("%d Train worker(s), each reserving %s (ray.resources_per_worker: %s)", cfg.world_size, resources,
+             r.resources_per_worker or "auto")
     return torch_trainer(cfg, worker_loop, {"queue": metrics_queue, "faults": faults_from_env().to_dict(),
-                                            "run": {"id": name, "started_at": utcnow()}}, name,
+                                            "run": {"id": name, "started_at": utcnow()}}, name, resources,
                          checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep),
                          failure_config=FailureConfig(max_failures=r.max_failures))
 

@@ -43,7 +43,7 @@ class TuningRequest(BaseModel):
     name: str = Field("tuning", min_length=1)
     num_workers: Int = Field(1, ge=1, le=MAX_COUNT)
     use_gpu: bool = False
-    resources_per_worker: Optional[dict[str, Float]] = None  # e.g. {"CPU": 2}; Ray's default is 1 CPU
+    resources_per_worker: Optional[dict[str, Float]] = None  # e.g. {"CPU": 2}; None: its share of the free CPUs
     max_failures: Int = Field(0, ge=-1, le=MAX_COUNT)  # worker-group restarts from the last checkpoint
     max_steps: Int = Field(100, ge=1, le=MAX_STEPS)
     micro_batch_size: Int = Field(4, ge=1, le=MAX_COUNT)

@@ -314,20 +314,17 @@ def test_trial_resources_follow_the_worker_count_and_use_gpu(tmp_path, tiny_gpt2
     assert trial_resources(prepare_search_config(raw), 2.0) == DRIVER_RESOURCES  # the Train workers reserve theirs
 
 
-@pytest.mark.parametrize(("settings", "nodes", "cpus"), [
-    ({}, [2.0], 2.0),  # one trial at a time on a 2-CPU machine: both cores (it was 1)
-    ({"max_concurrent_trials": 2}, [2.0], 1.0),
-    ({"max_concurrent_trials": 3}, [2.0], 1.0),  # at least 1: the third waits
-    ({}, [0.0, 16.0, 16.0, 16.0], 16.0),  # a trial runs on one node; a head node with no CPU is not one
-    ({"max_concurrent_trials": 4}, [16.0, 16.0, 16.0], 8.0),  # 2 trials on a node, 4 at once
-    ({"cpus_per_trial": 0.5, "max_concurrent_trials": 4}, [2.0], 0.5),  # as set
-    ({}, [], 1.0),
-])
-def test_a_trial_gets_its_share_of_the_cluster_cpus_unless_set(tmp_path, settings, nodes, cpus):
+def test_a_trial_gets_its_share_of_the_cluster_cpus_unless_set(tmp_path):
     from promptray.jobs.search_trial import trial_cpus
 
-    s = load_job_config(search_config(tmp_path, tmp_path / "no-model", [2, 4], **settings)).search
-    assert trial_cpus(s, nodes) == cpus
+    def cpus(available=None, **settings):
+        s = load_job_config(search_config(tmp_path, tmp_path / "no-model", [2, 4], **settings)).search
+        return trial_cpus(s, [2.0], available)
+
+    assert cpus() == 2.0  # one trial at a time on a 2-CPU machine: both cores (it was 1)
+    assert cpus(max_concurrent_trials=2) == 1.0
+    assert cpus(available=1.0) == 1.0  # the other CPU is held (a serve replica): the trial does not wait for it
+    assert cpus(cpus_per_trial=0.5, max_concurrent_trials=4) == 0.5  # as set
 
 
 def test_candidate_counts_are_checked_against_the_models_positions_before_any_trial(tmp_path, capsys):
