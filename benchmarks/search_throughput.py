@@ -73,10 +73,15 @@ def run_side(out: Path, raw: dict) -> dict:
     payload = run_search(prepare_search_config(raw))
     seconds = time.perf_counter() - t0
     trials = json.loads(Path(payload["trials_csv"]).with_suffix(".json").read_text())
+    return side_result(trials, seconds, payload.get("cpus_per_trial"))
+
+
+def side_result(trials: list[dict], seconds: float, cpus: float | None) -> dict:
+    """One side's row: its finished candidates, Tune trials, steps, validations and candidates per hour."""
     ok = [t for t in trials if t["status"] == "ok"]
     return {"seconds": round(seconds, 1), "candidates": len(ok), "tune_trials": len({t["trial_id"] for t in ok}),
             "optimizer_steps": sum(t["last_step"] for t in ok),
-            "validations": sum(t.get("iterations") or 0 for t in ok), "cpus_per_trial": payload.get("cpus_per_trial"),
+            "validations": sum(t.get("iterations") or 0 for t in ok), "cpus_per_trial": cpus,
             "candidates_per_hour": round(len(ok) * 3600 / seconds, 1)}
 
 
@@ -114,11 +119,7 @@ def run_today_code(python: str, out: Path, raw: dict, cpus: int) -> dict:
     if line is None:
         raise RuntimeError(f"--today-python {python}: the search failed: {proc.stderr[-2000:]}")
     res = json.loads(line.removeprefix("TODAY_CODE "))
-    ok = [t for t in res["trials"] if t["status"] == "ok"]
-    return {"seconds": round(res["seconds"], 1), "candidates": len(ok),
-            "tune_trials": len({t["trial_id"] for t in ok}), "optimizer_steps": sum(t["last_step"] for t in ok),
-            "validations": sum(t.get("iterations") or 0 for t in ok), "cpus_per_trial": 1.0,
-            "candidates_per_hour": round(len(ok) * 3600 / res["seconds"], 1)}
+    return side_result(res["trials"], res["seconds"], s.get("cpus_per_trial"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,9 @@ trainer.num_nodes). One worker: the loop runs inside the trial's function traina
 `search.cpus_per_trial` (default: its share of the cluster's CPUs, `trial_cpus`) and trains on as many threads.
 Several workers (the Ray Train V2 pattern; `Tuner(TorchTrainer)` is gone in Ray 2.60): the function trainable
 reserves no CPU and runs a `TorchTrainer` whose workers reserve their own resources (`ray.resources_per_worker`,
-Ray's default 1 CPU each) and report at each validation; `TuneReportCallback` passes rank 0's report on to Tune, so
-ASHA sees every validation and can stop the trial (its Train controller ends with it; the search driver then frees
-the workers with release_placement_group).
+default their `cpu_share`, decided by the search driver) and report at each validation; `TuneReportCallback` passes
+rank 0's report on to Tune, so ASHA sees every validation and can stop the trial (its Train controller ends with it;
+the search driver then frees the workers with release_placement_group).
 """
 
 from __future__ import annotations
