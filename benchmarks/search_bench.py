@@ -35,9 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import MODEL, machine, read_jsonl, sentiment_splits, table, write_result
+from benchmarks.common import MODEL, machine, read_jsonl, table, write_result
 from promptray.platform.config.schema import load_config
-from promptray.platform.data.demo_data import trec_questions, write_splits
+from promptray.platform.data.demo_data import movie_sentiment, trec_questions, write_splits
 from promptray.platform.demo import MAX_ANSWER_TOKENS, N_TEST_SPLIT, N_VAL, accuracy, sentiment_config
 from promptray.platform.generation.decode import GenerationParams
 from promptray.platform.generation.inference import load_inference_engine, prepare
@@ -64,11 +64,13 @@ def task_config(task: str, out: Path, data: dict, steps: int) -> dict:
     return raw
 
 
-def task_splits(task: str, out_dir: Path, n_test: int) -> dict:
-    """The demo's fixed split of `task` (200 validation; 400 test examples, or n_test when more)."""
-    if task == "question_type":
-        return write_splits("questions", trec_questions(), out_dir, n_val=N_VAL, n_test=max(n_test, N_TEST_SPLIT))
-    return sentiment_splits(out_dir, max(n_test, 400))
+def task_splits(task: str, out_dir: Path, n_test: int, n_val: int = N_VAL) -> dict:
+    """The demo's fixed split of `task`: 400 test examples (or n_test when more), then 200 validation examples
+    (or n_val when more: the extra ones come from the start of the train split, so the test split is the same and
+    every side of a benchmark trains on the same, smaller, train split)."""
+    rows = trec_questions() if task == "question_type" else movie_sentiment()
+    name = "questions" if task == "question_type" else "sentiment"
+    return write_splits(name, rows, out_dir, n_val=max(n_val, N_VAL), n_test=max(n_test, N_TEST_SPLIT))
 
 
 def search_raw(out: Path, data: dict, steps: int, counts: list[int], samples: int,
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, help="steps per trial (default 32; --quick 10)")
     p.add_argument("--counts", help="comma-separated virtual-token counts (default 5,20,50,100; --quick 5,20)")
     p.add_argument("--samples", type=int, help="samples per count (default 1)")
-    p.add_argument("--n-val", type=int, help="validation examples (default 80; --quick 40)")
+    p.add_argument("--n-val", type=int, help="validation examples (default 80; --quick 40); over 200, the extra "
+                   "ones come from the train split (every side trains on the rest)")
     p.add_argument("--n-test", type=int, help="test examples (default 200; --quick 40)")
     p.add_argument("--fixed-lr", action="store_true",
                    help="search the token count only (lr 3e-2, as the fixed prompts)")
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     task = args.task
     fixed = [] if args.fixed == "none" else [int(c) for c in args.fixed.split(",")] if args.fixed else (
         [20, 100] if task == "sentiment" else [20])
-    data = cut_validation(task_splits(task, out / "data", n_test), n_val)
+    data = cut_validation(task_splits(task, out / "data", n_test, n_val), n_val)
     plan = plan_options(args)
     import ray
 
