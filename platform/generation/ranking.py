@@ -94,13 +94,29 @@ def ranking_set(engine: PromptModel, task: str, records: Sequence[Record], label
 
 
 def label_ranking_accuracy(engine: PromptModel, rs: RankingSet, batch_size: int = 16) -> float:
-    """The share of records whose own answer gets the highest answer log-probability among `rs.labels`;
-    `batch_size` records per forward, each with all its labels (its L rows share one pass of its prompt)."""
-    scores = answer_logprobs(engine.model, rs.examples, engine.tokenizer.pad_token_id,
-                             batch_size * len(rs.labels))
+    """The share of records whose own answer gets the highest answer log-probability among `rs.labels`
+    (see `label_ranking_predictions`)."""
+    preds = label_ranking_predictions(engine, rs, batch_size)
+    return sum(p == g for p, g in zip(preds, rs.gold)) / len(rs.gold)
+
+
+def label_ranking_predictions(engine: PromptModel, rs: RankingSet, batch_size: int = 16) -> list[int]:
+    """Per record (in `rs` order), the index in `rs.labels` of its highest-scored label (the first on a tie).
+    `batch_size` records per forward, each with all its labels (its L rows share one pass of its prompt);
+    records run shortest first (`by_length`), so a forward pads its records to similar lengths."""
+    n, order = len(rs.labels), by_length(rs)
+    rows = [rs.examples[r * n + j] for r in order for j in range(n)]
+    scores = answer_logprobs(engine.model, rows, engine.tokenizer.pad_token_id, batch_size * n)
+    preds = [0] * len(order)
+    for k, r in enumerate(order):
+        preds[r] = max(range(n), key=lambda j: scores[k * n + j])
+    return preds
+
+
+def by_length(rs: RankingSet) -> list[int]:
+    """The records' indices, shortest first (by their longest labelled row; ties in record order)."""
     n = len(rs.labels)
-    hits = [max(range(n), key=lambda j: scores[r * n + j]) == g for r, g in enumerate(rs.gold)]
-    return sum(hits) / len(hits)
+    return sorted(range(len(rs.gold)), key=lambda r: max(len(e) for e in rs.examples[r * n:(r + 1) * n]))
 
 
 class ValidationObjective:

@@ -16,6 +16,7 @@ from promptray.platform.generation.ranking import (
     ValidationObjective,
     closed_labels,
     label_ranking_accuracy,
+    label_ranking_predictions,
     ranking_set,
     sample_records,
 )
@@ -135,6 +136,39 @@ def test_label_ranking_keeps_each_records_labels_in_one_batch_and_its_grouping_c
     assert seen[0] == (4 * L, [tuple(range(r * L, r * L + L)) for r in range(4)])  # 4 records, all labels
     assert seen[1] == (2 * L, [tuple(range(r * L, r * L + L)) for r in range(2)])  # the last 2 records
     assert engine.model._verified == {"split+outer", "split"}  # prompt grouping (nested), task grouping
+
+
+def test_label_ranking_runs_records_shortest_first_and_predicts_each_record_as_scored_alone(tiny_gpt2,
+                                                                                          monkeypatch):
+    """Records of very different lengths: the forwards take them shortest first (little padding in each), and
+    each record's prediction, returned in the records' order, is the label an independent scoring of that
+    record alone ranks first."""
+    engine = prompt_model(tiny_gpt2, add_eos=True)
+    labels = [" red", " green", " blue"]  # a random tiny model ranks these differently across the records
+    texts = ["A long, long review " * 6, "Short.", "Medium length review here.", "Ok.", "Another long one " * 5,
+             "Dull and far too long.", "I loved every minute of it!"]
+    rows = [Record({"taskname": "c", "text": t, "label": labels[i % 3]}, f"v.jsonl:{i + 1}")
+            for i, t in enumerate(texts)]
+    rs = ranking_set(engine, "c", rows, labels, max_seq_length=128)
+    alone = [max(range(3), key=lambda j: label_score(engine, rs.examples[r * 3 + j])) for r in range(len(rows))]
+    lengths, real = [], PromptLearningModel.target_logprobs
+
+    def spy(self, batch):  # each record's length (its first row, padding left out), forward by forward
+        lengths.append(batch.attention_mask[::len(labels)].sum(1).tolist())
+        return real(self, batch)
+    monkeypatch.setattr(PromptLearningModel, "target_logprobs", spy)
+    preds = label_ranking_predictions(engine, rs, batch_size=3)
+    assert preds == alone and len(set(alone)) > 1  # records predicted differently: a mix-up would show
+    flat = [n for forward in lengths for n in forward]
+    assert flat == sorted(flat) and [len(f) for f in lengths] == [3, 3, 1]
+    assert flat != [len(rs.examples[r * 3]) for r in range(len(rows))]  # not the file order
+    assert label_ranking_accuracy(engine, rs, batch_size=3) == sum(a == g for a, g in zip(alone, rs.gold)) / 7
+
+
+def label_score(engine: PromptModel, example) -> float:
+    """The example's answer log-probability, one row through the per-token scoring code path."""
+    got = prompt_logprobs(engine.model, example, engine.tokenizer.pad_token_id, k=0)
+    return sum(lp.logprob for t, lp in got if example.loss_mask[t])
 
 
 @pytest.mark.slow
