@@ -23,6 +23,17 @@ class ConfigError(PromptrayError, ValueError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):\n{lines}")
 
+    def __reduce__(self):  # pickled (across Ray, between processes) as built, not from its message
+        return _rebuild, (type(self), self.problems, self.__dict__)
+
+
+def _rebuild(cls: type, problems: list[str], state: dict) -> ConfigError:
+    """A ConfigError (or subclass) unpickled: built with its problems, then its attributes restored."""
+    error = ConfigError.__new__(cls)
+    ConfigError.__init__(error, problems, state.get("title", "invalid configuration"))
+    error.__dict__.update(state)
+    return error
+
 
 class DatasetError(PromptrayError, ValueError):
     """A data file or record is malformed; the message names the file and line."""

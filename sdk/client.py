@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from promptray.platform.errors import ConfigError
 from promptray.sdk.auth import find_token
 from promptray.sdk.cluster import RayJobs
-from promptray.sdk.errors import JobConfigError
 from promptray.sdk.job import TuningJob
 from promptray.sdk.local_cluster import LocalCluster
 from promptray.sdk.models import JobSummary
@@ -160,9 +159,7 @@ class Client:
         """Like `submit_tuning`, for a config with a `search:` section: runs `promptray.jobs.search` (a Ray
         Tune search that publishes only the best trial's prompts); `job.result()` names the best trials."""
         raw, cfg = build_config(os.fspath(config) if isinstance(config, os.PathLike) else config,
-                                overrides, fields, table or self.table)
-        if cfg.search is None:
-            raise JobConfigError("search: missing section; give search.tasks with total_virtual_tokens per new task")
+                                overrides, fields, table or self.table, search=True)
         submitted = self._submit(raw, cfg, SEARCH_MODULE, "search", job_id, env_vars)
         return SearchJob(self.connect(), submitted)
 

@@ -1,7 +1,7 @@
 """Typed errors of the SDK. All are `PromptrayError`s; each says what happened, where, and what to do.
 
     PromptrayError
-    ├── ConfigError ── JobConfigError        the tuning job's configuration is invalid (nothing was submitted)
+    ├── ConfigError ── JobConfigError        the job's configuration is invalid (nothing was submitted)
     ├── DataStagingError                     local data files cannot reach the cluster
     ├── ClusterError
     │   ├── ClusterUnreachableError          no Ray dashboard answers at the address
@@ -25,11 +25,13 @@ __all__ = ["PromptrayError", "ConfigError", "JobConfigError", "DataStagingError"
 
 
 class JobConfigError(ConfigError):
-    """The tuning job's configuration (file, overrides or keyword arguments) is invalid; `problems` lists
-    every problem, each naming the key, the received value and the fix. Raised before anything is submitted."""
+    """The job's configuration (file, overrides or keyword arguments) is invalid; `problems` lists every
+    problem, each naming the key, the received value and the fix; `job` names the kind of job ("tuning job",
+    "search job") in the message. Raised before anything is submitted."""
 
-    def __init__(self, problems: list[str] | str):
-        super().__init__(problems, title="invalid tuning job")
+    def __init__(self, problems: list[str] | str, *, job: str = "tuning job"):
+        self.job = job
+        super().__init__(problems, title=f"invalid {job}")
 
 
 class DataStagingError(PromptrayError, ValueError):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 DEFAULT_LR = {"prompt-tuning": 3e-2, "p-tuning": 3e-3}  # the demo's learning rates
+NO_SEARCH = "search: missing section; give search.tasks with total_virtual_tokens per new task"
 
 
 class TuningRequest(BaseModel):
@@ -144,24 +145,28 @@ def set_table(conf: DictConfig, table: str) -> None:
 
 
 def build_config(config: Union[str, Path, dict, None], overrides: Overrides, fields: dict[str, Any],
-                 table: Optional[str]) -> tuple[dict[str, Any], JobConfig]:
+                 table: Optional[str], *, search: bool = False) -> tuple[dict[str, Any], JobConfig]:
     """The job's resolved config dict and its checked form, read by the engine's one config loader
     (promptray.platform.config.loader; the table is set before the overrides, which come before `${...}`).
     Raises JobConfigError listing every problem (keyword arguments, overrides, the config's keys and cross-key
-    rules, local data files) at once."""
+    rules, local data files; with `search`, a missing `search:` section) at once, titled "invalid search job"
+    for a search."""
+    job = "search job" if search else "tuning job"
     source, problems, reported = _base(config, fields)
     if source is None:
-        raise JobConfigError(problems)
+        raise JobConfigError(problems, job=job)
     read_problems: list[str] = []
     try:
         conf = open_config(source)
         if table:
             set_table(conf, table)
         raw, read_problems = resolve_config(conf, overrides)
+        if search and not raw.get("search"):
+            problems.append(NO_SEARCH)
         cfg = load_job_config(raw, check_files=True)
     except ConfigError as e:
         found = [p for p in e.problems if not any(k in p for k in reported)]
-        raise JobConfigError(unique_problems(problems + read_problems + found)) from None
+        raise JobConfigError(unique_problems(problems + read_problems + found), job=job) from None
     if problems or read_problems:
-        raise JobConfigError(unique_problems(problems + read_problems))
+        raise JobConfigError(unique_problems(problems + read_problems), job=job)
     return raw, cfg

@@ -245,8 +245,9 @@ def test_sdk_submit_search_checks_the_config_and_its_job_reports_the_best_trial(
     from promptray.sdk import Client, JobConfigError, SearchJob
 
     raw = search_config(tmp_path, tmp_path / "model", [2])
-    with pytest.raises(JobConfigError, match="search: missing section"):
+    with pytest.raises(JobConfigError, match="search: missing section") as e:
         Client(address="http://127.0.0.1:1").submit_search({k: v for k, v in raw.items() if k != "search"})
+    assert str(e.value).startswith("invalid search job (1 problem)") and e.value.job == "search job"
     raw["search"]["tasks"]["a"]["total_virtual_tokens"] = []
     with pytest.raises(JobConfigError, match="empty choice list"):  # checked before anything is submitted
         Client(address="http://127.0.0.1:1").submit_search(raw)

@@ -113,9 +113,11 @@ def test_submit_tuning_with_a_bad_config_raises_before_any_cluster_is_started_or
     raw = tuning_config(tmp_path / "model", "t", ["missing.jsonl"], [], tmp_path)
     raw["model"]["optim"]["lr"], raw["model"]["global_batch_size"] = -1, 6
     raw["model"]["task_templates"] = [{**raw["model"]["task_templates"][0], "virtual_token_splits": [3]}]
-    with pytest.raises(JobConfigError) as e:  # the four problems, at once
+    with pytest.raises(JobConfigError) as e:  # the four problems and the missing search section, at once
         client.submit_search(config=raw)
     assert [p.split(":")[0] for p in e.value.problems] == [
-        "model.data.train_ds[0]", "model.optim.lr", "model.task_templates[0] (task 'sentiment')",
+        "search", "model.data.train_ds[0]", "model.optim.lr", "model.task_templates[0] (task 'sentiment')",
         "model.global_batch_size"]
+    assert str(e.value).startswith("invalid search job (5 problems):\n  - search: missing section; give "
+                                   "search.tasks")
     assert client._cluster is None and client._jobs is None and client.address is None  # nothing started

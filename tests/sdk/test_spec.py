@@ -102,3 +102,12 @@ def test_unusable_input_is_a_job_config_error(config, fields, overrides, expecte
 def test_tuning_request_lists_its_keyword_arguments():
     assert {"base_model", "tasks", "train_files", "validation_files", "style", "num_workers",
             "max_steps"} <= set(TuningRequest.model_fields)
+
+
+def test_a_job_config_error_survives_pickling_with_its_kind():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(JobConfigError(["search: missing section"], job="search job")))
+    assert (e.job, e.problems, str(e)) == ("search job", ["search: missing section"],
+                                           "invalid search job (1 problem):\n  - search: missing section")
+

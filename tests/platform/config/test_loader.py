@@ -113,3 +113,15 @@ def test_a_missing_section_is_named_once():
     (problem,) = [p for p in problems_of("job", {**TRAIN, "search": {"metric": "val_loss"}})
                   if p.startswith("search.tasks")]
     assert problem == "search.tasks: required, not given; set search.tasks"
+
+
+def test_a_config_error_crosses_processes_as_it_was_raised():
+    """Ray pickles an error raised in a trial or a job; unpickled, its message and problems are the original's
+    (not the message wrapped again as one problem)."""
+    import pickle
+
+    e = ConfigError(["model.optim.lr: got -1; use a value > 0.0", "trainer.max_steps: got 0"], title="invalid x")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is ConfigError and str(back) == str(e) == (
+        "invalid x (2 problems):\n  - model.optim.lr: got -1; use a value > 0.0\n  - trainer.max_steps: got 0")
+    assert (back.problems, back.title) == (e.problems, "invalid x")
