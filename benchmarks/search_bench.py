@@ -24,6 +24,9 @@ objective label ranking on --n-val records); the fixed prompts train N steps eac
 number; the demo's fixed split: 200 validation, 400 test) as a prompt-tuning task of one 20-token text-
 initialised block (`QUESTION_TEMPLATE`, `QUESTION_INIT`), lr 3e-2 as sentiment's; the default there is
 fixed 20 only (`--fixed 20,100` adds others).
+--n-val over 200 (the demo's validation split) or --n-test over 400: the extra validation records come from
+the start of the train split, the extra test records before the validation split (the split moves on), so
+every side of one run trains on the same, smaller, train split.
 """
 
 from __future__ import annotations
