@@ -32,6 +32,7 @@ from typing import Any, Optional
 from promptray.jobs.cli_common import MissingDependencyError, parse_anywhere, require_ray
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.faults import FAULTS_ENV, faults_from_env
+from promptray.jobs.search_config import NO_SEARCH
 from promptray.jobs.search_pack import run_pack
 from promptray.jobs.search_plan import Plan, plan_search
 from promptray.jobs.search_report import (
@@ -259,7 +260,7 @@ def prepare_search_config(path_or_dict, overrides: Optional[list[str]] = None) -
     token count against the base model's limits (its config only), all before any trial runs."""
     cfg = absolutize(load_job_config(path_or_dict, overrides, check_files=True))
     if cfg.search is None:
-        raise ConfigError("search: missing section; give search.tasks with total_virtual_tokens per new task")
+        raise ConfigError(NO_SEARCH)
     check_model_limits_on_driver(cfg)
     return cfg
 

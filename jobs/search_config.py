@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 Style = Literal["prompt-tuning", "p-tuning"]
 
 
+NO_SEARCH = "search: missing section; give search.tasks with total_virtual_tokens per new task"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -24,13 +24,13 @@ class ConfigError(PromptrayError, ValueError):
         super().__init__(f"{title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):\n{lines}")
 
     def __reduce__(self):  # pickled (across Ray, between processes) as built, not from its message
-        return _rebuild, (type(self), self.problems, self.__dict__)
+        return _rebuild, (type(self), self.__dict__)
 
 
-def _rebuild(cls: type, problems: list[str], state: dict) -> ConfigError:
-    """A ConfigError (or subclass) unpickled: built with its problems, then its attributes restored."""
+def _rebuild(cls: type, state: dict) -> ConfigError:
+    """A ConfigError (or subclass) unpickled: built from its problems and title, then its attributes restored."""
     error = ConfigError.__new__(cls)
-    ConfigError.__init__(error, problems, state.get("title", "invalid configuration"))
+    ConfigError.__init__(error, state["problems"], state["title"])
     error.__dict__.update(state)
     return error
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promptray.jobs.config import JobConfig, load_job_config
+from promptray.jobs.search_config import NO_SEARCH
 from promptray.platform.config.loader import describe_error, open_config, resolve_config, unique_problems
 from promptray.platform.config.overrides import Overrides
 from promptray.platform.config.types import MAX_COUNT, MAX_LR, MAX_STEPS, Float, Int
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 DEFAULT_LR = {"prompt-tuning": 3e-2, "p-tuning": 3e-3}  # the demo's learning rates
-NO_SEARCH = "search: missing section; give search.tasks with total_virtual_tokens per new task"
 
 
 class TuningRequest(BaseModel):

@@ -75,18 +75,6 @@ def _wait_for_job_process(temp_dir: str, timeout: float = 120) -> bool:
     return False
 
 
-def _until(condition, timeout: float) -> bool:
-    """Whether `condition()` became true within `timeout` seconds (polled every 0.5 s)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def _cluster_line(stdout: str) -> tuple[str, int]:
     """(temp dir, process group) from the demo's stage-1 note."""
     m = re.search(r"process group (\d+), logs in (\S+)", stdout)
@@ -173,14 +161,9 @@ def test_ctrl_c_stops_everything_by_pid(tmp_path):
             lines.append(line)
             if "submitted with Client.submit_tuning" in line:
                 break
-        temp_dir, pgid = _cluster_line("".join(lines))
+        temp_dir, _ = _cluster_line("".join(lines))
         assert _wait_for_job_process(temp_dir), "the job's training process never started"
         proc.send_signal(signal.SIGINT)
-        if not _until(lambda: not _cluster_processes(temp_dir, pgid), timeout=45):
-            # One CI run (2026-11-30) saw a first SIGINT have no effect (the demo went on to serve; the cause
-            # was not found and later runs did not repeat it): a user presses Ctrl-C again, and the cleanup by
-            # PID must still leave nothing running.
-            proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
