@@ -134,6 +134,9 @@ class SearchConfig(_Section):
     # val_accuracy: label ranking when a task's answers form a closed set (tasks.<t>.labels, else at most
     # max_labels distinct answers in its data), greedy exact match otherwise; on val_samples records (None: all)
     val_samples: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
+    # val_accuracy: validation records per forward pass (label ranking: each with all its labels; exact match:
+    # per generation batch); independent of model.micro_batch_size, which sets the training batch
+    val_batch_size: Int = Field(16, ge=1, le=MAX_COUNT)
     max_labels: Int = Field(20, ge=2, le=MAX_COUNT)
     label_ranking: bool = True  # false: greedy exact match even for a closed label set (the answer's format counts)
     # budget mode (search_plan.py): total optimizer steps over all candidates, packed successive halving

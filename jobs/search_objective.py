@@ -35,4 +35,4 @@ def objective(s: SearchConfig, cfg: PromptLearningConfig, engine: PromptModel, n
     """The objective of `name` (a task or a pack's candidate, as held by `engine`) on `sample` (its records)."""
     limit = min(cfg.max_seq_length, engine.model.max_positions)
     return ValidationObjective(engine, name, sample, labels, max_seq_length=limit,
-                               max_new_tokens=s.max_new_tokens, batch_size=cfg.model.micro_batch_size)
+                               max_new_tokens=s.max_new_tokens, batch_size=s.val_batch_size)

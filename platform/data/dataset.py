@@ -173,12 +173,14 @@ def _record_problems(data: Any, templates: dict[str, TaskTemplate], inference: b
 
 @dataclass
 class Tokenization:
-    """The tokenizer facts the encoder needs (any Hugging Face tokenizer provides them)."""
+    """The tokenizer facts the encoder needs (any Hugging Face tokenizer provides them), and the token ids of
+    the texts encoded so far (`prime` fills them in one batch call)."""
 
     tokenizer: Any
     pad_id: int
     eos_id: int
     bos_id: Optional[int]
+    known: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, tokenizer) -> Tokenization:
@@ -187,7 +189,17 @@ class Tokenization:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` without special tokens ([] for empty text)."""
-        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        if not text:
+            return []
+        ids = self.known.get(text)
+        return list(ids) if ids is not None else self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Encode the distinct non-empty `texts` not yet known in one batch call (a fast tokenizer encodes a
+        batch in parallel, without a Python round trip per text); `encode` then returns the same ids."""
+        new = [t for t in dict.fromkeys(texts) if t and t not in self.known]
+        if new:
+            self.known.update(zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"]))
 
 
 def encode_chunks(chunks: list[Chunk], tok: Tokenization, answer_only_loss: bool, add_bos: bool,
@@ -271,6 +283,8 @@ def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tok
     records = read_records(sources, endpoint_url=endpoint_url)
     check_records(records, by_name, inference, unknown_hint)
     tok, stats, examples = Tokenization.of(tokenizer), DatasetStats(), []
+    tok.prime(c.text for r in records for c in by_name[r.data["taskname"]].render(r.data, inference=inference)
+              if c.kind != "virtual")
     for r in records:
         name = r.data["taskname"]
         bos = add_bos[name] if isinstance(add_bos, Mapping) else add_bos

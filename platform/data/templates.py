@@ -8,6 +8,7 @@ rows of the task's prompt matrix (marker k gets rows ``sum(splits[:k]) .. sum(sp
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -106,7 +107,19 @@ class TaskTemplate(BaseModel):
 
 
 def parse_template(template: str) -> tuple[list[Part], list[str]]:
-    """Split a template into parts; return (parts, problems). Markers are not yet given rows."""
+    """Split a template into parts; return (parts, problems). Markers are not yet given rows. Parsed once
+    per distinct template (rendering calls this for every record)."""
+    parts, problems = _parse_cached(template)
+    return list(parts), list(problems)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(template: str) -> tuple[tuple[Part, ...], tuple[str, ...]]:
+    parts, problems = _parse(template)
+    return tuple(parts), tuple(problems)
+
+
+def _parse(template: str) -> tuple[list[Part], list[str]]:
     parts: list[Part] = []
     problems: list[str] = []
     pos = 0

@@ -188,9 +188,10 @@ def answer_logprobs(model: PromptLearningModel, examples: Sequence[Example], pad
     forward: keep them consecutive and within one batch (`label_ranking_accuracy` passes whole records)."""
     model.eval()
     out: list[float] = []
+    reuse: dict = {}  # the KV caches of shared prompt starts, computed in the first batch (prompts are fixed here)
     for s in range(0, len(examples), batch_size):
         batch = to_device(collate(examples[s:s + batch_size], pad_id), model.device)
-        out += model.target_logprobs(batch).tolist()
+        out += model.target_logprobs(batch, reuse=reuse).tolist()
     return out
 
 

@@ -8,6 +8,7 @@ prompt parameters stay float32; logits are computed only at positions that carry
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 from typing import Literal, Optional
@@ -213,18 +214,22 @@ class PromptLearningModel(nn.Module):
         return self._terms(batch).by_task()
 
     @torch.no_grad()
-    def target_logprobs(self, batch: Batch) -> torch.Tensor:
+    def target_logprobs(self, batch: Batch, *, reuse: Optional[dict] = None) -> torch.Tensor:
         """(B,) float32: per row, the sum of the log-probabilities of its target tokens (loss_mask) given what
         precedes them. One forward; the output layer runs only at the positions that predict a target, and
         rows that share a prompt run it once (the split layout of prefix.py, checked once against the plain
         forward as in `loss`): rows identical up to their answer (one record with each candidate label, kept
         in one batch) share their whole prompt, so scoring L answers after a prompt costs one prompt and L
-        short answers; other rows of a task share its prompt start."""
+        short answers; other rows of a task share its prompt start.
+
+        `reuse`: a dict the caller keeps over the batches of one scoring pass (the prompts unchanged): the KV
+        cache of a shared start seen in an earlier batch (a task's start, the same in every batch) is taken
+        from it, not run again. Same values; the check against the plain forward runs without it."""
         terms = None
         if self.share_prefix and "split" in self.fast_paths:
             layout = split_shared_prefix(to_device(batch, torch.device("cpu")), group_by=self.prefix_group_by)
             layout = to_device(layout, batch.input_ids.device)
-            terms = self._terms_layout("split", layout) if layout is not None else None
+            terms = self._terms_layout("split", layout, reuse) if layout is not None else None
             if terms is not None and _checked_as("split", layout) not in self._verified:
                 self._verify("split", layout, terms, batch)
                 terms = terms if _checked_as("split", layout) in self._verified else None  # off: plain forward
@@ -242,9 +247,9 @@ class PromptLearningModel(nn.Module):
                     return out if verified else self._verify(kind, layout, out, batch)
             return self._terms_plain(batch)
 
-    def _terms_layout(self, kind: str, layout) -> Optional[_Targets]:
+    def _terms_layout(self, kind: str, layout, reuse: Optional[dict] = None) -> Optional[_Targets]:
         try:
-            return self._terms_packed(layout) if kind == "packed" else self._terms_shared(layout)
+            return self._terms_packed(layout) if kind == "packed" else self._terms_shared(layout, reuse)
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # a model that cannot take the layout
             log.warning("shared-prefix %s batches switched off for this model: %s", kind, exc)
             self.fast_paths = [k for k in self.fast_paths if k != kind]
@@ -302,14 +307,14 @@ class PromptLearningModel(nn.Module):
                       use_cache=past is not None, **self._cache_arg(past))
         return out.logits[targets].float()  # (N, V)
 
-    def _terms_shared(self, s: PrefixSplit) -> Optional[_Targets]:
+    def _terms_shared(self, s: PrefixSplit, reuse: Optional[dict] = None) -> Optional[_Targets]:
         """The loss with each group's prefix run once (K rows) and its KV cache gathered to the B rows;
         None (and sharing switched off) for models whose cache is not a plain growing KV cache."""
         L, P = _columns_needed(s.loss_mask), s.cache_mask.shape[1]
         targets = s.loss_mask[:, 1:L + 1]  # (B, L)
         labels = s.input_ids[:, 1:L + 1][targets]  # (N,)
         with self.autocast():
-            past = self._prefix_cache(s)  # (K, heads, P, d) per layer
+            past = self._prefix_cache(s, reuse)  # (K, heads, P, d) per layer
             if past is None:
                 self.fast_paths = [k for k in self.fast_paths if k != "split"]  # sliding, linear, quantized
                 return None
@@ -318,23 +323,38 @@ class PromptLearningModel(nn.Module):
             logits = self._target_logits(emb, s.attention_mask[:, :P + L], s.position_ids[:, :L], targets, past)
         return _Targets(logits, labels, targets, s.tasknames)
 
-    def _prefix_cache(self, s: PrefixSplit):
+    def _prefix_cache(self, s: PrefixSplit, reuse: Optional[dict] = None):
         """The KV cache of the K prefix rows of `s` (K, heads, P, d) per layer, P = s.cache_mask's width: the
-        prefixes run whole, or (`s.outer`) their shared starts once and then their rests against them. None
-        when the model's cache is not a plain growing KV cache (sliding, linear, quantized)."""
+        prefixes run whole (or come from `reuse`, see `target_logprobs`), or (`s.outer`) their shared starts
+        once and then their rests against them. None when the model's cache is not a plain growing KV cache
+        (sliding, linear, quantized)."""
         o = s.outer
         if o is None:
+            key = _prefix_key(s) if reuse is not None else None
+            if key is not None and key in reuse:
+                return copy.deepcopy(reuse[key])  # a copy: the caller gathers and extends it
             emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
-            _, past = self.step(emb, s.prefix_mask, (s.prefix_mask.cumsum(-1) - 1).clamp(min=0))
+            past = self._cache_of_run(emb, s.prefix_mask, (s.prefix_mask.cumsum(-1) - 1).clamp(min=0))
+            plain = all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
+            if key is not None and plain:
+                reuse[key] = copy.deepcopy(past)
         else:
-            past = self._prefix_cache(o)  # (K_o, heads, P_o, d)
+            past = self._prefix_cache(o, reuse)  # (K_o, heads, P_o, d)
             if past is None:
                 return None
             past.reorder_cache(o.row_group)  # (K, heads, P_o, d)
             emb = self.embed(o.input_ids, o.virtual_ids, o.tasknames)  # (K, S_o, H)
-            _, past = self.step(emb, o.attention_mask, o.position_ids, past)  # (K, heads, P_o + S_o, d)
+            past = self._cache_of_run(emb, o.attention_mask, o.position_ids, past)  # (K, heads, P_o + S_o, d)
         plain = all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
         return past if plain else None
+
+    def _cache_of_run(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                      past=None):
+        """The KV cache after running `emb` (B, t, H) on `past`; no logits (a prefix predicts no target)."""
+        if self._backbone is None:
+            return self.step(emb, attention_mask, position_ids, past)[1]
+        with self.autocast():
+            return self._hidden(emb, attention_mask, position_ids, past, use_cache=True)[1]
 
     def step(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
              past=None) -> tuple[torch.Tensor, object]:
@@ -407,6 +427,13 @@ def _attention_per_mode(lm: nn.Module, precision: Precision) -> Optional[tuple[s
     except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
         return None
     return ("eager", DECODE_ATTENTION)
+
+
+def _prefix_key(s: PrefixSplit) -> tuple:
+    """What a split's prefix rows are (tasks, tokens, virtual rows, mask): equal keys, equal KV caches while
+    the prompts do not change."""
+    return (tuple(s.prefix_tasks), *(tuple(map(tuple, t.tolist())) for t in (s.prefix_ids, s.prefix_virtual,
+                                                                             s.prefix_mask)))
 
 
 def _checked_as(kind: str, layout) -> str:

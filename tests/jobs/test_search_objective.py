@@ -45,3 +45,18 @@ def test_repeated_or_empty_labels_are_config_problems(tmp_path):
     assert e.value.problems == ["search.tasks.a.labels: ['yes', '', 'yes'] repeats ['yes']; give each label once",
                         "search.tasks.a.labels: ['yes', '', 'yes'] has an empty label; give the answers as the "
                         "data spell them"]
+
+
+def test_validation_batches_follow_search_val_batch_size_not_the_training_batch(monkeypatch):
+    from types import SimpleNamespace
+
+    import promptray.jobs.search_objective as so
+
+    seen = {}
+    monkeypatch.setattr(so, "ValidationObjective", lambda *a, **kw: seen.update(kw))
+    cfg = SimpleNamespace(max_seq_length=256, model=SimpleNamespace(micro_batch_size=4))
+    engine = SimpleNamespace(model=SimpleNamespace(max_positions=128))
+    so.objective(search(), cfg, engine, "s", ROWS, None)
+    assert seen["batch_size"] == 16 and seen["max_seq_length"] == 128  # the default, whatever the training batch
+    so.objective(search(val_batch_size=40), cfg, engine, "s", ROWS, None)
+    assert seen["batch_size"] == 40

@@ -62,7 +62,7 @@ def test_brackets_split_the_candidates_and_the_budget_later_ones_cut_less():
 
 def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
     raw = search_config(tmp_path, tmp_path / "no-model", [2, 4], budget_steps=3, num_samples=2, val_samples=0,
-                        style=["p-tuning"])
+                        val_batch_size=0, style=["p-tuning"])
     raw["ray"] = {"num_workers": 2}
     raw["model"]["micro_batch_size"] = 2
     raw["search"]["tasks"]["a"]["labels"] = ["x"]
@@ -70,12 +70,13 @@ def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
         load_job_config(raw)
     problems = e.value.problems
     assert "search.val_samples: got 0; use a value >= 1" in problems
+    assert "search.val_batch_size: got 0; use a value >= 1" in problems
     assert "search.tasks.a.labels: ['x'] has fewer than 2 labels; give the task's answers or drop it" in problems
     assert any(p.startswith("search.budget_steps: packed candidates are prompt-tuning prompts") for p in problems)
     assert any(p.startswith("search.budget_steps: a pack trains in one worker, but the job runs 2") for p in problems)
     assert ("search.budget_steps: 3 cannot train the 4 candidate(s) of task 'a' in 1 bracket(s) to a first rung; "
             "give at least 4 steps, or fewer counts / num_samples / brackets") in problems
-    assert len(problems) == 5
+    assert len(problems) == 6
 
 
 def test_the_plan_says_rungs_cost_and_the_published_candidates_steps():

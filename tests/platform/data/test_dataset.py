@@ -327,3 +327,29 @@ def test_files_with_byte_order_mark(tmp_path):
     (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode())
     assert [r.data for r in read_records([tmp_path / "bom.json", tmp_path / "bom.jsonl"])] == rows + rows
+
+
+ODD_TEXTS = ["", " ", "  two spaces", "tab\there", "line\nbreak", "naïve café — ünïcode ✓", "emoji 🙂🙂",
+             "\u2028sep", "word0 word1", "x" * 300, " leading", "trailing "]
+
+
+def test_primed_ids_are_the_tokenizers_own(tok):
+    primed = Tokenization.of(tok)
+    primed.prime(ODD_TEXTS + ODD_TEXTS[:3])  # repeats are encoded once
+    assert set(primed.known) == {t for t in ODD_TEXTS if t}
+    for t in ODD_TEXTS:
+        assert primed.encode(t) == enc(tok, t) == Tokenization.of(tok).encode(t)
+    ids = primed.encode("naïve café — ünïcode ✓")
+    ids.append(-1)  # a caller's copy: the memo is untouched
+    assert primed.encode("naïve café — ünïcode ✓") == enc(tok, "naïve café — ünïcode ✓")
+
+
+def test_examples_are_the_same_with_the_batch_encoding_as_record_by_record(tok, monkeypatch):
+    records = [{"taskname": "sentiment", "sentence": t, "label": lab}
+               for t in ODD_TEXTS[1:] + [LONG] for lab in ("good", " bad")]
+    primed, _ = build_examples(records, [SENTIMENT], tok, 40)
+    monkeypatch.setattr(Tokenization, "prime", lambda self, texts: None)
+    alone, _ = build_examples(records, [SENTIMENT], tok, 40)
+    assert [(e.input_ids, e.virtual_ids, e.loss_mask) for e in primed] == \
+        [(e.input_ids, e.virtual_ids, e.loss_mask) for e in alone]
+    assert len(primed) == len(records) and any(len(e.input_ids) == 40 for e in primed)  # LONG was truncated

@@ -318,3 +318,12 @@ def test_parts_of_invalid_template_raise_config_error():
     t = TaskTemplate(**tmpl(prompt_template="<|VIRTUAL_PROMPT_0|> {1x} {label}"))
     with pytest.raises(ConfigError, match=r"task 'task'.*malformed field '\{1x\}'"):
         _ = t.parts
+
+
+def test_parse_template_gives_each_caller_its_own_lists():
+    first, problems = parse_template("<|VIRTUAL_PROMPT_0|> {a} {b")
+    first.clear()
+    problems.append("mine")
+    again, problems_again = parse_template("<|VIRTUAL_PROMPT_0|> {a} {b")
+    assert [type(p).__name__ for p in again] == ["Virtual", "Text", "Field", "Text"]
+    assert len(problems_again) == 1 and "malformed field" in problems_again[0]

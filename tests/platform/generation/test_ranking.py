@@ -119,9 +119,9 @@ def test_label_ranking_keeps_each_records_labels_in_one_batch_and_its_grouping_c
     rs = ranking_set(engine, "c", rows, labels, max_seq_length=128)
     seen, real = [], PromptLearningModel.target_logprobs
 
-    def spy(self, batch):  # the rows of every forward, and the prefix groups they are split into
+    def spy(self, batch, **kw):  # the rows of every forward, and the prefix groups they are split into
         seen.append((batch.input_ids.shape[0], [g.rows for g in shared_prefixes(batch)]))
-        return real(self, batch)
+        return real(self, batch, **kw)
     monkeypatch.setattr(PromptLearningModel, "target_logprobs", spy)
     accuracy = {}
     for how in ("prompt", "task", "plain"):
@@ -153,9 +153,9 @@ def test_label_ranking_runs_records_shortest_first_and_predicts_each_record_as_s
     alone = [max(range(3), key=lambda j: label_score(engine, rs.examples[r * 3 + j])) for r in range(len(rows))]
     lengths, real = [], PromptLearningModel.target_logprobs
 
-    def spy(self, batch):  # each record's length (its first row, padding left out), forward by forward
+    def spy(self, batch, **kw):  # each record's length (its first row, padding left out), forward by forward
         lengths.append(batch.attention_mask[::len(labels)].sum(1).tolist())
-        return real(self, batch)
+        return real(self, batch, **kw)
     monkeypatch.setattr(PromptLearningModel, "target_logprobs", spy)
     preds = label_ranking_predictions(engine, rs, batch_size=3)
     assert preds == alone and len(set(alone)) > 1  # records predicted differently: a mix-up would show

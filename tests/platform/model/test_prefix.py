@@ -247,3 +247,27 @@ def test_answer_scores_with_one_prompt_per_record_equal_the_plain_forward(fixtur
     plain = model.target_logprobs(batch)
     assert torch.allclose(shared, plain, atol=1e-5, rtol=0)
     assert len(set(round(float(x), 4) for x in plain)) == len(plain)  # real, distinct scores
+
+
+@pytest.mark.parametrize("fixture", MODELS)
+def test_a_scoring_pass_runs_the_tasks_start_once_over_its_batches(fixture, request):
+    from promptray.platform.generation.inference import answer_logprobs
+
+    lm, tokenizer = request.getfixturevalue(fixture)
+    model = PromptLearningModel(lm, bank_for(lm.get_input_embeddings().weight.shape[1])).eval()
+    texts = ["A warm, funny film.", "Dull and far too long.", "Fine.", "Never again!", "Two thumbs up.", "Meh."]
+    recs = [{"taskname": "c", "text": t, "label": lab} for t in texts for lab in TWO_LABELS]
+    examples, _ = build_examples(recs, [TEMPLATE_C], tokenizer, 128)
+    answer_logprobs(model, examples, tokenizer.pad_token_id, batch_size=4)  # the layout's one check runs here
+    assert model._verified == {"split+outer"}
+    runs = []
+    run = model._cache_of_run
+    model._cache_of_run = lambda emb, *a: runs.append(emb.shape[:2]) or run(emb, *a)
+    fast = answer_logprobs(model, examples, tokenizer.pad_token_id, batch_size=4)  # 3 batches of 2 records
+    start = 4 + len(tokenizer.encode(" Review:"))
+    assert runs.count((1, start)) == 1  # the task's start: once, reused by the 2nd and 3rd batch
+    assert len(runs) == 1 + 3  # and each batch's two record prompts against it
+    model.share_prefix = False
+    plain = answer_logprobs(model, examples, tokenizer.pad_token_id, batch_size=4)
+    assert fast == pytest.approx(plain, abs=1e-5)
+    assert len({round(x, 4) for x in plain}) == len(plain)
