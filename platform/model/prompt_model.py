@@ -335,8 +335,7 @@ class PromptLearningModel(nn.Module):
                 return copy.deepcopy(reuse[key])  # a copy: the caller gathers and extends it
             emb = self.embed(s.prefix_ids, s.prefix_virtual, s.prefix_tasks)  # (K, P, H)
             past = self._cache_of_run(emb, s.prefix_mask, (s.prefix_mask.cumsum(-1) - 1).clamp(min=0))
-            plain = all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
-            if key is not None and plain:
+            if key is not None and _plain(past):
                 reuse[key] = copy.deepcopy(past)
         else:
             past = self._prefix_cache(o, reuse)  # (K_o, heads, P_o, d)
@@ -345,8 +344,7 @@ class PromptLearningModel(nn.Module):
             past.reorder_cache(o.row_group)  # (K, heads, P_o, d)
             emb = self.embed(o.input_ids, o.virtual_ids, o.tasknames)  # (K, S_o, H)
             past = self._cache_of_run(emb, o.attention_mask, o.position_ids, past)  # (K, heads, P_o + S_o, d)
-        plain = all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
-        return past if plain else None
+        return past if _plain(past) else None
 
     def _cache_of_run(self, emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                       past=None):
@@ -427,6 +425,11 @@ def _attention_per_mode(lm: nn.Module, precision: Precision) -> Optional[tuple[s
     except (AttributeError, ValueError):  # older transformers, or a model with no eager attention
         return None
     return ("eager", DECODE_ATTENTION)
+
+
+def _plain(past) -> bool:
+    """Whether a KV cache is a plain growing one (every layer a DynamicLayer), which prefix sharing gathers."""
+    return all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
 
 
 def _prefix_key(s: PrefixSplit) -> tuple:
