@@ -147,6 +147,9 @@ class SearchConfig(_Section):
     # a pack's candidates share each micro-step's forward pass (platform/train/pack.py): for accelerators; in bf16
     # the merged batch rounds differently from each candidate's own (off: one forward per candidate)
     shared_forward: bool = False
+    # candidates a pack trains and validates at once on threads, each on its share of the trial's CPUs (None: 2
+    # on a CPU trial with 2+ CPUs, else 1); the same values as one at a time, within float rounding
+    parallel_candidates: Optional[Int] = Field(None, ge=1, le=MAX_COUNT)
 
     @property
     def metric_mode(self) -> str:

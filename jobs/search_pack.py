@@ -59,13 +59,22 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     cfgs = candidate_configs(base, task, bracket, data, out)
     first = next(iter(cfgs.values()))
     device = resolve_device("gpu") if first.ray.use_gpu else None
-    use_reserved_cpus()
+    cpus = use_reserved_cpus()
     engine = prepare_engine(first)
     if device is not None:
         engine.model.to(device)
     pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device,
-                    shared_forward=s.shared_forward, keep="last")  # rungs compare values at the rung
+                    shared_forward=s.shared_forward, keep="last",  # rungs compare values at the rung
+                    streams=candidate_streams(s, cpus, device))
     PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
+
+
+def candidate_streams(s: SearchConfig, cpus: int, device) -> int:
+    """How many candidates a pack trains and validates at once (search.parallel_candidates; unset: 2 on a CPU
+    trial of 2+ CPUs, each on half of them, else 1: one at a time on an accelerator or with shared_forward)."""
+    if s.parallel_candidates is not None:
+        return s.parallel_candidates
+    return 2 if device is None and cpus >= 2 and not s.shared_forward else 1
 
 
 class PackRun:
@@ -98,8 +107,7 @@ class PackRun:
             trained = self.pack.running
             self.pack.step()
             if step in rungs or (self.every and step % self.every == 0):
-                for name in trained:
-                    self.pack.validate(name, self.objectives.get(name))
+                self.pack.validate_all({name: self.objectives.get(name) for name in trained})
                 if step in rungs:
                     self._cut(rungs[step])
                 self._report(step)

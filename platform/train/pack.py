@@ -23,6 +23,7 @@ passes: what an accelerator wants; the same end state within float tolerance (te
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -38,6 +39,7 @@ from promptray.platform.model.prompt_encoder import PromptBank
 from promptray.platform.train.distributed import Dist, average_gradients
 from promptray.platform.train.engine import Engine, build_bank
 from promptray.platform.train.steps import (
+    accumulate_gradients,
     load_data,
     lr_lambda,
     micro_batches,
@@ -99,10 +101,11 @@ class PackLoop:
     def __init__(self, engine: Engine, task: str, candidates: dict[str, PromptLearningConfig], *,
                  metric: str = "val_loss", mode: str = "min", group: Dist = Dist(),
                  device: Optional[torch.device] = None, shared_forward: bool = False,
-                 keep: Literal["best", "last"] = "best"):
+                 keep: Literal["best", "last"] = "best", streams: int = 1):
         _check_candidates(task, candidates)
         self.engine, self.task, self.group, self.device = engine, task, group, device
         self.shared_forward = shared_forward
+        self.streams = max(1, streams) if not group.active else 1  # collectives stay on one thread
         self.metric, self.mode, self.keep = metric, mode, keep
         first = next(iter(candidates.values()))
         d = first.model.data
@@ -162,8 +165,12 @@ class PackLoop:
         A candidate that reaches its planned steps is then "finished"."""
         self.engine.model.train()
         names = self.running
-        losses = self._shared_step(names) if self.shared_forward and len(names) > 1 else {
-            name: self._own_step(self.candidates[name]) for name in names}
+        if self.shared_forward and len(names) > 1:
+            losses = self._shared_step(names)
+        elif self.streams > 1 and len(names) > 1:
+            losses = self._parallel_step(names)
+        else:
+            losses = {name: self._own_step(self.candidates[name]) for name in names}
         for name, loss in losses.items():
             c = self.candidates[name]
             c.done, c.last_loss = c.done + 1, loss
@@ -180,6 +187,41 @@ class PackLoop:
                                 self.group, self.device)
         return loss
 
+    def _parallel_step(self, names: list[str]) -> dict[str, float]:
+        """Candidates `names` on `streams` threads at once, each candidate's forward and backward passes as
+        `_own_step` runs them (its own prompt alone gets a gradient); then each candidate's own clipping and one
+        AdamW step of all groups, as `_shared_step` ends."""
+        def passes(name: str) -> float:
+            c = self.candidates[name]
+            acc = c.cfg.accumulation_for(self.group.world_size)
+            return accumulate_gradients(self.engine, c.stream, acc, self.device)[0]
+        losses = dict(zip(names, self._on_streams(passes, names)))
+        self._clip_and_step(names)
+        return losses
+
+    def _on_streams(self, fn: Callable[[str], Any], names: list[str]) -> list[Any]:
+        """[fn(name) for name in names], `streams` at a time on threads, each with its share of torch's
+        intra-op threads (torch releases the GIL inside its kernels; a small model's passes use two cores
+        less well together than two passes one core each)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // self.streams))
+        try:
+            with ThreadPoolExecutor(self.streams) as pool:
+                return list(pool.map(fn, names))
+        finally:
+            torch.set_num_threads(threads)
+
+    def _clip_and_step(self, names: list[str]) -> None:
+        """Average (several workers), clip each candidate's gradient on its own, one AdamW step, zero grads."""
+        bank = self.engine.model.bank
+        average_gradients([bank.get(n) for n in names], self.group)
+        for n in names:
+            clip = self.candidates[n].cfg.trainer.gradient_clip_val
+            if clip:
+                torch.nn.utils.clip_grad_norm_([bank.get(n)], clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def _shared_step(self, names: list[str]) -> dict[str, float]:
         """Candidates `names` on shared forward passes: micro-batch by micro-batch, every candidate's rows in
         one mixed-task batch (`PromptLearningModel.task_losses`), each candidate's loss normalised by its own
@@ -195,29 +237,40 @@ class PackLoop:
             sum(scaled.values()).backward()
             for n in names:
                 losses[n] += float(scaled[n].detach())
-        bank = self.engine.model.bank
-        average_gradients([bank.get(n) for n in names], self.group)
-        for n in names:
-            clip = self.candidates[n].cfg.trainer.gradient_clip_val
-            if clip:
-                torch.nn.utils.clip_grad_norm_([bank.get(n)], clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clip_and_step(names)
         return losses
 
     def validate(self, name: str, objective: Optional[Callable[[], float]] = None) -> dict[str, Any]:
         """Candidate `name`'s validation record at its current step: val_loss (unless `objective` scores another
         metric) and, with `objective`, its value under `metric`; keeps the candidate's prompt when it is its best
         so far (every time with keep="last")."""
-        c, model = self.candidates[name], self.engine.model
-        cfg, pad = c.cfg, self.engine.tokenizer.pad_token_id
+        return self.validate_all({name: objective})[name]
+
+    def validate_all(self, objectives: dict[str, Optional[Callable[[], float]]]) -> dict[str, dict[str, Any]]:
+        """`validate` of each candidate in `objectives` (name -> its objective or None), `streams` at a time,
+        the model in eval mode throughout; name -> its validation record."""
+        model = self.engine.model
+        model.eval()
+        try:
+            recs = self._on_streams(lambda n: self._score(n, objectives[n]), list(objectives)) \
+                if self.streams > 1 and len(objectives) > 1 else [self._score(n, o) for n, o in objectives.items()]
+        finally:
+            model.train()
+        return {name: self._keep(name, rec) for name, rec in zip(objectives, recs)}
+
+    def _score(self, name: str, objective: Optional[Callable[[], float]]) -> dict[str, Any]:
+        c, pad = self.candidates[name], self.engine.tokenizer.pad_token_id
         rec: dict[str, Any] = {"step": c.done}
         if objective is None or self.metric == "val_loss":
-            rec["val_loss"] = round(validation_loss(self.engine, c.val, cfg.model.micro_batch_size, pad,
-                                                    val_batches(cfg, len(c.val)), self.group, self.device), 5)
+            rec["val_loss"] = round(validation_loss(self.engine, c.val, c.cfg.model.micro_batch_size, pad,
+                                                    val_batches(c.cfg, len(c.val)), self.group, self.device), 5)
         if objective is not None:
             rec[self.metric] = round(objective(), 5)
-        model.train()
+        return rec
+
+    def _keep(self, name: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """Record a validation; keep the prompt when it is the candidate's best (always with keep="last")."""
+        c, model = self.candidates[name], self.engine.model
         value = rec[self.metric]
         better = c.best is None or (value < c.best if self.mode == "min" else value > c.best)
         if better or self.keep == "last":

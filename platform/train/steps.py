@@ -144,6 +144,7 @@ def validation_loss(engine: Engine, val: list[Example], batch_size: int, pad_id:
     without a batch in the last round runs batch 0 and ignores it (a sharded model needs every worker in
     every forward)."""
     model = engine.model
+    was_training = model.training
     model.eval()
     ordered = sorted(val, key=len)
     starts = list(range(0, len(ordered), batch_size))[:limit]
@@ -154,7 +155,7 @@ def validation_loss(engine: Engine, val: list[Example], batch_size: int, pad_id:
         loss_sum, n = model(to_device(collate(ordered[s:s + batch_size], pad_id), device))
         if i < len(starts):
             total, count = total + float(loss_sum), count + n
-    model.train()
+    model.train(was_training)
     total, count = all_reduce_sums([total, count], group)
     return total / max(count, 1)
 
@@ -167,6 +168,20 @@ def train_step(engine: Engine, stream: Iterator[tuple[int, Batch]], accumulation
     """One optimizer step over `accumulation` micro-batches: (mean loss, tokens seen, epoch) of this worker.
     With several workers the trainable parameters' gradients are averaged before clipping and stepping."""
     params = engine.model.trainable_parameters()
+    loss_total, tokens, epoch = accumulate_gradients(engine, stream, accumulation, device)
+    average_gradients(params, group)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_total, tokens, epoch
+
+
+def accumulate_gradients(engine: Engine, stream: Iterator[tuple[int, Batch]], accumulation: int,
+                         device: Optional[torch.device] = None) -> tuple[float, int, int]:
+    """The forward and backward passes of one optimizer step: `accumulation` micro-batches of `stream`, each
+    loss (mean token cross-entropy) divided by `accumulation`, gradients summed into the parameters' .grad.
+    Returns (mean loss, tokens seen, epoch)."""
     loss_total, tokens, epoch = 0.0, 0, 0
     for _ in range(accumulation):
         epoch, batch = next(stream)
@@ -175,11 +190,6 @@ def train_step(engine: Engine, stream: Iterator[tuple[int, Batch]], accumulation
         loss.backward()
         loss_total += float(loss.detach())
         tokens += batch.num_tokens
-    average_gradients(params, group)
-    if clip:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     return loss_total, tokens, epoch
 
 

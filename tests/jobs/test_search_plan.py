@@ -62,7 +62,7 @@ def test_brackets_split_the_candidates_and_the_budget_later_ones_cut_less():
 
 def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
     raw = search_config(tmp_path, tmp_path / "no-model", [2, 4], budget_steps=3, num_samples=2, val_samples=0,
-                        val_batch_size=0, style=["p-tuning"])
+                        val_batch_size=0, parallel_candidates=0, style=["p-tuning"])
     raw["ray"] = {"num_workers": 2}
     raw["model"]["micro_batch_size"] = 2
     raw["search"]["tasks"]["a"]["labels"] = ["x"]
@@ -71,12 +71,13 @@ def test_budget_problems_come_with_the_rest_of_the_config(tmp_path):
     problems = e.value.problems
     assert "search.val_samples: got 0; use a value >= 1" in problems
     assert "search.val_batch_size: got 0; use a value >= 1" in problems
+    assert "search.parallel_candidates: got 0; use a value >= 1" in problems
     assert "search.tasks.a.labels: ['x'] has fewer than 2 labels; give the task's answers or drop it" in problems
     assert any(p.startswith("search.budget_steps: packed candidates are prompt-tuning prompts") for p in problems)
     assert any(p.startswith("search.budget_steps: a pack trains in one worker, but the job runs 2") for p in problems)
     assert ("search.budget_steps: 3 cannot train the 4 candidate(s) of task 'a' in 1 bracket(s) to a first rung; "
             "give at least 4 steps, or fewer counts / num_samples / brackets") in problems
-    assert len(problems) == 6
+    assert len(problems) == 7
 
 
 def test_the_plan_says_rungs_cost_and_the_published_candidates_steps():
@@ -135,3 +136,13 @@ def test_the_least_budget_named_is_the_least_that_plans_and_brackets_need_candid
         plan_search(space(brackets=9), "a", seed=0)
     assert str(e.value) == ("search.brackets: 9 brackets for the 8 candidate(s) of task 'a' (counts x num_samples); "
                             "give at most 8, each bracket takes its share of them")
+
+
+def test_a_pack_runs_two_candidates_at_once_on_a_cpu_trial_of_two_or_more_cpus():
+    from promptray.jobs.search_pack import candidate_streams
+
+    s = space()
+    assert [candidate_streams(s, cpus, None) for cpus in (1, 2, 16)] == [1, 2, 2]
+    assert candidate_streams(s, 8, "cuda") == 1  # an accelerator: one at a time
+    assert candidate_streams(space(shared_forward=True), 8, None) == 1  # one mixed forward already
+    assert candidate_streams(space(parallel_candidates=3), 1, "cuda") == 3  # as configured

@@ -43,16 +43,22 @@ def candidate_config(tmp_path: Path, model: Path, name: str, steps: int = 4) -> 
                   "data": {"train_ds": [str(data)], "validation_ds": [str(data)]}}})
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own_forwards", "shared_forwards"])
-def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, tiny_gpt2_path, shared):
+# how a pack runs its candidates' passes: one after the other, one mixed forward, or two at once on threads
+HOW = {"own_forwards": {}, "shared_forwards": {"shared_forward": True}, "two_streams": {"streams": 2}}
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, tiny_gpt2_path, how):
     cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n) for n in ("c0", "c1", "c2")}
-    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, shared_forward=shared)
+    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, **HOW[how])
     curves = {n: [] for n in cfgs}
     for step in range(1, 5):
         pack.step()
         if step % 2 == 0:
+            recs = pack.validate_all(dict.fromkeys(cfgs))  # all three (two at a time with streams)
             for n in cfgs:
-                curves[n].append(pack.validate(n)["val_loss"])
+                curves[n].append(recs[n]["val_loss"])
+            assert pack.engine.model.training
     assert pack.candidate_steps == 12 and all(c.state == "finished" for c in pack.candidates.values())
     for name, cfg in cfgs.items():
         alone = build_loop(cfg)
@@ -67,10 +73,10 @@ def test_a_candidate_trained_in_a_pack_ends_equal_to_it_trained_alone(tmp_path, 
         assert pack.scheduler.get_last_lr()[list(cfgs).index(name)] == pytest.approx(alone.scheduler.get_last_lr()[0])
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own_forwards", "shared_forwards"])
-def test_a_stopped_candidate_trains_no_more_and_the_others_are_unaffected(tmp_path, tiny_gpt2_path, shared):
+@pytest.mark.parametrize("how", HOW)
+def test_a_stopped_candidate_trains_no_more_and_the_others_are_unaffected(tmp_path, tiny_gpt2_path, how):
     cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n, steps=3) for n in ("c0", "c1", "c2")}
-    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, shared_forward=shared)
+    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, **HOW[how])
     pack.step()
     pack.stop("c0")
     frozen = pack.engine.model.bank.get("c0").detach().clone()
@@ -133,3 +139,27 @@ def test_a_candidate_whose_examples_do_not_fit_is_left_out_with_its_error(tmp_pa
     assert pack.candidate_steps == 1
     with pytest.raises(ConfigError, match="0 usable training examples"):
         PackLoop(prepare_engine(cfgs["c0"]), "a", {"big": cfgs["big"]})
+
+
+def test_two_streams_run_two_candidates_at_once_each_on_half_the_threads(tmp_path, tiny_gpt2_path, monkeypatch):
+    import threading
+
+    import promptray.platform.train.pack as pack_mod
+
+    cfgs = {n: candidate_config(tmp_path, tiny_gpt2_path, n, steps=3) for n in ("c0", "c1")}
+    pack = PackLoop(prepare_engine(cfgs["c0"]), "a", cfgs, streams=2)
+    together, seen, real = threading.Barrier(2, timeout=30), [], pack_mod.accumulate_gradients
+
+    def passes(*args):
+        together.wait()  # both candidates are inside their passes at the same time (else: BrokenBarrierError)
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return real(*args)
+    monkeypatch.setattr(pack_mod, "accumulate_gradients", passes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        assert set(pack.step()) == {"c0", "c1"}
+        assert torch.get_num_threads() == 4  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert len({t for t, _ in seen}) == 2 and {n for _, n in seen} == {2}
