@@ -66,7 +66,10 @@ def run_pack(choice: dict[str, Any], base: dict, tasks: list[str], data: dict, t
     pack = PackLoop(engine, task, cfgs, metric=s.metric, mode=s.metric_mode, device=device,
                     shared_forward=s.shared_forward, keep="last",  # rungs compare values at the rung
                     streams=candidate_streams(s, cpus, device))
-    PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
+    try:
+        PackRun(pack, s, bracket, dict(zip(cfgs, bracket.candidates)), out, tune.report).run()
+    finally:
+        pack.close()
 
 
 def candidate_streams(s: SearchConfig, cpus: int, device) -> int:

@@ -18,6 +18,11 @@ rendered with its own prompt) as ONE mixed-task batch: the model's per-task loss
 one backward pass gives every prompt exactly its own gradient (a row's loss depends on its own prompt
 alone, the base model is frozen); clipping is per candidate, then one AdamW step. Fewer, larger forward
 passes: what an accelerator wants; the same end state within float tolerance (tested).
+
+With `streams` > 1 (for the CPU), that many candidates run their passes at once on the pack's threads, each
+thread on its share of torch's intra-op threads (torch kernels release the GIL); validations likewise
+(`validate_all`). The clipping and the AdamW step come after, as above: the same values as one at a time, up
+to the rounding of a different thread count (tested). `close()` stops the threads.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class PackLoop:
         self.engine, self.task, self.group, self.device = engine, task, group, device
         self.shared_forward = shared_forward
         self.streams = max(1, streams) if not group.active else 1  # collectives stay on one thread
+        self._pool: Optional[ThreadPoolExecutor] = None
         self.metric, self.mode, self.keep = metric, mode, keep
         first = next(iter(candidates.values()))
         d = first.model.data
@@ -204,12 +210,21 @@ class PackLoop:
         intra-op threads (torch releases the GIL inside its kernels; a small model's passes use two cores
         less well together than two passes one core each)."""
         threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // self.streams))
+        share = max(1, threads // self.streams)
+        if self._pool is None:  # started once: threads started anew at every step ran slower in a Ray worker
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="pack-stream",
+                                            initializer=torch.set_num_threads, initargs=(share,))
+        torch.set_num_threads(share)
         try:
-            with ThreadPoolExecutor(self.streams) as pool:
-                return list(pool.map(fn, names))
+            return list(self._pool.map(fn, names))
         finally:
             torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        """Stop the threads of a pack with several streams (none run between calls; a no-op otherwise)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _clip_and_step(self, names: list[str]) -> None:
         """Average (several workers), clip each candidate's gradient on its own, one AdamW step, zero grads."""

@@ -163,3 +163,7 @@ def test_two_streams_run_two_candidates_at_once_each_on_half_the_threads(tmp_pat
     finally:
         torch.set_num_threads(before)
     assert len({t for t, _ in seen}) == 2 and {n for _, n in seen} == {2}
+    pack.step()  # the same two threads again: started once per pack
+    assert len({t for t, _ in seen}) == 2 and len(seen) == 4
+    pack.close()
+    assert pack._pool is None
