@@ -24,6 +24,8 @@ objective label ranking on --n-val records); the fixed prompts train N steps eac
 number; the demo's fixed split: 200 validation, 400 test) as a prompt-tuning task of one 20-token text-
 initialised block (`QUESTION_TEMPLATE`, `QUESTION_INIT`), lr 3e-2 as sentiment's; the default there is
 fixed 20 only (`--fixed 20,100` adds others).
+--fixed-steps N: the fixed prompts train N steps instead of the search's; --no-search (with --fixed-steps):
+the fixed prompts alone (e.g. at the steps the search's published candidate trained).
 --n-val over 200 (the demo's validation split) or --n-test over 400: the extra validation records come from
 the start of the train split, the extra test records before the validation split (the split moves on), so
 every side of one run trains on the same, smaller, train split.
@@ -174,8 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reduction-factor", type=float, help="search.reduction_factor (default 2)")
     p.add_argument("--grace-fraction", type=float, help="with --budget: search.grace_fraction (default 0.25)")
     p.add_argument("--brackets", type=int, help="with --budget: search.brackets (default 1)")
+    p.add_argument("--fixed-steps", type=int, help="optimizer steps of each fixed prompt (default: the search's "
+                   "steps used); with --no-search, required")
+    p.add_argument("--no-search", action="store_true", help="the fixed prompts only, --fixed-steps steps each")
     p.add_argument("--out", default="search_bench", help="results file name under benchmarks/results/ (no .json)")
     args = p.parse_args(argv)
+    if args.no_search and not args.fixed_steps:
+        p.error("--no-search: give --fixed-steps N (the steps each fixed prompt trains)")
     steps, counts, samples, n_val, n_test = (10, [5, 20], 1, 40, 40) if args.quick else (32, [5, 20, 50, 100], 1,
                                                                                       80, 200)
     steps, samples = args.steps or steps, args.samples or samples
@@ -192,14 +199,17 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()  # its load average is the one at the start
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr, args.budget, n_val,
-                                args.train_best, task, plan)
-    budget = search["steps_used"]
-    search_s = time.perf_counter() - t0
-    rows = [["search", search["payload"]["best"][task]["config"], budget,
-             held_out_accuracy(search["payload"]["table"], data["test"], n_test)]]
-    seconds = {"search": round(search_s, 1), "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1),
-               "candidates_per_hour": round(len(search["trials"]) * 3600 / search_s, 1)}
+    rows, seconds, search = [], {}, {"trials": []}
+    if not args.no_search:
+        search = run_search_variant(out, data, steps, counts, samples, args.fixed_lr, args.budget, n_val,
+                                    args.train_best, task, plan)
+        search_s = time.perf_counter() - t0
+        rows = [["search", search["payload"]["best"][task]["config"], search["steps_used"],
+                 held_out_accuracy(search["payload"]["table"], data["test"], n_test)]]
+        seconds = {"search": round(search_s, 1),
+                   "search_test_accuracy": round(time.perf_counter() - t0 - search_s, 1),
+                   "candidates_per_hour": round(len(search["trials"]) * 3600 / search_s, 1)}
+    budget = args.fixed_steps or search["steps_used"]
     for tokens in fixed:
         t1 = time.perf_counter()
         rows.append([f"fixed {tokens}", {f"{task}.total_virtual_tokens": tokens, "lr": 3e-2}, budget,
@@ -214,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                 "metric": "val_accuracy (greedy, 4 tokens)",
                 "asha": {"grace_period": 1, "reduction_factor": plan.get("reduction_factor", 2)},
                 "max_concurrent_trials": 1, "ray_num_cpus": args.num_cpus or os.cpu_count(),
-                "budget_steps": args.budget, "train_best": args.train_best,
+                "budget_steps": args.budget, "train_best": args.train_best, "search": not args.no_search,
+                "fixed_steps": budget,
                 "budget_note": None if args.quick else (
                     "reduced from the issue's first budget (100-step trials, counts 5,10,20,50,100 x 2 samples, "
                     "200 validation / 400 test examples) to fit about 20 minutes on 2 CPUs shared with other "

@@ -122,6 +122,54 @@ def run_today_code(python: str, out: Path, raw: dict, cpus: int) -> dict:
     return side_result(res["trials"], res["seconds"], s.get("cpus_per_trial"))
 
 
+SIDES = ("today", "today_all_cpus", "trials", "packed", "packed_shared")  # run in one local Ray, in this order
+
+
+def ray_side_configs(out: Path, data: dict, steps: int, every: int, counts: list[int], samples: int, n_val: int,
+                     cpus: float) -> dict[str, dict]:
+    """The search config of each side run in this process's Ray (see the module docstring)."""
+    spec = {"today": (False, False, False, 1.0), "today_all_cpus": (False, False, False, cpus),
+            "trials": (False, False, True, None), "packed": (True, False, True, None),
+            "packed_shared": (True, True, True, None)}
+    return {name: side_config(out / name, data, steps, every, counts, samples, n_val, *v) for name, v in spec.items()}
+
+
+def run_round(args, out: Path, data: dict, settings: tuple, cpus: float, names: list[str],
+              today_last: bool) -> dict:
+    """One run of the chosen sides: today_code (its own Ray, none of this process's running) first or last,
+    the others in one local Ray of this process. Returns {side: row} and the load average at the start."""
+    steps, every, counts, samples, n_val = settings
+    sides: dict = {"load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+    def today_code() -> None:
+        sides["today_code"] = run_today_code(args.today_python, out / "today_code", side_config(
+            out / "today_code", data, steps, every, counts, samples, n_val, False, False, False, 1.0), int(cpus))
+        print("today_code", sides["today_code"], flush=True)
+
+    if args.today_python and not today_last:
+        today_code()
+    if names:
+        import ray
+
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+        configs = ray_side_configs(out, data, steps, every, counts, samples, n_val, cpus)
+        for name in names:
+            sides[name] = run_side(out, configs[name])
+            print(name, sides[name], flush=True)
+        ray.shutdown()
+    if args.today_python and today_last:
+        today_code()
+    return sides
+
+
+def ratios_of(rows: dict[str, dict]) -> dict[str, float]:
+    """Candidates per hour of trials / packed / packed_shared over those of each base side present."""
+    per_hour = {k: v["candidates_per_hour"] for k, v in rows.items()}
+    return {f"{k} / {base}": round(per_hour[k] / per_hour[base], 2)
+            for base in ("today_code", "today", "today_all_cpus", "trials") if base in per_hour
+            for k in ("trials", "packed", "packed_shared") if k != base and k in per_hour}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 counts x 1 sample, 4 steps, 16 validation records")
@@ -133,9 +181,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--today-python", help="a Python whose promptray is the code issue 16 was filed against "
                    "(a103777): adds the today_code side")
+    p.add_argument("--sides", help="comma-separated sides run in this process's Ray, or none (default all: "
+                   f"{','.join(SIDES)})")
+    p.add_argument("--repeats", type=int, default=1, help="runs of every side, interleaved: today_code first in "
+                   "odd runs, last in even ones (default 1)")
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--out", default="search_throughput", help="results file name under benchmarks/results/")
     args = p.parse_args(argv)
+    names = list(SIDES) if args.sides is None else [n for n in args.sides.split(",") if n and n != "none"]
+    unknown = [n for n in names if n not in SIDES]
+    if unknown:
+        p.error(f"--sides: unknown {unknown}; choose from {','.join(SIDES)}, or none")
+    if args.repeats < 1:
+        p.error(f"--repeats: {args.repeats}; give 1 or more")
     counts, samples, steps, every, n_val = ([5, 20], 1, 4, 2, 16) if args.quick else ([5, 20, 50, 100], 2, 32, 8, 80)
     counts = [int(c) for c in args.counts.split(",")] if args.counts else counts
     samples, steps = args.samples or samples, args.steps or steps
@@ -143,42 +201,39 @@ def main(argv: list[str] | None = None) -> None:
     out = args.work_dir or Path(tempfile.mkdtemp(prefix="search-throughput-"))
     data = cut_validation(task_splits("sentiment", out / "data", 400), n_val)
     cpus = float(args.num_cpus or os.cpu_count() or 1)
-    sides = {}
-    if args.today_python:  # first, in its own Ray, before this process starts one
-        sides["today_code"] = run_today_code(args.today_python, out / "today_code", side_config(
-            out / "today_code", data, steps, every, counts, samples, n_val, False, False, False, 1.0), int(cpus))
-        print("today_code", sides["today_code"], flush=True)
-    import ray
-
     info = machine()
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    for name, packed, shared, ranking, side_cpus in (
-            ("today", False, False, False, 1.0), ("today_all_cpus", False, False, False, cpus),
-            ("trials", False, False, True, None), ("packed", True, False, True, None),
-            ("packed_shared", True, True, True, None)):
-        sides[name] = run_side(out, side_config(out / name, data, steps, every, counts, samples, n_val, packed,
-                                                shared, ranking, side_cpus))
-        print(name, sides[name], flush=True)
-    ray.shutdown()
-    per_hour = {k: v["candidates_per_hour"] for k, v in sides.items()}
-    ratios = {f"{k} / {base}": round(per_hour[k] / per_hour[base], 2)
-              for base in ("today_code", "today", "today_all_cpus", "trials") if base in sides
-              for k in ("trials", "packed", "packed_shared") if k != base}
+    runs = [run_round(args, out / f"run{i}", data, (steps, every, counts, samples, n_val), cpus, names,
+                      today_last=i % 2 == 1) for i in range(args.repeats)]
+    side_names = [k for k in runs[0] if k != "load_average_at_start"]
+    sides = {k: runs[0][k] if len(runs) == 1 else median_row([r[k] for r in runs]) for k in side_names}
+    ratios = ratios_of(sides)
+    per_run = [ratios_of({k: r[k] for k in side_names}) for r in runs]
     print(table([[k, v["candidates"], v["tune_trials"], v["cpus_per_trial"], v["optimizer_steps"], v["seconds"],
                   v["candidates_per_hour"]] for k, v in sides.items()],
-                ["side", "candidates", "Tune trials", "CPUs per trial", "optimizer steps", "seconds",
-                 "candidates / hour"]))
+                ["side", "candidates", "Tune trials", "CPUs per trial", "optimizer steps",
+                 "seconds" + (" (median)" if len(runs) > 1 else ""), "candidates / hour"]))
     print(", ".join(f"{k}: {v}x" for k, v in ratios.items()))
+    if len(runs) > 1:
+        for i, r in enumerate(per_run):
+            print(f"run {i}: " + ", ".join(f"{k}: {v}x" for k, v in r.items()))
     settings = {"task": "sentiment", "counts": counts, "samples_per_count": samples, "steps_per_candidate": steps,
                 "val_check_interval": every, "n_validation": n_val,
                 "objective": "val_accuracy (today: greedy exact match of 4 tokens; the others: label ranking)",
                 "lr": {"min": 3e-3, "max": 1e-1}, "max_concurrent_trials": 1,
                 "cpus_per_trial": {"today": 1, "today_code": 1, "today_all_cpus": cpus, "others": "default (auto)"},
-                "today_python": args.today_python,
+                "today_python": args.today_python, "repeats": args.repeats,
                 "ray_num_cpus": args.num_cpus or os.cpu_count()}
     write_result(args.out, {"benchmark": "search_throughput", "quick": args.quick, "settings": settings,
                             "machine": info, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                            "sides": sides, "ratios": ratios})
+                            "sides": sides, "ratios": ratios,
+                            **({"runs": runs, "ratios_per_run": per_run} if len(runs) > 1 else {})})
+
+
+def median_row(rows: list[dict]) -> dict:
+    """A side over several runs: the run of median wall time (the lower middle one for an even count), with
+    every run's seconds."""
+    ordered = sorted(rows, key=lambda r: r["seconds"])
+    return {**ordered[(len(ordered) - 1) // 2], "seconds_per_run": [r["seconds"] for r in rows]}
 
 
 if __name__ == "__main__":

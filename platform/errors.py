@@ -8,7 +8,14 @@ from __future__ import annotations
 
 
 class PromptrayError(Exception):
-    """Base class of every error promptray raises on purpose."""
+    """Base class of every error promptray raises on purpose.
+
+    Every subclass pickles as it is (Ray sends an error raised in a task or actor to its caller pickled):
+    unpickling restores its message and attributes without calling its `__init__`, whose signature may
+    differ from its message's (e.g. required keyword arguments)."""
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, self.__dict__)
 
 
 class ConfigError(PromptrayError, ValueError):
@@ -23,16 +30,6 @@ class ConfigError(PromptrayError, ValueError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):\n{lines}")
 
-    def __reduce__(self):  # pickled (across Ray, between processes) as built, not from its message
-        return _rebuild, (type(self), self.__dict__)
-
-
-def _rebuild(cls: type, state: dict) -> ConfigError:
-    """A ConfigError (or subclass) unpickled: built from its problems and title, then its attributes restored."""
-    error = ConfigError.__new__(cls)
-    ConfigError.__init__(error, state["problems"], state["title"])
-    error.__dict__.update(state)
-    return error
 
 
 class DatasetError(PromptrayError, ValueError):
@@ -66,3 +63,11 @@ class StoreNotFoundError(StoreError):
 
 class TableConflictError(PromptTableError):
     """The table's manifest kept changing under a writer; the operation was not applied and can be retried."""
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> PromptrayError:
+    """A PromptrayError (or subclass) unpickled: its exception args and attributes, its `__init__` not run."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -275,14 +275,20 @@ def _uncut_length(template: TaskTemplate, record: Record, tok: Tokenization, add
 
 def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tokenizer, max_seq_length: int,
                    add_eos: bool = True, add_bos: Union[bool, Mapping[str, bool]] = False, inference: bool = False,
-                   unknown_hint: str = "", *, endpoint_url: Optional[str] = None) -> tuple[list[Example], DatasetStats]:
+                   unknown_hint: str = "", *, endpoint_url: Optional[str] = None,
+                   tokenization: Optional[Tokenization] = None) -> tuple[list[Example], DatasetStats]:
     """Read, check and encode records. Over-long examples that cannot be truncated are dropped and counted.
     `add_bos`: one value for every task, or taskname -> value (tasks of a mixed batch may differ).
-    `endpoint_url`: the S3-compatible server of s3:// sources (see `read_records`)."""
+    `endpoint_url`: the S3-compatible server of s3:// sources (see `read_records`).
+    `tokenization`: `Tokenization.of(tokenizer)` kept by a caller that encodes the same texts again (a search
+    pack's candidates): texts it already knows are not tokenized again. ValueError when it wraps another
+    tokenizer."""
+    if tokenization is not None and tokenization.tokenizer is not tokenizer:
+        raise ValueError("build_examples: `tokenization` wraps another tokenizer than `tokenizer`")
     by_name = {t.taskname: t for t in templates}
     records = read_records(sources, endpoint_url=endpoint_url)
     check_records(records, by_name, inference, unknown_hint)
-    tok, stats, examples = Tokenization.of(tokenizer), DatasetStats(), []
+    tok, stats, examples = tokenization or Tokenization.of(tokenizer), DatasetStats(), []
     tok.prime(c.text for r in records for c in by_name[r.data["taskname"]].render(r.data, inference=inference)
               if c.kind != "virtual")
     for r in records:

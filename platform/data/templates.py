@@ -75,18 +75,12 @@ class TaskTemplate(BaseModel):
 
     @property
     def parts(self) -> list[Part]:
-        """The template as parts, markers annotated with their rows (valid templates only)."""
-        parts, problems = parse_template(self.prompt_template)
+        """The template as parts, markers annotated with their rows (valid templates only). Built once per
+        distinct (prompt_template, virtual_token_splits): rendering asks for them at every record."""
+        parts, problems = _annotated(self.prompt_template, tuple(self.virtual_token_splits))
         if problems:
             raise ConfigError([f"task {self.taskname!r}: {p}" for p in problems])
-        out, offset = [], 0
-        for p in parts:
-            if isinstance(p, Virtual):
-                count = self.virtual_token_splits[p.index]
-                p = Virtual(p.index, offset, count)
-                offset += count
-            out.append(p)
-        return out
+        return list(parts)
 
     @property
     def fields(self) -> list[str]:
@@ -117,6 +111,22 @@ def parse_template(template: str) -> tuple[list[Part], list[str]]:
 def _parse_cached(template: str) -> tuple[tuple[Part, ...], tuple[str, ...]]:
     parts, problems = _parse(template)
     return tuple(parts), tuple(problems)
+
+
+@functools.lru_cache(maxsize=256)
+def _annotated(template: str, splits: tuple[int, ...]) -> tuple[tuple[Part, ...], tuple[str, ...]]:
+    """`TaskTemplate.parts` of a template and its splits (frozen parts: the tuple is shared), and its problems."""
+    parts, problems = _parse_cached(template)
+    if problems:
+        return (), problems
+    out, offset = [], 0
+    for p in parts:
+        if isinstance(p, Virtual):
+            count = splits[p.index]
+            p = Virtual(p.index, offset, count)
+            offset += count
+        out.append(p)
+    return tuple(out), ()
 
 
 def _parse(template: str) -> tuple[list[Part], list[str]]:

@@ -36,7 +36,7 @@ import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.batching import concat_batches, to_device
-from promptray.platform.data.dataset import Example, Record, read_records
+from promptray.platform.data.dataset import Example, Record, Tokenization, read_records
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import ConfigError, DatasetError, PromptrayError
 from promptray.platform.generation.loading import PromptModel
@@ -117,6 +117,7 @@ class PackLoop:
         d = first.model.data
         self.records = (read_records(d.train_ds, endpoint_url=first.storage.endpoint_url),
                         read_records(d.validation_ds or [], endpoint_url=first.storage.endpoint_url))
+        self.tokenization = Tokenization.of(engine.tokenizer)  # every candidate encodes the same texts
         for name, cfg in candidates.items():
             engine.templates[name] = _template(cfg, task).model_copy(update={"taskname": name})
         self.candidates: dict[str, Candidate] = {}
@@ -151,7 +152,8 @@ class PackLoop:
 
     def _candidate(self, name: str, cfg: PromptLearningConfig) -> Candidate:
         train_rec, val_rec = (candidate_records(r, self.task, name) for r in self.records)
-        train, val = load_data(cfg, self.engine, tasks=[name], sources=(train_rec, val_rec))
+        train, val = load_data(cfg, self.engine, tasks=[name], sources=(train_rec, val_rec),
+                               tokenization=self.tokenization)
         c = Candidate(name, cfg, train, val, total_steps(cfg, len(train)))
         c.stream = micro_batches(train, cfg, self.engine.tokenizer.pad_token_id, self.group.rank, self.group.world_size)
         return c

@@ -18,7 +18,7 @@ import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.batching import Batch, collate, epoch_batches, to_device
-from promptray.platform.data.dataset import Example, build_examples
+from promptray.platform.data.dataset import Example, Tokenization, build_examples
 from promptray.platform.errors import ConfigError
 from promptray.platform.train.distributed import Dist, all_reduce_sums, average_gradients
 from promptray.platform.train.engine import Engine
@@ -88,10 +88,12 @@ def length_limit_name(cfg: PromptLearningConfig, limit: int) -> tuple[str, str]:
 
 
 def load_data(cfg: PromptLearningConfig, engine: Engine, *, tasks: Optional[list[str]] = None,
-              sources: Optional[tuple[list, list]] = None) -> tuple[list[Example], list[Example]]:
+              sources: Optional[tuple[list, list]] = None,
+              tokenization: Optional[Tokenization] = None) -> tuple[list[Example], list[Example]]:
     """(training, validation) examples of the new tasks (or of `tasks`, names in `engine.templates`), at most
     min(max_seq_length, the model's positions) tokens long, from model.data's files (or from `sources`:
-    (training, validation) records already read, e.g. a search pack's candidates). ConfigError when fewer
+    (training, validation) records already read, e.g. a search pack's candidates; `tokenization`: the
+    token ids of texts they share, see `build_examples`). ConfigError when fewer
     training examples than micro_batch_size remain; the data readers' errors (DatasetError) for missing or
     malformed files."""
     names = tasks or engine.new_tasks
@@ -106,7 +108,7 @@ def load_data(cfg: PromptLearningConfig, engine: Engine, *, tasks: Optional[list
             "frozen)")
     kw = dict(templates=templates, tokenizer=engine.tokenizer, max_seq_length=max_len,
               add_eos=d.add_eos, add_bos=d.add_bos, unknown_hint=hint,
-              endpoint_url=cfg.storage.endpoint_url)
+              endpoint_url=cfg.storage.endpoint_url, tokenization=tokenization)
     train, stats = build_examples(train_src, **kw)
     log.info("training data: %s", stats.summary())
     val = build_examples(val_src, **kw)[0] if val_src else []

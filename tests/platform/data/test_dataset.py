@@ -353,3 +353,27 @@ def test_examples_are_the_same_with_the_batch_encoding_as_record_by_record(tok, 
     assert [(e.input_ids, e.virtual_ids, e.loss_mask) for e in primed] == \
         [(e.input_ids, e.virtual_ids, e.loss_mask) for e in alone]
     assert len(primed) == len(records) and any(len(e.input_ids) == 40 for e in primed)  # LONG was truncated
+
+
+def test_a_shared_tokenization_gives_the_same_examples_and_tokenizes_a_text_once(tok, monkeypatch):
+    """A search pack encodes its records once per candidate with one Tokenization: the second encoding
+    tokenizes nothing new and its examples equal those built alone."""
+    records = [{"taskname": "sentiment", "sentence": t, "label": lab}
+               for t in ODD_TEXTS[1:] + [LONG] for lab in ("good", " bad")]
+    alone, _ = build_examples(records, [SENTIMENT], tok, 40)
+    shared = Tokenization.of(tok)
+    first, _ = build_examples(records, [SENTIMENT], tok, 40, tokenization=shared)
+    known = dict(shared.known)
+    calls = []
+    monkeypatch.setattr(type(tok), "__call__", lambda self, texts, **kw: calls.append(texts))
+    again, _ = build_examples(records, [SENTIMENT], tok, 40, tokenization=shared)
+    assert calls == [] and shared.known == known  # every text was known
+    as_rows = lambda exs: [(e.input_ids, e.virtual_ids, e.loss_mask) for e in exs]  # noqa: E731
+    assert as_rows(first) == as_rows(again) == as_rows(alone)
+
+
+def test_a_tokenization_of_another_tokenizer_is_refused(tok):
+    other = Tokenization(object(), tok.pad_token_id, tok.eos_token_id, None)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        build_examples([{"taskname": "sentiment", "sentence": "a", "label": "good"}], [SENTIMENT], tok, 40,
+                       tokenization=other)

@@ -327,3 +327,15 @@ def test_parse_template_gives_each_caller_its_own_lists():
     again, problems_again = parse_template("<|VIRTUAL_PROMPT_0|> {a} {b")
     assert [type(p).__name__ for p in again] == ["Virtual", "Text", "Field", "Text"]
     assert len(problems_again) == 1 and "malformed field" in problems_again[0]
+
+
+def test_parts_follow_the_splits_and_each_caller_gets_its_own_list():
+    """`parts` is built once per (template, splits): a copy with other splits has its own rows."""
+    t = TaskTemplate(**tmpl(prompt_template="<|VIRTUAL_PROMPT_0|> {text} <|VIRTUAL_PROMPT_1|> {label}",
+                            total_virtual_tokens=5, virtual_token_splits=[3, 2]))
+    mine = t.parts
+    mine.clear()
+    assert [(p.offset, p.count) for p in t.parts if isinstance(p, Virtual)] == [(0, 3), (3, 2)]
+    other = t.model_copy(update={"virtual_token_splits": [1, 4]})
+    assert [(p.offset, p.count) for p in other.parts if isinstance(p, Virtual)] == [(0, 1), (1, 4)]
+    assert [(p.offset, p.count) for p in t.parts if isinstance(p, Virtual)] == [(0, 3), (3, 2)]
