@@ -36,6 +36,12 @@ start and at the end is recorded.
 
     python -m benchmarks.search_throughput [--quick] [--counts 5,20,50,100] [--samples 2] [--steps 32]
                                            [--every 8] [--n-val 80] [--num-cpus N] [--out NAME]
+                                           [--today-python PY] [--sides packed,trials,...] [--repeats N]
+
+`--sides` picks the sides run in this process's Ray (`none`: today_code alone); `--repeats N` runs them N
+times, interleaved with today_code (first in odd-numbered runs, counting from one, last in the others): the
+result's `sides` is then each side's run of median time (with every run's seconds), `ratios` are taken
+between those, and `runs` / `ratios_per_run` hold every run.
 """
 
 from __future__ import annotations

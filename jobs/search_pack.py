@@ -23,15 +23,13 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_config import SearchConfig
 from promptray.jobs.search_objective import objective, task_labels, validation_sample
 from promptray.jobs.search_plan import Bracket, plan_search
 from promptray.jobs.search_report import error_line
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
+from promptray.jobs.search_trial import CANDIDATES, save_best, trial_dir
 from promptray.jobs.trainer_factory import use_reserved_cpus
 from promptray.platform.model.devices import resolve_device
 from promptray.platform.train.pack import PackLoop, candidate_records
@@ -131,8 +129,7 @@ class PackRun:
         pick = min if self.s.metric_mode == "min" else max
         best = pick(scored, key=lambda n: p.candidates[n].best)
         if best != self.best or p.candidates[best].best_step == p.candidates[best].done:
-            self.out.mkdir(parents=True, exist_ok=True)
-            torch.save({p.task: p.prompts(best)}, self.out / BEST_PROMPTS)
+            save_best(self.out, {p.task: p.prompts(best)}, p.candidates[best].cfg, p.engine)
             self.best = best
         (self.out / CANDIDATES).write_text(json.dumps(self.table(), indent=1))
         metrics = {metric: p.candidates[best].best, "step": step, "total_steps": self.bracket.max_steps,

@@ -15,9 +15,13 @@ import torch
 
 from promptray.jobs.config import JobConfig, load_job_config
 from promptray.jobs.search_space import trial_config
-from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, trial_dir
+from promptray.jobs.search_trial import BEST_PROMPTS, CANDIDATES, read_publication, trial_dir
+from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.errors import PromptrayError
-from promptray.platform.train.publishing import publish_tasks, task_prompts
+from promptray.platform.model.fingerprint import BaseModelFingerprint
+from promptray.platform.table.table import PromptTable, TaskPrompt
+from promptray.platform.train.engine import restore_tasks
+from promptray.platform.train.publishing import copies_existing, publish_tasks, task_prompts, training_encoding
 from promptray.platform.train.trainer import prepare_engine
 
 
@@ -170,16 +174,32 @@ def plot_curves(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], met
 
 def publish_best(cfg: JobConfig, best: dict[str, tuple[list[str], dict]], search_id: str,
                  trials_root: Path) -> dict[str, str]:
-    """Publish each group's best trial's prompts, with the search id, trial config and metric as provenance."""
+    """Publish each group's best trial's prompts, with the search id, trial config and metric as provenance,
+    the base model and encoding its trial recorded (`search_trial.save_best`; the base model is loaded here
+    only for a trial that recorded none), and the config's existing tasks copied as a training run does."""
     base, metric = cfg.model_dump(mode="json"), cfg.search.metric
-    out, engine = [], None
+    out = []
     for group, (tasks, row) in best.items():
         choice = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
         tcfg = load_job_config(trial_config(base, tasks, choice, str(trial_dir(str(trials_root), row["trial_id"]))))
-        engine = engine or prepare_engine(tcfg)
-        prompts = torch.load(Path(tcfg.run_dir) / BEST_PROMPTS, weights_only=True)
+        run_dir = Path(tcfg.run_dir)
+        prompts = torch.load(run_dir / BEST_PROMPTS, weights_only=True)
+        base_model, encoding = read_publication(run_dir) or _from_model(tcfg)
         source = {"job": "promptray search", "search_id": search_id, "group": group, "trial_id": row["trial_id"],
                   "trial_config": choice, "config_name": cfg.name, "run_dir": str(cfg.run_dir)}
         metrics = {metric: row[metric], "iterations": row["iterations"]}
-        out += task_prompts(tcfg, engine, prompts, tasks, metrics, source)
-    return publish_tasks(cfg, engine, out)
+        out += task_prompts(tcfg, prompts, tasks, metrics, source, base_model=base_model, encoding=encoding)
+    return publish_tasks(cfg, _existing(cfg), out)
+
+
+def _existing(cfg: JobConfig) -> dict[str, TaskPrompt]:
+    """The config's existing tasks as its trials restored them (published along when the table is another)."""
+    m = cfg.model
+    if not m.existing_tasks or not copies_existing(cfg):
+        return {}
+    return restore_tasks(PromptTable(m.restore_path, endpoint_url=cfg.storage.endpoint_url), m.existing_tasks)
+
+
+def _from_model(tcfg: JobConfig) -> tuple[BaseModelFingerprint, TaskEncoding]:
+    engine = prepare_engine(tcfg)
+    return engine.fingerprint, training_encoding(tcfg, engine.tokenizer)

@@ -13,6 +13,7 @@ the search driver then frees the workers with release_placement_group).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -27,12 +28,15 @@ from promptray.jobs.trainer_factory import cpu_share, torch_trainer, use_reserve
 from promptray.platform.data.dataset import read_records
 from promptray.platform.data.encoding import TaskEncoding
 from promptray.platform.model.devices import resolve_device
+from promptray.platform.model.fingerprint import BaseModelFingerprint
 from promptray.platform.train.distributed import Dist
 from promptray.platform.train.engine import Engine
 from promptray.platform.train.loop import StepInfo
+from promptray.platform.train.publishing import training_encoding
 from promptray.platform.train.trainer import build_loop
 
 BEST_PROMPTS = "best_prompts.pt"
+PUBLICATION = "publication.json"  # what publishing BEST_PROMPTS needs of the trial's model (`save_best`)
 CANDIDATES = "candidates.json"  # a packed trial's candidates (search_pack.py)
 PLACEMENT_GROUP = "placement_group.txt"  # a multi-worker trial's Train placement group (hex id)
 # Tune needs a non-empty head bundle per trial; the driver of a multi-worker trial only waits on its Train
@@ -157,8 +161,7 @@ class _Reporter:
         if better:
             self.best = value
             if self.group.is_main:
-                self.out.mkdir(parents=True, exist_ok=True)
-                torch.save(self.engine.model.bank.export(), self.out / BEST_PROMPTS)
+                save_best(self.out, self.engine.model.bank.export(), self.cfg, self.engine)
         self.send(metrics)
 
     def _accuracy(self) -> float:
@@ -179,3 +182,23 @@ class _Reporter:
         sample = validation_sample(s, val)
         return [objective(s, self.cfg, ie, t, sample, task_labels(s, e.templates[t], train + val))
                 for t in e.new_tasks]
+
+
+def save_best(out: Path, prompts: dict[str, torch.Tensor], cfg: JobConfig, engine: Engine) -> None:
+    """A trial's best prompts (taskname -> (n, H)) in `out`, with what publishing them needs of its model (the
+    base model's fingerprint and the encoding, PUBLICATION): the search driver publishes without loading the
+    base model, which a cluster's head node may not have the memory for."""
+    out.mkdir(parents=True, exist_ok=True)
+    made = {"base_model": engine.fingerprint.to_dict(), "encoding": training_encoding(cfg, engine.tokenizer).to_dict()}
+    (out / PUBLICATION).write_text(json.dumps(made))
+    torch.save(prompts, out / BEST_PROMPTS)
+
+
+def read_publication(out: Path) -> Optional[tuple[BaseModelFingerprint, TaskEncoding]]:
+    """The base model and encoding `save_best` recorded in `out`; None when it holds none (a trial of an
+    earlier promptray)."""
+    path = out / PUBLICATION
+    if not path.is_file():
+        return None
+    made = json.loads(path.read_text())
+    return BaseModelFingerprint.from_dict(made["base_model"]), TaskEncoding.from_dict(made["encoding"])

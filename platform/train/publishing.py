@@ -11,6 +11,7 @@ import torch
 
 from promptray.platform.config.schema import PromptLearningConfig
 from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.model.fingerprint import BaseModelFingerprint
 from promptray.platform.table.table import PromptTable, TaskPrompt
 from promptray.platform.train.engine import Engine
 
@@ -34,19 +35,24 @@ def publish_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str
     fingerprint = _save_finetuned(cfg, engine) if cfg.model.lm_finetune else engine.fingerprint
     source = {"job": "promptray train", "config_name": cfg.name, "run_dir": str(cfg.run_dir),
               "restore_path": cfg.model.restore_path, **({"run_id": run["id"]} if run is not None else {})}
-    return publish_tasks(cfg, engine, task_prompts(cfg, engine, prompts, engine.new_tasks, metrics, source,
-                                                   fingerprint))
+    new = task_prompts(cfg, prompts, engine.new_tasks, metrics, source, base_model=fingerprint,
+                       encoding=training_encoding(cfg, engine.tokenizer))
+    return publish_tasks(cfg, engine.existing, new)
 
 
-def task_prompts(cfg: PromptLearningConfig, engine: Engine, prompts: dict[str, torch.Tensor], tasks: list[str],
-                 metrics: dict, source: dict, fingerprint=None) -> list[TaskPrompt]:
-    """The table entries of `tasks`: `prompts[name]` ((total_virtual_tokens, H)) with `cfg`'s template, prompt
-    style and encoding (add_bos/add_eos with the engine's tokenizer), for the engine's base model (or
-    `fingerprint`), with `metrics` and `source` as provenance."""
-    templates = {t.taskname: t for t in cfg.templates}
+def training_encoding(cfg: PromptLearningConfig, tokenizer) -> TaskEncoding:
+    """How `cfg`'s examples are encoded with `tokenizer` (model.data.add_bos / add_eos, the tokenizer's
+    fingerprint): recorded with every prompt the run publishes."""
     d = cfg.model.data
-    encoding = TaskEncoding.of(engine.tokenizer, add_bos=d.add_bos, add_eos=d.add_eos)
-    base_model = engine.fingerprint if fingerprint is None else fingerprint
+    return TaskEncoding.of(tokenizer, add_bos=d.add_bos, add_eos=d.add_eos)
+
+
+def task_prompts(cfg: PromptLearningConfig, prompts: dict[str, torch.Tensor], tasks: list[str], metrics: dict,
+                 source: dict, *, base_model: BaseModelFingerprint, encoding: TaskEncoding) -> list[TaskPrompt]:
+    """The table entries of `tasks`: `prompts[name]` ((total_virtual_tokens, H)) with `cfg`'s template and
+    prompt style, trained on `base_model` with `encoding` (`training_encoding`), with `metrics` and `source`
+    as provenance. Needs no model: a search publishes what its trials recorded."""
+    templates = {t.taskname: t for t in cfg.templates}
     return [TaskPrompt(n, prompts[n], templates[n].model_dump(), cfg.model.virtual_prompt_style, base_model,
                        metrics, source, encoding=encoding) for n in tasks]
 
@@ -56,13 +62,14 @@ def copies_existing(cfg: PromptLearningConfig) -> bool:
     return not (cfg.model.restore_path and _same_table(cfg.model.restore_path, cfg.table_uri))
 
 
-def publish_tasks(cfg: PromptLearningConfig, engine: Engine, new: list[TaskPrompt]) -> dict[str, str]:
-    """Publish `new` to `cfg.table_uri` in one atomic version, with the engine's existing tasks copied as restored
-    (their provenance kept) unless that table is the restored one. Returns taskname -> version of each task
-    written; the table's errors (e.g. a conflicting concurrent publish) pass through."""
+def publish_tasks(cfg: PromptLearningConfig, existing: dict[str, TaskPrompt], new: list[TaskPrompt]) -> dict[str, str]:
+    """Publish `new` to `cfg.table_uri` in one atomic version, with the `existing` tasks (the run's restored
+    ones, `Engine.existing`) copied as restored (their provenance kept) unless that table is the restored one.
+    Returns taskname -> version of each task written; the table's errors (e.g. a conflicting concurrent
+    publish) pass through."""
     if copies_existing(cfg):
         new = new + [TaskPrompt(p.taskname, p.embeddings, p.template, p.style, p.base_model, p.metrics, p.source,
-                                p.created_at, encoding=p.encoding) for p in engine.existing.values()]
+                                p.created_at, encoding=p.encoding) for p in existing.values()]
     else:
         log.info("adding %s to the restored table %s", [p.taskname for p in new], cfg.table_uri)
     return PromptTable(cfg.table_uri, endpoint_url=cfg.storage.endpoint_url).publish(new)

@@ -12,14 +12,20 @@ import pytest
 import torch
 from test_search import WORDS, search_config
 
+from promptray.jobs import search_report
 from promptray.jobs.search import prepare_search_config, run_search
 from promptray.jobs.search_plan import plan_search
+from promptray.jobs.search_trial import PUBLICATION
+from promptray.platform.data.encoding import TaskEncoding
+from promptray.platform.model.fingerprint import fingerprint_model
+from promptray.platform.model.hub import load_base_model
 from promptray.platform.table.table import PromptTable
 
 
 @pytest.mark.ray
 def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publishes_the_best(tmp_path,
-                                                                                          tiny_gpt2_path, ray_local):
+                                                                                          tiny_gpt2_path, ray_local,
+                                                                                          monkeypatch):
     raw = search_config(tmp_path, tiny_gpt2_path, [8, 1], num_samples=2, budget_steps=24, metric="val_accuracy",
                         lr={"min": 0.01, "max": 0.3}, val_samples=8)
     rng = random.Random(1)  # a closed label set: two labels, so the objective is label ranking
@@ -29,6 +35,11 @@ def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publish
     cfg = prepare_search_config(raw)
     (bracket,) = plan_search(cfg.search, "a", cfg.search.seed).brackets
     assert bracket.steps == [3, 6, 12] and bracket.keep == [2, 1, 1]
+
+    def no_model(tcfg):
+        raise AssertionError("the search driver loaded the base model to publish")
+
+    monkeypatch.setattr(search_report, "prepare_engine", no_model)  # the driver: this process (trials run in Ray)
     payload = run_search(cfg)
     run_dir = Path(payload["run_dir"])
     trials = json.loads((run_dir / "trials.json").read_text())
@@ -60,6 +71,20 @@ def test_a_budget_search_packs_the_candidates_cuts_them_at_the_rungs_and_publish
     saved = torch.load(run_dir / "trials" / best["trial_id"] / "best_prompts.pt", weights_only=True)
     torch.testing.assert_close(prompt.embeddings, saved["a"])
     assert (run_dir / "search_plot.png").stat().st_size > 0
+    # published with the base model and encoding the trial recorded: those of the model itself
+    lm, tok = load_base_model(tiny_gpt2_path)
+    assert prompt.base_model == fingerprint_model(lm, tiny_gpt2_path)
+    assert prompt.encoding == TaskEncoding.of(tok, add_bos=cfg.model.data.add_bos, add_eos=cfg.model.data.add_eos)
+    # a trial of an earlier promptray recorded nothing: the driver then loads the model, and publishes the same
+    monkeypatch.undo()
+    (run_dir / "trials" / best["trial_id"] / PUBLICATION).unlink()
+    row = {**{f"config/{k}": v for k, v in best["config"].items()}, "trial_id": best["trial_id"],
+           "val_accuracy": best["val_accuracy"], "iterations": top["iterations"]}
+    search_report.publish_best(cfg, {"a": (["a"], row)}, payload["search_id"], run_dir / "trials")
+    again = table.get("a")
+    assert len(table.history("a")) == 2 and again.base_model == prompt.base_model
+    assert again.encoding == prompt.encoding
+    torch.testing.assert_close(again.embeddings, prompt.embeddings)
 
 
 @pytest.mark.ray
