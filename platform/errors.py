@@ -31,7 +31,6 @@ class ConfigError(PromptrayError, ValueError):
         super().__init__(f"{title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):\n{lines}")
 
 
-
 class DatasetError(PromptrayError, ValueError):
     """A data file or record is malformed; the message names the file and line."""
 
