@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--sides: unknown {unknown}; choose from {','.join(SIDES)}, or none")
     if args.repeats < 1:
         p.error(f"--repeats: {args.repeats}; give 1 or more")
+    if not names and not args.today_python:
+        p.error("--sides none: nothing to run without --today-python")
     counts, samples, steps, every, n_val = ([5, 20], 1, 4, 2, 16) if args.quick else ([5, 20, 50, 100], 2, 32, 8, 80)
     counts = [int(c) for c in args.counts.split(",")] if args.counts else counts
     samples, steps = args.samples or samples, args.steps or steps
