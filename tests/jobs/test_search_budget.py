@@ -102,3 +102,33 @@ def test_a_candidate_whose_examples_do_not_fit_is_an_error_row_and_the_pack_goes
     assert good["status"] == "ok" and good["state"] == "finished" and good["last_step"] == 4
     assert payload["trials_errored"] == 1 and payload["best"]["a"]["config"]["a.total_virtual_tokens"] == 2
     assert len(PromptTable(payload["table"]).history("a")) == 1
+
+
+@pytest.mark.ray
+def test_a_search_that_restores_tasks_publishes_them_along_without_loading_the_model(tmp_path, tiny_gpt2_path,
+                                                                                    ray_local, monkeypatch):
+    """Existing tasks (model.existing_tasks from model.restore_path) go into the search's published version as
+    a training run copies them, read by the driver from the restored table, not from a loaded model."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = run_search(prepare_search_config(search_config(tmp_path / "one", tiny_gpt2_path, [2, 3],
+                                                           budget_steps=6)))
+    raw = search_config(tmp_path / "two", tiny_gpt2_path, [2, 3], budget_steps=6)
+    data = Path(raw["model"]["data"]["train_ds"][0])
+    data.write_text(data.read_text().replace('"taskname": "a"', '"taskname": "b"'))
+    raw["model"]["task_templates"][0]["taskname"] = "b"
+    raw["model"].update({"new_tasks": ["b"], "restore_path": first["table"], "existing_tasks": ["a"]})
+    raw["search"]["tasks"] = {"b": raw["search"]["tasks"].pop("a")}
+
+    def no_model(tcfg):
+        raise AssertionError("the search driver loaded the base model to publish")
+
+    monkeypatch.setattr(search_report, "prepare_engine", no_model)
+    second = run_search(prepare_search_config(raw))
+    restored, published = PromptTable(first["table"]), PromptTable(second["table"])
+    assert second["table"] != first["table"] and sorted(published.tasks()) == ["a", "b"]
+    old, copied = restored.get("a"), published.get("a")
+    torch.testing.assert_close(copied.embeddings, old.embeddings)
+    assert copied.source == old.source and copied.metrics == old.metrics and copied.base_model == old.base_model
+    assert published.get("b").base_model == old.base_model and published.get("b").source["search_id"] == \
+        second["search_id"]
