@@ -131,13 +131,14 @@ def run_today_code(python: str, out: Path, raw: dict, cpus: int) -> dict:
 SIDES = ("today", "today_all_cpus", "trials", "packed", "packed_shared")  # run in one local Ray, in this order
 
 
-def ray_side_configs(out: Path, data: dict, steps: int, every: int, counts: list[int], samples: int, n_val: int,
-                     cpus: float) -> dict[str, dict]:
-    """The search config of each side run in this process's Ray (see the module docstring)."""
-    spec = {"today": (False, False, False, 1.0), "today_all_cpus": (False, False, False, cpus),
-            "trials": (False, False, True, None), "packed": (True, False, True, None),
-            "packed_shared": (True, True, True, None)}
-    return {name: side_config(out / name, data, steps, every, counts, samples, n_val, *v) for name, v in spec.items()}
+def ray_side_config(name: str, out: Path, data: dict, steps: int, every: int, counts: list[int], samples: int,
+                    n_val: int, cpus: float) -> dict:
+    """The search config of side `name`, one of SIDES (see the module docstring)."""
+    packed, shared, ranking, side_cpus = {
+        "today": (False, False, False, 1.0), "today_all_cpus": (False, False, False, cpus),
+        "trials": (False, False, True, None), "packed": (True, False, True, None),
+        "packed_shared": (True, True, True, None)}[name]
+    return side_config(out / name, data, steps, every, counts, samples, n_val, packed, shared, ranking, side_cpus)
 
 
 def run_round(args, out: Path, data: dict, settings: tuple, cpus: float, names: list[str],
@@ -158,9 +159,8 @@ def run_round(args, out: Path, data: dict, settings: tuple, cpus: float, names: 
         import ray
 
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-        configs = ray_side_configs(out, data, steps, every, counts, samples, n_val, cpus)
         for name in names:
-            sides[name] = run_side(out, configs[name])
+            sides[name] = run_side(out, ray_side_config(name, out, data, steps, every, counts, samples, n_val, cpus))
             print(name, sides[name], flush=True)
         ray.shutdown()
     if args.today_python and today_last:

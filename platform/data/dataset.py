@@ -288,7 +288,8 @@ def build_examples(sources: Iterable[Source], templates: list[TaskTemplate], tok
     by_name = {t.taskname: t for t in templates}
     records = read_records(sources, endpoint_url=endpoint_url)
     check_records(records, by_name, inference, unknown_hint)
-    tok, stats, examples = tokenization or Tokenization.of(tokenizer), DatasetStats(), []
+    tok = Tokenization.of(tokenizer) if tokenization is None else tokenization
+    stats, examples = DatasetStats(), []
     tok.prime(c.text for r in records for c in by_name[r.data["taskname"]].render(r.data, inference=inference)
               if c.kind != "virtual")
     for r in records:
